@@ -1,0 +1,124 @@
+/*
+ * logpool — ship log lines out of nginx/OpenResty workers without blocking them.
+ *
+ * Public C ABI. Everything between LOGPOOL_CDEF_BEGIN and LOGPOOL_CDEF_END is plain
+ * declarations (no macros, no preprocessor) so that one text feeds the C compiler,
+ * cffi's cdef (build_ffi.py reads it) and LuaJIT's ffi.cdef (lua/resty/logpool.lua holds
+ * a copy that tests/test_header.py compares with this one).
+ *
+ * Threads: log_cdata, logpool_stats, logpool_sink_count, logpool_strerror and
+ * logpool_version may be called from any thread at any time while the pool is not freed.
+ * logpool_flush may be called from any thread. logpool_close may be called from any thread,
+ * also twice; logpool_free must not race with any other call on the same pool.
+ */
+#ifndef LOGPOOL_H
+#define LOGPOOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LOGPOOL_VERSION_MAJOR 0
+#define LOGPOOL_VERSION_MINOR 1
+#define LOGPOOL_VERSION_PATCH 0
+#define LOGPOOL_VERSION_STRING "0.1.0"
+
+/* One table for codes and messages: logpool_strerror() is generated from it and
+ * logpool.c asserts at compile time that it agrees with the enum below. */
+#define LOGPOOL_ERRNO_MAP(XX)                                                        \
+    XX(OK,         0, "success")                                                     \
+    XX(EINVAL,    -1, "invalid argument")                                            \
+    XX(ENOSINK,   -2, "no such sink")                                                \
+    XX(ETOOBIG,   -3, "message too big")                                             \
+    XX(EFULL,     -4, "buffer full")                                                 \
+    XX(ECLOSED,   -5, "pool closed")                                                 \
+    XX(ECONFIG,   -6, "invalid configuration")                                       \
+    XX(ERUNTIME,  -7, "embedded Python runtime unavailable")                         \
+    XX(ETIMEDOUT, -8, "timed out")
+
+/* LOGPOOL_CDEF_BEGIN */
+typedef struct logpool_s logpool_t;
+
+enum logpool_code {
+    LOGPOOL_OK = 0,
+    LOGPOOL_EINVAL = -1,
+    LOGPOOL_ENOSINK = -2,
+    LOGPOOL_ETOOBIG = -3,
+    LOGPOOL_EFULL = -4,
+    LOGPOOL_ECLOSED = -5,
+    LOGPOOL_ECONFIG = -6,
+    LOGPOOL_ERUNTIME = -7,
+    LOGPOOL_ETIMEDOUT = -8
+};
+
+/* Counters of one sink since the pool was created. New fields are only ever appended. */
+typedef struct logpool_stats_s {
+    uint64_t accepted_messages;   /* log_cdata returned len */
+    uint64_t accepted_bytes;
+    uint64_t sent_messages;       /* completely written to a socket */
+    uint64_t sent_bytes;
+    uint64_t dropped_full;        /* refused: LOGPOOL_EFULL */
+    uint64_t dropped_too_big;     /* refused: LOGPOOL_ETOOBIG */
+    uint64_t dropped_closed;      /* refused: LOGPOOL_ECLOSED */
+    uint64_t abandoned_messages;  /* accepted, still buffered when logpool_close gave up */
+    uint64_t connects;            /* successful connects */
+    uint64_t connect_failures;
+    uint64_t write_errors;        /* a connection broke while writing */
+    uint64_t reconnects;          /* successful connects after the first one */
+    uint64_t buffered_bytes;      /* gauge: accepted, not yet completely written */
+    uint64_t connected;           /* gauge: 1 while the writer holds a connection */
+    uint64_t buffered_messages;   /* gauge */
+    uint64_t writes;              /* send calls that wrote at least one byte */
+    uint64_t resent_bytes;        /* bytes written again after a broken connection */
+    uint64_t writer_errors;       /* unexpected exceptions in the writer (logged) */
+} logpool_stats_t;
+
+/* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first
+ * use and one writer thread per sink. Returns NULL on error; logpool_last_error() says why.
+ * Must not be called before fork in a process whose children will log (nginx: use
+ * init_worker_by_lua, never init_by_lua). The caller owns the pool: logpool_close, then
+ * logpool_free. */
+logpool_t *logpool_new(const char *config_json);
+
+/* Thread-local text of the last logpool_new failure in this thread ("" if none). */
+const char *logpool_last_error(void);
+
+/* Append one message to sink socket_id (0-based). Never blocks, never calls Python.
+ * Returns len when accepted (0 for an empty message, which is a no-op), or
+ * LOGPOOL_EINVAL (NULL pool, NULL msg with len > 0), LOGPOOL_ENOSINK, LOGPOOL_ETOOBIG,
+ * LOGPOOL_EFULL, LOGPOOL_ECLOSED. The message is copied; msg stays the caller's. */
+int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len);
+
+/* Wait until every message accepted before the call is written (all sinks), at most
+ * timeout_ms (< 0: no limit). Returns 0 or LOGPOOL_ETIMEDOUT, LOGPOOL_EINVAL. */
+int logpool_flush(logpool_t *pool, int timeout_ms);
+
+/* Stop accepting, flush up to timeout_ms, stop the writer threads. Returns the number of
+ * accepted messages abandoned (>= 0), or a negative code. Safe to call twice (returns the
+ * same count). */
+int logpool_close(logpool_t *pool, int timeout_ms);
+
+/* Release a pool. Closes it first (timeout 0) if the caller did not. */
+void logpool_free(logpool_t *pool);
+
+/* Number of configured sinks, or LOGPOOL_EINVAL. */
+int logpool_sink_count(logpool_t *pool);
+
+/* Fill *out with sink socket_id's counters. Returns 0, LOGPOOL_EINVAL or LOGPOOL_ENOSINK. */
+int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out);
+
+/* Static message for any code (unknown codes included). */
+const char *logpool_strerror(int code);
+
+/* "MAJOR.MINOR.PATCH" of the library. */
+const char *logpool_version(void);
+/* LOGPOOL_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LOGPOOL_H */

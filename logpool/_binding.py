@@ -1,0 +1,65 @@
+"""ABI-mode binding to liblogpool.so: the same library and the same C calls as Lua uses.
+Declarations come from include/logpool.h; a code becomes an exception in one place."""
+import os
+import re
+import threading
+
+import cffi
+
+import logpool
+from logpool import errors, paths
+
+ffi = cffi.FFI()
+_lib = None
+_lock = threading.Lock()
+
+
+def cdef_block(path):
+    with open(path) as f:
+        text = f.read()
+    match = re.search(r"/\* LOGPOOL_CDEF_BEGIN \*/(.*?)/\* LOGPOOL_CDEF_END \*/", text, re.S)
+    if match is None:
+        raise RuntimeError(f"{path}: no LOGPOOL_CDEF block")
+    return match.group(1)
+
+
+ffi.cdef(cdef_block(paths.header_path()))
+
+
+def lib():
+    """The loaded library (loaded once; refuses a library of another version)."""
+    global _lib
+    if _lib is None:
+        with _lock:
+            if _lib is None:
+                path = os.environ.get("LOGPOOL_LIB") or paths.lib_path()
+                if not os.path.exists(path):
+                    raise errors.RuntimeUnavailable(
+                        f"{path} does not exist: build it with `make build`", errors.ERUNTIME)
+                loaded = ffi.dlopen(path)
+                version = ffi.string(loaded.logpool_version()).decode()
+                if version != logpool.__version__:
+                    raise errors.RuntimeUnavailable(
+                        f"{path} is logpool {version}, this package is {logpool.__version__}: "
+                        "rebuild with `make build`", errors.ERUNTIME)
+                _lib = loaded
+    return _lib
+
+
+def strerror(code):
+    return ffi.string(lib().logpool_strerror(code)).decode()
+
+
+def check(rc, what):
+    """rc if >= 0, else raise the exception of that code."""
+    if rc >= 0:
+        return rc
+    raise errors.from_code(rc, f"{what}: {strerror(rc)}")
+
+
+def error_from_last(text):
+    """Map logpool_last_error()'s text (it starts with the strerror of its code)."""
+    for code in (errors.ECONFIG, errors.ERUNTIME, errors.EINVAL):
+        if text.startswith(strerror(code)):
+            return errors.from_code(code, text)
+    return errors.RuntimeUnavailable(text, errors.ERUNTIME)

@@ -1,0 +1,95 @@
+"""The Python side of liblogpool: runs inside the embedded interpreter (or the host's, when
+the host is Python). install() is called once by the library's cffi init code with the
+library's own ffi/lib (API mode), and registers the functions C calls into."""
+import atexit
+import json
+import threading
+
+from logpool import config as config_mod
+from logpool.errors import ConfigError
+from logpool.writer import SinkWriter
+
+# address of a logpool_t -> (PoolConfig, [SinkWriter]); read by logpool.Pool for stats extras
+POOLS = {}
+_lock = threading.Lock()
+_lib = None
+
+
+def install(ffi, lib):
+    global _lib
+    _lib = lib
+
+    def fail(message):
+        lib.logpool__set_error(message.encode("utf-8", "replace")[:500])
+        return ffi.NULL
+
+    @ffi.def_extern(name="logpool__py_start")
+    def py_start(config_json):
+        try:
+            cfg = config_mod.parse(ffi.string(config_json).decode("utf-8", "replace"))
+        except ConfigError as exc:
+            return fail(f"invalid configuration: {exc}")
+        except Exception as exc:  # noqa: BLE001 — never let a traceback reach the host
+            return fail(f"invalid configuration: {type(exc).__name__}: {exc}")
+        try:
+            return _start_pool(ffi, lib, cfg)
+        except Exception as exc:  # noqa: BLE001
+            return fail(f"embedded Python runtime unavailable: cannot start writer threads: "
+                        f"{type(exc).__name__}: {exc}")
+
+    # A Python host finalizes the interpreter at exit and its daemon threads stop then:
+    # close pools first. (A non-Python host never runs this; the C atexit fallback does.)
+    atexit.register(lib.logpool__close_all, -1)
+
+
+def _start_pool(ffi, lib, cfg):
+    pool = lib.logpool__pool_alloc(len(cfg.sinks), cfg.exit_flush_timeout_ms)
+    if pool == ffi.NULL:
+        raise MemoryError("cannot allocate the pool")
+    writers = []
+    try:
+        for sink in cfg.sinks:
+            limits = ffi.new("logpool__limits_t *", {
+                "flush_limit": sink.flush_limit,
+                "periodic_flush_ms": sink.periodic_flush_ms,
+                "max_buffer_length": sink.max_buffer_length,
+                "max_message_size": sink.max_message_size,
+            })
+            rc = lib.logpool__sink_init(pool, sink.index, limits)
+            if rc != 0:
+                raise ConfigError(f"sinks[{sink.index}]: rejected by the C core ({rc})")
+            writers.append(SinkWriter(ffi, lib, lib.logpool__pool_sink(pool, sink.index), sink))
+    except BaseException:
+        lib.logpool__pool_discard(pool)
+        raise
+    started = 0
+    try:
+        for w in writers:
+            lib.logpool__sink_writer_started(w.c)
+            try:
+                w.start()
+            except BaseException:
+                lib.logpool__sink_writer_exit(w.c)
+                raise
+            started += 1
+    except BaseException:
+        for w in writers[started + 1:]:
+            lib.logpool__sink_writer_exit(w.c)  # never started: mark so close does not wait
+        lib.logpool_close(pool, 0)
+        raise
+    with _lock:
+        POOLS[int(ffi.cast("uintptr_t", pool))] = (cfg, writers)
+    return pool
+
+
+def forget(address):
+    with _lock:
+        POOLS.pop(address, None)
+
+
+def describe(address):
+    """(PoolConfig, [SinkWriter]) of a pool started in this interpreter, or None."""
+    with _lock:
+        return POOLS.get(address)
+
+

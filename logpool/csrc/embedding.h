@@ -1,0 +1,5 @@
+/* Functions implemented in Python (logpool/_embedded.py) and called from C.
+ * Read by build_ffi.py into ffibuilder.embedding_api(). */
+/* LOGPOOL_CDEF_BEGIN */
+void *logpool__py_start(const char *config_json);
+/* LOGPOOL_CDEF_END */

@@ -1,0 +1,77 @@
+/*
+ * Internal interface between the C core and the Python writer threads of the same
+ * library. Not installed, not stable. The block between the CDEF markers is read by
+ * build_ffi.py into the embedded module's cdef, so it holds plain declarations only.
+ *
+ * Ownership: producers (log_cdata, any thread) append to the sink's chain under
+ * sink->lock. The sink's writer thread alone calls logpool__sink_take/iov/consume/rewind:
+ * take moves the whole producer chain onto the writer's pending list; the rest walk that
+ * list without the lock.
+ */
+#ifndef LOGPOOL_INTERNAL_H
+#define LOGPOOL_INTERNAL_H
+
+#include "logpool.h"
+
+/* LOGPOOL_CDEF_BEGIN */
+typedef struct logpool__sink_s logpool__sink_t;
+
+typedef struct logpool__limits_s {
+    uint64_t flush_limit;
+    uint64_t periodic_flush_ms;
+    uint64_t max_buffer_length;
+    uint64_t max_message_size;
+} logpool__limits_t;
+
+typedef struct logpool__iov_s {
+    char *base;
+    size_t len;
+} logpool__iov_t;
+
+enum logpool__wait_result {
+    LOGPOOL__WAIT_TIMEOUT = 0,
+    LOGPOOL__WAIT_READY = 1,   /* a batch is due: take it */
+    LOGPOOL__WAIT_STOP = 2     /* logpool_close gave up waiting: exit now */
+};
+
+enum logpool__wait_mode {
+    LOGPOOL__WAIT_FOR_BATCH = 0,
+    LOGPOOL__WAIT_FOR_STOP = 1
+};
+
+enum logpool__counter {
+    LOGPOOL__CONNECTS = 0,
+    LOGPOOL__CONNECT_FAILURES = 1,
+    LOGPOOL__WRITE_ERRORS = 2,
+    LOGPOOL__RECONNECTS = 3,
+    LOGPOOL__WRITER_ERRORS = 4,
+    LOGPOOL__WRITES = 5
+};
+
+logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms);
+int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *limits);
+logpool__sink_t *logpool__pool_sink(logpool_t *pool, int socket_id);
+void logpool__pool_discard(logpool_t *pool);
+void logpool__set_error(const char *message);
+
+int logpool__sink_wait(logpool__sink_t *sink, int mode, int timeout_ms);
+size_t logpool__sink_take(logpool__sink_t *sink);
+uint64_t logpool__sink_batch_oldest_ns(logpool__sink_t *sink);
+int logpool__sink_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov);
+size_t logpool__sink_consume(logpool__sink_t *sink, size_t nbytes);
+size_t logpool__sink_rewind(logpool__sink_t *sink);
+size_t logpool__sink_pending(logpool__sink_t *sink);
+int logpool__sink_is_closing(logpool__sink_t *sink);
+void logpool__sink_count(logpool__sink_t *sink, int counter, uint64_t n);
+void logpool__sink_set_connected(logpool__sink_t *sink, int connected);
+void logpool__sink_writer_started(logpool__sink_t *sink);
+void logpool__sink_writer_exit(logpool__sink_t *sink);
+uint64_t logpool__now_ns(void);
+int logpool__close_all(int timeout_ms);
+/* LOGPOOL_CDEF_END */
+
+/* Implemented in runtime.c (needs Python.h), used by logpool.c. */
+int logpool__runtime_start(char *err, size_t errlen);
+unsigned logpool__fork_generation(void);
+
+#endif /* LOGPOOL_INTERNAL_H */

@@ -1,0 +1,164 @@
+/*
+ * Starting the embedded Python runtime from a host that is not Python (luajit, nginx).
+ * Runs once per process, before the first call into cffi's embedding API, which would
+ * otherwise call Py_InitializeEx() itself — with signal handlers, with the host's (empty)
+ * environment, and with Py_FatalError (abort) when the stdlib cannot be found.
+ *
+ * The build bakes in (build_ffi.py):
+ *   LOGPOOL_BUILD_EXECUTABLE  the venv's python: PyConfig.executable, so that getpath finds
+ *                             pyvenv.cfg, the stdlib and the venv's site-packages
+ *   LOGPOOL_BUILD_LIBPYTHON   the libpython the library was linked against (also the rpath)
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "logpool_internal.h"
+
+#ifndef LOGPOOL_BUILD_EXECUTABLE
+#error "build_ffi.py defines LOGPOOL_BUILD_EXECUTABLE"
+#endif
+#ifndef LOGPOOL_BUILD_LIBPYTHON
+#error "build_ffi.py defines LOGPOOL_BUILD_LIBPYTHON"
+#endif
+
+static pthread_mutex_t runtime_lock = PTHREAD_MUTEX_INITIALIZER;
+static int runtime_state; /* 0: not started, 1: running, -1: failed for good */
+static unsigned runtime_generation;
+static char runtime_error[400];
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int same_file(const char *a, const char *b)
+{
+    char ra[PATH_MAX], rb[PATH_MAX];
+    if (realpath(a, ra) == NULL || realpath(b, rb) == NULL)
+        return strcmp(a, b) == 0;
+    return strcmp(ra, rb) == 0;
+}
+
+/* Trap 6: LuaJIT unloads a library whose ffi.load handle is collected; our threads would
+ * then run unmapped code. Pin this object for the life of the process. */
+static int pin_self(char *err, size_t errlen)
+{
+    Dl_info self;
+    if (dladdr((void *)&logpool_new, &self) == 0 || self.dli_fname == NULL)
+        return fail(err, errlen, "embedded Python runtime unavailable: dladdr() cannot find "
+                                 "liblogpool itself");
+    if (dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)
+        return fail(err, errlen, "embedded Python runtime unavailable: cannot pin %s: %s",
+                    self.dli_fname, dlerror());
+    return 0;
+}
+
+/* Trap 1: ffi.load() opened us with RTLD_LOCAL, so libpython's symbols are invisible to the
+ * extension modules Python will dlopen (_cffi_backend, _socket, select): promote them.
+ * Trap 2: the libpython that got loaded must be the one we were built for. */
+static int promote_libpython(char *err, size_t errlen)
+{
+    Dl_info py;
+    if (dladdr((void *)&Py_IsInitialized, &py) == 0 || py.dli_fname == NULL)
+        return fail(err, errlen, "embedded Python runtime unavailable: dladdr() cannot find "
+                                 "libpython");
+    if (!Py_IsInitialized() && !same_file(py.dli_fname, LOGPOOL_BUILD_LIBPYTHON))
+        return fail(err, errlen,
+                    "embedded Python runtime unavailable: loaded %s but liblogpool was built "
+                    "against %s; rebuild logpool for this Python (make build)",
+                    py.dli_fname, LOGPOOL_BUILD_LIBPYTHON);
+    if (dlopen(py.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL) == NULL)
+        return fail(err, errlen, "embedded Python runtime unavailable: cannot promote %s to "
+                                 "RTLD_GLOBAL: %s", py.dli_fname, dlerror());
+    return 0;
+}
+
+/* Trap 7: the nginx worker user must be able to read the venv and Python's prefix. Say so
+ * in words rather than letting Python fail on a missing 'encodings' module. */
+static int check_readable(char *err, size_t errlen)
+{
+    if (access(LOGPOOL_BUILD_EXECUTABLE, X_OK) == 0)
+        return 0;
+    int e = errno;
+    return fail(err, errlen,
+                "embedded Python runtime unavailable: %s: %s (running as uid %d); the library, "
+                "the venv and Python's installation must be readable by this user (nginx: "
+                "the 'user' directive)", LOGPOOL_BUILD_EXECUTABLE, strerror(e), (int)geteuid());
+}
+
+static int initialize_python(char *err, size_t errlen)
+{
+    PyConfig config;
+    PyConfig_InitIsolatedConfig(&config);
+    config.install_signal_handlers = 0; /* trap 3: the host owns signals */
+    config.site_import = 1;             /* the venv's site-packages */
+    config.user_site_directory = 0;
+    config.parse_argv = 0;
+    PyStatus status = PyConfig_SetBytesString(&config, &config.executable,
+                                              LOGPOOL_BUILD_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        status = PyConfig_SetBytesString(&config, &config.program_name,
+                                         LOGPOOL_BUILD_EXECUTABLE);
+    if (!PyStatus_Exception(status))
+        status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status))
+        return fail(err, errlen,
+                    "embedded Python runtime unavailable: cannot start Python for %s (uid %d): "
+                    "%s%s%s", LOGPOOL_BUILD_EXECUTABLE, (int)geteuid(),
+                    status.func ? status.func : "", status.func ? ": " : "",
+                    status.err_msg ? status.err_msg : "unknown error");
+    /* cffi's embedding entry points take the GIL with PyGILState_Ensure: release it. */
+    PyEval_SaveThread();
+    return 0;
+}
+
+int logpool__runtime_start(char *err, size_t errlen)
+{
+    int rc = 0;
+    pthread_mutex_lock(&runtime_lock);
+    if (runtime_state == 1 && runtime_generation != logpool__fork_generation()) {
+        /* Trap 4: Python started in a parent before fork (nginx: init_by_lua runs in the
+         * master). Its threads and GIL state did not survive the fork. */
+        rc = fail(err, errlen,
+                  "embedded Python runtime unavailable: Python was started in a parent process "
+                  "before fork(); start pools after fork (nginx: init_worker_by_lua, not "
+                  "init_by_lua)");
+    } else if (runtime_state == -1) {
+        rc = fail(err, errlen, "%s", runtime_error);
+    } else if (runtime_state == 0) {
+        int host_python = Py_IsInitialized();
+        if (pin_self(err, errlen) != 0 || promote_libpython(err, errlen) != 0 ||
+            (!host_python && (check_readable(err, errlen) != 0 ||
+                              initialize_python(err, errlen) != 0))) {
+            /* Only a failed Py_Initialize is final; the rest may be fixed and retried. */
+            if (strstr(err, "cannot start Python") != NULL) {
+                runtime_state = -1;
+                snprintf(runtime_error, sizeof runtime_error, "%s", err);
+            }
+            rc = -1;
+        } else {
+            runtime_state = 1;
+            runtime_generation = logpool__fork_generation();
+        }
+    }
+    pthread_mutex_unlock(&runtime_lock);
+    return rc;
+}

@@ -1,0 +1,289 @@
+"""A sink's writer thread: waits in C (GIL released) for a batch, sends it zero-copy from the
+C chunks, reconnects with jittered backoff and resends from the first message that was not
+completely written.
+
+Three separate pieces, as in CPython's logging.handlers.SocketHandler and redis-py:
+``open_connection`` makes a socket, ``Backoff`` is the retry policy, ``SinkWriter`` is the
+loop. ``sock is None`` is the one "disconnected" state.
+"""
+import errno
+import os
+import random
+import select
+import socket
+import sys
+import threading
+import time
+import traceback
+
+# How often a blocked connect/send looks at the stop flag: logpool_close waits for the
+# writer to notice, so this bounds how long a close can take after its own timeout.
+SLICE_S = 0.05
+IOV_BATCH = 64  # chunks per sendmsg; IOV_MAX is 1024
+REPORT_INTERVAL_S = 10.0
+
+
+class Backoff:
+    """Exponential backoff with "equal jitter": the delay for the n-th consecutive failure
+    is uniform in [d/2, d] where d = min(cap, base * 2**(n-1)), so attempts are never closer
+    than half the configured interval and never synchronised across workers."""
+
+    def __init__(self, base_s, cap_s, rand=random.random):
+        self.base_s = base_s
+        self.cap_s = cap_s
+        self.rand = rand
+
+    def compute(self, failures):
+        if failures <= 0:
+            return 0.0
+        d = min(self.cap_s, self.base_s * (2 ** min(failures - 1, 30)))
+        return d / 2 + self.rand() * d / 2
+
+
+class Stopped(Exception):
+    """logpool_close gave up waiting: leave now."""
+
+
+def _addresses(sink):
+    if sink.scheme == "unix":
+        return [(socket.AF_UNIX, sink.address)]
+    host, port = sink.address
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(errno.EHOSTUNREACH, f"{host} resolves to no address")
+    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+
+
+def open_connection(sink, should_stop):
+    """Connect to the sink within connect_timeout_ms; non-blocking socket on success.
+    Names are resolved here, in the writer thread, never on the hot path."""
+    deadline = time.monotonic() + sink.connect_timeout_ms / 1000
+    last_error = None
+    for family, address in _addresses(sink):
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            rc = sock.connect_ex(address)
+            if rc in (errno.EINPROGRESS, errno.EALREADY):
+                poller = select.poll()
+                poller.register(sock, select.POLLOUT)
+                while not poller.poll(SLICE_S * 1000):
+                    if should_stop():
+                        raise Stopped()
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError(errno.ETIMEDOUT, "connect timed out after "
+                                           f"{sink.connect_timeout_ms} ms")
+                rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if rc != 0:
+                raise OSError(rc, os.strerror(rc))
+            if family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except Stopped:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+    raise last_error
+
+
+def _describe(exc):
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"{exc.strerror or exc} (running as uid {os.geteuid()})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class ErrorReporter:
+    """First error of each kind per sink goes to stderr (nginx's error log); repeats are
+    rate-limited to one line per interval with a count."""
+
+    def __init__(self, label, interval_s=REPORT_INTERVAL_S, stream=None, clock=time.monotonic):
+        self.label = label
+        self.interval_s = interval_s
+        self.stream = stream
+        self.clock = clock
+        self.last = {}  # kind -> (time reported, suppressed since)
+        self.last_error = ""
+
+    def report(self, kind, text):
+        self.last_error = f"{kind}: {text}"
+        now = self.clock()
+        seen = self.last.get(kind)
+        if seen is not None and now - seen[0] < self.interval_s:
+            self.last[kind] = (seen[0], seen[1] + 1)
+            return
+        more = f" ({seen[1]} more in the last {self.interval_s:.0f} s)" if seen and seen[1] else ""
+        self.last[kind] = (now, 0)
+        stream = self.stream or sys.stderr
+        try:
+            stream.write(f"logpool: sink {self.label}: {kind}: {text}{more}\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+class SinkWriter(threading.Thread):
+    def __init__(self, ffi, lib, csink, sink):
+        super().__init__(name=f"logpool-writer-{sink.index}", daemon=True)
+        self.ffi = ffi
+        self.lib = lib
+        self.c = csink
+        self.sink = sink
+        self.sock = None
+        self.failures = 0
+        self.ever_connected = False
+        self.next_attempt = 0.0
+        self.backoff = Backoff(sink.retry_interval_ms / 1000, sink.max_retry_interval_ms / 1000)
+        self.iov = ffi.new("logpool__iov_t[]", IOV_BATCH)
+        self.reporter = ErrorReporter(f"{sink.index} ({sink.name})")
+        self.poller = None
+
+    # -- lifecycle --
+
+    def run(self):
+        try:
+            self._loop()
+        finally:
+            self._disconnect()
+            self.lib.logpool__sink_writer_exit(self.c)
+
+    def _should_stop(self):
+        lib = self.lib
+        return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP, 0) == lib.LOGPOOL__WAIT_STOP
+
+    def _loop(self):
+        lib = self.lib
+        while True:
+            try:
+                if self.sock is None:
+                    if not self._connect_when_due():
+                        return
+                    continue
+                if lib.logpool__sink_pending(self.c) == 0:
+                    r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH, -1)
+                    if r == lib.LOGPOOL__WAIT_STOP:
+                        return
+                    if r != lib.LOGPOOL__WAIT_READY:
+                        continue
+                    lib.logpool__sink_take(self.c)
+                    if self._peer_closed():
+                        self._broken("write", "the peer closed the connection")
+                        continue
+                self._send_pending()
+            except Stopped:
+                return
+            except OSError as exc:
+                self._broken("write", _describe(exc))
+            except Exception as exc:  # noqa: BLE001 — a writer never dies silently (trap 8)
+                lib.logpool__sink_count(self.c, lib.LOGPOOL__WRITER_ERRORS, 1)
+                self.reporter.report("internal error", "".join(
+                    traceback.format_exception_only(type(exc), exc)).strip() + "\n" +
+                    "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                self._broken(None, None)
+
+    # -- connecting --
+
+    def _connect_when_due(self):
+        """False when stop was requested."""
+        now = time.monotonic()
+        if now < self.next_attempt:
+            wait_ms = max(1, int((self.next_attempt - now) * 1000))
+            return (self.lib.logpool__sink_wait(self.c, self.lib.LOGPOOL__WAIT_FOR_STOP, wait_ms)
+                    != self.lib.LOGPOOL__WAIT_STOP)
+        try:
+            sock = open_connection(self.sink, self._should_stop)
+        except Stopped:
+            return False
+        except OSError as exc:
+            self.failures += 1
+            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__CONNECT_FAILURES, 1)
+            delay = self.backoff.compute(self.failures)
+            self.next_attempt = time.monotonic() + delay
+            self.reporter.report("connect failed", f"{self.sink.url}: {_describe(exc)}; "
+                                 f"retrying in {delay * 1000:.0f} ms")
+            return True
+        self.sock = sock
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLOUT)
+        self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__CONNECTS, 1)
+        if self.ever_connected:
+            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__RECONNECTS, 1)
+        self.ever_connected = True
+        self.lib.logpool__sink_set_connected(self.c, 1)
+        return True
+
+    def _disconnect(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+            self.poller = None
+            self.lib.logpool__sink_set_connected(self.c, 0)
+
+    def _broken(self, kind, text):
+        """The connection is unusable: close it, rewind to the first message not completely
+        written, and schedule a reconnect with backoff."""
+        if kind is not None:
+            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITE_ERRORS, 1)
+        self._disconnect()
+        self.lib.logpool__sink_rewind(self.c)
+        self.failures += 1
+        delay = self.backoff.compute(self.failures)
+        self.next_attempt = time.monotonic() + delay
+        if kind is not None:
+            self.reporter.report(f"{kind} failed", f"{self.sink.url}: {text}; reconnecting in "
+                                 f"{delay * 1000:.0f} ms and resending from the first "
+                                 f"message not completely written")
+
+    def _peer_closed(self):
+        """A collector never talks back: readable means EOF or reset. Checked before a batch
+        so that a peer that went away while we were idle does not swallow it."""
+        try:
+            data = self.sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True
+        if data:
+            self.sock.recv(len(data), socket.MSG_DONTWAIT)  # ignore chatter
+            return False
+        return True
+
+    # -- sending --
+
+    def _send_pending(self):
+        lib, ffi, c = self.lib, self.ffi, self.c
+        stalled_since = None
+        while lib.logpool__sink_pending(c) > 0:
+            n = lib.logpool__sink_iov(c, self.iov, IOV_BATCH)
+            views = [ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
+            try:
+                written = self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
+            except (BlockingIOError, InterruptedError):
+                written = 0
+            if written > 0:
+                lib.logpool__sink_count(c, lib.LOGPOOL__WRITES, 1)
+                if lib.logpool__sink_consume(c, written) > 0:
+                    self.failures = 0
+                stalled_since = None
+                continue
+            # The peer is not reading: wait for room in slices, watching the stop flag.
+            now = time.monotonic()
+            if stalled_since is None:
+                stalled_since = now
+            elif now - stalled_since >= self.sink.send_timeout_ms / 1000:
+                raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
+                                   f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
+            events = self.poller.poll(SLICE_S * 1000)
+            if events and events[0][1] & (select.POLLERR | select.POLLHUP):
+                raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
+            if self._should_stop():
+                raise Stopped()
+
+    def stats_extra(self):
+        return {"last_error": self.reporter.last_error}

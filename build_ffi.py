@@ -25,7 +25,7 @@ MODULE = "_logpool_embedded"
 
 def cdef_block(path):
     """The declarations between the LOGPOOL_CDEF markers of a header."""
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     match = re.search(r"/\* LOGPOOL_CDEF_BEGIN \*/(.*?)/\* LOGPOOL_CDEF_END \*/", text, re.S)
     if match is None:
@@ -87,7 +87,7 @@ def build(sanitize=False, target=TARGET):
     import logpool  # the version the library must agree with
 
     header_version = re.search(r'#define LOGPOOL_VERSION_STRING "([^"]+)"',
-                               open(os.path.join(INCLUDE, "logpool.h")).read()).group(1)
+                               open(os.path.join(INCLUDE, "logpool.h"), encoding="utf-8").read()).group(1)
     if header_version != logpool.__version__:
         raise SystemExit(f"include/logpool.h says {header_version}, "
                          f"logpool/__init__.py says {logpool.__version__}")

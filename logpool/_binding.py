@@ -15,7 +15,7 @@ _lock = threading.Lock()
 
 
 def cdef_block(path):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         text = f.read()
     match = re.search(r"/\* LOGPOOL_CDEF_BEGIN \*/(.*?)/\* LOGPOOL_CDEF_END \*/", text, re.S)
     if match is None:

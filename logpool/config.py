@@ -178,6 +178,10 @@ def parse(config):
         for key in SINK_OPTIONS:
             if key in sink:
                 opts[key] = _positive_int(f"{where}.{key}", sink[key], INT32_MAX)
+        # Defaults shrink to a small buffer; only values the user gave can contradict it.
+        for key in ("max_message_size", "flush_limit"):
+            if key not in sink and key not in config:
+                opts[key] = min(opts[key], opts["max_buffer_length"])
         if opts["max_message_size"] > opts["max_buffer_length"]:
             raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is larger "
                               f"than max_buffer_length {opts['max_buffer_length']}")

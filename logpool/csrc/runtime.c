@@ -105,13 +105,22 @@ static int check_readable(char *err, size_t errlen)
 
 static int initialize_python(char *err, size_t errlen)
 {
+    /* nginx clears the environment: the C locale would make every open() ASCII. */
+    PyPreConfig preconfig;
+    PyPreConfig_InitIsolatedConfig(&preconfig);
+    preconfig.utf8_mode = 1;
+    PyStatus status = Py_PreInitialize(&preconfig);
+    if (PyStatus_Exception(status))
+        return fail(err, errlen, "embedded Python runtime unavailable: cannot start Python "
+                    "(pre-initialization): %s", status.err_msg ? status.err_msg : "unknown");
+
     PyConfig config;
     PyConfig_InitIsolatedConfig(&config);
     config.install_signal_handlers = 0; /* trap 3: the host owns signals */
     config.site_import = 1;             /* the venv's site-packages */
     config.user_site_directory = 0;
     config.parse_argv = 0;
-    PyStatus status = PyConfig_SetBytesString(&config, &config.executable,
+    status = PyConfig_SetBytesString(&config, &config.executable,
                                               LOGPOOL_BUILD_EXECUTABLE);
     if (!PyStatus_Exception(status))
         status = PyConfig_SetBytesString(&config, &config.program_name,

@@ -1,0 +1,5 @@
+import sys
+
+from logpool.cli import main
+
+sys.exit(main())

@@ -1,0 +1,169 @@
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import pytest
+
+import logpool
+from logpool import _binding
+from logpool.receiver import Receiver
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+
+
+def wait_for(predicate, timeout=10.0, interval=0.005, what="condition"):
+    """Poll a condition until it holds or the deadline passes (no blind sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def sock_path(tmp_path, name="sink.sock"):
+    # sun_path is limited to 107 bytes; pytest's tmp_path can be long.
+    path = str(tmp_path / name)
+    if len(path) > 100:
+        short = os.path.join("/tmp", f"lp-{os.getpid()}-{abs(hash(path)) % 10**8}")
+        os.makedirs(short, exist_ok=True)
+        path = os.path.join(short, name)
+    return path
+
+
+class LockedBytes(io.RawIOBase):
+    """What an in-process receiver wrote; readable while it runs."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+
+    def writable(self):
+        return True
+
+    def write(self, data):
+        with self._lock:
+            self._buf += data
+        return len(data)
+
+    def getvalue(self):
+        with self._lock:
+            return bytes(self._buf)
+
+    def lines(self):
+        return self.getvalue().splitlines()
+
+
+@pytest.fixture
+def receiver(tmp_path):
+    """A real collector on a unix socket, in a thread of this process."""
+    started = []
+
+    def start(listen=None):
+        out = LockedBytes()
+        r = Receiver(listen or "unix:" + sock_path(tmp_path, f"r{len(started)}.sock"), out)
+        r.output = out
+        r.start()
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.stop()
+
+
+class ReceiveProcess:
+    """`python -m logpool receive` as a real separate process."""
+
+    def __init__(self, listen, out_path):
+        self.listen = listen
+        self.out_path = out_path
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "logpool", "receive", "--listen", listen, "--out", out_path],
+            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        line = self.proc.stderr.readline()
+        if "listening on" not in line:
+            raise AssertionError(f"receiver did not start: {line!r} {self.proc.stderr.read()}")
+        self.url = line.rsplit(" ", 1)[1].strip()
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        self.proc.wait(timeout=15)
+        self.summary = self.proc.stderr.read()
+        self.proc.stderr.close()
+        return self.proc.returncode
+
+    def lines(self):
+        with open(self.out_path, "rb") as f:
+            return f.read().splitlines()
+
+
+@pytest.fixture
+def receive_process(tmp_path):
+    procs = []
+
+    def start(listen=None, out_path=None):
+        p = ReceiveProcess(listen or "unix:" + sock_path(tmp_path, "proc.sock"),
+                           out_path or str(tmp_path / "received.log"))
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def pools():
+    """Pools made through this fixture are closed at the end of the test."""
+    made = []
+
+    def make(config):
+        p = logpool.Pool(config)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.close(timeout=2)
+
+
+def message(sink, seq, size=None):
+    """A self-checking line: sink, sequence, crc32 of the payload, payload."""
+    payload = (b"%d-%d:" % (sink, seq)) * 4
+    if size is not None:
+        payload = (payload * (size // max(1, len(payload)) + 1))[:max(0, size)]
+    return b"%d %d %08x %s\n" % (sink, seq, zlib.crc32(payload), payload)
+
+
+LINE = re.compile(rb"^(\d+) (\d+) ([0-9a-f]{8}) (.*)$", re.S)
+
+
+def parse_line(line):
+    """(sink, seq) of an intact line; AssertionError for a damaged one."""
+    m = LINE.match(line)
+    assert m is not None, f"damaged line {line[:80]!r}"
+    assert int(m.group(3), 16) == zlib.crc32(m.group(4)), f"bad checksum {line[:80]!r}"
+    return int(m.group(1)), int(m.group(2))
+
+
+def lua_cdef():
+    return _binding.cdef_block(logpool.paths.header_path())
+
+
+def luajit_binary():
+    path = shutil.which("luajit")
+    assert path, "the luajit binary (Debian package luajit2) is required: run `make deps`"
+    return path

@@ -1,0 +1,184 @@
+"""The C contract from Python through cffi's ABI mode on the built .so: every code comes
+from a real situation."""
+import json
+
+import pytest
+
+from logpool import _binding
+from conftest import sock_path, wait_for
+
+ffi = _binding.ffi
+lib = _binding.lib()
+
+CODES = {
+    "LOGPOOL_OK": 0, "LOGPOOL_EINVAL": -1, "LOGPOOL_ENOSINK": -2, "LOGPOOL_ETOOBIG": -3,
+    "LOGPOOL_EFULL": -4, "LOGPOOL_ECLOSED": -5, "LOGPOOL_ECONFIG": -6, "LOGPOOL_ERUNTIME": -7,
+    "LOGPOOL_ETIMEDOUT": -8,
+}
+
+
+def new_pool(config):
+    p = lib.logpool_new(json.dumps(config).encode())
+    assert p != ffi.NULL, ffi.string(lib.logpool_last_error()).decode()
+    return p
+
+
+def last_error():
+    return ffi.string(lib.logpool_last_error()).decode()
+
+
+@pytest.fixture
+def down_sink(tmp_path):
+    return "unix:" + sock_path(tmp_path, "nobody-listens.sock")
+
+
+@pytest.fixture
+def pool(down_sink):
+    p = new_pool({"sinks": [{"url": down_sink}], "max_message_size": 100,
+                  "max_buffer_length": 1000, "flush_limit": 500})
+    yield p
+    lib.logpool_close(p, 0)
+    lib.logpool_free(p)
+
+
+def stats(p, sink=0):
+    out = ffi.new("logpool_stats_t *")
+    assert lib.logpool_stats(p, sink, out) == 0
+    return out
+
+
+def test_code_values_match_the_contract():
+    for name, value in CODES.items():
+        assert getattr(lib, name) == value
+
+
+def test_strerror_has_a_message_for_every_code_and_unknown_ones():
+    texts = {code: ffi.string(lib.logpool_strerror(code)).decode() for code in CODES.values()}
+    assert texts[-4] == "buffer full"
+    assert len(set(texts.values())) == len(texts)
+    assert ffi.string(lib.logpool_strerror(-999)).decode() == "unknown error code"
+    assert ffi.string(lib.logpool_strerror(12345)).decode() == "unknown error code"
+
+
+def test_version():
+    assert ffi.string(lib.logpool_version()) == b"0.1.0"
+
+
+def test_null_pool_is_einval():
+    assert lib.log_cdata(ffi.NULL, 0, b"x", 1) == lib.LOGPOOL_EINVAL
+    assert lib.logpool_flush(ffi.NULL, 0) == lib.LOGPOOL_EINVAL
+    assert lib.logpool_close(ffi.NULL, 0) == lib.LOGPOOL_EINVAL
+    assert lib.logpool_sink_count(ffi.NULL) == lib.LOGPOOL_EINVAL
+    assert lib.logpool_stats(ffi.NULL, 0, ffi.new("logpool_stats_t *")) == lib.LOGPOOL_EINVAL
+    lib.logpool_free(ffi.NULL)  # a no-op, like free(NULL)
+
+
+def test_null_message_with_length_is_einval_and_len_zero_is_a_noop(pool):
+    assert lib.log_cdata(pool, 0, ffi.NULL, 5) == lib.LOGPOOL_EINVAL
+    assert lib.log_cdata(pool, 0, ffi.NULL, 0) == 0
+    assert lib.log_cdata(pool, 0, b"", 0) == 0
+    assert stats(pool).accepted_messages == 0
+
+
+@pytest.mark.parametrize("socket_id", [1, -1, 2**31 - 1, -(2**31)])
+def test_unknown_socket_id_is_enosink(pool, socket_id):
+    assert lib.log_cdata(pool, socket_id, b"x", 1) == lib.LOGPOOL_ENOSINK
+    assert lib.logpool_stats(pool, socket_id, ffi.new("logpool_stats_t *")) == lib.LOGPOOL_ENOSINK
+
+
+def test_message_over_max_message_size_is_etoobig_and_counted(pool):
+    assert lib.log_cdata(pool, 0, b"x" * 100, 100) == 100
+    assert lib.log_cdata(pool, 0, b"x" * 101, 101) == lib.LOGPOOL_ETOOBIG
+    st = stats(pool)
+    assert (st.accepted_messages, st.dropped_too_big) == (1, 1)
+
+
+def test_buffer_full_while_sink_is_down_is_efull_and_counted_exactly(pool):
+    accepted = refused = 0
+    for _ in range(25):
+        rc = lib.log_cdata(pool, 0, b"y" * 100, 100)
+        if rc == 100:
+            accepted += 1
+        else:
+            assert rc == lib.LOGPOOL_EFULL
+            refused += 1
+    assert (accepted, refused) == (10, 15)  # max_buffer_length 1000 / 100-byte messages
+    st = stats(pool)
+    assert (st.accepted_messages, st.dropped_full, st.buffered_bytes) == (10, 15, 1000)
+    assert st.connected == 0
+
+
+def test_flush_with_sink_down_times_out(pool):
+    assert lib.log_cdata(pool, 0, b"z\n", 2) == 2
+    assert lib.logpool_flush(pool, 50) == lib.LOGPOOL_ETIMEDOUT
+
+
+def test_flush_with_nothing_accepted_returns_at_once(pool):
+    assert lib.logpool_flush(pool, 0) == 0
+
+
+def test_after_close_is_eclosed_close_counts_abandoned_and_is_idempotent(pool):
+    for _ in range(3):
+        assert lib.log_cdata(pool, 0, b"a\n", 2) == 2
+    assert lib.logpool_close(pool, 20) == 3  # sink down: all three abandoned
+    assert lib.logpool_close(pool, 20) == 3
+    assert lib.log_cdata(pool, 0, b"a\n", 2) == lib.LOGPOOL_ECLOSED
+    st = stats(pool)
+    assert (st.abandoned_messages, st.dropped_closed, st.buffered_bytes) == (3, 1, 0)
+
+
+def test_sink_count(receiver):
+    r1, r2 = receiver(), receiver()
+    p = new_pool({"sinks": [{"url": r1.url}, {"url": r2.url}]})
+    try:
+        assert lib.logpool_sink_count(p) == 2
+    finally:
+        assert lib.logpool_close(p, 1000) == 0
+        lib.logpool_free(p)
+
+
+@pytest.mark.parametrize("config, names", [
+    ({"sinks": [{"url": "unix:/x"}], "flush_limt": 5}, "flush_limt"),
+    ({"sinks": [{"url": "unix:/x", "bogus": 1}]}, "sinks[0].bogus"),
+    ({"sinks": [{"url": "unix:/x"}], "max_buffer_length": 0}, "max_buffer_length"),
+    ({"sinks": [{"url": "unix:/x", "flush_limit": "big"}]}, "sinks[0].flush_limit"),
+    ({"sinks": [{"url": "ftp://x:1"}]}, "sinks[0].url"),
+    ({"sinks": [{"url": "tcp://127.0.0.1:70000"}]}, "port 70000"),
+    ({"sinks": []}, "sinks"),
+    ({"sinks": [{"url": "unix:/x"}], "flush_limit": 2000, "max_buffer_length": 1000},
+     "flush_limit"),
+])
+def test_bad_config_returns_null_and_names_the_problem(config, names):
+    assert lib.logpool_new(json.dumps(config).encode()) == ffi.NULL
+    err = last_error()
+    assert err.startswith("invalid configuration: ")
+    assert names in err
+
+
+@pytest.mark.parametrize("text", [b"", b"{", b"[1]", b"null", b'{"sinks": "unix:/x"}'])
+def test_malformed_json_returns_null(text):
+    assert lib.logpool_new(text) == ffi.NULL
+    assert last_error().startswith("invalid configuration: ")
+
+
+def test_null_config_is_refused():
+    assert lib.logpool_new(ffi.NULL) == ffi.NULL
+    assert "NULL" in last_error()
+
+
+def test_stats_reconcile_after_delivery(receiver):
+    r = receiver()
+    p = new_pool({"sinks": [{"url": r.url}]})
+    try:
+        for i in range(1000):
+            m = b"%d\n" % i
+            assert lib.log_cdata(p, 0, m, len(m)) == len(m)
+        assert lib.logpool_flush(p, 5000) == 0
+        st = stats(p)
+        assert st.accepted_messages == st.sent_messages == 1000
+        assert st.accepted_bytes == st.sent_bytes == sum(len(b"%d\n" % i) for i in range(1000))
+        assert (st.buffered_bytes, st.buffered_messages, st.connects) == (0, 0, 1)
+        wait_for(lambda: len(r.output.lines()) == 1000, what="1000 lines at the receiver")
+    finally:
+        assert lib.logpool_close(p, 1000) == 0
+        lib.logpool_free(p)

@@ -86,8 +86,9 @@ def _positive_int(where, value, upper=None):
     return value
 
 
-def parse_url(where, url):
-    """('unix', path) or ('tcp', (host, port)); names are resolved later, by the writer."""
+def parse_url(where, url, allow_port_zero=False):
+    """('unix', path) or ('tcp', (host, port)); names are resolved later, by the writer.
+    Port 0 (any free port) only makes sense for a listener."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"{where}: must be a non-empty string like unix:/path or "
                           f"tcp://host:port, got {url!r}")
@@ -118,7 +119,7 @@ def parse_url(where, url):
                               f"got {url!r}")
         host = m.group(1) or m.group(3)
         port = int(m.group(2) or m.group(4))
-        if not 1 <= port <= 65535:
+        if not (0 if allow_port_zero else 1) <= port <= 65535:
             raise ConfigError(f"{where}: port {port} out of range 1-65535")
         return "tcp", (host, port)
     raise ConfigError(f"{where}: unknown scheme {scheme!r} "
@@ -168,11 +169,14 @@ def parse(config):
         if "url" not in sink:
             raise ConfigError(f"{where}.url: missing")
         scheme, address = parse_url(f"{where}.url", sink["url"])
-        name = sink.get("name", sink["url"])
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where}.name: must be a non-empty string, got {name!r}")
-        if name in names:
-            raise ConfigError(f"{where}.name: duplicate sink name {name!r}")
+        if "name" in sink:
+            name = sink["name"]
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"{where}.name: must be a non-empty string, got {name!r}")
+            if name in names:
+                raise ConfigError(f"{where}.name: duplicate sink name {name!r}")
+        else:  # unnamed: the URL, made unique when two sinks share it
+            name = sink["url"] if sink["url"] not in names else f"{sink['url']}#{i}"
         names.add(name)
         opts = dict(defaults)
         for key in SINK_OPTIONS:

@@ -23,7 +23,7 @@ READ_SIZE = 1 << 18
 def listen_socket(listen):
     """A listening socket for unix:/path or tcp://host:port (port 0 picks a free one)."""
     from logpool.config import parse_url
-    scheme, address = parse_url("--listen", listen)
+    scheme, address = parse_url("--listen", listen, allow_port_zero=True)
     if scheme == "unix":
         try:
             os.unlink(address)

@@ -137,12 +137,15 @@ def pools():
 
     yield make
     for p in made:
-        p.close(timeout=2)
+        p.close(timeout=0.5)
 
 
-def message(sink, seq, size=None):
-    """A self-checking line: sink, sequence, crc32 of the payload, payload."""
+def message(sink, seq, size=None, length=None):
+    """A self-checking line: sink, sequence, crc32 of the payload, payload. `size` is the
+    payload's length, `length` the whole line's."""
     payload = (b"%d-%d:" % (sink, seq)) * 4
+    if length is not None:
+        size = length - len(b"%d %d 00000000 \n" % (sink, seq))
     if size is not None:
         payload = (payload * (size // max(1, len(payload)) + 1))[:max(0, size)]
     return b"%d %d %08x %s\n" % (sink, seq, zlib.crc32(payload), payload)
@@ -153,7 +156,7 @@ LINE = re.compile(rb"^(\d+) (\d+) ([0-9a-f]{8}) (.*)$", re.S)
 
 def parse_line(line):
     """(sink, seq) of an intact line; AssertionError for a damaged one."""
-    m = LINE.match(line)
+    m = LINE.match(line[:-1] if line.endswith(b"\n") else line)
     assert m is not None, f"damaged line {line[:80]!r}"
     assert int(m.group(3), 16) == zlib.crc32(m.group(4)), f"bad checksum {line[:80]!r}"
     return int(m.group(1)), int(m.group(2))

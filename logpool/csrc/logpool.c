@@ -567,13 +567,11 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
     if (pool == NULL)
         return LOGPOOL_EINVAL;
     if (pool_inherited(pool)) {
-        /* Forked child: the writers live in the parent; locks may be held by threads that
-         * do not exist here. Count what this copy holds and touch nothing else. */
-        uint64_t left = 0;
-        for (int i = 0; i < pool->nsinks; i++)
-            left += sink_unsent(&pool->sinks[i]);
+        /* Forked child: the writers and the buffered messages are the parent's, which
+         * delivers them; locks may be held by threads that do not exist here. This process
+         * accepted nothing into this pool, so it abandons nothing. Touch nothing else. */
         ATOMIC_STORE(&pool->state, POOL_CLOSED);
-        return left > INT_MAX ? INT_MAX : (int)left;
+        return 0;
     }
     pthread_mutex_lock(&pool->close_lock);
     if (ATOMIC_LOAD(&pool->state) == POOL_CLOSED) {

@@ -1,0 +1,424 @@
+-- resty.logpool: ship log lines from nginx workers without blocking them.
+--
+--   local logpool = require "resty.logpool"
+--   local pool, err = logpool.new({ sinks = { { url = "unix:/run/c.sock", name = "app" } } })
+--   local bytes, err = pool:log("app", line)     -- one FFI call; never blocks
+--
+-- Caller bugs (wrong types, unknown sink names) raise at level 2; runtime failures return
+-- nil and the contract's message ("buffer full", ...).
+local ffi = require "ffi"
+
+local ffi_gc = ffi.gc
+local ffi_new = ffi.new
+local ffi_string = ffi.string
+local ffi_load = ffi.load
+local error = error
+local getmetatable = getmetatable
+local next = next
+local pairs = pairs
+local ipairs = ipairs
+local pcall = pcall
+local setmetatable = setmetatable
+local tonumber = tonumber
+local tostring = tostring
+local type = type
+local concat = table.concat
+local format = string.format
+local floor = math.floor
+local ngx = ngx
+
+-- The block between the markers is include/logpool.h's; tests/test_header.py compares them.
+if not pcall(ffi.typeof, "logpool_t") then
+    ffi.cdef [[
+/* LOGPOOL_CDEF_BEGIN */
+typedef struct logpool_s logpool_t;
+
+enum logpool_code {
+    LOGPOOL_OK = 0,
+    LOGPOOL_EINVAL = -1,
+    LOGPOOL_ENOSINK = -2,
+    LOGPOOL_ETOOBIG = -3,
+    LOGPOOL_EFULL = -4,
+    LOGPOOL_ECLOSED = -5,
+    LOGPOOL_ECONFIG = -6,
+    LOGPOOL_ERUNTIME = -7,
+    LOGPOOL_ETIMEDOUT = -8
+};
+
+typedef struct logpool_stats_s {
+    uint64_t accepted_messages;
+    uint64_t accepted_bytes;
+    uint64_t sent_messages;
+    uint64_t sent_bytes;
+    uint64_t dropped_full;
+    uint64_t dropped_too_big;
+    uint64_t dropped_closed;
+    uint64_t abandoned_messages;
+    uint64_t connects;
+    uint64_t connect_failures;
+    uint64_t write_errors;
+    uint64_t reconnects;
+    uint64_t buffered_bytes;
+    uint64_t connected;
+    uint64_t buffered_messages;
+    uint64_t writes;
+    uint64_t resent_bytes;
+    uint64_t writer_errors;
+} logpool_stats_t;
+
+logpool_t *logpool_new(const char *config_json);
+const char *logpool_last_error(void);
+int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len);
+int logpool_flush(logpool_t *pool, int timeout_ms);
+int logpool_close(logpool_t *pool, int timeout_ms);
+void logpool_free(logpool_t *pool);
+int logpool_sink_count(logpool_t *pool);
+int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out);
+const char *logpool_strerror(int code);
+const char *logpool_version(void);
+/* LOGPOOL_CDEF_END */
+]]
+end
+if not pcall(function() return ffi.C.geteuid end) then
+    ffi.cdef "unsigned int geteuid(void);"
+end
+
+local _M = { _VERSION = "0.1.0" }
+
+local STATS_FIELDS = {
+    "accepted_messages", "accepted_bytes", "sent_messages", "sent_bytes", "dropped_full",
+    "dropped_too_big", "dropped_closed", "abandoned_messages", "connects", "connect_failures",
+    "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
+    "resent_bytes", "writer_errors",
+}
+-- Keys of the JSON config; their types are checked here so that a caller bug raises.
+local NUMBER_OPTIONS = {
+    flush_limit = true, periodic_flush_ms = true, max_buffer_length = true,
+    max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
+    retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
+}
+local CLOSE_ON_GC_MS = 1000
+
+-- The library handle lives in this upvalue for the life of the worker (DESIGN.md trap 6;
+-- the library also pins itself with RTLD_NODELETE).
+local lib, lib_loaded_from
+local stats_buf = ffi_new("logpool_stats_t")
+
+local function build_lib_path()
+    local ok, paths = pcall(require, "resty.logpool.build_paths")
+    if ok and type(paths) == "table" then
+        return paths.lib_path
+    end
+    return nil
+end
+
+local function load_lib(lib_path)
+    if lib then
+        if lib_path and lib_path ~= lib_loaded_from then
+            return nil, "logpool: library already loaded from " .. lib_loaded_from
+                        .. ", cannot also load " .. lib_path
+        end
+        return lib
+    end
+    local tried = {}
+    local path = lib_path
+    if path then
+        tried[#tried + 1] = "lib_path option: " .. path
+    else
+        tried[#tried + 1] = "lib_path option: not set"
+        path = build_lib_path()
+        tried[#tried + 1] = "resty/logpool/build_paths.lua: "
+                            .. (path or "not found (run `make build`)")
+    end
+    if not path then
+        return nil, "logpool: cannot find liblogpool.so; looked at " .. concat(tried, "; ")
+    end
+    local ok, loaded = pcall(ffi_load, path)
+    if not ok then
+        return nil, format("logpool: cannot load %s (%s): %s; the library, its libpython "
+                           .. "and the venv must be readable by the nginx worker user "
+                           .. "(uid %d)", path, concat(tried, "; "), tostring(loaded),
+                           tonumber(ffi.C.geteuid()))
+    end
+    local version = ffi_string(loaded.logpool_version())
+    if version ~= _M._VERSION then
+        return nil, format("logpool: %s is version %s, this module is %s", path, version,
+                           _M._VERSION)
+    end
+    lib, lib_loaded_from = loaded, path
+    return lib
+end
+
+-- A small JSON encoder for the config: strings, numbers, booleans, arrays, objects.
+local function json_string(s)
+    return '"' .. s:gsub('[%c"\\]', function(c)
+        if c == '"' then return '\\"' end
+        if c == "\\" then return "\\\\" end
+        return format("\\u%04x", c:byte())
+    end) .. '"'
+end
+
+local function json_encode(v)
+    local t = type(v)
+    if t == "string" then
+        return json_string(v)
+    elseif t == "number" then
+        if v ~= v or v == math.huge or v == -math.huge then
+            return "null"
+        end
+        if v == floor(v) and v >= -2^53 and v <= 2^53 then
+            return format("%d", v)
+        end
+        return format("%.17g", v)
+    elseif t == "boolean" then
+        return tostring(v)
+    elseif t == "table" then
+        if #v > 0 or next(v) == nil then
+            local parts = {}
+            for i, item in ipairs(v) do
+                parts[i] = json_encode(item)
+            end
+            return "[" .. concat(parts, ",") .. "]"
+        end
+        local parts = {}
+        for k, item in pairs(v) do
+            parts[#parts + 1] = json_string(tostring(k)) .. ":" .. json_encode(item)
+        end
+        return "{" .. concat(parts, ",") .. "}"
+    end
+    return "null"
+end
+_M._json_encode = json_encode
+
+local function check_options(where, t, level)
+    for k, v in pairs(t) do
+        if NUMBER_OPTIONS[k] and type(v) ~= "number" then
+            error(format("bad config: %s%s must be a number, got %s", where, k, type(v)),
+                  level + 1)
+        end
+    end
+end
+
+local pool_mt = {}
+pool_mt.__index = pool_mt
+
+local function release(p)
+    lib.logpool_close(p, CLOSE_ON_GC_MS)
+    lib.logpool_free(p)
+end
+
+--- syntax: pool, err = logpool.new(config)
+-- context: init_worker_by_lua*, timer, content/log phases (not init_by_lua: the master forks)
+function _M.new(config)
+    if type(config) ~= "table" then
+        error("bad argument #1 to 'new' (table expected, got " .. type(config) .. ")", 2)
+    end
+    local sinks = config.sinks
+    if type(sinks) ~= "table" or #sinks == 0 then
+        error("bad config: sinks must be a non-empty array of { url = ... }", 2)
+    end
+    if config.lib_path ~= nil and type(config.lib_path) ~= "string" then
+        error("bad config: lib_path must be a string, got " .. type(config.lib_path), 2)
+    end
+    check_options("", config, 2)
+    local names, json_sinks = {}, {}
+    for i, sink in ipairs(sinks) do
+        if type(sink) == "string" then
+            sink = { url = sink }
+        end
+        if type(sink) ~= "table" then
+            error(format("bad config: sinks[%d] must be a table, got %s", i, type(sink)), 2)
+        end
+        if type(sink.url) ~= "string" then
+            error(format("bad config: sinks[%d].url must be a string, got %s", i,
+                         type(sink.url)), 2)
+        end
+        if sink.name ~= nil and type(sink.name) ~= "string" then
+            error(format("bad config: sinks[%d].name must be a string, got %s", i,
+                         type(sink.name)), 2)
+        end
+        check_options(format("sinks[%d].", i), sink, 2)
+        local copy = {}
+        for k, v in pairs(sink) do
+            copy[k] = v
+        end
+        json_sinks[i] = copy
+        if sink.name then
+            names[sink.name] = i - 1
+        end
+    end
+
+    if ngx and ngx.get_phase and ngx.get_phase() == "init" then
+        return nil, "logpool: a pool cannot start in init_by_lua (the nginx master, which "
+                    .. "forks the workers afterwards); start it in init_worker_by_lua"
+    end
+    local l, err = load_lib(config.lib_path)
+    if not l then
+        return nil, err
+    end
+
+    local json = {}
+    for k, v in pairs(config) do
+        if k ~= "lib_path" then
+            json[k] = v
+        end
+    end
+    json.sinks = json_sinks
+    local p = l.logpool_new(json_encode(json))
+    if p == nil then
+        return nil, "logpool: " .. ffi_string(l.logpool_last_error())
+    end
+    local self = {
+        _p = ffi_gc(p, release),
+        _names = names,
+        _n = #sinks,
+    }
+    for i, sink in ipairs(json_sinks) do
+        names[i] = i - 1 -- 1-based indexes take the same one-lookup path as names
+        if not sink.name then
+            names[sink.url] = names[sink.url] or (i - 1)
+        end
+    end
+    return setmetatable(self, pool_mt)
+end
+
+local function sink_id(self, sink, fname)
+    local id
+    if type(sink) == "number" then
+        if sink >= 1 and sink <= self._n and sink == floor(sink) then
+            id = sink - 1
+        end
+    elseif type(sink) == "string" then
+        id = self._names[sink]
+    else
+        error(format("bad argument #1 to '%s' (sink name or index expected, got %s)", fname,
+                     type(sink)), 3)
+    end
+    if not id then
+        error(format("bad argument #1 to '%s' (unknown sink %s)", fname, tostring(sink)), 3)
+    end
+    return id
+end
+
+local function check_self(self, fname)
+    if type(self) ~= "table" or getmetatable(self) ~= pool_mt then
+        error(format("bad argument #0 to '%s' (pool expected; use pool:%s(...))", fname,
+                     fname), 3)
+    end
+end
+
+--- syntax: bytes, err = pool:log(sink, msg)
+-- context: any phase (log_by_lua* is the point); never blocks.
+-- sink: the sink's name or its 1-based index; msg: a Lua string.
+-- Returns #msg, or nil and "buffer full" / "message too big" / "pool closed".
+function pool_mt.log(self, sink, msg)
+    local id = self._names[sink]
+    if id == nil then
+        check_self(self, "log")
+        id = sink_id(self, sink, "log")
+    end
+    if type(msg) ~= "string" then
+        error("bad argument #2 to 'log' (string expected, got " .. type(msg) .. ")", 2)
+    end
+    local rc = lib.log_cdata(self._p, id, msg, #msg)
+    if rc >= 0 then
+        return rc
+    end
+    return nil, ffi_string(lib.logpool_strerror(rc))
+end
+
+local function timeout_ms(timeout, fname)
+    if timeout == nil then
+        return -1
+    end
+    if type(timeout) ~= "number" or timeout < 0 then
+        error(format("bad argument #1 to '%s' (timeout in seconds >= 0 expected, got %s)",
+                     fname, tostring(timeout)), 3)
+    end
+    return floor(timeout * 1000 + 0.5)
+end
+
+--- syntax: ok, err = pool:flush(timeout)
+-- Blocks the caller until everything accepted is written or `timeout` seconds (nil: no
+-- limit) pass. context: exit_worker_by_lua*, timers; never in log_by_lua on a busy server.
+function pool_mt.flush(self, timeout)
+    check_self(self, "flush")
+    local rc = lib.logpool_flush(self._p, timeout_ms(timeout, "flush"))
+    if rc == 0 then
+        return true
+    end
+    return nil, ffi_string(lib.logpool_strerror(rc))
+end
+
+--- syntax: abandoned, err = pool:close(timeout)
+-- Stops accepting, delivers for up to `timeout` seconds, stops the writers; returns how many
+-- accepted messages were abandoned. Idempotent. context: exit_worker_by_lua*.
+function pool_mt.close(self, timeout)
+    check_self(self, "close")
+    local rc = lib.logpool_close(self._p, timeout_ms(timeout, "close"))
+    if rc >= 0 then
+        return rc
+    end
+    return nil, ffi_string(lib.logpool_strerror(rc))
+end
+
+--- syntax: stats = pool:stats(sink)   -- or pool:stats() for a list of all sinks
+function pool_mt.stats(self, sink)
+    check_self(self, "stats")
+    if sink == nil then
+        local all = {}
+        for i = 1, self._n do
+            all[i] = self:stats(i)
+        end
+        return all
+    end
+    local id = sink_id(self, sink, "stats")
+    local rc = lib.logpool_stats(self._p, id, stats_buf)
+    if rc ~= 0 then
+        return nil, ffi_string(lib.logpool_strerror(rc))
+    end
+    local out = {}
+    for _, f in ipairs(STATS_FIELDS) do
+        out[f] = tonumber(stats_buf[f])
+    end
+    return out
+end
+
+-- A per-worker default pool: the two-line nginx.conf change.
+--   init_worker_by_lua_block { require("resty.logpool").start({ sinks = {...} }) }
+--   log_by_lua_block         { require("resty.logpool").log("main", line) }
+local default_pool, default_err
+
+--- syntax: pool, err = logpool.start(config)   -- logs the error to the error log itself
+function _M.start(config)
+    local pool, err = _M.new(config)
+    default_pool, default_err = pool, err
+    if not pool and ngx and ngx.log then
+        ngx.log(ngx.ERR, err)
+    end
+    return pool, err
+end
+
+--- syntax: bytes, err = logpool.log(sink, msg)   -- via the default pool
+function _M.log(sink, msg)
+    if default_pool == nil then
+        return nil, "logpool: not started" .. (default_err and (": " .. default_err) or "")
+    end
+    return default_pool:log(sink, msg)
+end
+
+--- syntax: abandoned, err = logpool.stop(timeout)   -- context: exit_worker_by_lua*
+function _M.stop(timeout)
+    if default_pool == nil then
+        return 0
+    end
+    local pool = default_pool
+    default_pool = nil
+    return pool:close(timeout)
+end
+
+function _M.default()
+    return default_pool, default_err
+end
+
+return _M

@@ -1,0 +1,229 @@
+-- resty.logpool.compat: lua-resty-logger-socket's API on top of logpool.
+--
+-- Migrating is one require:  local logger = require "resty.logpool.compat"
+-- (instead of "resty.logger.socket"). Same option names, meanings, validation errors and
+-- return conventions; the differences are documented in README ("Compatibility").
+local logpool = require "resty.logpool"
+
+local type = type
+local pairs = pairs
+local tostring = tostring
+local floor = math.floor
+local format = string.format
+local setmetatable = setmetatable
+
+local _M = { _VERSION = "0.1.0" }
+
+local MAX_PORT = 65535
+
+-- lua-resty-logger-socket's defaults (timeout and retry_interval in ms, periodic_flush in s).
+local DEFAULTS = {
+    flush_limit = 4096,
+    drop_limit = 1048576,
+    timeout = 1000,
+    max_retry_times = 3,
+    retry_interval = 100,
+    pool_size = 10,
+    max_buffer_reuse = 10000,
+    sock_type = "tcp",
+    ssl = false,
+    ssl_verify = true,
+}
+
+local NON_NEGATIVE = {
+    flush_limit = true, drop_limit = true, timeout = true, max_retry_times = true,
+    retry_interval = true, pool_size = true, max_buffer_reuse = true, periodic_flush = true,
+}
+
+-- Same checks and the same messages as lua-resty-logger-socket's init().
+local function validate(user_config)
+    if type(user_config) ~= "table" then
+        return nil, "user_config must be a table"
+    end
+    local cfg = {}
+    for k, v in pairs(DEFAULTS) do
+        cfg[k] = v
+    end
+    for k, v in pairs(user_config) do
+        if k == "host" then
+            if type(v) ~= "string" then
+                return nil, '"host" must be a string'
+            end
+        elseif k == "port" then
+            if type(v) ~= "number" then
+                return nil, '"port" must be a number'
+            end
+            if v < 0 or v > MAX_PORT then
+                return nil, format('"port" out of range 0~%s', MAX_PORT)
+            end
+        elseif k == "path" then
+            if type(v) ~= "string" then
+                return nil, '"path" must be a string'
+            end
+        elseif k == "sock_type" then
+            if type(v) ~= "string" then
+                return nil, '"sock_type" must be a string'
+            end
+            if v ~= "tcp" and v ~= "udp" then
+                return nil, '"sock_type" must be "tcp" or "udp"'
+            end
+        elseif NON_NEGATIVE[k] then
+            if type(v) ~= "number" or v < 0 then
+                return nil, format('invalid "%s"', k)
+            end
+        elseif k == "ssl" or k == "ssl_verify" then
+            if type(v) ~= "boolean" then
+                return nil, format('"%s" must be a boolean value', k)
+            end
+        elseif k == "sni_host" then
+            if type(v) ~= "string" then
+                return nil, '"sni_host" must be a string'
+            end
+        end
+        cfg[k] = v
+    end
+    if not (cfg.host and cfg.port) and not cfg.path then
+        return nil, 'no logging server configured. "host"/"port" or "path" is required.'
+    end
+    if cfg.flush_limit >= cfg.drop_limit then
+        return nil, '"flush_limit" should be < "drop_limit"'
+    end
+    -- Transports of the transports issue: refuse clearly rather than send in clear text.
+    if cfg.ssl then
+        return nil, 'logpool: "ssl" is not supported yet (TLS sinks are planned)'
+    end
+    if cfg.sock_type == "udp" then
+        return nil, 'logpool: sock_type "udp" is not supported yet (UDP sinks are planned)'
+    end
+    return cfg
+end
+
+local function to_logpool(cfg)
+    local url
+    if cfg.path then
+        url = "unix:" .. cfg.path
+    else
+        local host = cfg.host
+        if host:find(":", 1, true) and host:sub(1, 1) ~= "[" then
+            host = "[" .. host .. "]"
+        end
+        url = format("tcp://%s:%d", host, cfg.port)
+    end
+    local timeout = cfg.timeout >= 1 and floor(cfg.timeout) or 1
+    local retry = cfg.retry_interval >= 1 and floor(cfg.retry_interval) or 1
+    local drop_limit = cfg.drop_limit >= 1 and floor(cfg.drop_limit) or 1
+    local flush_limit = cfg.flush_limit >= 1 and floor(cfg.flush_limit) or 1
+    local out = {
+        sinks = { { url = url, name = "logger" } },
+        flush_limit = flush_limit,
+        max_buffer_length = drop_limit,
+        max_message_size = drop_limit,
+        connect_timeout_ms = timeout,
+        send_timeout_ms = timeout,
+        retry_interval_ms = retry,
+        max_retry_interval_ms = retry > 5000 and retry or 5000,
+        lib_path = cfg.lib_path,
+    }
+    if cfg.periodic_flush then
+        local ms = floor(cfg.periodic_flush * 1000)
+        out.periodic_flush_ms = ms >= 1 and ms or 1
+    end
+    return out
+end
+
+local logger_mt = {}
+logger_mt.__index = logger_mt
+
+--- syntax: ok, err = logger:init(user_config)
+function logger_mt.init(self, user_config)
+    local cfg, err = validate(user_config)
+    if not cfg then
+        return nil, err
+    end
+    local pool
+    pool, err = logpool.new(to_logpool(cfg))
+    if not pool then
+        return nil, err
+    end
+    if self.pool then
+        self.pool:close(1)
+    end
+    self.pool = pool
+    return true
+end
+
+function logger_mt.initted(self)
+    return self.pool ~= nil
+end
+
+--- syntax: bytes, err = logger:log(msg)
+-- Returns the bytes buffered, 0 when the message is dropped (counted in stats), or
+-- nil, "not initialized".
+function logger_mt.log(self, msg)
+    local pool = self.pool
+    if not pool then
+        return nil, "not initialized"
+    end
+    if type(msg) ~= "string" then
+        msg = tostring(msg)
+    end
+    local bytes = pool:log(1, msg)
+    return bytes or 0
+end
+
+--- syntax: ok, err = logger:flush(timeout)
+-- Asks the writer to send now. Without a timeout it returns at once (the send happens in
+-- logpool's writer thread, never in the worker); with one it waits up to `timeout` seconds.
+function logger_mt.flush(self, timeout)
+    local pool = self.pool
+    if not pool then
+        return nil, "not initialized"
+    end
+    local ok, err = pool:flush(timeout or 0)
+    if ok or timeout == nil then
+        return true
+    end
+    return nil, err
+end
+
+function logger_mt.stats(self)
+    if not self.pool then
+        return nil, "not initialized"
+    end
+    return self.pool:stats(1)
+end
+
+--- syntax: logger, err = compat.new(user_config)   -- independent loggers per worker
+function _M.new(user_config)
+    local self = setmetatable({}, logger_mt)
+    local ok, err = self:init(user_config)
+    if not ok then
+        return nil, err
+    end
+    return self
+end
+
+-- Module functions, as lua-resty-logger-socket has them: one logger per worker.
+local default = setmetatable({}, logger_mt)
+
+function _M.init(user_config)
+    return default:init(user_config)
+end
+
+function _M.initted()
+    return default:initted()
+end
+
+function _M.log(msg)
+    return default:log(msg)
+end
+
+function _M.flush(timeout)
+    return default:flush(timeout)
+end
+
+function _M.stats()
+    return default:stats()
+end
+
+return _M

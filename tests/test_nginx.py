@@ -1,0 +1,157 @@
+"""logpool inside a real nginx: 2 workers, log_by_lua, reloads, signals, misconfiguration."""
+import collections
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import sock_path, wait_for
+from nginx_harness import Nginx, wait_until, wrk
+
+
+def logpool_conf(url, extra=""):
+    http_extra = f"""
+    init_worker_by_lua_block {{
+        require("resty.logpool").start({{
+            sinks = {{ {{ url = "{url}", name = "main" }} }},
+            periodic_flush_ms = 50, retry_interval_ms = 20, max_retry_interval_ms = 200,
+            {extra}
+        }})
+    }}
+    exit_worker_by_lua_block {{
+        require("resty.logpool").stop(5)
+    }}
+    """
+    server_extra = """
+        log_by_lua_block {
+            require("resty.logpool").log("main", ngx.var.request_id .. "\\n")
+        }
+    """
+    return http_extra, server_extra
+
+
+@pytest.fixture
+def nginx(tmp_path):
+    started = []
+
+    def start(*args, **kwargs):
+        n = Nginx(tmp_path / f"nginx{len(started)}", *args, **kwargs)
+        started.append(n)
+        return n.start()
+
+    yield start
+    for n in started:
+        n.kill()
+
+
+def received_ids(rp):
+    return [line.decode() for line in rp.lines()]
+
+
+def assert_exactly_once(access_ids, got_ids):
+    counts = collections.Counter(got_ids)
+    dupes = [k for k, v in counts.items() if v > 1]
+    assert not dupes, f"{len(dupes)} lines arrived more than once"
+    missing = set(access_ids) - set(counts)
+    assert not missing, f"{len(missing)} of {len(access_ids)} requests' lines never arrived"
+    assert set(counts) == set(access_ids)
+
+
+def test_two_workers_ship_one_line_per_request_exactly_once(tmp_path, nginx, receive_process):
+    rp = receive_process()
+    ng = nginx(*logpool_conf(rp.url), workers=2)
+    n = 3000
+    assert ng.requests(n, connections=8) == [200] * n
+    assert ng.quit() == 0
+    rp.stop()
+    ids = ng.access_ids()
+    assert len(ids) == n + 1  # + the harness's readiness probe
+    assert_exactly_once(ids, received_ids(rp))
+
+
+def test_reload_and_quit_under_load_lose_and_duplicate_nothing(tmp_path, nginx, receive_process):
+    rp = receive_process()
+    ng = nginx(*logpool_conf(rp.url), workers=2)
+    start = time.monotonic()
+    load = wrk(ng.port, seconds=4, connections=16)
+    wait_until(start + 1.5)
+    ng.reload()
+    output, _ = load.communicate(timeout=60)
+    assert load.returncode == 0, output
+    assert ng.quit() == 0
+    rp.stop()
+    ids = ng.access_ids()
+    assert len(ids) > 1000, output
+    assert_exactly_once(ids, received_ids(rp))
+
+
+def test_sink_down_at_start_is_delivered_once_it_comes_up(tmp_path, nginx, receive_process):
+    listen = "unix:" + sock_path(tmp_path, "late.sock")
+    ng = nginx(*logpool_conf(listen), workers=2)
+    n = 500
+    assert ng.requests(n) == [200] * n
+    rp = receive_process(listen)
+    wait_for(lambda: len(rp.lines()) == n + 1, timeout=20, what="lines after the sink came up")
+    assert_exactly_once(ng.access_ids(), received_ids(rp))
+    assert ng.quit() == 0
+
+
+@pytest.mark.parametrize("case", ["wrong lib path", "bad config key", "init_by_lua",
+                                  "unreadable sink"])
+def test_misconfiguration_never_takes_nginx_down(tmp_path, nginx, receive_process, case):
+    rp = receive_process()
+    http_extra, server_extra = logpool_conf(rp.url)
+    wrapper = ()
+    expected = {
+        "wrong lib path": "cannot load /nonexistent/liblogpool.so",
+        "bad config key": "invalid configuration: periodic_flush: unknown key",
+        "init_by_lua": "cannot start in init_by_lua",
+        "unreadable sink": "Permission denied (running as uid 0)",
+    }[case]
+    if case == "wrong lib path":
+        http_extra = http_extra.replace('name = "main" } },',
+                                        'name = "main" } }, lib_path = "/nonexistent/liblogpool.so",')
+    elif case == "bad config key":
+        http_extra = http_extra.replace("periodic_flush_ms = 50", "periodic_flush = 50")
+    elif case == "init_by_lua":
+        http_extra = f"""
+        init_by_lua_block {{
+            require("resty.logpool").start({{ sinks = {{ {{ url = "{rp.url}", name = "main" }} }} }})
+        }}
+        """
+    elif case == "unreadable sink":
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        http_extra = http_extra.replace(rp.url, "unix:" + sock_path(locked, "s.sock"))
+        os.chmod(locked, 0)
+        # Root ignores file modes: drop the capability, as for an unprivileged worker.
+        wrapper = ("setpriv", "--inh-caps=-all",
+                   "--bounding-set=-dac_override,-dac_read_search")
+    ng = nginx(http_extra, server_extra, workers=1, wrapper=wrapper)
+    assert ng.requests(200) == [200] * 200
+    log = wait_for(lambda: expected in ng.read_error_log() and ng.read_error_log(), timeout=10,
+                   what=f"an error log line with {expected!r}")
+    lines = [line for line in log.splitlines() if expected in line]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in log
+    assert ng.quit() == 0
+
+
+def test_signals_work_with_writer_threads_alive(tmp_path, nginx, receive_process):
+    rp = receive_process()
+    ng = nginx(*logpool_conf(rp.url), workers=2)
+    assert ng.requests(100) == [200] * 100
+    before = ng.worker_pids()
+    ng.reload()  # HUP: new workers, old ones gone
+    assert not (ng.worker_pids() & before)
+    assert ng.requests(100) == [200] * 100
+    os.rename(ng.access_log, ng.access_log + ".1")
+    ng.signal(signal.SIGUSR1)  # reopen: the workers open a new access log
+    wait_for(lambda: os.path.exists(ng.access_log), timeout=10, what="reopened access log")
+    assert ng.requests(10) == [200] * 10
+    workers = ng.worker_pids()
+    assert ng.quit(timeout=20) == 0  # QUIT: every worker leaves, master exits 0
+    assert all(not os.path.exists(f"/proc/{p}/status") for p in workers)
+    rp.stop()
+    assert len(rp.lines()) == 211  # probe + 100 + probe after reload + 100 + 10

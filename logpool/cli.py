@@ -18,6 +18,40 @@ def cmd_receive(args):
     return receiver.main(args.listen, args.out)
 
 
+SNIPPET = """\
+# --- logpool: paste into the http {{}} block of nginx.conf ---
+lua_package_path "{lua_dir}/?.lua;;";
+
+init_worker_by_lua_block {{
+    require("resty.logpool").start({{
+        sinks = {{ {sinks} }},
+    }})
+}}
+
+exit_worker_by_lua_block {{
+    require("resty.logpool").stop(1)   -- deliver for up to 1 s, then count what is left
+}}
+
+# --- and in each server {{}} (or location) whose requests you ship ---
+log_by_lua_block {{
+    require("resty.logpool").log("{first}", ngx.var.remote_addr .. " " .. ngx.var.request
+        .. " " .. ngx.var.status .. " " .. ngx.var.body_bytes_sent .. "\\n")
+}}
+"""
+
+
+def cmd_nginx_snippet(args):
+    from logpool.config import parse
+    urls = args.sink or ["unix:/run/logpool/collector.sock"]
+    sinks = [{"url": u, "name": f"sink{i + 1}" if len(urls) > 1 else "main"}
+             for i, u in enumerate(urls)]
+    parse({"sinks": sinks})  # a bad --sink fails here, not in nginx
+    lua_sinks = ", ".join('{ url = "%s", name = "%s" }' % (s["url"], s["name"]) for s in sinks)
+    print(SNIPPET.format(lua_dir=paths.lua_dir(), sinks=lua_sinks, first=sinks[0]["name"]),
+          end="")
+    return 0
+
+
 def cmd_version(args):
     print(logpool.__version__)
     return 0
@@ -33,6 +67,10 @@ def build_parser():
     p.add_argument("--listen", required=True, help="unix:/path or tcp://host:port")
     p.add_argument("--out", help="append messages to this file (default: stdout)")
     p.set_defaults(func=cmd_receive)
+    p = sub.add_parser("nginx-snippet", help="print the nginx.conf lines for this installation")
+    p.add_argument("--sink", action="append", help="sink URL (repeatable); default "
+                   "unix:/run/logpool/collector.sock")
+    p.set_defaults(func=cmd_nginx_snippet)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(func=cmd_version)
     return parser

@@ -119,7 +119,10 @@ class ErrorReporter:
         self.last[kind] = (now, 0)
         stream = self.stream or sys.stderr
         try:
-            stream.write(f"logpool: sink {self.label}: {kind}: {text}{more}\n")
+            # The shape of nginx's own error log lines: it is where stderr ends up.
+            stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+            stream.write(f"{stamp} [error] {os.getpid()}#{threading.get_native_id()}: "
+                         f"logpool: sink {self.label}: {kind}: {text}{more}\n")
             stream.flush()
         except (OSError, ValueError):
             pass

@@ -182,3 +182,24 @@ def test_stats_reconcile_after_delivery(receiver):
     finally:
         assert lib.logpool_close(p, 1000) == 0
         lib.logpool_free(p)
+
+
+def test_flush_and_close_work_for_a_caller_that_holds_the_gil(receiver):
+    # ctypes.PyDLL keeps the GIL across the call, as lupa's __gc does; the writers need it.
+    import ctypes
+    from logpool import paths
+    dll = ctypes.PyDLL(paths.lib_path())
+    dll.logpool_new.restype = ctypes.c_void_p
+    dll.logpool_new.argtypes = [ctypes.c_char_p]
+    dll.log_cdata.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    dll.logpool_flush.argtypes = dll.logpool_close.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    dll.logpool_free.argtypes = [ctypes.c_void_p]
+    r = receiver()
+    p = dll.logpool_new(json.dumps({"sinks": [{"url": r.url}]}).encode())
+    assert p
+    for i in range(100):
+        assert dll.log_cdata(p, 0, b"%d\n" % i, len(b"%d\n" % i)) > 0
+    assert dll.logpool_flush(p, 5000) == 0
+    assert dll.logpool_close(p, 5000) == 0
+    dll.logpool_free(p)
+    wait_for(lambda: len(r.output.lines()) == 100, what="100 lines")

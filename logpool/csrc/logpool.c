@@ -547,11 +547,13 @@ LOGPOOL_API int logpool_flush(logpool_t *pool, int timeout_ms)
         return LOGPOOL_ECLOSED;
     uint64_t deadline = deadline_after(timeout_ms);
     int rc = LOGPOOL_OK;
+    void *gil = logpool__gil_release();
     for (int i = 0; i < pool->nsinks; i++) {
         int r = sink_drain(&pool->sinks[i], deadline);
         if (r != LOGPOOL_OK && rc == LOGPOOL_OK)
             rc = r;
     }
+    logpool__gil_restore(gil);
     return rc;
 }
 
@@ -580,11 +582,14 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
         return abandoned;
     }
     ATOMIC_STORE(&pool->state, POOL_CLOSING);
-    uint64_t deadline = deadline_after(timeout_ms);
+    void *gil = logpool__gil_release();
+    int finalizing = logpool__python_finalizing();
+    uint64_t deadline = finalizing ? 0 : deadline_after(timeout_ms);
     for (int i = 0; i < pool->nsinks; i++)
         sink_drain(&pool->sinks[i], deadline); /* also a barrier: in-flight appends are done */
 
-    uint64_t grace = logpool__now_ns() + (uint64_t)WRITER_EXIT_GRACE_MS * 1000000u;
+    uint64_t grace = finalizing ? 0
+                                : logpool__now_ns() + (uint64_t)WRITER_EXIT_GRACE_MS * 1000000u;
     int stuck = 0;
     uint64_t abandoned = 0;
     for (int i = 0; i < pool->nsinks; i++) {
@@ -605,9 +610,16 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
         abandoned += ATOMIC_LOAD(&s->st.abandoned_messages);
         pthread_mutex_unlock(&s->lock);
     }
-    if (stuck)
+    if (stuck && !finalizing)
         fprintf(stderr, "logpool: a writer thread did not stop within %d ms; its pool is "
                         "kept in memory\n", WRITER_EXIT_GRACE_MS);
+    if (stuck) /* nobody will free what the writer holds: count it as abandoned */
+        for (int i = 0; i < pool->nsinks; i++) {
+            logpool__sink_t *s = &pool->sinks[i];
+            if (s->writer_running && !s->writer_exited)
+                abandoned += sink_unsent(s);
+        }
+    logpool__gil_restore(gil);
     pool->abandoned = abandoned > INT_MAX ? INT_MAX : (int)abandoned;
     ATOMIC_STORE(&pool->state, POOL_CLOSED);
     pool_unregister(pool);

@@ -73,5 +73,8 @@ int logpool__close_all(int timeout_ms);
 /* Implemented in runtime.c (needs Python.h), used by logpool.c. */
 int logpool__runtime_start(char *err, size_t errlen);
 unsigned logpool__fork_generation(void);
+void *logpool__gil_release(void);
+void logpool__gil_restore(void *tstate);
+int logpool__python_finalizing(void);
 
 #endif /* LOGPOOL_INTERNAL_H */

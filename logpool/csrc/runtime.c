@@ -171,3 +171,26 @@ int logpool__runtime_start(char *err, size_t errlen)
     pthread_mutex_unlock(&runtime_lock);
     return rc;
 }
+
+/* logpool_flush and logpool_close wait for writer threads, which need the GIL. A host that
+ * calls them while holding it (lupa's __gc, ctypes.PyDLL) would wait for nothing: release
+ * it for the wait. Returns the thread state to restore, or NULL. */
+void *logpool__gil_release(void)
+{
+    if (runtime_state == 1 && Py_IsInitialized() && PyGILState_Check())
+        return PyEval_SaveThread();
+    return NULL;
+}
+
+void logpool__gil_restore(void *tstate)
+{
+    if (tstate != NULL)
+        PyEval_RestoreThread((PyThreadState *)tstate);
+}
+
+/* While Python finalizes, daemon threads that try to take the GIL are ended: writers will
+ * not answer a stop, so close must not wait for them. */
+int logpool__python_finalizing(void)
+{
+    return runtime_state == 1 && _Py_IsFinalizing();
+}

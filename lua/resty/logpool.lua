@@ -312,8 +312,9 @@ end
 -- sink: the sink's name or its 1-based index; msg: a Lua string.
 -- Returns #msg, or nil and "buffer full" / "message too big" / "pool closed".
 function pool_mt.log(self, sink, msg)
-    local id = self._names[sink]
-    if id == nil then
+    local names = type(self) == "table" and self._names
+    local id = names and names[sink]
+    if not id then -- (0 is true in Lua)
         check_self(self, "log")
         id = sink_id(self, sink, "log")
     end

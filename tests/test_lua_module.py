@@ -1,0 +1,163 @@
+"""lua/resty/logpool.lua and its compat layer, in LuaJIT inside this process (lupa)."""
+import re
+
+import lupa.luajit21 as lupa
+import pytest
+
+from conftest import sock_path, wait_for
+from logpool import _binding, paths
+
+
+@pytest.fixture(scope="module")
+def lua():
+    runtime = lupa.LuaRuntime()
+    runtime.execute("package.path = ... .. '/?.lua;' .. package.path", paths.lua_dir())
+    return runtime
+
+
+def caller_error(lua, code, *args):
+    """Run `code` as a chunk named "caller" and return the error it raised (or None)."""
+    return lua.execute("""
+        local code, a, b, c = ...
+        local fn = assert(load(code, "=caller"))
+        local ok, err = pcall(fn, a, b, c)
+        if ok then return nil end
+        return tostring(err)
+    """, code, *args)
+
+
+def test_lua_cdef_is_the_header_cdef():
+    lua_src = open(paths.lua_dir() + "/resty/logpool.lua", encoding="utf-8").read()
+    block = re.search(r"/\* LOGPOOL_CDEF_BEGIN \*/(.*?)/\* LOGPOOL_CDEF_END \*/", lua_src,
+                      re.S).group(1)
+    strip_comments = lambda s: re.sub(r"\s+", " ", re.sub(r"/\*.*?\*/", "", s, flags=re.S))
+    assert strip_comments(block) == strip_comments(_binding.cdef_block(paths.header_path()))
+
+
+@pytest.fixture
+def pool_url(tmp_path):
+    return "unix:" + sock_path(tmp_path, "lua.sock")
+
+
+@pytest.mark.parametrize("code, message", [
+    ("local lp = require 'resty.logpool'\nlp.new('x')", "bad argument #1 to 'new' (table expected"),
+    ("local lp = require 'resty.logpool'\nlp.new({ sinks = {} })", "bad config: sinks"),
+    ("local lp = require 'resty.logpool'\nlp.new({ sinks = { { url = 5 } } })",
+     "sinks[1].url must be a string"),
+    ("local lp = require 'resty.logpool'\nlp.new({ sinks = { 'unix:/x' }, flush_limit = '1' })",
+     "flush_limit must be a number"),
+    ("local lp = require 'resty.logpool'\nlp.new({ sinks = { { url = 'unix:/x', name = 1 } } })",
+     "sinks[1].name must be a string"),
+])
+def test_bad_arguments_to_new_raise_at_the_callers_line(lua, code, message):
+    err = caller_error(lua, code)
+    assert err is not None and err.startswith("caller:2:"), err
+    assert message in err
+
+
+def test_bad_arguments_to_pool_methods_raise_at_level_2(lua, receiver):
+    r = receiver()
+    setup = f"""local lp = require 'resty.logpool'
+local pool = assert(lp.new({{ sinks = {{ {{ url = '{r.url}', name = 'a' }} }} }}))
+"""
+    cases = {
+        "pool:log('a', 42)": "bad argument #2 to 'log' (string expected, got number)",
+        "pool:log('nope', 'x')": "bad argument #1 to 'log' (unknown sink nope)",
+        "pool:log(2, 'x')": "bad argument #1 to 'log' (unknown sink 2)",
+        "pool:log({}, 'x')": "bad argument #1 to 'log' (sink name or index expected, got table)",
+        "pool.log('a', 'x')": "bad argument #0 to 'log' (pool expected",
+        "pool:flush('soon')": "bad argument #1 to 'flush' (timeout in seconds >= 0",
+        "pool:close(-1)": "bad argument #1 to 'close' (timeout in seconds >= 0",
+        "pool:stats(7)": "bad argument #1 to 'stats' (unknown sink 7)",
+    }
+    for call, message in cases.items():
+        err = caller_error(lua, setup + call + "\n")
+        assert err is not None and err.startswith("caller:3:"), (call, err)
+        assert message in err, (call, err)
+    # Runtime failures are nil, err; the happy path returns the byte count.
+    out = lua.execute(setup + """
+        local a, b = pool:log('a', 'hello\\n')
+        local c, d = pool:log(1, 'again\\n')
+        local ok = pool:flush(5)
+        local st = pool:stats('a')
+        local abandoned = pool:close(5)
+        local e, f = pool:log('a', 'late\\n')
+        return a, b, c, d, ok, st.sent_messages, abandoned, e, f
+    """)
+    assert tuple(out) == (6, None, 6, None, True, 2, 0, None, "pool closed")
+    wait_for(lambda: r.output.lines() == [b"hello", b"again"], what="two lines")
+
+
+def test_runtime_failures_return_nil_and_the_contracts_message(lua, pool_url):
+    out = lua.execute(f"""
+        local lp = require 'resty.logpool'
+        local pool = assert(lp.new({{ sinks = {{ '{pool_url}' }}, max_buffer_length = 10,
+                                      max_message_size = 8 }}))
+        local r1, e1 = pool:log(1, '123456789')
+        local r2 = pool:log(1, '12345678')
+        local r3, e3 = pool:log(1, '123')
+        local r4, e4 = pool:flush(0.01)
+        local bad, e5 = lp.new({{ sinks = {{ 'ftp://x' }} }})
+        pool:close(0)
+        return r1, e1, r2, r3, e3, r4, e4, bad, e5
+    """)
+    assert tuple(out)[:7] == (None, "message too big", 8, None, "buffer full", None, "timed out")
+    assert out[7] is None and out[8].startswith("logpool: invalid configuration: sinks[0].url")
+
+
+def test_default_pool_helpers_say_when_not_started(lua):
+    out = lua.execute("""
+        package.loaded['resty.logpool'] = nil
+        local lp = require 'resty.logpool'
+        local a, b = lp.log('main', 'x')
+        return a, b, lp.stop(1)
+    """)
+    assert tuple(out) == (None, "logpool: not started", 0)
+
+
+# ---- compat: lua-resty-logger-socket's API ----
+
+@pytest.mark.parametrize("cfg, message", [
+    ("'x'", "user_config must be a table"),
+    ("{}", 'no logging server configured. "host"/"port" or "path" is required.'),
+    ("{ host = 1, port = 80 }", '"host" must be a string'),
+    ("{ host = 'h', port = 'x' }", '"port" must be a number'),
+    ("{ host = 'h', port = 70000 }", '"port" out of range 0~65535'),
+    ("{ path = 5 }", '"path" must be a string'),
+    ("{ path = '/x', sock_type = 'sctp' }", '"sock_type" must be "tcp" or "udp"'),
+    ("{ path = '/x', flush_limit = -1 }", 'invalid "flush_limit"'),
+    ("{ path = '/x', drop_limit = 'big' }", 'invalid "drop_limit"'),
+    ("{ path = '/x', timeout = -5 }", 'invalid "timeout"'),
+    ("{ path = '/x', periodic_flush = -1 }", 'invalid "periodic_flush"'),
+    ("{ path = '/x', ssl = 'yes' }", '"ssl" must be a boolean value'),
+    ("{ path = '/x', sni_host = 1 }", '"sni_host" must be a string'),
+    ("{ path = '/x', flush_limit = 10, drop_limit = 10 }", '"flush_limit" should be < "drop_limit"'),
+    ("{ path = '/x', ssl = true }", '"ssl" is not supported yet'),
+    ("{ host = '127.0.0.1', port = 514, sock_type = 'udp' }", 'sock_type "udp" is not supported yet'),
+])
+def test_compat_init_validates_like_lua_resty_logger_socket(lua, cfg, message):
+    out = lua.execute(f"""
+        local logger = require 'resty.logpool.compat'
+        return logger.init({cfg})
+    """)
+    assert out[0] is None and message in out[1], out
+
+
+def test_compat_return_conventions(lua, tmp_path):
+    path = sock_path(tmp_path, "compat-down.sock")
+    out = lua.execute(f"""
+        package.loaded['resty.logpool.compat'] = nil
+        local logger = require 'resty.logpool.compat'
+        local before, before_err = logger.log('x')
+        local initted_before = logger.initted()
+        assert(logger.init({{ path = '{path}', flush_limit = 10, drop_limit = 100 }}))
+        local sizes = {{}}
+        for i = 1, 5 do sizes[i] = logger.log(string.rep('m', 29) .. '\\n') end
+        local other = require('resty.logpool.compat').new({{ path = '{path}', drop_limit = 4097 }})
+        local other_bytes = other:log(12345)
+        local dropped = logger.stats().dropped_full
+        return before, before_err, initted_before, logger.initted(), sizes[1], sizes[3], sizes[4],
+               sizes[5], other_bytes, dropped, logger.flush()
+    """)
+    # 30-byte messages into a 100-byte drop_limit with the sink down: 3 fit, then 0 (dropped).
+    assert tuple(out) == (None, "not initialized", False, True, 30, 30, 0, 0, 5, 2, True)

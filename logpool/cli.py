@@ -78,7 +78,11 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except logpool.LogpoolError as exc:
+        print(f"python -m logpool {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class Receiver:
         self._thread = None
         self._partial = {}  # conn -> bytes after its last newline
         self._lock = threading.Lock()
+        self._dirty = False
 
     def start(self):
         self._thread = threading.Thread(target=self.serve_forever, name="logpool-receiver",
@@ -103,6 +104,9 @@ class Receiver:
     def serve_forever(self):
         try:
             while not self._stopping:
+                if self._dirty:
+                    # Readers of the file (tail -f, tests) see lines as they arrive.
+                    self._flush_out()
                 for key, _ in self._sel.select(timeout=1.0):
                     if key.data == "wake":
                         try:
@@ -151,6 +155,7 @@ class Receiver:
         if cut:
             complete = buf[:cut]
             self.out.write(complete)
+            self._dirty = True
             with self._lock:
                 self.stats.messages += complete.count(b"\n")
                 self.stats.bytes += cut
@@ -170,6 +175,7 @@ class Receiver:
         self._flush_out()
 
     def _flush_out(self):
+        self._dirty = False
         try:
             self.out.flush()
         except (OSError, ValueError):

@@ -51,7 +51,7 @@ http {{
     fastcgi_temp_path tmp/fastcgi;
     uwsgi_temp_path tmp/uwsgi;
     scgi_temp_path tmp/scgi;
-    lua_package_path "{lua_dir}/?.lua;;";
+    {package_path}
     {http_extra}
 
     server {{
@@ -68,7 +68,7 @@ http {{
 
 class Nginx:
     def __init__(self, prefix, http_extra="", server_extra="", main_extra="", workers=2,
-                 wrapper=()):
+                 wrapper=(), package_path=True):
         self.prefix = str(prefix)
         self.port = free_port()
         for d in ("conf", "logs", "tmp"):
@@ -76,7 +76,8 @@ class Nginx:
         conf = CONF.format(
             load_modules="\n".join(f"load_module {m};" for m in MODULES),
             user="user root root;" if os.geteuid() == 0 else "",
-            workers=workers, main_extra=main_extra, lua_dir=paths.lua_dir(),
+            workers=workers, main_extra=main_extra,
+            package_path=f'lua_package_path "{paths.lua_dir()}/?.lua;;";' if package_path else "",
             http_extra=http_extra, port=self.port, server_extra=server_extra)
         self.conf_path = os.path.join(self.prefix, "conf", "nginx.conf")
         with open(self.conf_path, "w") as f:

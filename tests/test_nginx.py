@@ -155,3 +155,69 @@ def test_signals_work_with_writer_threads_alive(tmp_path, nginx, receive_process
     assert all(not os.path.exists(f"/proc/{p}/status") for p in workers)
     rp.stop()
     assert len(rp.lines()) == 211  # probe + 100 + probe after reload + 100 + 10
+
+
+def test_compat_runs_lua_resty_logger_socket_usage_unchanged(tmp_path, nginx, receive_process):
+    rp = receive_process()
+    path = rp.url[len("unix:"):]
+    # lua-resty-logger-socket's README usage, with only the require changed. No
+    # exit_worker_by_lua: at quit, the library's exit fallback delivers the rest.
+    server_extra = f"""
+        log_by_lua_block {{
+            local logger = require "resty.logpool.compat"
+            if not logger.initted() then
+                local ok, err = logger.init{{
+                    path = "{path}",
+                    flush_limit = 1234,
+                    drop_limit = 1048576,  -- README's 5678 would drop while the pool starts
+                    periodic_flush = 0.05,
+                }}
+                if not ok then
+                    ngx.log(ngx.ERR, "failed to initialize the logger: ", err)
+                    return
+                end
+            end
+            local bytes, err = logger.log(ngx.var.request_id .. "\\n")
+            if err then
+                ngx.log(ngx.ERR, "failed to log message: ", err)
+                return
+            end
+        }}
+        location /drop {{
+            content_by_lua_block {{
+                local compat = require "resty.logpool.compat"
+                local logger = assert(compat.new{{ path = "{tmp_path}/down.sock",
+                                                   flush_limit = 10, drop_limit = 100 }})
+                local out = {{}}
+                for i = 1, 5 do out[i] = logger:log(string.rep("m", 29) .. "\\n") end
+                ngx.say(table.concat(out, " "))
+            }}
+        }}
+    """
+    ng = nginx("", server_extra, workers=2)
+    n = 1000
+    assert ng.requests(n) == [200] * n
+    # periodic_flush delivers without a reload or a quit
+    wait_for(lambda: len(rp.lines()) == n + 1, timeout=20, what="periodic flush")
+    assert ng.get("/drop") == (200, b"30 30 30 0 0\n")  # drop_limit: the 4th does not fit
+    assert ng.requests(50) == [200] * 50
+    assert ng.quit() == 0
+    rp.stop()
+    assert_exactly_once(ng.access_ids(), received_ids(rp))
+    assert "failed to" not in ng.read_error_log()
+
+
+def test_the_printed_nginx_snippet_works_as_pasted(tmp_path, nginx, receive_process):
+    import subprocess
+    import sys
+    rp = receive_process()
+    snippet = subprocess.run([sys.executable, "-m", "logpool", "nginx-snippet", "--sink", rp.url],
+                             capture_output=True, text=True, check=True).stdout
+    http_part, server_part = snippet.split("# --- and in each server")
+    server_part = server_part.split("\n", 1)[1]
+    ng = nginx(http_part, server_part, workers=2, package_path=False)  # the snippet has its own
+    assert ng.requests(300) == [200] * 300
+    assert ng.quit() == 0
+    rp.stop()
+    lines = rp.lines()
+    assert len(lines) == 301 and all(line.startswith(b"127.0.0.1 GET /") for line in lines)

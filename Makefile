@@ -48,7 +48,7 @@ sanitize: deps
 	  ASAN_OPTIONS=detect_leaks=0 $(PY) -m pytest $(PYTEST_ARGS) tests/test_abi.py tests/test_delivery.py
 
 demo: build
-	@echo "make demo arrives with the demo issue; for now: make test" && exit 1
+	$(PY) -m logpool demo $(DEMO_ARGS)
 
 clean:
 	rm -rf build $(LIB) lua/resty/logpool/build_paths.lua

@@ -52,6 +52,12 @@ def cmd_nginx_snippet(args):
     return 0
 
 
+def cmd_demo(args):
+    from logpool import demo
+    return demo.run(requests=args.requests, sink=args.sink, workers=args.workers,
+                    keep_running=args.keep_running)
+
+
 def cmd_version(args):
     print(logpool.__version__)
     return 0
@@ -71,6 +77,13 @@ def build_parser():
     p.add_argument("--sink", action="append", help="sink URL (repeatable); default "
                    "unix:/run/logpool/collector.sock")
     p.set_defaults(func=cmd_nginx_snippet)
+    p = sub.add_parser("demo", help="logpool end to end in a real nginx, with a report")
+    p.add_argument("--requests", type=int, default=200_000, help="requests to drive")
+    p.add_argument("--sink", help="ship to this collector instead of a built-in one")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave nginx up after the load until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(func=cmd_version)
     return parser

@@ -19,16 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 
 
-def wait_for(predicate, timeout=10.0, interval=0.005, what="condition"):
-    """Poll a condition until it holds or the deadline passes (no blind sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+from logpool.nginx import wait_for  # noqa: E402  (poll a condition with a deadline)
 
 
 def sock_path(tmp_path, name="sink.sock"):

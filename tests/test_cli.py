@@ -1,5 +1,6 @@
 """python -m logpool paths / receive / nginx-snippet, as separate processes."""
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -59,3 +60,12 @@ def test_nginx_snippet_names_this_installation_and_rejects_bad_sinks():
         assert phase in out
     bad = run_cli("nginx-snippet", "--sink", "tcp://nowhere", check=False)
     assert bad.returncode == 2 and "sinks[0].url" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_demo_runs_end_to_end_and_checks_exactly_once():
+    out = run_cli("demo", "--requests", "20000", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "OK: every line exactly once" in out.stdout
+    served = int(re.search(r"requests served \(nginx access log\)\s+(\d+)", out.stdout).group(1))
+    received = int(re.search(r"lines received by the collector\s+(\d+)", out.stdout).group(1))
+    assert served == received >= 20000

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import sock_path, wait_for
-from nginx_harness import Nginx, wait_until, wrk
+from logpool.nginx import Nginx, wait_until, wrk
 
 
 def logpool_conf(url, extra=""):

@@ -1,5 +1,5 @@
 """Start and stop a real nginx (Debian's nginx-core + libnginx-mod-http-lua) in a temporary
-prefix on a free port. Missing nginx is a failure, not a skip."""
+prefix on a free port: used by the tests, the demo and the benchmarks."""
 import http.client
 import os
 import shutil
@@ -8,19 +8,25 @@ import socket
 import subprocess
 import time
 
-from conftest import wait_for
 from logpool import paths
 
 MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so",
            "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 
+class NginxMissing(RuntimeError):
+    pass
+
+
 def nginx_binary():
     path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
                                      else None)
-    assert path, "nginx is required (Debian: nginx-core libnginx-mod-http-lua; `make deps`)"
+    if not path:
+        raise NginxMissing("nginx is required (Debian: nginx-core libnginx-mod-http-lua; "
+                           "`make deps`)")
     for module in MODULES:
-        assert os.path.exists(module), f"{module} missing: install libnginx-mod-http-lua"
+        if not os.path.exists(module):
+            raise NginxMissing(f"{module} missing: install libnginx-mod-http-lua")
     return path
 
 
@@ -220,6 +226,18 @@ def wrk(port, seconds, connections=16, threads=2, path="/"):
     return subprocess.Popen([exe, f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
                              f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, timeout=10.0, interval=0.005, what="condition"):
+    """Poll a condition until it holds or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 def wait_until(t):

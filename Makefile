@@ -50,5 +50,12 @@ sanitize: deps
 demo: build
 	$(PY) -m logpool demo $(DEMO_ARGS)
 
+$(VENV)/.bench-deps: pyproject.toml | $(VENV)/.deps
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+bench: build $(VENV)/.bench-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf build $(LIB) lua/resty/logpool/build_paths.lua

@@ -1,0 +1,85 @@
+-- Hot-path cost from the luajit binary: ns per call for 200-byte messages.
+-- usage: luajit hotpath.lua LIBLOGPOOL HEADER LIBBENCH LIBNAIVE SINK_URL CALLS
+local ffi = require "ffi"
+local lib_path, header, bench_path, naive_path, url, calls =
+    arg[1], arg[2], arg[3], arg[4], arg[5], tonumber(arg[6])
+
+local f = assert(io.open(header))
+ffi.cdef(f:read("*a"):match("/%* LOGPOOL_CDEF_BEGIN %*/(.-)/%* LOGPOOL_CDEF_END %*/"))
+f:close()
+ffi.cdef [[
+struct bench_ts { long tv_sec; long tv_nsec; };
+int clock_gettime(int clk, struct bench_ts *tp);
+int bench_floor_copy(void *pool, int sink, const char *msg, size_t len);
+void bench_percentiles(double *samples, size_t n, double *out);
+uint64_t bench_producers(void *fn, void *pool, int nsinks, int threads, size_t calls,
+                         size_t len, double *samples, uint64_t *accepted);
+int naive_log(void *pool, int sink, const char *msg, size_t len);
+]]
+
+local lib = ffi.load(lib_path)
+local bench = ffi.load(bench_path)
+local C = ffi.C
+
+local function pool_for(nsinks)
+    local sinks = {}
+    for i = 1, nsinks do sinks[i] = '{"url": "' .. url .. '"}' end
+    local p = lib.logpool_new('{"sinks": [' .. table.concat(sinks, ",") .. ']}')
+    assert(p ~= nil, ffi.string(lib.logpool_last_error()))
+    return p
+end
+
+local pool = pool_for(1)
+local naive = ffi.load(naive_path) -- after logpool_new: Python is already up
+
+local msg = string.rep("x", 199) .. "\n"
+local samples = ffi.new("double[?]", calls * 2)
+local pct = ffi.new("double[4]")
+local ts = ffi.new("struct bench_ts")
+
+local function now()
+    C.clock_gettime(1, ts)
+    return tonumber(ts.tv_sec) * 1e9 + tonumber(ts.tv_nsec)
+end
+
+local function measure(name, fn)
+    for i = 1, 100000 do fn(pool, 0, msg, 200) end -- warm up, JIT
+    local accepted = 0
+    local start = now()
+    for i = 0, calls - 1 do
+        local t0 = now()
+        local rc = fn(pool, 0, msg, 200)
+        samples[i] = now() - t0
+        if rc > 0 then accepted = accepted + 1 end
+    end
+    local wall = now() - start
+    bench.bench_percentiles(samples, calls, pct)
+    print(string.format("hotpath %s %.1f %.1f %.1f %.1f %d %.1f", name, pct[0], pct[1], pct[2],
+                        pct[3], accepted, wall / calls))
+end
+
+measure("timer", function() return 1 end)
+measure("floor", bench.bench_floor_copy)
+measure("logpool", lib.log_cdata)
+lib.logpool_flush(pool, 10000)
+measure("naive", naive.naive_log)
+lib.logpool_close(pool, 10000)
+
+-- Cost as work grows: sinks x producer threads, C threads calling log_cdata.
+local per_thread = math.floor(calls / 2)
+local acc = ffi.new("uint64_t[1]")
+for _, nsinks in ipairs({1, 4, 16}) do
+    for _, threads in ipairs({1, 2}) do
+        local p = pool_for(nsinks)
+        local t0 = now()
+        local wall = bench.bench_producers(ffi.cast("void *", lib.log_cdata), p, nsinks,
+                                           threads, per_thread, 200, samples, acc)
+        assert(lib.logpool_flush(p, 60000) == 0)
+        local delivered = now() - t0
+        bench.bench_percentiles(samples, threads * per_thread, pct)
+        print(string.format("scaling %d %d %.1f %.1f %.1f %d %.0f %.0f", nsinks, threads,
+                            pct[0], pct[1], pct[2], tonumber(acc[0]), tonumber(wall),
+                            delivered))
+        lib.logpool_close(p, 10000)
+    end
+end

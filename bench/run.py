@@ -1,0 +1,270 @@
+"""make bench: every benchmark prints its baseline, measured in the same run, and the ratio.
+
+Figures, not pass/fail. Writes bench/results.json and bench/throughput.png.
+usage: python bench/run.py [--quick]
+"""
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from logpool import paths  # noqa: E402
+from logpool.nginx import Nginx  # noqa: E402
+
+BUILD = os.path.join(ROOT, "build", "bench")
+PY = sys.executable
+QUICK = "--quick" in sys.argv
+
+
+def build_helpers():
+    os.makedirs(BUILD, exist_ok=True)
+    libbench = os.path.join(BUILD, "libbench.so")
+    subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-pthread", "-o", libbench,
+                    os.path.join(HERE, "csrc", "benchlib.c")], check=True)
+    libnaive = os.path.join(BUILD, "libnaive.so")
+    subprocess.run([PY, os.path.join(HERE, "build_naive.py"), libnaive], check=True,
+                   stdout=subprocess.DEVNULL)
+    return libbench, libnaive
+
+
+class FastSink:
+    def __init__(self, tmp, name="sink.sock"):
+        self.path = os.path.join(tmp, name)
+        self.proc = subprocess.Popen([PY, os.path.join(HERE, "fast_sink.py"), self.path],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.url = "unix:" + self.path
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        out = self.proc.communicate(timeout=30)[0]
+        return int(out.split()[-1])
+
+
+def luajit(*args, timeout=600):
+    out = subprocess.run(["env", "-i", shutil.which("luajit"), *args], capture_output=True,
+                         text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(out.stdout + out.stderr)
+    return out.stdout
+
+
+def bench_hotpath(tmp, libbench, libnaive):
+    sink = FastSink(tmp, "hot.sock")
+    calls = 200_000 if QUICK else 1_000_000
+    out = luajit(os.path.join(HERE, "hotpath.lua"), paths.lib_path(), paths.header_path(),
+                 libbench, libnaive, sink.url, str(calls))
+    sink.stop()
+    hot, scaling = {}, []
+    for line in out.splitlines():
+        f = line.split()
+        if f[0] == "hotpath":
+            hot[f[1]] = dict(median=float(f[2]), p99=float(f[3]), p999=float(f[4]),
+                             max=float(f[5]), accepted=int(f[6]), mean_wall=float(f[7]))
+        elif f[0] == "scaling":
+            calls_total = int(f[2]) * (calls // 2)
+            scaling.append(dict(sinks=int(f[1]), threads=int(f[2]), median=float(f[3]),
+                                p99=float(f[4]), p999=float(f[5]), accepted=int(f[6]),
+                                produce_s=int(f[7]) / 1e9, deliver_s=int(f[8]) / 1e9,
+                                calls=calls_total,
+                                delivered_mb_s=int(f[6]) * 200 / (int(f[8]) / 1e9) / 1e6))
+    return hot, scaling
+
+
+def bench_throughput(tmp):
+    seconds = 1.5 if QUICK else 3.0
+    rows = []
+    for size in (64, 512, 4096):
+        sink = FastSink(tmp, f"raw{size}.sock")
+        raw = subprocess.run([PY, os.path.join(HERE, "raw_writer.py"), sink.path, str(size),
+                              str(seconds)], capture_output=True, text=True, check=True).stdout
+        raw_elapsed = float(raw.split()[3])
+        raw_bytes = sink.stop()
+        sink = FastSink(tmp, f"lp{size}.sock")
+        out = luajit(os.path.join(HERE, "throughput.lua"), paths.lib_path(),
+                     paths.header_path(), sink.url, str(size), str(seconds))
+        f = out.split()
+        lp_bytes = sink.stop()
+        lp_elapsed = float(f[4])
+        rows.append(dict(size=size, raw_mb_s=raw_bytes / raw_elapsed / 1e6,
+                         logpool_mb_s=lp_bytes / lp_elapsed / 1e6, accepted=int(f[2]),
+                         delivered=lp_bytes, refused=int(f[3]), abandoned=int(f[5])))
+    return rows
+
+
+NGINX_CASES = {
+    "a_no_log_by_lua": ("", ""),
+    "b_build_line": ("", """
+        log_by_lua_block {
+            local line = ngx.var.remote_addr .. " " .. ngx.var.request .. " "
+                .. ngx.var.status .. " " .. ngx.var.body_bytes_sent .. "\\n"
+        }"""),
+    "c_build_and_ship": ("""
+        init_worker_by_lua_block {
+            require("resty.logpool").start({ sinks = { { url = "%(url)s", name = "main" } } })
+        }
+        exit_worker_by_lua_block { require("resty.logpool").stop(5) }""", """
+        log_by_lua_block {
+            local line = ngx.var.remote_addr .. " " .. ngx.var.request .. " "
+                .. ngx.var.status .. " " .. ngx.var.body_bytes_sent .. "\\n"
+            require("resty.logpool").log("main", line)
+        }"""),
+}
+
+
+def worker_rss_kib(ng):
+    pids = sorted(ng.worker_pids())
+    with open(f"/proc/{pids[0]}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def bench_nginx(tmp):
+    seconds = 3 if QUICK else 5
+    sink = FastSink(tmp, "nginx.sock")
+    results = {}
+    for name, (http_extra, server_extra) in NGINX_CASES.items():
+        ng = Nginx(os.path.join(tmp, "nginx-" + name), http_extra % {"url": sink.url},
+                   server_extra, workers=1).start()
+        rss_idle = worker_rss_kib(ng)
+        out = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s",
+                              f"http://127.0.0.1:{ng.port}/"], capture_output=True, text=True,
+                             check=True).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        rss_loaded = worker_rss_kib(ng)
+        ng.quit(timeout=60)
+        results[name] = dict(rps=rps, rss_idle_kib=rss_idle, rss_loaded_kib=rss_loaded)
+    shipped = sink.stop()
+    results["c_build_and_ship"]["bytes_shipped"] = shipped
+    return results
+
+
+def bench_dead_sink_rss(tmp):
+    seconds = 3 if QUICK else 10
+    dead = "unix:" + os.path.join(tmp, "dead.sock")
+    proc = subprocess.Popen(["env", "-i", shutil.which("luajit"),
+                             os.path.join(HERE, "throughput.lua"), paths.lib_path(),
+                             paths.header_path(), dead, "512", str(seconds), "100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    samples = []
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                samples.append(int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)))
+        except (OSError, AttributeError):
+            pass
+        time.sleep(0.1)
+    out = proc.communicate()[0].split()
+    return dict(seconds=seconds, start_kib=int(out[6]), end_kib=int(out[7]),
+                max_kib=max(samples + [int(out[7])]), accepted_bytes=int(out[2]),
+                refused=int(out[3]), max_buffer_length=16 * 1024 * 1024)
+
+
+def plot(throughput, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+        return
+    sizes = [r["size"] for r in throughput]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(sizes, [r["raw_mb_s"] for r in throughput], "o--", label="raw writer (baseline)")
+    ax.plot(sizes, [r["logpool_mb_s"] for r in throughput], "o-", label="logpool (luajit host)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [f"{s} B" for s in sizes])
+    ax.set_xlabel("message size")
+    ax.set_ylabel("MB/s delivered to a unix socket")
+    ax.set_title("Throughput vs message size (2 cores)")
+    ax.legend()
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="logpool-bench-")
+    started = time.monotonic()
+    libbench, libnaive = build_helpers()
+    print("hot path ...", flush=True)
+    hot, scaling = bench_hotpath(tmp, libbench, libnaive)
+    print("throughput ...", flush=True)
+    throughput = bench_throughput(tmp)
+    print("nginx ...", flush=True)
+    nginx = bench_nginx(tmp)
+    print("memory under a dead sink ...", flush=True)
+    dead = bench_dead_sink_rss(tmp)
+    results = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   machine=f"{platform.machine()}, {os.cpu_count()} cores, "
+                           f"{platform.platform()}",
+                   quick=QUICK, hotpath=hot, scaling=scaling, throughput=throughput,
+                   nginx=nginx, dead_sink=dead, seconds=time.monotonic() - started)
+    with open(os.path.join(HERE, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plot(throughput, os.path.join(HERE, "throughput.png"))
+    report(results)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def report(r):
+    hot = r["hotpath"]
+    timer = hot["timer"]["median"]
+    lp, fl, nv = hot["logpool"], hot["floor"], hot["naive"]
+    t = r["throughput"]
+    at512 = next(x for x in t if x["size"] == 512)
+    ng = r["nginx"]
+    a, b, c = (ng[k] for k in ("a_no_log_by_lua", "b_build_line", "c_build_and_ship"))
+    dead = r["dead_sink"]
+    added_mb = (c["rss_loaded_kib"] - b["rss_loaded_kib"]) / 1024
+    rows = [
+        ("hot path median, ns (timer %.0f ns incl.)" % timer, f"{lp['median']:.0f}",
+         f"floor {fl['median']:.0f}", f"{lp['median'] / fl['median']:.2f}x",
+         "<= 2x floor, < 60 ns"),
+        ("hot path p99 / p99.9, ns (writer busy)", f"{lp['p99']:.0f} / {lp['p999']:.0f}",
+         f"floor {fl['p99']:.0f} / {fl['p999']:.0f}", "", "p99.9 < 5000 ns"),
+        ("naive def_extern median / p99.9, ns", f"{nv['median']:.0f} / {nv['p999']:.0f}",
+         f"logpool {lp['median']:.0f} / {lp['p999']:.0f}",
+         f"{nv['median'] / lp['median']:.1f}x slower", ""),
+    ]
+    for x in t:
+        rows.append((f"throughput {x['size']} B, MB/s", f"{x['logpool_mb_s']:.0f}",
+                     f"raw {x['raw_mb_s']:.0f}", f"{x['logpool_mb_s'] / x['raw_mb_s']:.2f}",
+                     ">= 0.70 at 512 B" if x["size"] == 512 else ""))
+    rows += [
+        ("nginx req/s, 1 worker: (c) ship vs (b) build", f"{c['rps']:.0f}",
+         f"(b) {b['rps']:.0f}", f"{c['rps'] / b['rps']:.3f}", ">= 0.97"),
+        ("nginx req/s: (b) build vs (a) no log_by_lua", f"{b['rps']:.0f}", f"(a) {a['rps']:.0f}",
+         f"{b['rps'] / a['rps']:.3f}", ""),
+        ("nginx worker RSS after load, MiB", f"{c['rss_loaded_kib'] / 1024:.1f}",
+         f"(b) {b['rss_loaded_kib'] / 1024:.1f}", f"+{added_mb:.1f} MiB", "< 25 MB added"),
+        (f"RSS, dead sink, {dead['seconds']} s full load, MiB", f"{dead['max_kib'] / 1024:.1f}",
+         f"before load {dead['start_kib'] / 1024:.1f}",
+         f"+{(dead['max_kib'] - dead['start_kib']) / 1024:.1f} MiB",
+         "bound: max_buffer_length 16 MiB"),
+    ]
+    for s in r["scaling"]:
+        rows.append((f"{s['sinks']:>2} sinks, {s['threads']} producer threads: median ns, MB/s",
+                     f"{s['median']:.0f}", f"p99 {s['p99']:.0f}", f"{s['delivered_mb_s']:.0f} MB/s",
+                     ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(5)]
+    print()
+    print(f"logpool bench — {r['date']} — {r['machine']} — {r['seconds']:.0f} s"
+          + (" (quick)" if r["quick"] else ""))
+    header = ("measure", "logpool", "baseline", "ratio", "target")
+    widths = [max(w, len(h)) for w, h in zip(widths, header)]
+    for row in (header,) + tuple(rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()

@@ -40,6 +40,47 @@ class Backoff:
         return d / 2 + self.rand() * d / 2
 
 
+class FaultInjector:
+    """Test seam at the socket layer (never in log_cdata). Off unless the environment of the
+    process names faults in LOGPOOL_TEST_FAULTS (JSON: probability per fault, plus "seed");
+    no pool config key can switch it on, and nginx clears the environment of its workers.
+
+    Faults: connect_fail, connect_timeout, write_error (a random partial write, then EPIPE
+    or ECONNRESET), eagain, short_write, slow_write (a few ms before the send) and exception
+    (an unexpected error inside the writer, DESIGN.md trap 8)."""
+
+    KINDS = ("connect_fail", "connect_timeout", "write_error", "eagain", "short_write",
+             "slow_write", "exception")
+
+    def __init__(self, spec, stream_id=0):
+        unknown = set(spec) - set(self.KINDS) - {"seed"}
+        if unknown:
+            raise ValueError(f"LOGPOOL_TEST_FAULTS: unknown faults {sorted(unknown)}")
+        self.prob = {k: float(spec.get(k, 0)) for k in self.KINDS}
+        self.rng = random.Random(f"{spec.get('seed', 0)}-{stream_id}")
+        self.counts = dict.fromkeys(self.KINDS, 0)
+
+    @classmethod
+    def from_environment(cls, stream_id):
+        text = os.environ.get("LOGPOOL_TEST_FAULTS")
+        if not text:
+            return None
+        import json
+        return cls(json.loads(text), stream_id)
+
+    def hit(self, kind, record=True):
+        """Decide whether `kind` happens now; counted at once unless record=False (the
+        caller records it with record() once the fault really took effect)."""
+        if self.prob[kind] and self.rng.random() < self.prob[kind]:
+            if record:
+                self.record(kind)
+            return True
+        return False
+
+    def record(self, kind):
+        self.counts[kind] += 1
+
+
 class Stopped(Exception):
     """logpool_close gave up waiting: leave now."""
 
@@ -143,6 +184,7 @@ class SinkWriter(threading.Thread):
         self.iov = ffi.new("logpool__iov_t[]", IOV_BATCH)
         self.reporter = ErrorReporter(f"{sink.index} ({sink.name})")
         self.poller = None
+        self.faults = FaultInjector.from_environment(f"{sink.index}-{sink.url}")
 
     # -- lifecycle --
 
@@ -197,6 +239,11 @@ class SinkWriter(threading.Thread):
             return (self.lib.logpool__sink_wait(self.c, self.lib.LOGPOOL__WAIT_FOR_STOP, wait_ms)
                     != self.lib.LOGPOOL__WAIT_STOP)
         try:
+            if self.faults is not None:
+                if self.faults.hit("connect_fail"):
+                    raise ConnectionRefusedError(errno.ECONNREFUSED, "injected: refused")
+                if self.faults.hit("connect_timeout"):
+                    raise TimeoutError(errno.ETIMEDOUT, "injected: connect timed out")
             sock = open_connection(self.sink, self._should_stop)
         except Stopped:
             return False
@@ -266,7 +313,10 @@ class SinkWriter(threading.Thread):
             n = lib.logpool__sink_iov(c, self.iov, IOV_BATCH)
             views = [ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
             try:
-                written = self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
+                if self.faults is None:
+                    written = self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
+                else:
+                    written = self._faulty_send(views)
             except (BlockingIOError, InterruptedError):
                 written = 0
             if written > 0:
@@ -288,5 +338,40 @@ class SinkWriter(threading.Thread):
             if self._should_stop():
                 raise Stopped()
 
+    def _faulty_send(self, views):
+        f, total = self.faults, sum(len(v) for v in views)
+        if f.hit("exception"):
+            raise RuntimeError("injected: unexpected error in the writer")
+        if f.hit("slow_write"):
+            time.sleep(f.rng.uniform(0.0005, 0.005))
+        if f.hit("eagain"):
+            raise BlockingIOError(errno.EAGAIN, "injected: would block")
+        fault = None
+        if total > 1:
+            fault = "write_error" if f.hit("write_error", record=False) else (
+                "short_write" if f.hit("short_write", record=False) else None)
+        if fault is not None:
+            views = _truncate(views, f.rng.randint(1, total - 1))
+        written = self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)  # may raise EAGAIN
+        if fault is not None:
+            f.record(fault)
+        if fault == "write_error":
+            # The prefix did leave; then the connection "breaks" mid-message.
+            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, 1)
+            self.lib.logpool__sink_consume(self.c, written)
+            raise f.rng.choice([BrokenPipeError(errno.EPIPE, "injected: broken pipe"),
+                                ConnectionResetError(errno.ECONNRESET, "injected: reset")])
+        return written
+
     def stats_extra(self):
         return {"last_error": self.reporter.last_error}
+
+
+def _truncate(views, nbytes):
+    out = []
+    for v in views:
+        if nbytes <= 0:
+            break
+        out.append(memoryview(v)[:nbytes] if len(v) > nbytes else v)
+        nbytes -= len(v)
+    return out

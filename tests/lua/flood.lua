@@ -1,0 +1,54 @@
+-- Log 512-byte messages at full speed for SECONDS to every sink of CONFIG (JSON), timing
+-- each log_cdata call. Then close with CLOSE_MS. Prints one line of figures.
+-- usage: luajit flood.lua LIB HEADER CONFIG SECONDS CLOSE_MS
+local ffi = require "ffi"
+local lib_path, header, config, seconds, close_ms =
+    arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5])
+local f = assert(io.open(header))
+ffi.cdef(f:read("*a"):match("/%* LOGPOOL_CDEF_BEGIN %*/(.-)/%* LOGPOOL_CDEF_END %*/"))
+f:close()
+ffi.cdef [[
+struct fl_ts { long tv_sec; long tv_nsec; };
+int clock_gettime(int clk, struct fl_ts *tp);
+]]
+local lib = ffi.load(lib_path)
+local ts = ffi.new("struct fl_ts")
+local function now_ns()
+    ffi.C.clock_gettime(1, ts)
+    return tonumber(ts.tv_sec) * 1e9 + tonumber(ts.tv_nsec)
+end
+local function rss_kib()
+    local fh = assert(io.open("/proc/self/status"))
+    local text = fh:read("*a")
+    fh:close()
+    return tonumber(text:match("VmRSS:%s*(%d+)"))
+end
+local pool = lib.logpool_new(config)
+assert(pool ~= nil, ffi.string(lib.logpool_last_error()))
+local nsinks = lib.logpool_sink_count(pool)
+local rss_before, rss_max = rss_kib(), 0
+local msg = string.rep("y", 511) .. "\n"
+local accepted, refused, max_ns, calls = 0, 0, 0, 0
+local deadline = now_ns() + seconds * 1e9
+print("started")
+io.stdout:flush()
+while true do
+    for i = 1, 1000 do
+        local t0 = now_ns()
+        local rc = lib.log_cdata(pool, calls % nsinks, msg, 512)
+        local dt = now_ns() - t0
+        if dt > max_ns then max_ns = dt end
+        calls = calls + 1
+        if rc == 512 then accepted = accepted + 1 else refused = refused + 1 end
+    end
+    if calls % 100000 == 0 then
+        local r = rss_kib()
+        if r > rss_max then rss_max = r end
+    end
+    if now_ns() >= deadline then break end
+end
+local r = rss_kib()
+if r > rss_max then rss_max = r end
+local abandoned = lib.logpool_close(pool, close_ms)
+print(string.format("flood accepted=%d refused=%d max_ns=%d rss_before=%d rss_max=%d abandoned=%d",
+                    accepted, refused, max_ns, rss_before, rss_max, abandoned))

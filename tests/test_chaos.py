@@ -1,0 +1,146 @@
+"""Real processes, real sockets, no injection: a receiver killed, refusing, or stalled."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import logpool
+from conftest import ReceiveProcess, luajit_binary, message, parse_line, sock_path, wait_for
+from logpool import paths
+from logpool.nginx import wait_until
+from logpool.receiver import READ_SIZE
+
+FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "flood.lua")
+
+
+def flood(config, seconds, close_ms):
+    return subprocess.Popen(["env", "-i", luajit_binary(), FLOOD, paths.lib_path(),
+                             paths.header_path(), config, str(seconds), str(close_ms)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def flood_figures(out):
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", out)}
+
+
+def test_receiver_sigkilled_five_times_loses_only_kernel_buffers(tmp_path, pools):
+    listen = "unix:" + sock_path(tmp_path, "chaos.sock")
+    pool = pools({"sinks": [{"url": listen}], "retry_interval_ms": 10,
+                  "max_retry_interval_ms": 50, "periodic_flush_ms": 10})
+    stop, accepted, sizes = threading.Event(), [], {}
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            m = message(0, i, size=i % 500)
+            try:
+                pool.log(0, m)
+                accepted.append(i)
+                sizes[i] = len(m)
+            except logpool.BufferFull:
+                pass
+            i += 1
+            if i % 100 == 0:
+                time.sleep(0.001)  # a steady stream, not one burst
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    runs = []
+    try:
+        for k in range(5):
+            rp = ReceiveProcess(listen, str(tmp_path / f"run{k}.log"))
+            wait_for(lambda: len(rp.lines()) >= 2000, timeout=30, what="traffic")
+            rp.stop(signal.SIGKILL)
+            runs.append(rp.lines())
+    finally:
+        stop.set()
+        producer.join()
+    final = ReceiveProcess(listen, str(tmp_path / "final.log"))
+    pool.flush(timeout=30)
+    assert final.stop() == 0
+    runs.append(final.lines())
+
+    received = [[parse_line(line)[1] for line in run] for run in runs]  # intact, none torn
+    flat = [s for run in received for s in run]
+    assert flat == sorted(set(flat)), "out of order or duplicated"
+    assert set(flat) <= set(accepted)
+    assert flat[-1] == accepted[-1]  # the tail arrived after the last restart
+    pos = {s: i for i, s in enumerate(accepted)}
+    sndbuf = socket.socket(socket.AF_UNIX).getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    # In flight when a receiver dies: the writer's socket buffer (unix stream sockets queue
+    # against the sender) plus what the receiver had read but not yet written out.
+    bound = 2 * sndbuf + READ_SIZE
+    report = []
+    for k in range(5):
+        lost = accepted[pos[received[k][-1]] + 1:pos[received[k + 1][0]]]
+        lost_bytes = sum(sizes[s] for s in lost)
+        report.append((len(lost), lost_bytes))
+        assert lost_bytes <= bound, (k, lost_bytes, bound)
+    print(f"lost at each kill (messages, bytes): {report}; bound {bound} bytes")
+
+
+def test_refusing_receiver_is_retried_with_backoff_not_a_busy_loop(tmp_path, pools, receiver):
+    path = sock_path(tmp_path, "refuse.sock")
+    refuser = socket.socket(socket.AF_UNIX)
+    refuser.bind(path)  # bound, never listening: connect() gets ECONNREFUSED
+    pool = pools({"sinks": [{"url": "unix:" + path}], "retry_interval_ms": 50,
+                  "max_retry_interval_ms": 200})
+    for i in range(1000):
+        pool.log(0, message(0, i))
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    wait_for(lambda: pool.stats(0)["connect_failures"] >= 8, timeout=10, interval=0.05,
+             what="eight refused connects")
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+    failures = pool.stats(0)["connect_failures"]
+    # Equal jitter: attempts are at least half the base interval (25 ms) apart.
+    assert failures <= wall / 0.025 + 2, (failures, wall)
+    assert cpu < 0.1 * wall + 0.05, f"{cpu:.3f} s CPU in {wall:.3f} s: a busy loop"
+    assert "connect failed" in pool.stats(0)["last_error"]
+    refuser.close()
+    os.unlink(path)
+    r = receiver("unix:" + path)
+    pool.flush(timeout=10)
+    wait_for(lambda: len(r.output.lines()) == 1000, what="everything accepted meanwhile")
+    assert [parse_line(x)[1] for x in r.output.lines()] == list(range(1000))
+
+
+def test_stalled_receiver_fills_the_buffer_and_log_cdata_never_waits(tmp_path):
+    path = sock_path(tmp_path, "stall.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    config = ('{"sinks": [{"url": "unix:%s"}], "max_buffer_length": 1048576, '
+              '"send_timeout_ms": 60000}' % path)
+    proc = flood(config, 3, 30000)
+    conn, _ = listener.accept()
+    assert proc.stdout.readline().strip() == "started"
+    wait_until(time.monotonic() + 3.5)  # the scenario: nobody reads for 3.5 s
+    received = 0
+    while True:
+        data = conn.recv(1 << 20)
+        if not data:
+            break
+        received += len(data)
+    out, err = proc.communicate(timeout=60)
+    fig = flood_figures(out)
+    assert fig["refused"] > 0, out  # producers got EFULL while the receiver stalled
+    assert fig["max_ns"] < 20_000_000, f"slowest log_cdata {fig['max_ns'] / 1e6:.1f} ms"
+    assert fig["abandoned"] == 0 and received == fig["accepted"] * 512
+
+
+def test_memory_stays_bounded_under_dead_sinks_at_full_speed(tmp_path):
+    dead = "unix:" + sock_path(tmp_path, "dead.sock")
+    sinks, max_buffer = 2, 8 * 1024 * 1024
+    config = ('{"sinks": [{"url": "%s"}, {"url": "%s"}], "max_buffer_length": %d}'
+              % (dead, dead, max_buffer))
+    proc = flood(config, 10, 0)
+    out, err = proc.communicate(timeout=120)
+    fig = flood_figures(out)
+    assert fig["accepted"] * 512 <= sinks * max_buffer and fig["refused"] > 0
+    # Fixed overhead stated in README: chunk bookkeeping (<= 4 %) plus 4 MiB.
+    grown = (fig["rss_max"] - fig["rss_before"]) * 1024
+    assert grown <= sinks * max_buffer * 1.04 + 4 * 1024 * 1024, (grown, fig)
+    assert fig["abandoned"] == fig["accepted"]  # close(0) with the sinks still dead

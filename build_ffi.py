@@ -121,11 +121,13 @@ def build(sanitize=False, target=TARGET):
 
     with tempfile.TemporaryDirectory(prefix="logpool-build-") as tmp:
         built = ffibuilder.compile(tmpdir=tmp, target="liblogpool.*", verbose=False)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
         tmp_target = target + ".tmp"
         shutil.copyfile(built, tmp_target)
         os.chmod(tmp_target, 0o755)
         os.replace(tmp_target, target)  # atomic: a running process keeps its mapping
-    write_lua_paths(target)
+    if target == TARGET:  # a sanitizer build elsewhere must not redirect the Lua module
+        write_lua_paths(target)
     return target
 
 

@@ -113,6 +113,12 @@ int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out);
 /* Static message for any code (unknown codes included). */
 const char *logpool_strerror(int code);
 
+/* Prometheus text exposition of the pool (counters of every sink, the writers' histograms)
+ * into buf, NUL-terminated, truncated to len - 1 bytes. Returns the full length (call again
+ * with a larger buffer when it is >= len), or LOGPOOL_EINVAL, LOGPOOL_ECLOSED (inherited
+ * across fork), LOGPOOL_ERUNTIME. Takes the GIL: for scrapes, never per request. */
+int logpool_metrics(logpool_t *pool, char *buf, size_t len);
+
 /* "MAJOR.MINOR.PATCH" of the library. */
 const char *logpool_version(void);
 /* LOGPOOL_CDEF_END */

@@ -37,6 +37,20 @@ def install(ffi, lib):
             return fail(f"embedded Python runtime unavailable: cannot start writer threads: "
                         f"{type(exc).__name__}: {exc}")
 
+    @ffi.def_extern(name="logpool__py_metrics", error=-1)
+    def py_metrics(pool, buf, length):
+        from logpool import metrics
+        described = describe(int(ffi.cast("uintptr_t", pool)))
+        if described is None:
+            return -1
+        cfg, writers = described
+        text = metrics.render(ffi, lib, ffi.cast("logpool_t *", pool), cfg, writers)
+        if length > 0:
+            n = min(len(text), length - 1)
+            ffi.memmove(buf, text, n)
+            buf[n] = b"\0"
+        return len(text)
+
     # A Python host finalizes the interpreter at exit and its daemon threads stop then:
     # close pools first. (A non-Python host never runs this; the C atexit fallback does.)
     atexit.register(lib.logpool__close_all, -1)
@@ -58,7 +72,8 @@ def _start_pool(ffi, lib, cfg):
             rc = lib.logpool__sink_init(pool, sink.index, limits)
             if rc != 0:
                 raise ConfigError(f"sinks[{sink.index}]: rejected by the C core ({rc})")
-            writers.append(SinkWriter(ffi, lib, lib.logpool__pool_sink(pool, sink.index), sink))
+            writers.append(SinkWriter(ffi, lib, lib.logpool__pool_sink(pool, sink.index), sink,
+                                      pool))
     except BaseException:
         lib.logpool__pool_discard(pool)
         raise

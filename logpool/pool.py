@@ -14,8 +14,10 @@ GC_CLOSE_TIMEOUT_MS = 1000
 
 
 def _release(ptr):
+    from logpool import _embedded
     lib = _binding.lib()
     lib.logpool_close(ptr, GC_CLOSE_TIMEOUT_MS)
+    _embedded.forget(int(_binding.ffi.cast("uintptr_t", ptr)))
     lib.logpool_free(ptr)
 
 
@@ -66,10 +68,7 @@ class Pool:
     def close(self, timeout=None):
         """Stop accepting, deliver for up to `timeout` seconds (None: no limit), stop the
         writers. Returns the number of accepted messages abandoned. Idempotent."""
-        rc = _binding.check(self._lib.logpool_close(self._ptr, _ms(timeout)), "close")
-        from logpool import _embedded
-        _embedded.forget(self._address)
-        return rc
+        return _binding.check(self._lib.logpool_close(self._ptr, _ms(timeout)), "close")
 
     def __enter__(self):
         return self
@@ -82,6 +81,16 @@ class Pool:
     @property
     def sink_count(self):
         return self._lib.logpool_sink_count(self._ptr)
+
+    def metrics(self):
+        """Prometheus text exposition of this pool (str)."""
+        size = 16384
+        while True:
+            buf = _binding.ffi.new("char[]", size)
+            n = _binding.check(self._lib.logpool_metrics(self._ptr, buf, size), "metrics")
+            if n < size:
+                return _binding.ffi.string(buf, n).decode()
+            size = n + 1
 
     def stats(self, sink=None):
         """Counters of one sink (index or name) as a dict, or a list for all sinks."""

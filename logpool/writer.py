@@ -16,6 +16,8 @@ import threading
 import time
 import traceback
 
+from logpool.metrics import WriterHistograms
+
 # How often a blocked connect/send looks at the stop flag: logpool_close waits for the
 # writer to notice, so this bounds how long a close can take after its own timeout.
 SLICE_S = 0.05
@@ -170,8 +172,9 @@ class ErrorReporter:
 
 
 class SinkWriter(threading.Thread):
-    def __init__(self, ffi, lib, csink, sink):
+    def __init__(self, ffi, lib, csink, sink, pool_ptr=None):
         super().__init__(name=f"logpool-writer-{sink.index}", daemon=True)
+        self.pool_ptr = pool_ptr
         self.ffi = ffi
         self.lib = lib
         self.c = csink
@@ -185,6 +188,7 @@ class SinkWriter(threading.Thread):
         self.reporter = ErrorReporter(f"{sink.index} ({sink.name})")
         self.poller = None
         self.faults = FaultInjector.from_environment(f"{sink.index}-{sink.url}")
+        self.histograms = WriterHistograms()
 
     # -- lifecycle --
 
@@ -194,6 +198,45 @@ class SinkWriter(threading.Thread):
         finally:
             self._disconnect()
             self.lib.logpool__sink_writer_exit(self.c)
+            self._report_drops(final=True)
+
+    _drops_reported = (0, 0, 0, 0)
+    _drops_reported_at = -REPORT_INTERVAL_S
+
+    def _report_drops(self, final=False):
+        """Drops happen in C, where nothing may be printed: the writer summarises them, at
+        most once per REPORT_INTERVAL_S, and abandonment when it leaves."""
+        now = time.monotonic()
+        if not final and now - self._drops_reported_at < REPORT_INTERVAL_S:
+            return
+        st = self.ffi.new("logpool_stats_t *")
+        self.lib.logpool_stats(self.pool_ptr, self.sink.index, st)
+        current = (st.dropped_full, st.dropped_too_big, st.dropped_closed,
+                   st.abandoned_messages)
+        delta = [a - b for a, b in zip(current, self._drops_reported)]
+        if not any(delta):
+            return
+        self._drops_reported, self._drops_reported_at = current, now
+        stream = sys.stderr
+        parts = []
+        if delta[0]:
+            parts.append(f"{delta[0]} refused: buffer full at max_buffer_length "
+                         f"{self.sink.max_buffer_length} bytes (the sink is not keeping up)")
+        if delta[1]:
+            parts.append(f"{delta[1]} refused: larger than max_message_size "
+                         f"{self.sink.max_message_size}")
+        if delta[2]:
+            parts.append(f"{delta[2]} refused: pool closed")
+        if delta[3]:
+            parts.append(f"{delta[3]} accepted messages abandoned at close")
+        try:
+            stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+            stream.write(f"{stamp} [error] {os.getpid()}#{threading.get_native_id()}: logpool: "
+                         f"sink {self.reporter.label}: messages lost: {'; '.join(parts)}; "
+                         f"counted in logpool_dropped_messages_total and logpool_abandoned_messages_total\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
     def _should_stop(self):
         lib = self.lib
@@ -208,12 +251,14 @@ class SinkWriter(threading.Thread):
                         return
                     continue
                 if lib.logpool__sink_pending(self.c) == 0:
+                    waited = time.monotonic()
                     r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH, -1)
                     if r == lib.LOGPOOL__WAIT_STOP:
                         return
                     if r != lib.LOGPOOL__WAIT_READY:
                         continue
-                    lib.logpool__sink_take(self.c)
+                    self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
+                    self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
                     if self._peer_closed():
                         self._broken("write", "the peer closed the connection")
                         continue
@@ -233,11 +278,13 @@ class SinkWriter(threading.Thread):
 
     def _connect_when_due(self):
         """False when stop was requested."""
+        self._report_drops()
         now = time.monotonic()
         if now < self.next_attempt:
             wait_ms = max(1, int((self.next_attempt - now) * 1000))
             return (self.lib.logpool__sink_wait(self.c, self.lib.LOGPOOL__WAIT_FOR_STOP, wait_ms)
                     != self.lib.LOGPOOL__WAIT_STOP)
+        started = time.monotonic()
         try:
             if self.faults is not None:
                 if self.faults.hit("connect_fail"):
@@ -248,6 +295,7 @@ class SinkWriter(threading.Thread):
         except Stopped:
             return False
         except OSError as exc:
+            self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
             self.failures += 1
             self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__CONNECT_FAILURES, 1)
             delay = self.backoff.compute(self.failures)
@@ -255,6 +303,7 @@ class SinkWriter(threading.Thread):
             self.reporter.report("connect failed", f"{self.sink.url}: {_describe(exc)}; "
                                  f"retrying in {delay * 1000:.0f} ms")
             return True
+        self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
         self.sock = sock
         self.poller = select.poll()
         self.poller.register(sock, select.POLLOUT)
@@ -309,6 +358,7 @@ class SinkWriter(threading.Thread):
     def _send_pending(self):
         lib, ffi, c = self.lib, self.ffi, self.c
         stalled_since = None
+        oldest_ns = lib.logpool__sink_batch_oldest_ns(c)
         while lib.logpool__sink_pending(c) > 0:
             n = lib.logpool__sink_iov(c, self.iov, IOV_BATCH)
             views = [ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
@@ -332,11 +382,14 @@ class SinkWriter(threading.Thread):
             elif now - stalled_since >= self.sink.send_timeout_ms / 1000:
                 raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
                                    f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
+            self._report_drops()
             events = self.poller.poll(SLICE_S * 1000)
             if events and events[0][1] & (select.POLLERR | select.POLLHUP):
                 raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
             if self._should_stop():
                 raise Stopped()
+        self.histograms.message_processing_seconds.observe(
+            (lib.logpool__now_ns() - oldest_ns) / 1e9)
 
     def _faulty_send(self, views):
         f, total = self.faults, sum(len(v) for v in views)

@@ -161,3 +161,31 @@ def test_compat_return_conventions(lua, tmp_path):
     """)
     # 30-byte messages into a 100-byte drop_limit with the sink down: 3 fit, then 0 (dropped).
     assert tuple(out) == (None, "not initialized", False, True, 30, 30, 0, 0, 5, 2, True)
+
+
+def test_modules_use_no_undeclared_globals(receiver):
+    r = receiver()
+    runtime = lupa.LuaRuntime()
+    runtime.execute("package.path = ... .. '/?.lua;' .. package.path", paths.lua_dir())
+    out = runtime.execute(f"""
+        local allowed = {{ ngx = true }}  -- read once at load, absent outside nginx
+        setmetatable(_G, {{
+            __newindex = function(_, k) error("global write: " .. tostring(k), 2) end,
+            __index = function(_, k)
+                if allowed[k] then return nil end
+                error("global read: " .. tostring(k), 2)
+            end,
+        }})
+        local lp = require "resty.logpool"
+        local compat = require "resty.logpool.compat"
+        local pool = assert(lp.start({{ sinks = {{ {{ url = "{r.url}", name = "m" }} }} }}))
+        assert(lp.log("m", "x\\n") == 2)
+        assert(pool:metrics():find("logpool_accepted_messages_total", 1, true))
+        assert(lp._merge_metrics({{ "a 1\\n", "a 2\\n" }}) == "a 3\\n")
+        assert(#pool:stats() == 1 and pool:flush(5))
+        assert(lp.stop(5) == 0)
+        local logger = assert(compat.new({{ path = "{r.url[5:]}" }}))
+        assert(logger:log("y\\n") == 2 and logger:flush(5))
+        return "ok"
+    """)
+    assert out == "ok"

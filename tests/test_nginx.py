@@ -221,3 +221,54 @@ def test_the_printed_nginx_snippet_works_as_pasted(tmp_path, nginx, receive_proc
     rp.stop()
     lines = rp.lines()
     assert len(lines) == 301 and all(line.startswith(b"127.0.0.1 GET /") for line in lines)
+
+
+def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, receive_process):
+    from prometheus_client.parser import text_string_to_metric_families
+    rp = receive_process()
+    http_extra = f"""
+    lua_shared_dict logpool_metrics 1m;
+    init_worker_by_lua_block {{
+        local logpool = require "resty.logpool"
+        logpool.start({{ sinks = {{ {{ url = "{rp.url}", name = "main" }} }} }})
+        logpool.publish_metrics("logpool_metrics", 0.2)
+    }}
+    """
+    server_extra = """
+        location = /metrics {
+            allow 127.0.0.1;
+            deny all;
+            content_by_lua_block {
+                require("resty.logpool").serve_metrics("logpool_metrics")
+            }
+        }
+        location /app {
+            return 200 "app\\n";
+            log_by_lua_block {
+                require("resty.logpool").log("main", ngx.worker.id() .. " " .. ngx.var.request_id .. "\\n")
+            }
+        }
+    """
+    ng = nginx(http_extra, server_extra, workers=2)
+    n = 2000
+    assert ng.requests(n, path="/app", connections=16) == [200] * n
+    wait_for(lambda: len(rp.lines()) == n, timeout=20, what="all lines")
+    assert {line.split()[0] for line in rp.lines()} == {b"0", b"1"}  # both workers served
+
+    def totals():
+        status, body = ng.get("/metrics")
+        assert status == 200
+        out = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                if s.labels.get("sink") == "main" and "reason" not in s.labels:
+                    out[s.name] = out.get(s.name, 0) + s.value
+        return out
+
+    t = wait_for(lambda: (lambda t: t if t.get("logpool_accepted_messages_total") == n else None)(
+        totals()), timeout=10, what="totals of both workers")
+    assert t["logpool_sent_messages_total"] == n
+    assert t["logpool_connected"] == 2  # one connection per worker
+    assert t["logpool_connects_total"] == 2
+    assert t["logpool_batch_bytes_sum"] == t["logpool_sent_bytes_total"]
+    assert ng.quit() == 0

@@ -2,4 +2,5 @@
  * Read by build_ffi.py into ffibuilder.embedding_api(). */
 /* LOGPOOL_CDEF_BEGIN */
 void *logpool__py_start(const char *config_json);
+int logpool__py_metrics(void *pool, char *buf, size_t len);
 /* LOGPOOL_CDEF_END */

@@ -504,6 +504,17 @@ LOGPOOL_API int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *o
     return LOGPOOL_OK;
 }
 
+LOGPOOL_API int logpool_metrics(logpool_t *pool, char *buf, size_t len)
+{
+    if (pool == NULL || (buf == NULL && len > 0))
+        return LOGPOOL_EINVAL;
+    if (pool_inherited(pool))
+        return LOGPOOL_ECLOSED;
+    extern int logpool__py_metrics(void *pool, char *buf, size_t len);
+    int n = logpool__py_metrics(pool, buf, len);
+    return n >= 0 ? n : LOGPOOL_ERUNTIME;
+}
+
 /* ---- flush and close ---- */
 
 static int sink_all_sent(logpool__sink_t *s, uint64_t target)

@@ -75,6 +75,7 @@ void logpool_free(logpool_t *pool);
 int logpool_sink_count(logpool_t *pool);
 int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out);
 const char *logpool_strerror(int code);
+int logpool_metrics(logpool_t *pool, char *buf, size_t len);
 const char *logpool_version(void);
 /* LOGPOOL_CDEF_END */
 ]]
@@ -385,10 +386,139 @@ function pool_mt.stats(self, sink)
     return out
 end
 
+-- The per-worker default pool of logpool.start(); declared before everything that uses it.
+local default_pool, default_err
+
+local metrics_cap = 16384
+local metrics_buf = ffi_new("char[?]", metrics_cap)
+
+--- syntax: text, err = pool:metrics()
+-- Prometheus text exposition of this worker's pool. Takes the embedded Python's GIL:
+-- for scrapes and timers, not per request. context: any.
+function pool_mt.metrics(self)
+    check_self(self, "metrics")
+    while true do
+        local n = lib.logpool_metrics(self._p, metrics_buf, metrics_cap)
+        if n < 0 then
+            return nil, ffi_string(lib.logpool_strerror(n))
+        end
+        if n < metrics_cap then
+            return ffi_string(metrics_buf, n)
+        end
+        metrics_cap = n + 1024
+        metrics_buf = ffi_new("char[?]", metrics_cap)
+    end
+end
+
+-- Metrics of all workers, for one nginx `location /metrics`:
+--   http { lua_shared_dict logpool_metrics 1m; }
+--   init_worker_by_lua_block { ...start(...); require("resty.logpool").publish_metrics("logpool_metrics") }
+--   location = /metrics { allow 127.0.0.1; deny all;
+--       content_by_lua_block { require("resty.logpool").serve_metrics("logpool_metrics") } }
+local PUBLISH_INTERVAL = 1
+local publish_failed
+
+local function publish(dict_name, pool)
+    local dict = ngx.shared[dict_name]
+    if not dict then
+        return nil, "logpool: no lua_shared_dict " .. tostring(dict_name)
+    end
+    local text, err = pool:metrics()
+    if not text then
+        return nil, err
+    end
+    -- Keyed by worker id: after a reload the new worker with the same id takes over.
+    return dict:set("w" .. ngx.worker.id(), text, PUBLISH_INTERVAL * 30)
+end
+
+--- syntax: ok, err = logpool.publish_metrics(dict_name, interval)
+-- context: init_worker_by_lua*. Publishes this worker's default pool every `interval`
+-- seconds (default 1).
+function _M.publish_metrics(dict_name, interval)
+    if type(dict_name) ~= "string" then
+        error("bad argument #1 to 'publish_metrics' (shared dict name expected)", 2)
+    end
+    if not ngx.shared[dict_name] then
+        return nil, "logpool: no lua_shared_dict " .. dict_name
+    end
+    return ngx.timer.every(interval or PUBLISH_INTERVAL, function(premature)
+        if not premature and default_pool then
+            local ok, err = publish(dict_name, default_pool)
+            if not ok and not publish_failed then
+                publish_failed = true -- once per worker, not every interval
+                ngx.log(ngx.ERR, "logpool: cannot publish metrics: ", err)
+            end
+        end
+    end)
+end
+
+-- Sum identical series of several Prometheus texts; HELP/TYPE lines once, first order kept.
+local function merge_metrics(texts)
+    local order, values, seen_meta, out = {}, {}, {}, {}
+    for _, text in ipairs(texts) do
+        for line in text:gmatch("[^\n]+") do
+            if line:sub(1, 1) == "#" then
+                if not seen_meta[line] then
+                    seen_meta[line] = true
+                    order[#order + 1] = line
+                end
+            else
+                local series, value = line:match("^(.-)%s+(%S+)$")
+                local v = tonumber(value)
+                if series and v then
+                    if values[series] == nil then
+                        order[#order + 1] = series
+                        values[series] = v
+                    else
+                        values[series] = values[series] + v
+                    end
+                end
+            end
+        end
+    end
+    for i, key in ipairs(order) do
+        local v = values[key]
+        if v == nil then
+            out[i] = key
+        elseif v == floor(v) and v < 2^53 then
+            out[i] = key .. " " .. format("%d", v)
+        else
+            out[i] = key .. " " .. format("%.17g", v)
+        end
+    end
+    return concat(out, "\n") .. "\n"
+end
+_M._merge_metrics = merge_metrics
+
+--- syntax: logpool.serve_metrics(dict_name)   -- context: content_by_lua*
+-- Answers with the totals of every worker (this worker's snapshot taken now).
+function _M.serve_metrics(dict_name)
+    local dict = ngx.shared[dict_name]
+    if not dict then
+        ngx.status = 500
+        ngx.say("logpool: no lua_shared_dict ", tostring(dict_name))
+        return
+    end
+    if default_pool then
+        local ok, err = publish(dict_name, default_pool)
+        if not ok then
+            ngx.log(ngx.ERR, "logpool: cannot publish metrics: ", err)
+        end
+    end
+    local texts = {}
+    for _, key in ipairs(dict:get_keys(0)) do
+        local text = dict:get(key)
+        if text then
+            texts[#texts + 1] = text
+        end
+    end
+    ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
+    ngx.print(merge_metrics(texts))
+end
+
 -- A per-worker default pool: the two-line nginx.conf change.
 --   init_worker_by_lua_block { require("resty.logpool").start({ sinks = {...} }) }
 --   log_by_lua_block         { require("resty.logpool").log("main", line) }
-local default_pool, default_err
 
 --- syntax: pool, err = logpool.start(config)   -- logs the error to the error log itself
 function _M.start(config)

@@ -58,6 +58,14 @@ def cmd_demo(args):
                     keep_running=args.keep_running)
 
 
+def cmd_top(args):
+    from logpool import top
+    try:
+        return top.run(args.metrics_url, args.interval, args.once)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_version(args):
     print(logpool.__version__)
     return 0
@@ -84,6 +92,11 @@ def build_parser():
     p.add_argument("--keep-running", action="store_true",
                    help="leave nginx up after the load until Ctrl-C")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("top", help="live per-sink view of a /metrics endpoint")
+    p.add_argument("--metrics-url", required=True, help="e.g. http://127.0.0.1/metrics")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
+    p.add_argument("--once", action="store_true", help="print one table and exit")
+    p.set_defaults(func=cmd_top)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(func=cmd_version)
     return parser

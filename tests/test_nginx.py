@@ -271,4 +271,14 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
     assert t["logpool_connected"] == 2  # one connection per worker
     assert t["logpool_connects_total"] == 2
     assert t["logpool_batch_bytes_sum"] == t["logpool_sent_bytes_total"]
+    # The operator's live view of the same endpoint.
+    import subprocess
+    import sys
+    top = subprocess.run([sys.executable, "-m", "logpool", "top", "--metrics-url",
+                          f"http://127.0.0.1:{ng.port}/metrics", "--interval", "0.2", "--once"],
+                         capture_output=True, text=True, timeout=30)
+    assert top.returncode == 0, top.stderr
+    header, row = top.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["sink", "msgs/s", "MB/s"]
+    assert row.split()[0] == "main" and row.split()[3] == str(n)  # sent
     assert ng.quit() == 0

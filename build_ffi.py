@@ -25,12 +25,8 @@ MODULE = "_logpool_embedded"
 
 def cdef_block(path):
     """The declarations between the LOGPOOL_CDEF markers of a header."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    match = re.search(r"/\* LOGPOOL_CDEF_BEGIN \*/(.*?)/\* LOGPOOL_CDEF_END \*/", text, re.S)
-    if match is None:
-        raise SystemExit(f"{path}: no LOGPOOL_CDEF_BEGIN/END block")
-    return match.group(1)
+    from logpool._binding import cdef_block as read_block  # one reader for build and runtime
+    return read_block(path)
 
 
 def libpython_path():

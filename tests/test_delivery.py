@@ -28,7 +28,7 @@ def test_many_small_messages_leave_in_far_fewer_writes(receiver, pools):
     st = pool.stats(0)
     assert st["sent_messages"] == n
     assert st["writes"] <= n // 100, st["writes"]
-    wait_for(lambda: len(r.output.lines()) == n, what="all lines")
+    wait_for(lambda: len(r.output.lines()) == n, timeout=60, what="all lines")
     assert seqs(r.output.lines()) == list(range(n))
 
 
@@ -132,7 +132,7 @@ def test_many_producer_threads_never_interleave_and_counts_are_exact(receiver, p
         w.join()
     pool.flush(timeout=20)
     total = threads * per_thread
-    wait_for(lambda: len(r.output.lines()) == total, what="all lines")
+    wait_for(lambda: len(r.output.lines()) == total, timeout=60, what="all lines")
     by_thread = {}
     for line in r.output.lines():
         t, i = parse_line(line + b"\n")
@@ -171,7 +171,7 @@ def test_tcp_sinks_ipv4_ipv6_and_names(receiver, pools, listen):
     for i in range(5000):
         pool.log(0, message(0, i))
     pool.flush(timeout=10)
-    wait_for(lambda: len(r.output.lines()) == 5000, what="all lines")
+    wait_for(lambda: len(r.output.lines()) == 5000, timeout=60, what="all lines")
     assert seqs(r.output.lines()) == list(range(5000))
 
 

@@ -84,7 +84,9 @@ def check_delivery(receivers, results, stats, counts):
 
 
 def test_200k_messages_through_random_faults_arrive_exactly_once(receiver, monkeypatch):
-    receivers, pool, results, counts, stats = run_load(receiver, monkeypatch, 200_000, {}, 7)
+    # Buffers big enough for the whole run: this test is about faults, not backpressure.
+    receivers, pool, results, counts, stats = run_load(
+        receiver, monkeypatch, 200_000, {"max_buffer_length": 256 * 1024 * 1024}, 7)
     assert sum(len(a) for p in results for a in results[p][1].values()) == 200_000
     check_delivery(receivers, results, stats, counts)
     # Every fault really happened, on every sink.

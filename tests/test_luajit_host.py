@@ -31,7 +31,7 @@ def test_plain_ffi_load_under_env_i_delivers_everything_once_in_order(receiver):
     proc = run_host("deliver", r.url, n)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "abandoned 0" in proc.stdout
-    wait_for(lambda: len(r.output.lines()) >= n, what="all lines")
+    wait_for(lambda: len(r.output.lines()) >= n, timeout=60, what="all lines")
     assert numbers(r.output.lines()) == list(range(1, n + 1))
     assert "Traceback" not in proc.stderr
 

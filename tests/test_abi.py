@@ -178,7 +178,7 @@ def test_stats_reconcile_after_delivery(receiver):
         assert st.accepted_messages == st.sent_messages == 1000
         assert st.accepted_bytes == st.sent_bytes == sum(len(b"%d\n" % i) for i in range(1000))
         assert (st.buffered_bytes, st.buffered_messages, st.connects) == (0, 0, 1)
-        wait_for(lambda: len(r.output.lines()) == 1000, what="1000 lines at the receiver")
+        wait_for(lambda: r.snapshot().messages == 1000, what="1000 lines at the receiver")
     finally:
         assert lib.logpool_close(p, 1000) == 0
         lib.logpool_free(p)
@@ -202,4 +202,4 @@ def test_flush_and_close_work_for_a_caller_that_holds_the_gil(receiver):
     assert dll.logpool_flush(p, 5000) == 0
     assert dll.logpool_close(p, 5000) == 0
     dll.logpool_free(p)
-    wait_for(lambda: len(r.output.lines()) == 100, what="100 lines")
+    wait_for(lambda: r.snapshot().messages == 100, what="100 lines")

@@ -109,7 +109,7 @@ def test_refusing_receiver_is_retried_with_backoff_not_a_busy_loop(tmp_path, poo
     os.unlink(path)
     r = receiver("unix:" + path)
     pool.flush(timeout=10)
-    wait_for(lambda: len(r.output.lines()) == 1000, what="everything accepted meanwhile")
+    wait_for(lambda: r.snapshot().messages == 1000, what="everything accepted meanwhile")
     assert [parse_line(x)[1] for x in r.output.lines()] == list(range(1000))
 
 

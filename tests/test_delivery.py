@@ -28,7 +28,7 @@ def test_many_small_messages_leave_in_far_fewer_writes(receiver, pools):
     st = pool.stats(0)
     assert st["sent_messages"] == n
     assert st["writes"] <= n // 100, st["writes"]
-    wait_for(lambda: len(r.output.lines()) == n, timeout=60, what="all lines")
+    wait_for(lambda: r.snapshot().messages == n, timeout=60, what="all lines")
     assert seqs(r.output.lines()) == list(range(n))
 
 
@@ -53,7 +53,7 @@ def test_reaching_flush_limit_sends_before_the_periodic_deadline(receiver, pools
     while pool.stats(0)["accepted_bytes"] < 4096:
         pool.log(0, message(0, n))
         n += 1
-    wait_for(lambda: len(r.output.lines()) == n, timeout=5, what="the batch")
+    wait_for(lambda: r.snapshot().messages == n, timeout=5, what="the batch")
 
 
 def test_receiver_restart_mid_stream_loses_and_duplicates_nothing(receive_process, pools):
@@ -109,7 +109,7 @@ def test_backpressure_refuses_at_the_bound_then_delivers_everything_accepted(tmp
                                                                                    100_000)
     r = receiver("unix:" + path)
     pool.flush(timeout=10)
-    wait_for(lambda: len(r.output.lines()) == 1000, what="every accepted message")
+    wait_for(lambda: r.snapshot().messages == 1000, what="every accepted message")
     assert seqs(r.output.lines()) == accepted
     assert pool.stats(0)["connect_failures"] >= 1
 
@@ -132,7 +132,7 @@ def test_many_producer_threads_never_interleave_and_counts_are_exact(receiver, p
         w.join()
     pool.flush(timeout=20)
     total = threads * per_thread
-    wait_for(lambda: len(r.output.lines()) == total, timeout=60, what="all lines")
+    wait_for(lambda: r.snapshot().messages == total, timeout=60, what="all lines")
     by_thread = {}
     for line in r.output.lines():
         t, i = parse_line(line + b"\n")
@@ -171,7 +171,7 @@ def test_tcp_sinks_ipv4_ipv6_and_names(receiver, pools, listen):
     for i in range(5000):
         pool.log(0, message(0, i))
     pool.flush(timeout=10)
-    wait_for(lambda: len(r.output.lines()) == 5000, timeout=60, what="all lines")
+    wait_for(lambda: r.snapshot().messages == 5000, timeout=60, what="all lines")
     assert seqs(r.output.lines()) == list(range(5000))
 
 
@@ -181,7 +181,7 @@ def test_close_delivers_then_reports_zero_abandoned(receiver):
         for i in range(100):
             pool.log(0, message(0, i))
     assert pool.close() == 0  # idempotent after the with block closed it
-    wait_for(lambda: len(r.output.lines()) == 100, what="all lines")
+    wait_for(lambda: r.snapshot().messages == 100, what="all lines")
     with pytest.raises(logpool.PoolClosed):
         pool.log(0, b"late\n")
 

@@ -119,7 +119,7 @@ def test_unexpected_writer_errors_are_logged_rate_limited_counted_and_survived(
         st = pool.stats(0)
         raised = injected(pool, 0)["exception"]
     assert raised > 5 and st["writer_errors"] == raised
-    wait_for(lambda: len(r.output.lines()) == 2000, what="every message despite the errors")
+    wait_for(lambda: r.snapshot().messages == 2000, what="every message despite the errors")
     assert [parse_line(x)[1] for x in r.output.lines()] == list(range(2000))
     err = capfd.readouterr().err
     lines = [x for x in err.splitlines() if "internal error" in x]

@@ -97,5 +97,5 @@ def test_messages_logged_from_lua_arrive_once_in_order(lua, receiver):
     """, pool, lua.table_from(lines), n)
     assert sent == sum(len(x) for x in lines)
     assert close(lua, pool, 10000) == 0
-    wait_for(lambda: len(r.output.lines()) == n, timeout=60, what="all lines")
+    wait_for(lambda: r.snapshot().messages == n, timeout=60, what="all lines")
     assert r.output.getvalue().decode() == "".join(lines)

@@ -31,7 +31,7 @@ def test_plain_ffi_load_under_env_i_delivers_everything_once_in_order(receiver):
     proc = run_host("deliver", r.url, n)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "abandoned 0" in proc.stdout
-    wait_for(lambda: len(r.output.lines()) >= n, timeout=60, what="all lines")
+    wait_for(lambda: r.snapshot().messages >= n, timeout=60, what="all lines")
     assert numbers(r.output.lines()) == list(range(1, n + 1))
     assert "Traceback" not in proc.stderr
 
@@ -42,7 +42,7 @@ def test_library_stays_mapped_after_lua_collects_its_handle(receiver):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "mapped_after_gc true" in proc.stdout
     assert "abandoned 0" in proc.stdout
-    wait_for(lambda: len(r.output.lines()) == 1000, what="all lines")
+    wait_for(lambda: r.snapshot().messages == 1000, what="all lines")
 
 
 def _mask_has(mask_hex, sig):
@@ -84,7 +84,7 @@ def test_fork_child_neither_hangs_nor_crashes_and_parent_carries_on(receiver):
     assert new_is_null == "true" and "before fork" in err and "init_worker_by_lua" in err
     assert rc_flush == "-5" and int(rc_close) == 0
     assert "abandoned 0" in out
-    wait_for(lambda: len(r.output.lines()) == 2 * n, what="parent's lines")
+    wait_for(lambda: r.snapshot().messages == 2 * n, what="parent's lines")
     assert numbers(r.output.lines()) == list(range(1, 2 * n + 1))
     assert b"from child" not in r.output.getvalue()
 
@@ -95,7 +95,7 @@ def test_exit_without_close_is_flushed_by_the_c_fallback(receiver):
     proc = run_host("exit", r.url, n)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "exiting" in proc.stdout
-    wait_for(lambda: len(r.output.lines()) == n, what="lines flushed at exit")
+    wait_for(lambda: r.snapshot().messages == n, what="lines flushed at exit")
     assert numbers(r.output.lines()) == list(range(1, n + 1))
 
 

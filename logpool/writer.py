@@ -197,8 +197,9 @@ class SinkWriter(threading.Thread):
             self._loop()
         finally:
             self._disconnect()
-            self.lib.logpool__sink_writer_exit(self.c)
             self._report_drops(final=True)
+            # Last touch of C memory: once this returns, logpool_free may release the pool.
+            self.lib.logpool__sink_writer_exit(self.c)
 
     _drops_reported = (0, 0, 0, 0)
     _drops_reported_at = -REPORT_INTERVAL_S
@@ -211,8 +212,10 @@ class SinkWriter(threading.Thread):
             return
         st = self.ffi.new("logpool_stats_t *")
         self.lib.logpool_stats(self.pool_ptr, self.sink.index, st)
-        current = (st.dropped_full, st.dropped_too_big, st.dropped_closed,
-                   st.abandoned_messages)
+        # At exit, what is still unsent is about to be abandoned by writer_exit.
+        abandoned = st.abandoned_messages + (st.accepted_messages - st.sent_messages
+                                             if final else 0)
+        current = (st.dropped_full, st.dropped_too_big, st.dropped_closed, abandoned)
         delta = [a - b for a, b in zip(current, self._drops_reported)]
         if not any(delta):
             return

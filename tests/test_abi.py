@@ -203,3 +203,24 @@ def test_flush_and_close_work_for_a_caller_that_holds_the_gil(receiver):
     assert dll.logpool_close(p, 5000) == 0
     dll.logpool_free(p)
     wait_for(lambda: r.snapshot().messages == 100, what="100 lines")
+
+
+def test_close_then_free_at_once_never_touches_freed_memory(tmp_path):
+    # A writer must not read the pool after signalling its exit: logpool_free may run then.
+    # Under `make sanitize` (ASan) a late read is a heap-use-after-free report.
+    # The closer holds the GIL (as lupa's __gc does: ctypes.PyDLL keeps it), so free runs
+    # before a writer that has just signalled its exit gets back into Python.
+    import ctypes
+    from logpool import paths
+    dll = ctypes.PyDLL(paths.lib_path() if "LOGPOOL_LIB" not in __import__("os").environ
+                       else __import__("os").environ["LOGPOOL_LIB"])
+    dll.logpool_close.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    dll.logpool_free.argtypes = [ctypes.c_void_p]
+    url = "unix:" + sock_path(tmp_path, "gone.sock")
+    for _ in range(40):
+        p = new_pool({"sinks": [{"url": url}, {"url": url}]})
+        for sink in (0, 1):
+            assert lib.log_cdata(p, sink, b"x\n", 2) == 2
+        address = int(ffi.cast("uintptr_t", p))
+        assert dll.logpool_close(address, 0) == 2
+        dll.logpool_free(address)

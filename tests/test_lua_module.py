@@ -156,8 +156,13 @@ def test_compat_return_conventions(lua, tmp_path):
         local other = require('resty.logpool.compat').new({{ path = '{path}', drop_limit = 4097 }})
         local other_bytes = other:log(12345)
         local dropped = logger.stats().dropped_full
-        return before, before_err, initted_before, logger.initted(), sizes[1], sizes[3], sizes[4],
-               sizes[5], other_bytes, dropped, logger.flush()
+        local flushed, initted_after = logger.flush(), logger.initted()
+        -- Close what this test opened: a pool that lupa collects later, with the GIL held,
+        -- would make logpool_close release the GIL in the middle of lua_close.
+        other.pool:close(0)
+        logger.close(0)
+        return before, before_err, initted_before, initted_after, sizes[1], sizes[3], sizes[4],
+               sizes[5], other_bytes, dropped, flushed
     """)
     # 30-byte messages into a 100-byte drop_limit with the sink down: 3 fit, then 0 (dropped).
     assert tuple(out) == (None, "not initialized", False, True, 30, 30, 0, 0, 5, 2, True)
@@ -186,6 +191,7 @@ def test_modules_use_no_undeclared_globals(receiver):
         assert(lp.stop(5) == 0)
         local logger = assert(compat.new({{ path = "{r.url[5:]}" }}))
         assert(logger:log("y\\n") == 2 and logger:flush(5))
+        assert(logger.pool:close(5) == 0) -- closed before lupa collects this runtime
         return "ok"
     """)
     assert out == "ok"

@@ -186,6 +186,17 @@ function logger_mt.flush(self, timeout)
     return nil, err
 end
 
+--- syntax: abandoned, err = logger:close(timeout)   -- an extension: exit_worker_by_lua*
+-- Delivers for up to `timeout` seconds, then closes; log() says "not initialized" after.
+function logger_mt.close(self, timeout)
+    local pool = self.pool
+    if not pool then
+        return 0
+    end
+    self.pool = nil
+    return pool:close(timeout or 1)
+end
+
 function logger_mt.stats(self)
     if not self.pool then
         return nil, "not initialized"
@@ -224,6 +235,10 @@ end
 
 function _M.stats()
     return default:stats()
+end
+
+function _M.close(timeout)
+    return default:close(timeout)
 end
 
 return _M

@@ -54,7 +54,7 @@ def test_receiver_sigkilled_five_times_loses_only_kernel_buffers(tmp_path, pools
             rp = ReceiveProcess(listen, str(tmp_path / f"run{k}.log"))
             wait_for(lambda: len(rp.lines()) >= 2000, timeout=30, what="traffic")
             rp.stop(signal.SIGKILL)
-            runs.append(rp.lines())
+            runs.append(rp.complete_lines())
     finally:
         stop.set()
         producer.join()

@@ -20,6 +20,9 @@ def install(ffi, lib):
     _lib = lib
 
     def fail(message):
+        # A C string ends at the first NUL: escape control characters (a config key may
+        # hold any) so the message always reaches the caller whole.
+        message = "".join(c if c >= " " or c == "\t" else repr(c)[1:-1] for c in message)
         lib.logpool__set_error(message.encode("utf-8", "replace")[:500])
         return ffi.NULL
 

@@ -161,6 +161,12 @@ def test_malformed_json_returns_null(text):
     assert last_error().startswith("invalid configuration: ")
 
 
+def test_error_messages_survive_control_characters_in_keys():
+    assert lib.logpool_new(b'{"sinks": [{"url": "unix:/x"}], "\\u0000bad": 1}') == ffi.NULL
+    assert last_error() == "invalid configuration: \\x00bad: unknown key (known: " + \
+        last_error().split("(known: ", 1)[1]
+
+
 def test_null_config_is_refused():
     assert lib.logpool_new(ffi.NULL) == ffi.NULL
     assert "NULL" in last_error()

@@ -133,7 +133,11 @@ def test_stalled_receiver_fills_the_buffer_and_log_cdata_never_waits(tmp_path):
     out, err = proc.communicate(timeout=60)
     fig = flood_figures(out)
     assert fig["refused"] > 0, out  # producers got EFULL while the receiver stalled
-    assert fig["max_ns"] < 20_000_000, f"slowest log_cdata {fig['max_ns'] / 1e6:.1f} ms"
+    # A wait on the stalled receiver (a lock held across a send, I/O in log_cdata) would
+    # last the whole 3.5 s stall. Calls over 20 ms are the 2-core scheduler preempting the
+    # producer inside the timed window: allowed, but rare, never a pattern.
+    assert fig["max_ns"] < 500_000_000, f"slowest log_cdata {fig['max_ns'] / 1e6:.1f} ms"
+    assert fig["slow"] <= 5, f"{fig['slow']} of {fig['calls']} calls took over 20 ms"
     assert fig["abandoned"] == 0 and received == fig["accepted"] * 512
 
 

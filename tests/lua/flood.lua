@@ -28,7 +28,7 @@ assert(pool ~= nil, ffi.string(lib.logpool_last_error()))
 local nsinks = lib.logpool_sink_count(pool)
 local rss_before, rss_max = rss_kib(), 0
 local msg = string.rep("y", 511) .. "\n"
-local accepted, refused, max_ns, calls = 0, 0, 0, 0
+local accepted, refused, max_ns, calls, slow = 0, 0, 0, 0, 0
 local deadline = now_ns() + seconds * 1e9
 print("started")
 io.stdout:flush()
@@ -38,6 +38,7 @@ while true do
         local rc = lib.log_cdata(pool, calls % nsinks, msg, 512)
         local dt = now_ns() - t0
         if dt > max_ns then max_ns = dt end
+        if dt > 20e6 then slow = slow + 1 end
         calls = calls + 1
         if rc == 512 then accepted = accepted + 1 else refused = refused + 1 end
     end
@@ -50,5 +51,6 @@ end
 local r = rss_kib()
 if r > rss_max then rss_max = r end
 local abandoned = lib.logpool_close(pool, close_ms)
-print(string.format("flood accepted=%d refused=%d max_ns=%d rss_before=%d rss_max=%d abandoned=%d",
-                    accepted, refused, max_ns, rss_before, rss_max, abandoned))
+print(string.format("flood accepted=%d refused=%d max_ns=%d slow=%d calls=%d rss_before=%d "
+                    .. "rss_max=%d abandoned=%d", accepted, refused, max_ns, slow, calls,
+                    rss_before, rss_max, abandoned))

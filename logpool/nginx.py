@@ -61,7 +61,7 @@ http {{
     {http_extra}
 
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{listen_opts};
         keepalive_requests 1000000;
         location / {{
             return 200 "ok\\n";
@@ -74,7 +74,7 @@ http {{
 
 class Nginx:
     def __init__(self, prefix, http_extra="", server_extra="", main_extra="", workers=2,
-                 wrapper=(), package_path=True):
+                 wrapper=(), package_path=True, listen_opts=""):
         self.prefix = str(prefix)
         self.port = free_port()
         for d in ("conf", "logs", "tmp"):
@@ -84,7 +84,8 @@ class Nginx:
             user="user root root;" if os.geteuid() == 0 else "",
             workers=workers, main_extra=main_extra,
             package_path=f'lua_package_path "{paths.lua_dir()}/?.lua;;";' if package_path else "",
-            http_extra=http_extra, port=self.port, server_extra=server_extra)
+            http_extra=http_extra, port=self.port, server_extra=server_extra,
+            listen_opts=f" {listen_opts}" if listen_opts else "")
         self.conf_path = os.path.join(self.prefix, "conf", "nginx.conf")
         with open(self.conf_path, "w") as f:
             f.write(conf)

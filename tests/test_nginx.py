@@ -249,7 +249,9 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
             }
         }
     """
-    ng = nginx(http_extra, server_extra, workers=2)
+    # reuseport: one listening socket per worker, connections hashed across them, so the
+    # 16 connections land on both workers.
+    ng = nginx(http_extra, server_extra, workers=2, listen_opts="reuseport")
     n = 2000
     assert ng.requests(n, path="/app", connections=16) == [200] * n
     wait_for(lambda: len(rp.lines()) == n, timeout=20, what="all lines")

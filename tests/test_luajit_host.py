@@ -13,8 +13,8 @@ HOST = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "host.lua
 DEBIAN_LIBPYTHON = "/usr/lib/x86_64-linux-gnu/libpython3.11.so.1.0"
 
 
-def run_host(mode, url, n=0, *extra, timeout=60, env=None):
-    cmd = ["env", "-i"] + [f"{k}={v}" for k, v in (env or {}).items()] + [
+def run_host(mode, url, n=0, *extra, timeout=60, env=None, wrapper=()):
+    cmd = [*wrapper, "env", "-i"] + [f"{k}={v}" for k, v in (env or {}).items()] + [
         luajit_binary(), HOST, mode, paths.lib_path(), paths.header_path(), url, str(n),
         *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -117,10 +117,8 @@ def test_unix_sink_without_permission_is_reported_with_the_uid(tmp_path, receive
     r = receiver("unix:" + sock_path(locked, "s.sock"))
     os.chmod(locked, 0)
     try:
-        cmd = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
-               "env", "-i", luajit_binary(), HOST, "deliver", paths.lib_path(),
-               paths.header_path(), r.url, "10", "300"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        proc = run_host("deliver", r.url, 10, "300", wrapper=(
+            "setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"))
     finally:
         os.chmod(locked, 0o755)
     assert proc.returncode == 0, proc.stdout + proc.stderr

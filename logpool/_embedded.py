@@ -75,8 +75,7 @@ def _start_pool(ffi, lib, cfg):
             rc = lib.logpool__sink_init(pool, sink.index, limits)
             if rc != 0:
                 raise ConfigError(f"sinks[{sink.index}]: rejected by the C core ({rc})")
-            writers.append(SinkWriter(ffi, lib, lib.logpool__pool_sink(pool, sink.index), sink,
-                                      pool))
+            writers.append(SinkWriter(ffi, lib, lib.logpool__pool_sink(pool, sink.index), sink))
     except BaseException:
         lib.logpool__pool_discard(pool)
         raise

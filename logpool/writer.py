@@ -160,21 +160,23 @@ class ErrorReporter:
             return
         more = f" ({seen[1]} more in the last {self.interval_s:.0f} s)" if seen and seen[1] else ""
         self.last[kind] = (now, 0)
+        self.emit(f"{kind}: {text}{more}")
+
+    def emit(self, text):
+        """One line in the shape of nginx's own error log lines: it is where stderr ends up."""
         stream = self.stream or sys.stderr
         try:
-            # The shape of nginx's own error log lines: it is where stderr ends up.
             stamp = time.strftime("%Y/%m/%d %H:%M:%S")
             stream.write(f"{stamp} [error] {os.getpid()}#{threading.get_native_id()}: "
-                         f"logpool: sink {self.label}: {kind}: {text}{more}\n")
+                         f"logpool: sink {self.label}: {text}\n")
             stream.flush()
         except (OSError, ValueError):
             pass
 
 
 class SinkWriter(threading.Thread):
-    def __init__(self, ffi, lib, csink, sink, pool_ptr=None):
+    def __init__(self, ffi, lib, csink, sink):
         super().__init__(name=f"logpool-writer-{sink.index}", daemon=True)
-        self.pool_ptr = pool_ptr
         self.ffi = ffi
         self.lib = lib
         self.c = csink
@@ -211,7 +213,7 @@ class SinkWriter(threading.Thread):
         if not final and now - self._drops_reported_at < REPORT_INTERVAL_S:
             return
         st = self.ffi.new("logpool_stats_t *")
-        self.lib.logpool_stats(self.pool_ptr, self.sink.index, st)
+        self.lib.logpool__sink_stats(self.c, st)
         # At exit, what is still unsent is about to be abandoned by writer_exit.
         abandoned = st.abandoned_messages + (st.accepted_messages - st.sent_messages
                                              if final else 0)
@@ -220,7 +222,6 @@ class SinkWriter(threading.Thread):
         if not any(delta):
             return
         self._drops_reported, self._drops_reported_at = current, now
-        stream = sys.stderr
         parts = []
         if delta[0]:
             parts.append(f"{delta[0]} refused: buffer full at max_buffer_length "
@@ -232,14 +233,9 @@ class SinkWriter(threading.Thread):
             parts.append(f"{delta[2]} refused: pool closed")
         if delta[3]:
             parts.append(f"{delta[3]} accepted messages abandoned at close")
-        try:
-            stamp = time.strftime("%Y/%m/%d %H:%M:%S")
-            stream.write(f"{stamp} [error] {os.getpid()}#{threading.get_native_id()}: logpool: "
-                         f"sink {self.reporter.label}: messages lost: {'; '.join(parts)}; "
-                         f"counted in logpool_dropped_messages_total and logpool_abandoned_messages_total\n")
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+        self.reporter.emit(f"messages lost: {'; '.join(parts)}; counted in "
+                           f"logpool_dropped_messages_total and "
+                           f"logpool_abandoned_messages_total")
 
     def _should_stop(self):
         lib = self.lib
@@ -418,9 +414,6 @@ class SinkWriter(threading.Thread):
             raise f.rng.choice([BrokenPipeError(errno.EPIPE, "injected: broken pipe"),
                                 ConnectionResetError(errno.ECONNRESET, "injected: reset")])
         return written
-
-    def stats_extra(self):
-        return {"last_error": self.reporter.last_error}
 
 
 def _truncate(views, nbytes):

@@ -491,16 +491,21 @@ LOGPOOL_API int logpool_sink_count(logpool_t *pool)
     XX(connects) XX(connect_failures) XX(write_errors) XX(reconnects) XX(buffered_bytes)     \
     XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)
 
+/* Producers keep writing while this reads: each field is one atomic load. */
+void logpool__sink_stats(logpool__sink_t *s, logpool_stats_t *out)
+{
+#define COPY_FIELD(f) out->f = ATOMIC_LOAD(&s->st.f);
+    STATS_FIELDS(COPY_FIELD)
+#undef COPY_FIELD
+}
+
 LOGPOOL_API int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out)
 {
     if (pool == NULL || out == NULL)
         return LOGPOOL_EINVAL;
     if (socket_id < 0 || socket_id >= pool->nsinks)
         return LOGPOOL_ENOSINK;
-    const logpool_stats_t *st = &pool->sinks[socket_id].st;
-#define COPY_FIELD(f) out->f = ATOMIC_LOAD(&st->f);
-    STATS_FIELDS(COPY_FIELD)
-#undef COPY_FIELD
+    logpool__sink_stats(&pool->sinks[socket_id], out);
     return LOGPOOL_OK;
 }
 

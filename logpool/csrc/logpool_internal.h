@@ -63,6 +63,7 @@ size_t logpool__sink_rewind(logpool__sink_t *sink);
 size_t logpool__sink_pending(logpool__sink_t *sink);
 int logpool__sink_is_closing(logpool__sink_t *sink);
 void logpool__sink_count(logpool__sink_t *sink, int counter, uint64_t n);
+void logpool__sink_stats(logpool__sink_t *sink, logpool_stats_t *out);
 void logpool__sink_set_connected(logpool__sink_t *sink, int connected);
 void logpool__sink_writer_started(logpool__sink_t *sink);
 void logpool__sink_writer_exit(logpool__sink_t *sink);

@@ -74,6 +74,8 @@ typedef struct logpool_stats_s {
     uint64_t writes;              /* send calls that wrote at least one byte */
     uint64_t resent_bytes;        /* bytes written again after a broken connection */
     uint64_t writer_errors;       /* unexpected exceptions in the writer (logged) */
+    uint64_t tls_handshake_failures; /* TLS handshakes that failed (also connect_failures) */
+    uint64_t tls_resumed;         /* TLS handshakes that resumed an earlier session */
 } logpool_stats_t;
 
 /* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first

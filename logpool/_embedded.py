@@ -71,6 +71,7 @@ def _start_pool(ffi, lib, cfg):
                 "periodic_flush_ms": sink.periodic_flush_ms,
                 "max_buffer_length": sink.max_buffer_length,
                 "max_message_size": sink.max_message_size,
+                "framing": sink.framing_code,
             })
             rc = lib.logpool__sink_init(pool, sink.index, limits)
             if rc != 0:

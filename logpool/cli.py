@@ -15,7 +15,8 @@ def cmd_paths(args):
 
 def cmd_receive(args):
     from logpool import receiver
-    return receiver.main(args.listen, args.out)
+    return receiver.main(args.listen, args.out, framing=args.framing, cert_file=args.cert_file,
+                         key_file=args.key_file, client_ca_file=args.client_ca_file)
 
 
 SNIPPET = """\
@@ -77,9 +78,18 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("paths", help="print where the library, the Lua module and the header are")
     p.set_defaults(func=cmd_paths)
-    p = sub.add_parser("receive", help="a collector writing complete lines to a file or stdout")
-    p.add_argument("--listen", required=True, help="unix:/path or tcp://host:port")
+    p = sub.add_parser("receive", help="a collector writing complete messages to a file or "
+                       "stdout")
+    p.add_argument("--listen", required=True, help="unix:/path, unixgram:/path, "
+                   "tcp://host:port, tls://host:port or udp://host:port")
     p.add_argument("--out", help="append messages to this file (default: stdout)")
+    p.add_argument("--framing", default="newline", choices=("newline", "octet-counting", "raw"),
+                   help="how messages are delimited on the stream, and written out "
+                   "(default: newline)")
+    p.add_argument("--cert-file", help="tls://: the server certificate (PEM, may hold the key)")
+    p.add_argument("--key-file", help="tls://: its private key, when not in --cert-file")
+    p.add_argument("--client-ca-file", help="tls://: require client certificates signed by "
+                   "this CA")
     p.set_defaults(func=cmd_receive)
     p = sub.add_parser("nginx-snippet", help="print the nginx.conf lines for this installation")
     p.add_argument("--sink", action="append", help="sink URL (repeatable); default "

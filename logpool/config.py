@@ -25,11 +25,21 @@ POOL_ONLY_OPTIONS = {
     # How long the process-exit fallback (no logpool_close before exit) waits for delivery.
     "exit_flush_timeout_ms": 1000,
 }
+# Framing of each message on the wire, applied by log_cdata (values: the C enum).
+FRAMINGS = {"raw": 0, "newline": 1, "octet-counting": 2}
+# TLS options: valid at the top level (applied to every tls:// sink) and per tls:// sink.
+TLS_OPTIONS = {"ca_file": None, "server_name": None, "cert_file": None, "key_file": None,
+               "verify": True}
 INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
-SUPPORTED_SCHEMES = ("unix", "tcp")
-PLANNED_SCHEMES = ("tls", "udp", "unixgram")
+SUPPORTED_SCHEMES = ("unix", "tcp", "tls", "udp", "unixgram")
+HOST_PORT_SCHEMES = ("tcp", "tls", "udp")
+DATAGRAM_SCHEMES = ("udp", "unixgram")
+# The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); unix datagram
+# sockets get a send buffer that fits it.
+MAX_DATAGRAM = 65507
+URL_FORMS = "unix:/path, unixgram:/path, tcp://host:port, tls://host:port or udp://host:port"
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ class SinkConfig:
     url: str
     name: str
     scheme: str
-    address: object  # unix: path (str); tcp: (host, port)
+    address: object  # unix, unixgram: path (str); tcp, tls, udp: (host, port)
     flush_limit: int
     periodic_flush_ms: int
     max_buffer_length: int
@@ -47,6 +57,26 @@ class SinkConfig:
     send_timeout_ms: int
     retry_interval_ms: int
     max_retry_interval_ms: int
+    framing: str = "raw"
+    tls: object = None  # TlsConfig for tls:// sinks
+
+    @property
+    def datagram(self):
+        return self.scheme in DATAGRAM_SCHEMES
+
+    @property
+    def framing_code(self):
+        return FRAMINGS[self.framing]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: object
+    server_name: str
+    cert_file: object
+    key_file: object
+    verify: bool
+    context: object  # ssl.SSLContext, built (and so checked) when the config is parsed
 
 
 @dataclass(frozen=True)
@@ -87,43 +117,78 @@ def _positive_int(where, value, upper=None):
 
 
 def parse_url(where, url, allow_port_zero=False):
-    """('unix', path) or ('tcp', (host, port)); names are resolved later, by the writer.
-    Port 0 (any free port) only makes sense for a listener."""
+    """(scheme, address): a path for unix and unixgram, (host, port) for tcp, tls and udp.
+    Names are resolved later, by the writer. Port 0 (any free port) is for listeners."""
     if not isinstance(url, str) or not url:
-        raise ConfigError(f"{where}: must be a non-empty string like unix:/path or "
-                          f"tcp://host:port, got {url!r}")
+        raise ConfigError(f"{where}: must be a non-empty string like {URL_FORMS}, got {url!r}")
     scheme, sep, rest = url.partition(":")
     if not sep:
-        raise ConfigError(f"{where}: {url!r} has no scheme (unix:/path or tcp://host:port)")
+        raise ConfigError(f"{where}: {url!r} has no scheme ({URL_FORMS})")
     scheme = scheme.lower()
-    if scheme in PLANNED_SCHEMES:
-        raise ConfigError(f"{where}: {scheme}:// sinks are not supported yet "
-                          f"(supported: {', '.join(SUPPORTED_SCHEMES)})")
-    if scheme == "unix":
+    if scheme in ("unix", "unixgram"):
         path = rest[2:] if rest.startswith("//") else rest
         if not path.startswith("/"):
-            raise ConfigError(f"{where}: unix sink needs an absolute path, got {url!r}")
+            raise ConfigError(f"{where}: {scheme} sink needs an absolute path, got {url!r}")
         if "\0" in path:
-            raise ConfigError(f"{where}: unix path contains NUL")
+            raise ConfigError(f"{where}: {scheme} path contains NUL")
         if len(path.encode()) > UNIX_PATH_MAX:
-            raise ConfigError(f"{where}: unix path is {len(path.encode())} bytes, longer than "
-                              f"the {UNIX_PATH_MAX} the OS allows")
-        return "unix", path
-    if scheme == "tcp":
+            raise ConfigError(f"{where}: {scheme} path is {len(path.encode())} bytes, longer "
+                              f"than the {UNIX_PATH_MAX} the OS allows")
+        return scheme, path
+    if scheme in HOST_PORT_SCHEMES:
         if not rest.startswith("//"):
-            raise ConfigError(f"{where}: expected tcp://host:port, got {url!r}")
+            raise ConfigError(f"{where}: expected {scheme}://host:port, got {url!r}")
         hostport = rest[2:]
         m = re.fullmatch(r"\[([0-9A-Fa-f:.%a-zA-Z]+)\]:(\d+)|([^:/\[\]\s]+):(\d+)", hostport)
         if m is None:
-            raise ConfigError(f"{where}: expected tcp://host:port or tcp://[v6addr]:port, "
-                              f"got {url!r}")
+            raise ConfigError(f"{where}: expected {scheme}://host:port or "
+                              f"{scheme}://[v6addr]:port, got {url!r}")
         host = m.group(1) or m.group(3)
         port = int(m.group(2) or m.group(4))
         if not (0 if allow_port_zero else 1) <= port <= 65535:
             raise ConfigError(f"{where}: port {port} out of range 1-65535")
-        return "tcp", (host, port)
-    raise ConfigError(f"{where}: unknown scheme {scheme!r} "
-                      f"(supported: {', '.join(SUPPORTED_SCHEMES)})")
+        return scheme, (host, port)
+    raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
+
+
+def _framing(where, value):
+    if value not in FRAMINGS:
+        raise ConfigError(f"{where}: must be one of {', '.join(map(repr, FRAMINGS))}, "
+                          f"got {value!r}")
+    return value
+
+
+def _tls_option(where, key, value):
+    if key == "verify":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+    elif not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def tls_context(where, ca_file=None, cert_file=None, key_file=None, verify=True):
+    """A client SSLContext: the system CA bundle (or ca_file), hostname checking, TLS >= 1.2,
+    optional client certificate. Files are read now so that a bad path is a config error."""
+    import ssl
+    if key_file and not cert_file:
+        raise ConfigError(f"{where}.key_file: needs cert_file too")
+    if ca_file and not verify:
+        raise ConfigError(f"{where}.ca_file: given with verify = false, which ignores it")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{where}.ca_file: cannot load {ca_file}: {exc}") from None
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{where}.cert_file: cannot load {cert_file}"
+                              f"{' with ' + key_file if key_file else ''}: {exc}") from None
+    return ctx
 
 
 def _check_keys(where, obj, allowed):
@@ -144,7 +209,8 @@ def parse(config):
             raise ConfigError(f"config is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config must be a JSON object, got {type(config).__name__}")
-    _check_keys("", config, {"sinks"} | set(SINK_OPTIONS) | set(POOL_ONLY_OPTIONS))
+    _check_keys("", config, {"sinks", "framing"} | set(SINK_OPTIONS) | set(POOL_ONLY_OPTIONS)
+                | set(TLS_OPTIONS))
     sinks = config.get("sinks")
     if not isinstance(sinks, list) or not sinks:
         raise ConfigError("sinks: must be a non-empty list of {\"url\": ...} objects")
@@ -154,6 +220,9 @@ def parse(config):
     defaults = {}
     for key, default in SINK_OPTIONS.items():
         defaults[key] = _positive_int(key, config[key], INT32_MAX) if key in config else default
+    default_framing = _framing("framing", config["framing"]) if "framing" in config else None
+    tls_defaults = {key: _tls_option(key, key, config[key])
+                    for key in TLS_OPTIONS if key in config}
     exit_ms = config.get("exit_flush_timeout_ms", POOL_ONLY_OPTIONS["exit_flush_timeout_ms"])
     if isinstance(exit_ms, bool) or not isinstance(exit_ms, int) or not 0 <= exit_ms <= INT32_MAX:
         raise ConfigError(f"exit_flush_timeout_ms: must be an integer >= 0, got {exit_ms!r}")
@@ -165,7 +234,8 @@ def parse(config):
             sink = {"url": sink}
         if not isinstance(sink, dict):
             raise ConfigError(f"{where}: must be an object with a url, got {sink!r}")
-        _check_keys(where, sink, {"url", "name"} | set(SINK_OPTIONS))
+        _check_keys(where, sink, {"url", "name", "framing"} | set(SINK_OPTIONS)
+                    | set(TLS_OPTIONS))
         if "url" not in sink:
             raise ConfigError(f"{where}.url: missing")
         scheme, address = parse_url(f"{where}.url", sink["url"])
@@ -182,6 +252,10 @@ def parse(config):
         for key in SINK_OPTIONS:
             if key in sink:
                 opts[key] = _positive_int(f"{where}.{key}", sink[key], INT32_MAX)
+        framing = _framing(f"{where}.framing", sink["framing"]) if "framing" in sink else (
+            default_framing or "raw")
+        if scheme in DATAGRAM_SCHEMES:
+            _check_datagram(where, sink, config, opts, framing)
         # Defaults shrink to a small buffer; only values the user gave can contradict it.
         for key in ("max_message_size", "flush_limit"):
             if key not in sink and key not in config:
@@ -197,6 +271,36 @@ def parse(config):
             raise ConfigError(f"{where}.retry_interval_ms: {opts['retry_interval_ms']} is "
                               f"larger than max_retry_interval_ms "
                               f"{opts['max_retry_interval_ms']}")
+        tls = _sink_tls(where, sink, scheme, address, tls_defaults)
         parsed.append(SinkConfig(index=i, url=sink["url"], name=name, scheme=scheme,
-                                 address=address, **opts))
+                                 address=address, framing=framing, tls=tls, **opts))
     return PoolConfig(sinks=tuple(parsed), exit_flush_timeout_ms=exit_ms)
+
+
+def _check_datagram(where, sink, config, opts, framing):
+    """One message per datagram: octet counting is meaningless and size has a hard limit."""
+    if framing == "octet-counting":
+        raise ConfigError(f"{where}.framing: octet-counting frames a stream (RFC 6587); a "
+                          f"datagram already holds exactly one message: use raw or newline")
+    given = sink.get("max_message_size", config.get("max_message_size"))
+    if given is None:
+        opts["max_message_size"] = min(opts["max_message_size"], MAX_DATAGRAM)
+    elif opts["max_message_size"] > MAX_DATAGRAM:
+        raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is larger "
+                          f"than a datagram can carry ({MAX_DATAGRAM} bytes)")
+
+
+def _sink_tls(where, sink, scheme, address, tls_defaults):
+    given = {key: _tls_option(f"{where}.{key}", key, sink[key])
+             for key in TLS_OPTIONS if key in sink}
+    if scheme != "tls":
+        if given:
+            raise ConfigError(f"{where}.{next(iter(given))}: only tls:// sinks take TLS "
+                              f"options (this sink is {scheme})")
+        return None
+    opts = {**TLS_OPTIONS, **tls_defaults, **given}
+    ctx = tls_context(where, opts["ca_file"], opts["cert_file"], opts["key_file"],
+                      opts["verify"])
+    return TlsConfig(ca_file=opts["ca_file"], server_name=opts["server_name"] or address[0],
+                     cert_file=opts["cert_file"], key_file=opts["key_file"],
+                     verify=opts["verify"], context=ctx)

@@ -31,6 +31,9 @@ COUNTERS = (
     ("writer_errors", "writer_errors", "Unexpected errors inside the writer (logged)."),
     ("writes", "writes", "Send calls that wrote at least one byte."),
     ("resent_bytes", "resent_bytes", "Bytes written again after a broken connection."),
+    ("tls_handshake_failures", "tls_handshake_failures",
+     "TLS handshakes that failed (certificate refused, protocol error); also connect failures."),
+    ("tls_resumed", "tls_resumed", "TLS handshakes that resumed an earlier session."),
 )
 GAUGES = (
     ("buffered_bytes", "buffered_bytes", "Bytes accepted and not yet completely written."),

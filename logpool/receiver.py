@@ -1,6 +1,13 @@
-"""A collector: accepts any number of stream connections and appends complete
-newline-terminated messages to a file. The torn last line of a connection that broke is
-dropped (logpool resends that message whole on its next connection).
+"""A collector: accepts stream connections (unix, tcp, tls) or datagrams (udp, unixgram)
+and appends complete messages to a file, in the framing it was told to expect:
+
+- ``newline`` (default): messages end with "\\n"; complete lines are written out;
+- ``octet-counting`` (RFC 6587 ``LEN SP MSG``): complete frames are written out verbatim;
+- ``raw``: bytes are written as they arrive (a stream has no message boundaries then).
+
+A datagram is one message whatever the framing; it is written out in that framing. The
+torn last message of a connection that broke is dropped (logpool resends that message whole
+on its next connection).
 
 Stopping is graceful: the listener closes, and for unix sockets each connection is shut
 down for reading and then drained, so every byte the kernel accepted from a writer is
@@ -8,46 +15,101 @@ either written out here or refused to the writer (EPIPE), which then resends it.
 such handshake: bytes in flight when a TCP receiver stops can be lost.
 """
 import os
+import re
 import select
 import selectors
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
 READ_SIZE = 1 << 18
+FRAMINGS = ("newline", "octet-counting", "raw")
+OCTET_HEADER = re.compile(rb"([1-9][0-9]{0,9}) ")
 
 
 def listen_socket(listen):
-    """A listening socket for unix:/path or tcp://host:port (port 0 picks a free one)."""
-    from logpool.config import parse_url
+    """A bound socket for unix:, unixgram:/path or tcp://, tls://, udp://host:port (port 0
+    picks a free one); stream sockets are listening."""
+    from logpool.config import parse_url, DATAGRAM_SCHEMES
     scheme, address = parse_url("--listen", listen, allow_port_zero=True)
-    if scheme == "unix":
+    kind = socket.SOCK_DGRAM if scheme in DATAGRAM_SCHEMES else socket.SOCK_STREAM
+    if scheme in ("unix", "unixgram"):
         try:
             os.unlink(address)
         except FileNotFoundError:
             pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = socket.socket(socket.AF_UNIX, kind)
         sock.bind(address)
     else:
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, kind)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-    sock.listen(512)
+    if kind == socket.SOCK_STREAM:
+        sock.listen(512)
+    else:
+        # Bursts of datagrams must not overflow the queue while a test looks away.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     sock.setblocking(False)
-    return sock
+    return scheme, sock
 
 
-def address_of(sock):
+def address_of(scheme, sock):
     """The URL a writer would use to reach this listener."""
     if sock.family == socket.AF_UNIX:
-        return "unix:" + sock.getsockname()
+        return f"{scheme}:" + sock.getsockname()
     host, port = sock.getsockname()[:2]
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def server_tls_context(cert_file, key_file=None, client_ca_file=None):
+    """TLS for a listener; with client_ca_file, clients must present a certificate it signed."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        ctx.load_verify_locations(client_ca_file)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class FramingError(ValueError):
+    pass
+
+
+def split_messages(framing, buf):
+    """(complete messages as written out, count, bytes consumed) from the start of buf."""
+    if framing == "raw":
+        return buf, 0, len(buf)
+    if framing == "newline":
+        cut = buf.rfind(b"\n") + 1
+        return buf[:cut], buf.count(b"\n", 0, cut), cut
+    pos, count = 0, 0
+    while True:
+        m = OCTET_HEADER.match(buf, pos)
+        if m is None:
+            if len(buf) - pos > 11 or (buf[pos:] and not re.fullmatch(rb"[1-9][0-9]*",
+                                                                        buf[pos:])):
+                raise FramingError(f"bad octet-counting frame header {buf[pos:pos + 12]!r}")
+            break
+        end = m.end() + int(m.group(1))
+        if end > len(buf):
+            break
+        pos, count = end, count + 1
+    return buf[:pos], count, pos
+
+
+def frame_datagram(framing, data):
+    """A datagram written out in the receiver's framing."""
+    if framing == "octet-counting":
+        return b"%d %s" % (len(data), data)
+    if framing == "newline" and not data.endswith(b"\n"):
+        return data + b"\n"
+    return data
 
 
 @dataclass
@@ -57,14 +119,25 @@ class ReceiverStats:
     bytes: int = 0
     torn: int = 0
     reads: int = 0
+    tls_resumed: int = 0
+    tls_failures: int = 0
+    framing_errors: int = 0
 
 
 class Receiver:
     """Runs in its own thread (start/stop) or in the caller's (serve_forever)."""
 
-    def __init__(self, listen, out):
-        self.sock = listen_socket(listen)
-        self.url = address_of(self.sock)
+    def __init__(self, listen, out, framing="newline", tls=None):
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
+        self.scheme, self.sock = listen_socket(listen)
+        if self.scheme == "tls" and tls is None:
+            self.sock.close()
+            raise ValueError("a tls:// listener needs a certificate (tls=server_tls_context())")
+        self.tls = tls
+        self.datagram = self.sock.type == socket.SOCK_DGRAM
+        self.framing = framing
+        self.url = address_of(self.scheme, self.sock)
         self.out = out
         self.stats = ReceiverStats()
         self._sel = selectors.DefaultSelector()
@@ -74,7 +147,8 @@ class Receiver:
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
         self._thread = None
-        self._partial = {}  # conn -> bytes after its last newline
+        self._partial = {}  # conn -> bytes after its last complete message
+        self._handshaking = set()  # TLS connections whose handshake is not done
         self._lock = threading.Lock()
         self._dirty = False
 
@@ -113,6 +187,8 @@ class Receiver:
                             self._wake_r.recv(64)
                         except BlockingIOError:
                             pass
+                    elif key.fileobj is self.sock and self.datagram:
+                        self._read_datagrams()
                     elif key.fileobj is self.sock:
                         self._accept()
                     else:
@@ -128,41 +204,89 @@ class Receiver:
             except (BlockingIOError, InterruptedError):
                 return
             conn.setblocking(False)
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True,
+                                            do_handshake_on_connect=False)
+                self._handshaking.add(conn)
             self._partial[conn] = b""
             self._sel.register(conn, selectors.EVENT_READ, "conn")
             with self._lock:
                 self.stats.connections += 1
 
+    def _read_datagrams(self):
+        while True:
+            try:
+                data = self.sock.recv(1 << 17)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.out.write(frame_datagram(self.framing, data))
+            self._dirty = True
+            with self._lock:
+                self.stats.messages += 1
+                self.stats.bytes += len(data)
+                self.stats.reads += 1
+
+    def _handshake(self, conn):
+        """True once the TLS handshake is done; False while it needs more, or failed."""
+        try:
+            conn.do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except (ssl.SSLError, OSError):
+            with self._lock:
+                self.stats.tls_failures += 1
+            self._drop(conn)
+            return False
+        self._handshaking.discard(conn)
+        if conn.session_reused:
+            with self._lock:
+                self.stats.tls_resumed += 1
+        return True
+
     def _read(self, conn, drain=False):
         """Read what is there. Returns False once the connection is gone."""
+        if conn in self._handshaking and not self._handshake(conn):
+            return conn in self._partial
+        tls = isinstance(conn, ssl.SSLSocket)
         while True:
             try:
                 data = conn.recv(READ_SIZE)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
                 return True
             except OSError:
                 data = b""
             if not data:
                 self._drop(conn)
                 return False
-            self._consume(conn, data)
-            if not drain:
+            if not self._consume(conn, data):
+                return False
+            # TLS may hold decrypted bytes that poll() cannot see: take them now.
+            if not drain and not (tls and conn.pending()):
                 return True
 
     def _consume(self, conn, data):
         buf = self._partial[conn] + data
-        cut = buf.rfind(b"\n") + 1
+        try:
+            complete, count, cut = split_messages(self.framing, buf)
+        except FramingError:
+            with self._lock:
+                self.stats.framing_errors += 1
+            self._partial[conn] = b""
+            self._drop(conn)
+            return False
         if cut:
-            complete = buf[:cut]
             self.out.write(complete)
             self._dirty = True
             with self._lock:
-                self.stats.messages += complete.count(b"\n")
+                self.stats.messages += count
                 self.stats.bytes += cut
                 self.stats.reads += 1
         self._partial[conn] = buf[cut:]
+        return True
 
     def _drop(self, conn):
+        self._handshaking.discard(conn)
         torn = self._partial.pop(conn, b"")
         if torn:
             with self._lock:
@@ -183,6 +307,8 @@ class Receiver:
 
     def _shutdown(self):
         self._sel.unregister(self.sock)
+        if self.datagram:
+            self._read_datagrams()  # what is queued now
         if self.sock.family == socket.AF_UNIX:
             path = self.sock.getsockname()
             self.sock.close()
@@ -212,21 +338,23 @@ class Receiver:
         self._wake_w.close()
 
 
-def main(listen, out_path=None):
+def main(listen, out_path=None, framing="newline", cert_file=None, key_file=None,
+         client_ca_file=None):
     out = open(out_path, "ab") if out_path else sys.stdout.buffer
     try:
-        receiver = Receiver(listen, out)
-    except OSError as exc:
+        tls = server_tls_context(cert_file, key_file, client_ca_file) if cert_file else None
+        receiver = Receiver(listen, out, framing=framing, tls=tls)
+    except (OSError, ValueError) as exc:
         print(f"logpool receive: cannot listen on {listen}: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: receiver.request_stop())
-    print(f"logpool receive: listening on {receiver.url}", file=sys.stderr, flush=True)
+    print(f"logpool receive: {framing} framing, listening on {receiver.url}", file=sys.stderr,
+          flush=True)
     receiver.serve_forever()
     s = receiver.stats
     print(f"logpool receive: stopped: {s.connections} connections, {s.messages} messages, "
-          f"{s.bytes} bytes, {s.torn} torn lines dropped", file=sys.stderr, flush=True)
+          f"{s.bytes} bytes, {s.torn} torn messages dropped", file=sys.stderr, flush=True)
     if out_path:
         out.close()
     return 0
-

@@ -11,6 +11,7 @@ import os
 import random
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -87,41 +88,59 @@ class Stopped(Exception):
     """logpool_close gave up waiting: leave now."""
 
 
+class TlsHandshakeError(OSError):
+    """The TLS handshake failed (certificate refused, protocol mismatch): counted apart."""
+
+
 def _addresses(sink):
-    if sink.scheme == "unix":
+    if sink.scheme in ("unix", "unixgram"):
         return [(socket.AF_UNIX, sink.address)]
     host, port = sink.address
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    kind = socket.SOCK_DGRAM if sink.datagram else socket.SOCK_STREAM
+    infos = socket.getaddrinfo(host, port, type=kind)
     if not infos:
         raise OSError(errno.EHOSTUNREACH, f"{host} resolves to no address")
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
 
 
-def open_connection(sink, should_stop):
-    """Connect to the sink within connect_timeout_ms; non-blocking socket on success.
-    Names are resolved here, in the writer thread, never on the hot path."""
+def _wait_io(sock, events, deadline, should_stop, what):
+    """Poll in slices until sock is ready, stop is requested or the deadline passes."""
+    poller = select.poll()
+    poller.register(sock, events)
+    while not poller.poll(SLICE_S * 1000):
+        if should_stop():
+            raise Stopped()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
+
+
+def open_connection(sink, should_stop, tls_session=None):
+    """Connect (and for tls://, handshake) within connect_timeout_ms; non-blocking socket on
+    success. Names are resolved here, in the writer thread, never on the hot path."""
     deadline = time.monotonic() + sink.connect_timeout_ms / 1000
+    kind = socket.SOCK_DGRAM if sink.datagram else socket.SOCK_STREAM
     last_error = None
     for family, address in _addresses(sink):
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(family, kind)
         try:
             sock.setblocking(False)
+            if family == socket.AF_UNIX and sink.datagram:
+                # A unix datagram larger than the send buffer fails with EMSGSIZE.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * sink.max_message_size)
             rc = sock.connect_ex(address)
             if rc in (errno.EINPROGRESS, errno.EALREADY):
-                poller = select.poll()
-                poller.register(sock, select.POLLOUT)
-                while not poller.poll(SLICE_S * 1000):
-                    if should_stop():
-                        raise Stopped()
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError(errno.ETIMEDOUT, "connect timed out after "
-                                           f"{sink.connect_timeout_ms} ms")
+                _wait_io(sock, select.POLLOUT, deadline, should_stop,
+                         f"connect (connect_timeout_ms {sink.connect_timeout_ms})")
                 rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if rc != 0:
                 raise OSError(rc, os.strerror(rc))
-            if family in (socket.AF_INET, socket.AF_INET6):
+            if kind == socket.SOCK_STREAM and family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sink.tls is not None:
+                return tls_handshake(sock, sink, tls_session, deadline, should_stop)
             return sock
+        except TlsHandshakeError:
+            raise  # the next address would present the same certificate
         except Stopped:
             sock.close()
             raise
@@ -129,6 +148,73 @@ def open_connection(sink, should_stop):
             sock.close()
             last_error = exc
     raise last_error
+
+
+# In TLS 1.3 the server checks a client certificate after the client's handshake is done,
+# and sends session tickets then: wait this long for that first record, so that a refusal is
+# a handshake failure (not a batch written into a dead connection) and the ticket is kept.
+TLS13_FIRST_RECORD_S = 0.25
+
+
+def tls_handshake(sock, sink, session, deadline, should_stop):
+    tls = sink.tls
+    ssock = tls.context.wrap_socket(sock, server_hostname=tls.server_name,
+                                    do_handshake_on_connect=False, session=session)
+    what = f"TLS handshake (connect_timeout_ms {sink.connect_timeout_ms})"
+    try:
+        while True:
+            try:
+                ssock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                _wait_io(ssock, select.POLLIN, deadline, should_stop, what)
+            except ssl.SSLWantWriteError:
+                _wait_io(ssock, select.POLLOUT, deadline, should_stop, what)
+        if ssock.version() == "TLSv1.3":
+            first = min(deadline, time.monotonic() + TLS13_FIRST_RECORD_S)
+            try:
+                while (data := _tls_read_nonblocking(ssock)) is None:
+                    _wait_io(ssock, select.POLLIN, first, should_stop, what)
+            except TimeoutError:
+                data = None  # a server that sends no tickets: nothing to wait for
+            if data == b"":
+                raise ConnectionResetError(errno.ECONNRESET, "closed after the handshake")
+        return ssock
+    except ssl.SSLError as exc:
+        ssock.close()
+        raise TlsHandshakeError(errno.EPROTO, _describe_tls(exc, sink)) from None
+    except ConnectionError as exc:
+        ssock.close()
+        raise TlsHandshakeError(exc.errno, f"TLS handshake failed: the server closed the "
+                                f"connection ({_describe(exc)}); does it speak TLS, and does "
+                                f"it want a client certificate (cert_file)?") from None
+    except BaseException:
+        ssock.close()
+        raise
+
+
+def _tls_read_nonblocking(ssock):
+    """Process what the server sent (tickets, alerts). None: nothing yet; b"": closed."""
+    try:
+        return ssock.recv(4096)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+
+
+def _describe_tls(exc, sink):
+    tls = sink.tls
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or str(exc)
+        where = f"CA file {tls.ca_file}" if tls.ca_file else "the system CA bundle"
+        return (f"TLS handshake failed: server certificate refused: {why} (server_name "
+                f"{tls.server_name!r}, trusted CAs from {where})")
+    reason = (exc.reason or str(exc)).replace("_", " ").lower()
+    hint = ""
+    if "wrong version number" in reason or "record layer failure" in reason:
+        hint = " (is the server speaking TLS on this port?)"
+    elif "certificate" in reason and "alert" in reason:
+        hint = " (the server refused our client certificate: see cert_file, key_file)"
+    return f"TLS handshake failed: {reason}{hint}"
 
 
 def _describe(exc):
@@ -190,6 +276,7 @@ class SinkWriter(threading.Thread):
         self.reporter = ErrorReporter(f"{sink.index} ({sink.name})")
         self.poller = None
         self.faults = FaultInjector.from_environment(f"{sink.index}-{sink.url}")
+        self.tls_session = None  # reused on reconnect (TLS session resumption)
         self.histograms = WriterHistograms()
 
     # -- lifecycle --
@@ -290,19 +377,25 @@ class SinkWriter(threading.Thread):
                     raise ConnectionRefusedError(errno.ECONNREFUSED, "injected: refused")
                 if self.faults.hit("connect_timeout"):
                     raise TimeoutError(errno.ETIMEDOUT, "injected: connect timed out")
-            sock = open_connection(self.sink, self._should_stop)
+            sock = open_connection(self.sink, self._should_stop, self.tls_session)
         except Stopped:
             return False
         except OSError as exc:
             self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
             self.failures += 1
             self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__CONNECT_FAILURES, 1)
+            if isinstance(exc, TlsHandshakeError):
+                self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__TLS_HANDSHAKE_FAILURES, 1)
             delay = self.backoff.compute(self.failures)
             self.next_attempt = time.monotonic() + delay
             self.reporter.report("connect failed", f"{self.sink.url}: {_describe(exc)}; "
                                  f"retrying in {delay * 1000:.0f} ms")
             return True
         self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
+        if isinstance(sock, ssl.SSLSocket):
+            if sock.session_reused:
+                self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__TLS_RESUMED, 1)
+            self.tls_session = sock.session
         self.sock = sock
         self.poller = select.poll()
         self.poller.register(sock, select.POLLOUT)
@@ -315,6 +408,8 @@ class SinkWriter(threading.Thread):
 
     def _disconnect(self):
         if self.sock is not None:
+            if isinstance(self.sock, ssl.SSLSocket) and self.sock.session is not None:
+                self.tls_session = self.sock.session  # with the tickets that came since
             try:
                 self.sock.close()
             except OSError:
@@ -341,6 +436,17 @@ class SinkWriter(threading.Thread):
     def _peer_closed(self):
         """A collector never talks back: readable means EOF or reset. Checked before a batch
         so that a peer that went away while we were idle does not swallow it."""
+        if self.sink.datagram:
+            return False  # nothing to lose: a send error says the same
+        if isinstance(self.sock, ssl.SSLSocket):
+            # Reading also takes in TLS session tickets and alerts.
+            try:
+                while (data := _tls_read_nonblocking(self.sock)) is not None:
+                    if not data:
+                        return True
+            except OSError:
+                return True
+            return False
         try:
             data = self.sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
@@ -355,6 +461,9 @@ class SinkWriter(threading.Thread):
     # -- sending --
 
     def _send_pending(self):
+        if self.sink.datagram:
+            self._send_datagrams()
+            return
         lib, ffi, c = self.lib, self.ffi, self.c
         stalled_since = None
         oldest_ns = lib.logpool__sink_batch_oldest_ns(c)
@@ -362,10 +471,7 @@ class SinkWriter(threading.Thread):
             n = lib.logpool__sink_iov(c, self.iov, IOV_BATCH)
             views = [ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
             try:
-                if self.faults is None:
-                    written = self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
-                else:
-                    written = self._faulty_send(views)
+                written = self._send_views(views)
             except (BlockingIOError, InterruptedError):
                 written = 0
             if written > 0:
@@ -374,21 +480,66 @@ class SinkWriter(threading.Thread):
                     self.failures = 0
                 stalled_since = None
                 continue
-            # The peer is not reading: wait for room in slices, watching the stop flag.
-            now = time.monotonic()
-            if stalled_since is None:
-                stalled_since = now
-            elif now - stalled_since >= self.sink.send_timeout_ms / 1000:
-                raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
-                                   f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
-            self._report_drops()
-            events = self.poller.poll(SLICE_S * 1000)
-            if events and events[0][1] & (select.POLLERR | select.POLLHUP):
-                raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
-            if self._should_stop():
-                raise Stopped()
+            stalled_since = self._wait_for_room(stalled_since)
         self.histograms.message_processing_seconds.observe(
             (lib.logpool__now_ns() - oldest_ns) / 1e9)
+
+    def _send_views(self, views):
+        if isinstance(self.sock, ssl.SSLSocket):
+            # No sendmsg over TLS: one chunk per call; a retry after "want write" passes
+            # the same bytes again, as OpenSSL requires (pending chunks never change).
+            try:
+                return self.sock.send(views[0])
+            except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                raise BlockingIOError(errno.EAGAIN, "TLS: would block") from None
+        if self.faults is not None:
+            return self._faulty_send(views)
+        return self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
+
+    def _send_datagrams(self):
+        """One datagram per message, never two messages in one."""
+        lib, ffi, c, iov = self.lib, self.ffi, self.c, self.iov
+        stalled_since = None
+        oldest_ns = lib.logpool__sink_batch_oldest_ns(c)
+        while lib.logpool__sink_message(c, iov):
+            size = iov[0].len
+            try:
+                self.sock.send(ffi.buffer(iov[0].base, size))
+            except (BlockingIOError, InterruptedError):
+                stalled_since = self._wait_for_room(stalled_since)
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise  # ECONNREFUSED and the like: reconnect, resend this message
+                lib.logpool__sink_drop_message(c)
+                lib.logpool__sink_count(c, lib.LOGPOOL__WRITE_ERRORS, 1)
+                self.reporter.report("send failed", f"{self.sink.url}: a {size}-byte datagram "
+                                     f"is too large for the socket ({_describe(exc)}); it was "
+                                     f"dropped and counted as abandoned")
+                continue
+            lib.logpool__sink_count(c, lib.LOGPOOL__WRITES, 1)
+            lib.logpool__sink_consume(c, size)
+            self.failures = 0
+            stalled_since = None
+        self.histograms.message_processing_seconds.observe(
+            (lib.logpool__now_ns() - oldest_ns) / 1e9)
+
+    def _wait_for_room(self, stalled_since):
+        """The peer is not reading: wait for room in slices, watching the stop flag and
+        send_timeout_ms. Returns when the stall began."""
+        now = time.monotonic()
+        if stalled_since is None:
+            stalled_since = now
+        elif now - stalled_since >= self.sink.send_timeout_ms / 1000:
+            raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
+                               f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
+        self._report_drops()
+        events = self.poller.poll(SLICE_S * 1000)
+        if events and events[0][1] & (select.POLLERR | select.POLLHUP):
+            raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
+        if self._should_stop():
+            raise Stopped()
+        return stalled_since
 
     def _faulty_send(self, views):
         f, total = self.faults, sum(len(v) for v in views)

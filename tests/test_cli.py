@@ -43,7 +43,7 @@ def test_receive_writes_lines_as_they_arrive_drops_torn_tails_and_stops_on_sigte
     wait_for(lambda: sorted(rp.lines()) == [b"four", b"one", b"three", b"two"],
              what="complete lines only")
     assert rp.stop() == 0
-    assert "1 torn lines dropped" in rp.summary
+    assert "1 torn messages dropped" in rp.summary
     assert not os.path.exists(rp.url[len("unix:"):])  # the socket file is removed
 
 

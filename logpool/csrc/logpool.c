@@ -59,6 +59,7 @@ struct logpool__sink_s {
     uint64_t periodic_ns;
     size_t max_buffer_length;
     size_t max_message_size;
+    int framing;
 
     /* Producer side, under lock. */
     chunk_t *head;
@@ -278,6 +279,21 @@ static chunk_t *tail_with_room_locked(logpool__sink_t *s, size_t len)
 
 /* ---- the hot path ---- */
 
+/* "LEN " of RFC 6587 octet counting, into out (at least 21 bytes); returns its length. */
+static size_t octet_count_prefix(char *out, size_t len)
+{
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + len % 10);
+        len /= 10;
+    } while (len > 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = digits[n - 1 - i];
+    out[n] = ' ';
+    return n + 1;
+}
+
 LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len)
 {
     if (pool == NULL)
@@ -293,7 +309,15 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     }
     if (len == 0)
         return 0;
-    if (len > s->max_message_size) {
+    /* The frame is what goes on the wire; max_message_size and the byte counters count it. */
+    char prefix[24];
+    size_t prefix_len = 0, suffix_len = 0;
+    if (s->framing == LOGPOOL__FRAMING_NEWLINE)
+        suffix_len = msg[len - 1] != '\n';
+    else if (s->framing == LOGPOOL__FRAMING_OCTETS)
+        prefix_len = octet_count_prefix(prefix, len);
+    size_t frame = prefix_len + len + suffix_len;
+    if (len > s->max_message_size || frame > s->max_message_size) { /* len first: no wrap */
         ATOMIC_ADD(&s->st.dropped_too_big, 1);
         return LOGPOOL_ETOOBIG;
     }
@@ -305,23 +329,30 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
         return LOGPOOL_ECLOSED;
     }
     chunk_t *c;
-    if (ATOMIC_LOAD(&s->st.buffered_bytes) + len > s->max_buffer_length ||
-        (c = tail_with_room_locked(s, len)) == NULL) {
+    if (ATOMIC_LOAD(&s->st.buffered_bytes) + frame > s->max_buffer_length ||
+        (c = tail_with_room_locked(s, frame)) == NULL) {
         pthread_mutex_unlock(&s->lock);
         ATOMIC_ADD(&s->st.dropped_full, 1);
         return LOGPOOL_EFULL;
     }
-    memcpy(c->data + c->used, msg, len);
-    c->used += len;
+    char *dst = c->data + c->used;
+    if (prefix_len > 0) {
+        memcpy(dst, prefix, prefix_len);
+        dst += prefix_len;
+    }
+    memcpy(dst, msg, len);
+    if (suffix_len > 0)
+        dst[len] = '\n';
+    c->used += frame;
     c->ends[c->nmsgs++] = (uint32_t)c->used;
 
     size_t before = s->chain_bytes;
-    s->chain_bytes = before + len;
+    s->chain_bytes = before + frame;
     if (before == 0)
         s->chain_oldest_ns = logpool__now_ns();
     ATOMIC_ADD(&s->st.accepted_messages, 1);
-    ATOMIC_ADD(&s->st.accepted_bytes, len);
-    ATOMIC_ADD(&s->st.buffered_bytes, len);
+    ATOMIC_ADD(&s->st.accepted_bytes, frame);
+    ATOMIC_ADD(&s->st.buffered_bytes, frame);
     ATOMIC_ADD(&s->st.buffered_messages, 1);
     /* Wake the writer once per batch: when it needs a deadline (first byte) or when the
      * batch reached flush_limit. Otherwise no syscall. */
@@ -370,13 +401,14 @@ int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *
     if (pool == NULL || socket_id < 0 || socket_id >= pool->nsinks || l == NULL)
         return LOGPOOL_EINVAL;
     if (l->max_message_size > INT_MAX || l->max_message_size > l->max_buffer_length ||
-        l->flush_limit == 0 || l->periodic_flush_ms == 0)
+        l->flush_limit == 0 || l->periodic_flush_ms == 0 || l->framing > LOGPOOL__FRAMING_OCTETS)
         return LOGPOOL_ECONFIG;
     logpool__sink_t *s = &pool->sinks[socket_id];
     s->flush_limit = l->flush_limit;
     s->periodic_ns = l->periodic_flush_ms * 1000000u;
     s->max_buffer_length = l->max_buffer_length;
     s->max_message_size = l->max_message_size;
+    s->framing = (int)l->framing;
     size_t chunk = l->flush_limit;
     s->chunk_size = chunk < MIN_CHUNK ? MIN_CHUNK : chunk > MAX_CHUNK ? MAX_CHUNK : chunk;
     return LOGPOOL_OK;
@@ -811,6 +843,35 @@ size_t logpool__sink_consume(logpool__sink_t *s, size_t nbytes)
     return (size_t)done_msgs;
 }
 
+/* Datagram sinks send one message per datagram: the first pending message, whole (the
+ * writer never leaves pend_off inside a message there). Returns 0 when nothing is pending. */
+int logpool__sink_message(logpool__sink_t *s, logpool__iov_t *iov)
+{
+    chunk_t *c = s->pend_head;
+    while (c != NULL && s->pend_msg >= c->nmsgs) { /* defensive: an empty chunk */
+        logpool__sink_consume(s, c->used - s->pend_off);
+        c = s->pend_head;
+    }
+    if (c == NULL)
+        return 0;
+    iov->base = c->data + s->pend_off;
+    iov->len = c->ends[s->pend_msg] - s->pend_off;
+    return 1;
+}
+
+/* A datagram the socket can never take (EMSGSIZE): skip it, counted as abandoned, so one
+ * bad message cannot wedge the sink. */
+void logpool__sink_drop_message(logpool__sink_t *s)
+{
+    logpool__iov_t iov;
+    if (!logpool__sink_message(s, &iov))
+        return;
+    logpool__sink_consume(s, iov.len);
+    ATOMIC_SUB(&s->st.sent_messages, 1);
+    ATOMIC_SUB(&s->st.sent_bytes, iov.len);
+    ATOMIC_ADD(&s->st.abandoned_messages, 1);
+}
+
 /* The connection broke: the next write starts at the first byte of the message that was
  * not completely written. Returns how many of its bytes had been written (torn). */
 size_t logpool__sink_rewind(logpool__sink_t *s)
@@ -836,6 +897,8 @@ void logpool__sink_count(logpool__sink_t *s, int counter, uint64_t n)
     case LOGPOOL__RECONNECTS: ATOMIC_ADD(&s->st.reconnects, n); break;
     case LOGPOOL__WRITER_ERRORS: ATOMIC_ADD(&s->st.writer_errors, n); break;
     case LOGPOOL__WRITES: ATOMIC_ADD(&s->st.writes, n); break;
+    case LOGPOOL__TLS_HANDSHAKE_FAILURES: ATOMIC_ADD(&s->st.tls_handshake_failures, n); break;
+    case LOGPOOL__TLS_RESUMED: ATOMIC_ADD(&s->st.tls_resumed, n); break;
     default: break;
     }
 }

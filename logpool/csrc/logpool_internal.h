@@ -21,7 +21,15 @@ typedef struct logpool__limits_s {
     uint64_t periodic_flush_ms;
     uint64_t max_buffer_length;
     uint64_t max_message_size;
+    uint64_t framing; /* enum logpool__framing */
 } logpool__limits_t;
+
+/* Framing is applied by log_cdata, so the writer sends (and resends) whole frames. */
+enum logpool__framing {
+    LOGPOOL__FRAMING_RAW = 0,       /* bytes as given */
+    LOGPOOL__FRAMING_NEWLINE = 1,   /* "\n" appended when the message does not end with one */
+    LOGPOOL__FRAMING_OCTETS = 2     /* RFC 6587 octet counting: "LEN SP MSG" */
+};
 
 typedef struct logpool__iov_s {
     char *base;
@@ -45,7 +53,9 @@ enum logpool__counter {
     LOGPOOL__WRITE_ERRORS = 2,
     LOGPOOL__RECONNECTS = 3,
     LOGPOOL__WRITER_ERRORS = 4,
-    LOGPOOL__WRITES = 5
+    LOGPOOL__WRITES = 5,
+    LOGPOOL__TLS_HANDSHAKE_FAILURES = 6,
+    LOGPOOL__TLS_RESUMED = 7
 };
 
 logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms);
@@ -59,6 +69,8 @@ size_t logpool__sink_take(logpool__sink_t *sink);
 uint64_t logpool__sink_batch_oldest_ns(logpool__sink_t *sink);
 int logpool__sink_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov);
 size_t logpool__sink_consume(logpool__sink_t *sink, size_t nbytes);
+int logpool__sink_message(logpool__sink_t *sink, logpool__iov_t *iov);
+void logpool__sink_drop_message(logpool__sink_t *sink);
 size_t logpool__sink_rewind(logpool__sink_t *sink);
 size_t logpool__sink_pending(logpool__sink_t *sink);
 int logpool__sink_is_closing(logpool__sink_t *sink);

@@ -64,6 +64,8 @@ typedef struct logpool_stats_s {
     uint64_t writes;
     uint64_t resent_bytes;
     uint64_t writer_errors;
+    uint64_t tls_handshake_failures;
+    uint64_t tls_resumed;
 } logpool_stats_t;
 
 logpool_t *logpool_new(const char *config_json);
@@ -90,7 +92,7 @@ local STATS_FIELDS = {
     "accepted_messages", "accepted_bytes", "sent_messages", "sent_bytes", "dropped_full",
     "dropped_too_big", "dropped_closed", "abandoned_messages", "connects", "connect_failures",
     "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
-    "resent_bytes", "writer_errors",
+    "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
 }
 -- Keys of the JSON config; their types are checked here so that a caller bug raises.
 local NUMBER_OPTIONS = {

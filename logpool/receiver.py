@@ -146,6 +146,8 @@ class Receiver:
         self._wake_r.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
+        self._drop_requested = False
+        self._pause_requested = False
         self._thread = None
         self._partial = {}  # conn -> bytes after its last complete message
         self._handshaking = set()  # TLS connections whose handshake is not done
@@ -171,6 +173,23 @@ class Receiver:
         except OSError:
             pass
 
+    def pause_reading(self):
+        """Stop reading connections (the writers' sends then stall) until they are dropped."""
+        self._pause_requested = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def drop_connections(self):
+        """Close every connection now, unread bytes and all (the peer gets a reset): a
+        collector that crashes, as far as its writers can tell."""
+        self._drop_requested = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+
     def snapshot(self):
         with self._lock:
             return ReceiverStats(**vars(self.stats))
@@ -187,6 +206,14 @@ class Receiver:
                             self._wake_r.recv(64)
                         except BlockingIOError:
                             pass
+                        if self._pause_requested:
+                            self._pause_requested = False
+                            for conn in self._partial:
+                                self._sel.unregister(conn)
+                        if self._drop_requested:
+                            self._drop_requested = False
+                            for conn in list(self._partial):
+                                self._drop(conn)
                     elif key.fileobj is self.sock and self.datagram:
                         self._read_datagrams()
                     elif key.fileobj is self.sock:

@@ -173,7 +173,8 @@ def tls_handshake(sock, sink, session, deadline, should_stop):
         if ssock.version() == "TLSv1.3":
             first = min(deadline, time.monotonic() + TLS13_FIRST_RECORD_S)
             try:
-                while (data := _tls_read_nonblocking(ssock)) is None:
+                while (data := _tls_read_nonblocking(ssock)) is None and not (
+                        ssock.session is not None and ssock.session.has_ticket):
                     _wait_io(ssock, select.POLLIN, first, should_stop, what)
             except TimeoutError:
                 data = None  # a server that sends no tickets: nothing to wait for

@@ -66,9 +66,10 @@ def receiver(tmp_path):
     """A real collector on a unix socket, in a thread of this process."""
     started = []
 
-    def start(listen=None):
+    def start(listen=None, **options):
         out = LockedBytes()
-        r = Receiver(listen or "unix:" + sock_path(tmp_path, f"r{len(started)}.sock"), out)
+        r = Receiver(listen or "unix:" + sock_path(tmp_path, f"r{len(started)}.sock"), out,
+                     **options)
         r.output = out
         r.start()
         started.append(r)
@@ -82,11 +83,12 @@ def receiver(tmp_path):
 class ReceiveProcess:
     """`python -m logpool receive` as a real separate process."""
 
-    def __init__(self, listen, out_path):
+    def __init__(self, listen, out_path, args=()):
         self.listen = listen
         self.out_path = out_path
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "logpool", "receive", "--listen", listen, "--out", out_path],
+            [PYTHON, "-m", "logpool", "receive", "--listen", listen, "--out", out_path,
+             *args],
             stderr=subprocess.PIPE, text=True, cwd=ROOT)
         line = self.proc.stderr.readline()
         if "listening on" not in line:
@@ -117,9 +119,9 @@ class ReceiveProcess:
 def receive_process(tmp_path):
     procs = []
 
-    def start(listen=None, out_path=None):
+    def start(listen=None, out_path=None, args=()):
         p = ReceiveProcess(listen or "unix:" + sock_path(tmp_path, "proc.sock"),
-                           out_path or str(tmp_path / "received.log"))
+                           out_path or str(tmp_path / "received.log"), args)
         procs.append(p)
         return p
 
@@ -127,6 +129,13 @@ def receive_process(tmp_path):
     for p in procs:
         if p.proc.poll() is None:
             p.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def test_ca(tmp_path):
+    """A CA made for this test: .ca_file, .issue(label, names, client, expired)."""
+    from tlsca import TestCA
+    return TestCA(str(tmp_path))
 
 
 @pytest.fixture

@@ -521,7 +521,14 @@ LOGPOOL_API int logpool_sink_count(logpool_t *pool)
     XX(accepted_messages) XX(accepted_bytes) XX(sent_messages) XX(sent_bytes)                \
     XX(dropped_full) XX(dropped_too_big) XX(dropped_closed) XX(abandoned_messages)           \
     XX(connects) XX(connect_failures) XX(write_errors) XX(reconnects) XX(buffered_bytes)     \
-    XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)
+    XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)         \
+    XX(tls_handshake_failures) XX(tls_resumed)
+
+/* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
+#define COUNT_FIELD(f) +1
+_Static_assert(sizeof(logpool_stats_t) == sizeof(uint64_t) * (0 STATS_FIELDS(COUNT_FIELD)),
+               "STATS_FIELDS must list every field of logpool_stats_t");
+#undef COUNT_FIELD
 
 /* Producers keep writing while this reads: each field is one atomic load. */
 void logpool__sink_stats(logpool__sink_t *s, logpool_stats_t *out)

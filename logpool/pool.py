@@ -1,5 +1,6 @@
 """logpool.Pool: the Python API over the C ABI (the same calls nginx makes)."""
 import json
+import sys
 
 from logpool import _binding, config as config_mod, errors
 
@@ -14,10 +15,12 @@ GC_CLOSE_TIMEOUT_MS = 1000
 
 
 def _release(ptr):
-    from logpool import _embedded
     lib = _binding.lib()
     lib.logpool_close(ptr, GC_CLOSE_TIMEOUT_MS)
-    _embedded.forget(int(_binding.ffi.cast("uintptr_t", ptr)))
+    # No import here: this may run while the interpreter shuts down.
+    embedded = sys.modules.get("logpool._embedded")
+    if embedded is not None:
+        embedded.forget(int(_binding.ffi.cast("uintptr_t", ptr)))
     lib.logpool_free(ptr)
 
 

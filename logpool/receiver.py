@@ -53,10 +53,21 @@ def listen_socket(listen):
     if kind == socket.SOCK_STREAM:
         sock.listen(512)
     else:
-        # Bursts of datagrams must not overflow the queue while a test looks away.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        # Bursts of datagrams must not overflow the queue while the receiver looks away.
+        grow_receive_buffer(sock, 8 << 20)
     sock.setblocking(False)
     return scheme, sock
+
+
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; not in Python's socket
+
+
+def grow_receive_buffer(sock, size):
+    """Past net.core.rmem_max when privileged (CAP_NET_ADMIN), else up to it."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def address_of(scheme, sock):
@@ -78,7 +89,11 @@ def server_tls_context(cert_file, key_file=None, client_ca_file=None):
 
 
 class FramingError(ValueError):
-    pass
+    """Not a frame; `complete` is what came whole before it: (bytes, count, consumed)."""
+
+    def __init__(self, message, complete):
+        super().__init__(message)
+        self.complete = complete
 
 
 def split_messages(framing, buf):
@@ -94,7 +109,8 @@ def split_messages(framing, buf):
         if m is None:
             if len(buf) - pos > 11 or (buf[pos:] and not re.fullmatch(rb"[1-9][0-9]*",
                                                                         buf[pos:])):
-                raise FramingError(f"bad octet-counting frame header {buf[pos:pos + 12]!r}")
+                raise FramingError(f"bad octet-counting frame header {buf[pos:pos + 12]!r}",
+                                   (buf[:pos], count, pos))
             break
         end = m.end() + int(m.group(1))
         if end > len(buf):
@@ -296,12 +312,9 @@ class Receiver:
         buf = self._partial[conn] + data
         try:
             complete, count, cut = split_messages(self.framing, buf)
-        except FramingError:
-            with self._lock:
-                self.stats.framing_errors += 1
-            self._partial[conn] = b""
-            self._drop(conn)
-            return False
+            bad = False
+        except FramingError as exc:
+            (complete, count, cut), bad = exc.complete, True
         if cut:
             self.out.write(complete)
             self._dirty = True
@@ -310,6 +323,12 @@ class Receiver:
                 self.stats.bytes += cut
                 self.stats.reads += 1
         self._partial[conn] = buf[cut:]
+        if bad:  # the stream cannot be resynchronised: hang up
+            with self._lock:
+                self.stats.framing_errors += 1
+            self._partial[conn] = b""
+            self._drop(conn)
+            return False
         return True
 
     def _drop(self, conn):

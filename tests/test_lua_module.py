@@ -48,6 +48,10 @@ def pool_url(tmp_path):
      "flush_limit must be a number"),
     ("local lp = require 'resty.logpool'\nlp.new({ sinks = { { url = 'unix:/x', name = 1 } } })",
      "sinks[1].name must be a string"),
+    ("local lp = require 'resty.logpool'\nlp.new({ sinks = { { url = 'tls://h:1', verify = 'no' } } })",
+     "sinks[1].verify must be a boolean, got string"),
+    ("local lp = require 'resty.logpool'\nlp.new({ sinks = { 'tcp://h:1' }, framing = true })",
+     "framing must be a string, got boolean"),
 ])
 def test_bad_arguments_to_new_raise_at_the_callers_line(lua, code, message):
     err = caller_error(lua, code)
@@ -132,8 +136,10 @@ def test_default_pool_helpers_say_when_not_started(lua):
     ("{ path = '/x', ssl = 'yes' }", '"ssl" must be a boolean value'),
     ("{ path = '/x', sni_host = 1 }", '"sni_host" must be a string'),
     ("{ path = '/x', flush_limit = 10, drop_limit = 10 }", '"flush_limit" should be < "drop_limit"'),
-    ("{ path = '/x', ssl = true }", '"ssl" is not supported yet'),
-    ("{ host = '127.0.0.1', port = 514, sock_type = 'udp' }", 'sock_type "udp" is not supported yet'),
+    ("{ path = '/x', ssl = true }", '"ssl" needs "host" and "port"'),
+    ("{ host = 'h', port = 1, ssl = true, sock_type = 'udp' }", '"ssl" needs sock_type "tcp"'),
+    ("{ host = 'h', port = 1, ssl_trusted_certificate = 1 }",
+     '"ssl_trusted_certificate" must be a string'),
 ])
 def test_compat_init_validates_like_lua_resty_logger_socket(lua, cfg, message):
     out = lua.execute(f"""

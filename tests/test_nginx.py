@@ -285,3 +285,86 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
     assert header.split()[:3] == ["sink", "msgs/s", "MB/s"]
     assert row.split()[0] == "main" and row.split()[3] == str(n)  # sent
     assert ng.quit() == 0
+
+
+def compat_logger_conf(options):
+    """log_by_lua with lua-resty-logger-socket's usage; `options` is the init{} table body."""
+    return f"""
+        log_by_lua_block {{
+            local logger = require "resty.logpool.compat"
+            if not logger.initted() then
+                local ok, err = logger.init{{ {options}, periodic_flush = 0.05 }}
+                if not ok then
+                    ngx.log(ngx.ERR, "failed to initialize the logger: ", err)
+                    return
+                end
+            end
+            local _, err = logger.log(ngx.var.request_id .. "\\n")
+            if err then
+                ngx.log(ngx.ERR, "failed to log message: ", err)
+            end
+        }}
+    """
+
+
+def test_compat_ssl_options_ship_over_verified_tls(tmp_path, nginx, receive_process, test_ca):
+    cert, key = test_ca.issue("collector", names=("logs.internal",))
+    rp = receive_process("tls://127.0.0.1:0", args=("--cert-file", cert, "--key-file", key))
+    port = rp.url.rsplit(":", 1)[1]
+    # The certificate names logs.internal, not 127.0.0.1: sni_host is what is checked.
+    ng = nginx("", compat_logger_conf(
+        f'host = "127.0.0.1", port = {port}, ssl = true, ssl_verify = true, '
+        f'sni_host = "logs.internal", ssl_trusted_certificate = "{test_ca.ca_file}"'),
+        workers=2)
+    n = 500
+    assert ng.requests(n) == [200] * n
+    wait_for(lambda: len(rp.lines()) == n, timeout=20, what="lines over TLS")
+    assert ng.quit() == 0
+    rp.stop()
+    assert_exactly_once(ng.access_ids(), received_ids(rp))
+    assert "failed to" not in ng.read_error_log()
+
+
+def test_compat_ssl_verify_refuses_a_wrong_name_and_says_so(tmp_path, nginx, receive_process,
+                                                           test_ca):
+    cert, key = test_ca.issue("collector", names=("logs.internal",))
+    rp = receive_process("tls://127.0.0.1:0", args=("--cert-file", cert, "--key-file", key))
+    port = rp.url.rsplit(":", 1)[1]
+    ng = nginx("", compat_logger_conf(
+        f'host = "127.0.0.1", port = {port}, ssl = true, '
+        f'ssl_trusted_certificate = "{test_ca.ca_file}"'), workers=1)
+    assert ng.requests(20) == [200] * 20
+    # Without sni_host, the host is checked: an IP address the certificate does not name.
+    expected = "certificate refused: IP address mismatch, certificate is not valid for '127"
+    wait_for(lambda: expected in ng.read_error_log(), timeout=20, what="the refusal logged")
+    assert ng.quit() == 0
+    rp.stop()
+    assert rp.lines() == []  # nothing went to a collector that could not prove its name
+
+
+def test_compat_udp_sends_one_datagram_per_message(tmp_path, nginx, receive_process):
+    # Octet-counted output shows each datagram's length: two merged messages would show.
+    rp = receive_process("udp://127.0.0.1:0", args=("--framing", "octet-counting"))
+    port = rp.url.rsplit(":", 1)[1]
+    ng = nginx("", compat_logger_conf(f'host = "127.0.0.1", port = {port}, sock_type = "udp"'),
+               workers=2)
+    n = 500
+    assert ng.requests(n) == [200] * n
+
+    def frames():
+        with open(rp.out_path, "rb") as f:
+            data = f.read()
+        out, pos = [], 0
+        while pos < len(data):
+            space = data.index(b" ", pos)
+            size = int(data[pos:space])
+            out.append(data[space + 1:space + 1 + size])
+            pos = space + 1 + size
+        return out
+
+    wait_for(lambda: len(frames()) >= n, timeout=20, what="datagrams")
+    assert ng.quit() == 0
+    rp.stop()
+    got = frames()
+    assert all(f.endswith(b"\n") and f.count(b"\n") == 1 for f in got), "merged datagrams"
+    assert_exactly_once(ng.access_ids(), [f[:-1].decode() for f in got])

@@ -100,6 +100,9 @@ local NUMBER_OPTIONS = {
     max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
     retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
 }
+local STRING_OPTIONS = {
+    framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
+}
 local CLOSE_ON_GC_MS = 1000
 
 -- The library handle lives in this upvalue for the life of the worker (DESIGN.md trap 6;
@@ -195,8 +198,10 @@ _M._json_encode = json_encode
 
 local function check_options(where, t, level)
     for k, v in pairs(t) do
-        if NUMBER_OPTIONS[k] and type(v) ~= "number" then
-            error(format("bad config: %s%s must be a number, got %s", where, k, type(v)),
+        local want = NUMBER_OPTIONS[k] and "number" or STRING_OPTIONS[k] and "string"
+                     or k == "verify" and "boolean"
+        if want and type(v) ~= want then
+            error(format("bad config: %s%s must be a %s, got %s", where, k, want, type(v)),
                   level + 1)
         end
     end

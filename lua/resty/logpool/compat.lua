@@ -88,36 +88,53 @@ local function validate(user_config)
     if cfg.flush_limit >= cfg.drop_limit then
         return nil, '"flush_limit" should be < "drop_limit"'
     end
-    -- Transports of the transports issue: refuse clearly rather than send in clear text.
-    if cfg.ssl then
-        return nil, 'logpool: "ssl" is not supported yet (TLS sinks are planned)'
+    if cfg.ssl_trusted_certificate ~= nil and type(cfg.ssl_trusted_certificate) ~= "string" then
+        return nil, '"ssl_trusted_certificate" must be a string'
     end
-    if cfg.sock_type == "udp" then
-        return nil, 'logpool: sock_type "udp" is not supported yet (UDP sinks are planned)'
+    if cfg.ssl and cfg.sock_type == "udp" then
+        return nil, 'logpool: "ssl" needs sock_type "tcp" (there is no TLS over UDP)'
+    end
+    if cfg.ssl and not (cfg.host and cfg.port) then
+        return nil, 'logpool: "ssl" needs "host" and "port" (no TLS over a unix socket)'
     end
     return cfg
 end
 
 local function to_logpool(cfg)
-    local url
+    local url, sink
     if cfg.path then
-        url = "unix:" .. cfg.path
+        url = (cfg.sock_type == "udp" and "unixgram:" or "unix:") .. cfg.path
     else
         local host = cfg.host
         if host:find(":", 1, true) and host:sub(1, 1) ~= "[" then
             host = "[" .. host .. "]"
         end
-        url = format("tcp://%s:%d", host, cfg.port)
+        local scheme = cfg.sock_type == "udp" and "udp" or cfg.ssl and "tls" or "tcp"
+        url = format("%s://%s:%d", scheme, host, cfg.port)
+    end
+    sink = { url = url, name = "logger" }
+    if cfg.ssl then
+        -- As cosocket's sslhandshake(_, sni_host or host, ssl_verify): one name for SNI and
+        -- for the certificate check. nginx's lua_ssl_trusted_certificate is not visible
+        -- from Lua: ssl_trusted_certificate (an extension) names the CA file; without it,
+        -- the system's CA bundle.
+        sink.verify = cfg.ssl_verify
+        sink.server_name = cfg.sni_host
+        if cfg.ssl_verify then
+            sink.ca_file = cfg.ssl_trusted_certificate
+        end
     end
     local timeout = cfg.timeout >= 1 and floor(cfg.timeout) or 1
     local retry = cfg.retry_interval >= 1 and floor(cfg.retry_interval) or 1
     local drop_limit = cfg.drop_limit >= 1 and floor(cfg.drop_limit) or 1
     local flush_limit = cfg.flush_limit >= 1 and floor(cfg.flush_limit) or 1
     local out = {
-        sinks = { { url = url, name = "logger" } },
+        sinks = { sink },
         flush_limit = flush_limit,
         max_buffer_length = drop_limit,
-        max_message_size = drop_limit,
+        -- A datagram carries at most 65507 bytes: larger messages get 0 (dropped, counted).
+        max_message_size = cfg.sock_type == "udp" and drop_limit > 65507 and 65507
+                           or drop_limit,
         connect_timeout_ms = timeout,
         send_timeout_ms = timeout,
         retry_interval_ms = retry,

@@ -318,7 +318,8 @@ def test_compat_ssl_options_ship_over_verified_tls(tmp_path, nginx, receive_proc
         workers=2)
     n = 500
     assert ng.requests(n) == [200] * n
-    wait_for(lambda: len(rp.lines()) == n, timeout=20, what="lines over TLS")
+    # n requests and the harness's start-up probe
+    wait_for(lambda: len(rp.lines()) == n + 1, timeout=20, what="lines over TLS")
     assert ng.quit() == 0
     rp.stop()
     assert_exactly_once(ng.access_ids(), received_ids(rp))

@@ -21,18 +21,26 @@ socket_ids = st.sampled_from([0, 1, -1, 2**31 - 1, -(2**31)]) | st.integers(-(2*
 op = st.tuples(socket_ids, lengths, st.booleans())  # (socket_id, len, NULL message?)
 
 
-def down_pool(tmp_path):
+def down_pool(tmp_path, framing="raw"):
     url = "unix:" + sock_path(tmp_path, "down.sock")
     p = lib.logpool_new(json.dumps({"sinks": [{"url": url}], "max_message_size": MAX_MSG,
-                                    "max_buffer_length": MAX_BUF, "flush_limit": 50}).encode())
+                                    "max_buffer_length": MAX_BUF, "flush_limit": 50,
+                                    "framing": framing}).encode())
     assert p != ffi.NULL
     return p
 
 
+def frame_size(framing, length):
+    """Bytes on the wire for a message of `length` bytes "m" (never ending in a newline)."""
+    return {"raw": length, "newline": length + 1,
+            "octet-counting": len(str(length)) + 1 + length}[framing]
+
+
 @SETTINGS
-@given(ops=st.lists(op, max_size=60), close_at=st.integers(0, 60))
-def test_log_cdata_matches_the_model_for_any_calls(tmp_path, ops, close_at):
-    p = down_pool(tmp_path)
+@given(ops=st.lists(op, max_size=60), close_at=st.integers(0, 60),
+       framing=st.sampled_from(["raw", "newline", "octet-counting"]))
+def test_log_cdata_matches_the_model_for_any_calls(tmp_path, ops, close_at, framing):
+    p = down_pool(tmp_path, framing)
     buffered = accepted = too_big = full = closed_drops = 0
     closed = False
     try:
@@ -51,15 +59,15 @@ def test_log_cdata_matches_the_model_for_any_calls(tmp_path, ops, close_at):
                 closed_drops += 1
             elif length == 0:
                 expected = 0
-            elif length > MAX_MSG:
+            elif frame_size(framing, length) > MAX_MSG:
                 expected = lib.LOGPOOL_ETOOBIG
                 too_big += 1
-            elif buffered + length > MAX_BUF:
+            elif buffered + frame_size(framing, length) > MAX_BUF:
                 expected = lib.LOGPOOL_EFULL
                 full += 1
             else:
-                expected = length
-                buffered += length
+                expected = length  # the caller's length, framing or not
+                buffered += frame_size(framing, length)
                 accepted += 1
             assert rc == expected, (i, sid, length, null, closed)
         st_ = ffi.new("logpool_stats_t *")
@@ -114,11 +122,14 @@ json_values = st.recursive(
     max_leaves=10)
 KEYS = ["flush_limit", "periodic_flush_ms", "max_buffer_length", "max_message_size",
         "connect_timeout_ms", "send_timeout_ms", "retry_interval_ms", "max_retry_interval_ms",
-        "exit_flush_timeout_ms", "sinks", "url", "name", "bogus"]
+        "exit_flush_timeout_ms", "sinks", "url", "name", "bogus", "framing", "ca_file",
+        "server_name", "cert_file", "key_file", "verify"]
 URLS = st.sampled_from(["unix:/tmp/x.sock", "unix:relative", "unix:/" + "a" * 200,
                         "tcp://127.0.0.1:0", "tcp://127.0.0.1:65536", "tcp://[::1]:5140",
                         "tcp://host", "tcp://:80", "udp://h:1", "", "unix:", "tcp://h:-1",
-                        "tcp://[::1:5140", "tcp://h:99999999999"]) | st.text(max_size=30)
+                        "tcp://[::1:5140", "tcp://h:99999999999", "tls://127.0.0.1:6514",
+                        "tls://localhost", "udp://127.0.0.1:514", "unixgram:/tmp/x.sock",
+                        "unixgram:rel", "udp://[::1]:99999"]) | st.text(max_size=30)
 
 
 @st.composite
@@ -127,7 +138,9 @@ def mutated_configs(draw):
     cfg = {"sinks": [sink]}
     for _ in range(draw(st.integers(0, 4))):
         target = cfg if draw(st.booleans()) else sink
-        target[draw(st.sampled_from(KEYS))] = draw(json_values | st.integers(-5, 10**10))
+        target[draw(st.sampled_from(KEYS))] = draw(
+            json_values | st.integers(-5, 10**10)
+            | st.sampled_from(["raw", "newline", "octet-counting", "/nonexistent.pem"]))
     return cfg
 
 

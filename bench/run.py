@@ -37,12 +37,13 @@ def build_helpers():
 
 
 class FastSink:
-    def __init__(self, tmp, name="sink.sock"):
+    def __init__(self, tmp, name="sink.sock", listen=None, tls_files=()):
         self.path = os.path.join(tmp, name)
-        self.proc = subprocess.Popen([PY, os.path.join(HERE, "fast_sink.py"), self.path],
+        self.proc = subprocess.Popen([PY, os.path.join(HERE, "fast_sink.py"),
+                                      listen or self.path, *tls_files],
                                      stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "ready"
-        self.url = "unix:" + self.path
+        ready, self.url = self.proc.stdout.readline().split()
+        assert ready == "ready"
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
@@ -98,6 +99,33 @@ def bench_throughput(tmp):
         rows.append(dict(size=size, raw_mb_s=raw_bytes / raw_elapsed / 1e6,
                          logpool_mb_s=lp_bytes / lp_elapsed / 1e6, accepted=int(f[2]),
                          delivered=lp_bytes, refused=int(f[3]), abandoned=int(f[5])))
+    return rows
+
+
+def bench_transports(tmp):
+    """512 B messages through each transport, against logpool over unix in the same run."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from tlsca import TestCA
+    ca = TestCA(tmp, name="bench CA")
+    cert, key = ca.issue("bench-server")
+    seconds, size = (1.5 if QUICK else 3.0), 512
+    cases = [
+        ("unix", None, (), ""),
+        ("tcp", "tcp://127.0.0.1:0", (), ""),
+        ("tls", "tls://127.0.0.1:0", (cert, key),
+         f', "ca_file": "{ca.ca_file}", "server_name": "localhost"'),
+        ("udp", "udp://127.0.0.1:0", (), ""),
+    ]
+    rows = []
+    for name, listen, tls_files, extra in cases:
+        sink = FastSink(tmp, f"t-{name}.sock", listen, tls_files)
+        out = luajit(os.path.join(HERE, "throughput.lua"), paths.lib_path(),
+                     paths.header_path(), sink.url, str(size), str(seconds), "120000", extra)
+        f = out.split()
+        delivered = sink.stop()
+        elapsed = float(f[4])
+        rows.append(dict(transport=name, size=size, accepted=int(f[2]), delivered=delivered,
+                         seconds=elapsed, delivered_mb_s=delivered / elapsed / 1e6))
     return rows
 
 
@@ -200,6 +228,8 @@ def main():
     hot, scaling = bench_hotpath(tmp, libbench, libnaive)
     print("throughput ...", flush=True)
     throughput = bench_throughput(tmp)
+    print("transports ...", flush=True)
+    transports = bench_transports(tmp)
     print("nginx ...", flush=True)
     nginx = bench_nginx(tmp)
     print("memory under a dead sink ...", flush=True)
@@ -208,6 +238,7 @@ def main():
                    machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                            f"{platform.platform()}",
                    quick=QUICK, hotpath=hot, scaling=scaling, throughput=throughput,
+                   transports=transports,
                    nginx=nginx, dead_sink=dead, seconds=time.monotonic() - started)
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -240,6 +271,13 @@ def report(r):
         rows.append((f"throughput {x['size']} B, MB/s", f"{x['logpool_mb_s']:.0f}",
                      f"raw {x['raw_mb_s']:.0f}", f"{x['logpool_mb_s'] / x['raw_mb_s']:.2f}",
                      ">= 0.70 at 512 B" if x["size"] == 512 else ""))
+    base = next(x for x in r["transports"] if x["transport"] == "unix")
+    for x in r["transports"]:
+        lost = 1 - x["delivered"] / x["accepted"] if x["accepted"] else 0
+        rows.append((f"{x['transport']} 512 B, MB/s delivered"
+                     + (f" ({lost:.1%} lost by UDP)" if x["transport"] == "udp" else ""),
+                     f"{x['delivered_mb_s']:.0f}", f"unix {base['delivered_mb_s']:.0f}",
+                     f"{x['delivered_mb_s'] / base['delivered_mb_s']:.2f}", ""))
     rows += [
         ("nginx req/s, 1 worker: (c) ship vs (b) build", f"{c['rps']:.0f}",
          f"(b) {b['rps']:.0f}", f"{c['rps'] / b['rps']:.3f}", ">= 0.97"),

@@ -1,6 +1,7 @@
 -- Producer for the throughput benchmark: log SIZE-byte messages for SECONDS, then close
 -- (which delivers everything). Prints accepted bytes and the time until close returned.
--- usage: luajit throughput.lua LIBLOGPOOL HEADER URL SIZE SECONDS [CLOSE_TIMEOUT_MS]
+-- usage: luajit throughput.lua LIBLOGPOOL HEADER URL SIZE SECONDS [CLOSE_TIMEOUT_MS
+--        [EXTRA_SINK_JSON]]   (EXTRA_SINK_JSON: more members of the sink, ', "k": v')
 local ffi = require "ffi"
 local lib_path, header, url, size, seconds = arg[1], arg[2], arg[3], tonumber(arg[4]),
     tonumber(arg[5])
@@ -18,7 +19,8 @@ local function now()
     ffi.C.clock_gettime(1, ts)
     return tonumber(ts.tv_sec) + tonumber(ts.tv_nsec) / 1e9
 end
-local pool = lib.logpool_new('{"sinks": [{"url": "' .. url .. '"}], "retry_interval_ms": 50}')
+local pool = lib.logpool_new('{"sinks": [{"url": "' .. url .. '"' .. (arg[7] or "")
+                             .. '}], "retry_interval_ms": 50}')
 assert(pool ~= nil, ffi.string(lib.logpool_last_error()))
 local function rss_kib()
     local status = assert(io.open("/proc/self/status")):read("*a")

@@ -252,7 +252,6 @@ def report(r):
     timer = hot["timer"]["median"]
     lp, fl, nv = hot["logpool"], hot["floor"], hot["naive"]
     t = r["throughput"]
-    at512 = next(x for x in t if x["size"] == 512)
     ng = r["nginx"]
     a, b, c = (ng[k] for k in ("a_no_log_by_lua", "b_build_line", "c_build_and_ship"))
     dead = r["dead_sink"]

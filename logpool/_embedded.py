@@ -2,7 +2,6 @@
 the host is Python). install() is called once by the library's cffi init code with the
 library's own ffi/lib (API mode), and registers the functions C calls into."""
 import atexit
-import json
 import threading
 
 from logpool import config as config_mod

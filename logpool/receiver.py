@@ -184,23 +184,20 @@ class Receiver:
     def request_stop(self):
         """Safe from a signal handler or another thread."""
         self._stopping = True
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._wake()
 
     def pause_reading(self):
         """Stop reading connections (the writers' sends then stall) until they are dropped."""
         self._pause_requested = True
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._wake()
 
     def drop_connections(self):
         """Close every connection now, unread bytes and all (the peer gets a reset): a
         collector that crashes, as far as its writers can tell."""
         self._drop_requested = True
+        self._wake()
+
+    def _wake(self):
         try:
             self._wake_w.send(b"x")
         except OSError:

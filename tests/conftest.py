@@ -164,6 +164,36 @@ def message(sink, seq, size=None, length=None):
     return b"%d %d %08x %s\n" % (sink, seq, zlib.crc32(payload), payload)
 
 
+def octet_frames(data):
+    """RFC 6587 octet-counted frames -> messages; the whole input must be frames."""
+    out, pos = [], 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        size = int(data[pos:space])
+        out.append(data[space + 1:space + 1 + size])
+        pos = space + 1 + size
+    assert pos == len(data), "a torn frame was written out"
+    return out
+
+
+def steady_producer(pool, n, size=lambda i: i % 300):
+    """A thread logging message(0, i) for i < n as a steady stream rather than one burst;
+    returns (thread, event set once half of them are logged)."""
+    half = threading.Event()
+
+    def produce():
+        for i in range(n):
+            pool.log(0, message(0, i, size=size(i)))
+            if i == n // 2:
+                half.set()
+            if i % 200 == 0:
+                time.sleep(0.001)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    return t, half
+
+
 LINE = re.compile(rb"^(\d+) (\d+) ([0-9a-f]{8}) (.*)$", re.S)
 
 

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import logpool
-from conftest import message, parse_line, sock_path, wait_for
+from conftest import message, parse_line, sock_path, steady_producer, wait_for
 
 
 def seqs(lines, sink=0):
@@ -61,25 +61,12 @@ def test_receiver_restart_mid_stream_loses_and_duplicates_nothing(receive_proces
     pool = pools({"sinks": [{"url": rp.url}], "retry_interval_ms": 20,
                   "max_retry_interval_ms": 100})
     n = 60_000
-    logged = threading.Event()
-    half = threading.Event()
-
-    def produce():
-        for i in range(n):
-            pool.log(0, message(0, i, size=i % 300))
-            if i == n // 2:
-                half.set()
-            if i % 500 == 0:
-                time.sleep(0.001)  # a steady stream rather than one burst
-        logged.set()
-
-    t = threading.Thread(target=produce)
-    t.start()
+    t, half = steady_producer(pool, n)
     half.wait(30)
     assert rp.stop() == 0
     rp2 = receive_process(rp.listen, rp.out_path)  # same socket path, same output file
     t.join(60)
-    assert logged.is_set()
+    assert not t.is_alive()
     pool.flush(timeout=20)
     assert rp2.stop() == 0
     got = seqs(rp2.lines())

@@ -7,20 +7,8 @@ import socket
 import pytest
 
 import logpool
-from conftest import sock_path, wait_for
+from conftest import octet_frames, wait_for
 from logpool.receiver import FramingError, split_messages
-
-
-def octet_frames(data):
-    """RFC 6587 octet-counted frames -> messages; the whole input must be frames."""
-    out, pos = [], 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        size = int(data[pos:space])
-        out.append(data[space + 1:space + 1 + size])
-        pos = space + 1 + size
-    assert pos == len(data), "a torn frame was written out"
-    return out
 
 
 def awkward_messages(count, seed):

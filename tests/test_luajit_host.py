@@ -4,8 +4,6 @@ import os
 import signal
 import subprocess
 
-import pytest
-
 from conftest import luajit_binary, sock_path, wait_for
 from logpool import paths
 

@@ -6,7 +6,7 @@ import time
 from prometheus_client.parser import text_string_to_metric_families
 
 import logpool
-from conftest import ReceiveProcess, message, sock_path, wait_for
+from conftest import message, sock_path
 
 
 def samples(pool):

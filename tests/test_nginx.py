@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import sock_path, wait_for
+from conftest import octet_frames, sock_path, wait_for
 from logpool.nginx import Nginx, wait_until, wrk
 
 
@@ -157,32 +157,34 @@ def test_signals_work_with_writer_threads_alive(tmp_path, nginx, receive_process
     assert len(rp.lines()) == 211  # probe + 100 + probe after reload + 100 + 10
 
 
-def test_compat_runs_lua_resty_logger_socket_usage_unchanged(tmp_path, nginx, receive_process):
-    rp = receive_process()
-    path = rp.url[len("unix:"):]
-    # lua-resty-logger-socket's README usage, with only the require changed. No
-    # exit_worker_by_lua: at quit, the library's exit fallback delivers the rest.
-    server_extra = f"""
+def compat_logger_conf(options):
+    """log_by_lua with lua-resty-logger-socket's usage; `options` is the init{} table body."""
+    return f"""
         log_by_lua_block {{
             local logger = require "resty.logpool.compat"
             if not logger.initted() then
-                local ok, err = logger.init{{
-                    path = "{path}",
-                    flush_limit = 1234,
-                    drop_limit = 1048576,  -- README's 5678 would drop while the pool starts
-                    periodic_flush = 0.05,
-                }}
+                local ok, err = logger.init{{ {options}, periodic_flush = 0.05 }}
                 if not ok then
                     ngx.log(ngx.ERR, "failed to initialize the logger: ", err)
                     return
                 end
             end
-            local bytes, err = logger.log(ngx.var.request_id .. "\\n")
+            local _, err = logger.log(ngx.var.request_id .. "\\n")
             if err then
                 ngx.log(ngx.ERR, "failed to log message: ", err)
-                return
             end
         }}
+    """
+
+
+def test_compat_runs_lua_resty_logger_socket_usage_unchanged(tmp_path, nginx, receive_process):
+    rp = receive_process()
+    path = rp.url[len("unix:"):]
+    # lua-resty-logger-socket's README usage, with only the require changed. No
+    # exit_worker_by_lua: at quit, the library's exit fallback delivers the rest.
+    server_extra = compat_logger_conf(
+        # README's drop_limit = 5678 would drop while the pool starts
+        f'path = "{path}", flush_limit = 1234, drop_limit = 1048576') + f"""
         location /drop {{
             content_by_lua_block {{
                 local compat = require "resty.logpool.compat"
@@ -287,26 +289,6 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
     assert ng.quit() == 0
 
 
-def compat_logger_conf(options):
-    """log_by_lua with lua-resty-logger-socket's usage; `options` is the init{} table body."""
-    return f"""
-        log_by_lua_block {{
-            local logger = require "resty.logpool.compat"
-            if not logger.initted() then
-                local ok, err = logger.init{{ {options}, periodic_flush = 0.05 }}
-                if not ok then
-                    ngx.log(ngx.ERR, "failed to initialize the logger: ", err)
-                    return
-                end
-            end
-            local _, err = logger.log(ngx.var.request_id .. "\\n")
-            if err then
-                ngx.log(ngx.ERR, "failed to log message: ", err)
-            end
-        }}
-    """
-
-
 def test_compat_ssl_options_ship_over_verified_tls(tmp_path, nginx, receive_process, test_ca):
     cert, key = test_ca.issue("collector", names=("logs.internal",))
     rp = receive_process("tls://127.0.0.1:0", args=("--cert-file", cert, "--key-file", key))
@@ -354,14 +336,7 @@ def test_compat_udp_sends_one_datagram_per_message(tmp_path, nginx, receive_proc
 
     def frames():
         with open(rp.out_path, "rb") as f:
-            data = f.read()
-        out, pos = [], 0
-        while pos < len(data):
-            space = data.index(b" ", pos)
-            size = int(data[pos:space])
-            out.append(data[space + 1:space + 1 + size])
-            pos = space + 1 + size
-        return out
+            return octet_frames(f.read())
 
     wait_for(lambda: len(frames()) >= n, timeout=20, what="datagrams")
     assert ng.quit() == 0

@@ -1,12 +1,9 @@
 """tls:// sinks against a real TLS receiver whose certificates come from a CA made at test
 time: verification on by default, refusals counted and logged, recovery, client
 certificates, session resumption, and resend semantics identical to TCP."""
-import threading
-import time
-
 import pytest
 
-from conftest import message, parse_line, wait_for
+from conftest import message, parse_line, steady_producer, wait_for
 from logpool.receiver import server_tls_context
 from tlsca import TestCA
 
@@ -69,7 +66,7 @@ def test_a_bad_server_certificate_is_refused_counted_logged_then_fixed(
     assert bad.snapshot().messages == 0 and bad.output.getvalue() == b""
     err = capfd.readouterr().err
     assert "TLS handshake failed: server certificate refused" in err and expected in err, err
-    assert f"server_name 'localhost'" in err and test_ca.ca_file in err
+    assert "server_name 'localhost'" in err and test_ca.ca_file in err
 
     # The collector's certificate is fixed: the same messages arrive, once each.
     bad.stop()
@@ -152,18 +149,7 @@ def test_a_dropped_connection_resends_from_the_first_incomplete_message(
         sink = {"url": r.url}
     pool = pools({"sinks": [sink], **FAST_RETRY, "max_buffer_length": 64 << 20})
     n = 40_000
-    half = threading.Event()
-
-    def produce():
-        for i in range(n):
-            pool.log(0, message(0, i, size=i % 500))
-            if i == n // 2:
-                half.set()
-            if i % 200 == 0:
-                time.sleep(0.001)  # a steady stream rather than one burst
-
-    t = threading.Thread(target=produce)
-    t.start()
+    t, half = steady_producer(pool, n, size=lambda i: i % 500)
     half.wait(30)
     wait_for(lambda: pool.stats(0)["connects"] == 1, what="the first connection")
     if moment == "mid-write":

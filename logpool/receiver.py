@@ -164,6 +164,7 @@ class Receiver:
         self._stopping = False
         self._drop_requested = False
         self._pause_requested = False
+        self._paused = threading.Event()
         self._thread = None
         self._partial = {}  # conn -> bytes after its last complete message
         self._handshaking = set()  # TLS connections whose handshake is not done
@@ -186,10 +187,14 @@ class Receiver:
         self._stopping = True
         self._wake()
 
-    def pause_reading(self):
-        """Stop reading connections (the writers' sends then stall) until they are dropped."""
+    def pause_reading(self, timeout=10):
+        """Stop reading connections (the writers' sends then stall) until they are dropped.
+        Returns once the receiver's thread has stopped reading."""
+        self._paused.clear()
         self._pause_requested = True
         self._wake()
+        if not self._paused.wait(timeout):
+            raise TimeoutError("the receiver did not pause")
 
     def drop_connections(self):
         """Close every connection now, unread bytes and all (the peer gets a reset): a
@@ -223,6 +228,7 @@ class Receiver:
                             self._pause_requested = False
                             for conn in self._partial:
                                 self._sel.unregister(conn)
+                            self._paused.set()
                         if self._drop_requested:
                             self._drop_requested = False
                             for conn in list(self._partial):

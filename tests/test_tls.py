@@ -149,12 +149,16 @@ def test_a_dropped_connection_resends_from_the_first_incomplete_message(
         sink = {"url": r.url}
     pool = pools({"sinks": [sink], **FAST_RETRY, "max_buffer_length": 64 << 20})
     n = 40_000
-    t, half = steady_producer(pool, n, size=lambda i: i % 500)
+    # mid-write: 40 MB, far more than the kernel's socket buffers (up to ~10 MB on
+    # loopback) can absorb once the collector stops reading, so the writer must stall.
+    span = 2000 if moment == "mid-write" else 500
+    t, half = steady_producer(pool, n, size=lambda i: i % span)
     half.wait(30)
     wait_for(lambda: pool.stats(0)["connects"] == 1, what="the first connection")
     if moment == "mid-write":
         r.pause_reading()
-        wait_for(lambda: pool.stats(0)["buffered_bytes"] > 256 << 10, what="a stalled writer")
+        # A writer facing a reading collector on loopback never lags by megabytes.
+        wait_for(lambda: pool.stats(0)["buffered_bytes"] > 4 << 20, what="a stalled writer")
     r.drop_connections()
     t.join(60)
     pool.log(0, b"END\n")

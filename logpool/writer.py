@@ -284,6 +284,9 @@ class SinkWriter(threading.Thread):
 
     def run(self):
         try:
+            if self.sink.tls is not None and not self.sink.tls.verify:
+                self.reporter.emit(f"{self.sink.url}: TLS certificate verification is off "
+                                   f"(verify = false): the collector's identity is not checked")
             self._loop()
         finally:
             self._disconnect()

@@ -77,7 +77,8 @@ def test_a_bad_server_certificate_is_refused_counted_logged_then_fixed(
     assert pool.stats(0)["connects"] == 1
 
 
-def test_verify_false_accepts_any_certificate_only_when_asked(tmp_path, receiver, pools):
+def test_verify_false_accepts_any_certificate_only_when_asked(tmp_path, receiver, pools,
+                                                              capfd):
     stranger = TestCA(str(tmp_path), name="self-made CA")
     r = receiver("tls://127.0.0.1:0",
                  tls=server_tls_context(*stranger.issue("x", names=("nowhere.example",))))
@@ -87,6 +88,7 @@ def test_verify_false_accepts_any_certificate_only_when_asked(tmp_path, receiver
     pool.flush(timeout=30)
     wait_for(lambda: r.snapshot().messages == 10, what="unverified delivery")
     assert pool.stats(0)["tls_handshake_failures"] == 0
+    assert "TLS certificate verification is off" in capfd.readouterr().err
 
 
 def test_client_certificate_is_presented_and_its_absence_is_reported(

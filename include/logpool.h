@@ -76,6 +76,8 @@ typedef struct logpool_stats_s {
     uint64_t writer_errors;       /* unexpected exceptions in the writer (logged) */
     uint64_t tls_handshake_failures; /* TLS handshakes that failed (also connect_failures) */
     uint64_t tls_resumed;         /* TLS handshakes that resumed an earlier session */
+    uint64_t dropped_unsendable;  /* accepted, then refused by the socket for good (a
+                                     datagram larger than its send buffer): dropped */
 } logpool_stats_t;
 
 /* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first

@@ -41,7 +41,7 @@ GAUGES = (
     ("connected", "connected", "1 while the sink's writer holds a connection."),
 )
 DROPS = (("full", "dropped_full"), ("too_big", "dropped_too_big"),
-         ("closed", "dropped_closed"))
+         ("closed", "dropped_closed"), ("unsendable", "dropped_unsendable"))
 
 
 class Histogram:

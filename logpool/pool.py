@@ -9,6 +9,7 @@ STATS_FIELDS = (
     "dropped_too_big", "dropped_closed", "abandoned_messages", "connects", "connect_failures",
     "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
     "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
+    "dropped_unsendable",
 )
 # A pool dropped without close() still gets this long to deliver what it accepted.
 GC_CLOSE_TIMEOUT_MS = 1000

@@ -294,7 +294,7 @@ class SinkWriter(threading.Thread):
             # Last touch of C memory: once this returns, logpool_free may release the pool.
             self.lib.logpool__sink_writer_exit(self.c)
 
-    _drops_reported = (0, 0, 0, 0)
+    _drops_reported = (0, 0, 0, 0, 0)
     _drops_reported_at = -REPORT_INTERVAL_S
 
     def _report_drops(self, final=False):
@@ -306,9 +306,10 @@ class SinkWriter(threading.Thread):
         st = self.ffi.new("logpool_stats_t *")
         self.lib.logpool__sink_stats(self.c, st)
         # At exit, what is still unsent is about to be abandoned by writer_exit.
-        abandoned = st.abandoned_messages + (st.accepted_messages - st.sent_messages
-                                             if final else 0)
-        current = (st.dropped_full, st.dropped_too_big, st.dropped_closed, abandoned)
+        abandoned = st.abandoned_messages + (
+            st.accepted_messages - st.sent_messages - st.dropped_unsendable if final else 0)
+        current = (st.dropped_full, st.dropped_too_big, st.dropped_closed, abandoned,
+                   st.dropped_unsendable)
         delta = [a - b for a, b in zip(current, self._drops_reported)]
         if not any(delta):
             return
@@ -324,6 +325,8 @@ class SinkWriter(threading.Thread):
             parts.append(f"{delta[2]} refused: pool closed")
         if delta[3]:
             parts.append(f"{delta[3]} accepted messages abandoned at close")
+        if delta[4]:
+            parts.append(f"{delta[4]} accepted, then refused by the socket for good")
         self.reporter.emit(f"messages lost: {'; '.join(parts)}; counted in "
                            f"logpool_dropped_messages_total and "
                            f"logpool_abandoned_messages_total")
@@ -501,30 +504,31 @@ class SinkWriter(threading.Thread):
         return self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
 
     def _send_datagrams(self):
-        """One datagram per message, never two messages in one."""
-        lib, ffi, c, iov = self.lib, self.ffi, self.c, self.iov
+        """One datagram per message, never two messages in one; sendmmsg in C, in batches."""
+        lib, c, iov = self.lib, self.c, self.iov
         stalled_since = None
         oldest_ns = lib.logpool__sink_batch_oldest_ns(c)
-        while lib.logpool__sink_message(c, iov):
-            size = iov[0].len
-            try:
-                self.sock.send(ffi.buffer(iov[0].base, size))
-            except (BlockingIOError, InterruptedError):
+        fd = self.sock.fileno()
+        while lib.logpool__sink_pending(c) > 0:
+            sent = lib.logpool__sink_send_datagrams(c, fd, IOV_BATCH)
+            if sent > 0:
+                lib.logpool__sink_count(c, lib.LOGPOOL__WRITES, 1)
+                self.failures = 0
+                stalled_since = None
+                continue
+            err = -sent
+            if err in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
                 stalled_since = self._wait_for_room(stalled_since)
                 continue
-            except OSError as exc:
-                if exc.errno != errno.EMSGSIZE:
-                    raise  # ECONNREFUSED and the like: reconnect, resend this message
-                lib.logpool__sink_drop_message(c)
-                lib.logpool__sink_count(c, lib.LOGPOOL__WRITE_ERRORS, 1)
-                self.reporter.report("send failed", f"{self.sink.url}: a {size}-byte datagram "
-                                     f"is too large for the socket ({_describe(exc)}); it was "
-                                     f"dropped and counted as abandoned")
-                continue
-            lib.logpool__sink_count(c, lib.LOGPOOL__WRITES, 1)
-            lib.logpool__sink_consume(c, size)
-            self.failures = 0
-            stalled_since = None
+            if err != errno.EMSGSIZE:  # ECONNREFUSED and the like: reconnect, resend it
+                raise OSError(err, os.strerror(err))
+            lib.logpool__sink_message(c, iov)
+            size = iov[0].len
+            lib.logpool__sink_drop_message(c)
+            lib.logpool__sink_count(c, lib.LOGPOOL__WRITE_ERRORS, 1)
+            self.reporter.report("send failed", f"{self.sink.url}: a {size}-byte datagram is "
+                                 f"too large for the socket ({os.strerror(err)}); it was "
+                                 f"dropped (dropped_unsendable)")
         self.histograms.message_processing_seconds.observe(
             (lib.logpool__now_ns() - oldest_ns) / 1e9)
 

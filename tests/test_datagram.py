@@ -78,7 +78,8 @@ def test_10k_mixed_size_messages_arrive_one_datagram_each(tmp_path, pools, schem
     reader.join(60)
     assert received == sent  # one datagram per message, whole, in order
     st = pool.stats(0)
-    assert st["sent_messages"] == st["writes"] == 10_000 and st["write_errors"] == 0
+    assert st["sent_messages"] == 10_000 and st["write_errors"] == 0
+    assert st["writes"] < 10_000  # sendmmsg: several datagrams per system call
     sock.settimeout(0.2)
     with pytest.raises(TimeoutError):
         sock.recv(1)  # and nothing more
@@ -139,3 +140,26 @@ def test_udp_send_errors_are_counted_and_the_sink_recovers(pools):
     assert after == [b"after %d" % i for i in range(100)]
     st = pool.stats(0)
     assert st["reconnects"] >= 3 and st["writer_errors"] == 0
+
+
+def test_a_datagram_the_socket_cannot_take_is_dropped_counted_and_logged(tmp_path, pools,
+                                                                          capfd):
+    """EMSGSIZE cannot happen with the send buffer the writer asks for; shrink it under the
+    writer (a host's wmem_max could) and check one such message cannot wedge the sink."""
+    from logpool import _embedded
+    sock, url = datagram_listener("unixgram", tmp_path)
+    pool = pools({"sinks": [{"url": url}]})
+    pool.log(0, b"first")
+    pool.flush(timeout=30)
+    assert sock.recv(100) == b"first"
+    writer = _embedded.describe(pool._address)[1][0]
+    writer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # kernel: 8 KiB
+    pool.log(0, b"x" * 20_000)
+    pool.log(0, b"after")
+    pool.flush(timeout=30)
+    assert sock.recv(MAX_DATAGRAM) == b"after"
+    st = pool.stats(0)
+    assert (st["dropped_unsendable"], st["write_errors"], st["sent_messages"]) == (1, 1, 2)
+    assert st["abandoned_messages"] == 0 and st["buffered_messages"] == 0
+    err = capfd.readouterr().err
+    assert "a 20000-byte datagram is too large for the socket" in err

@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "logpool_internal.h"
@@ -522,7 +523,7 @@ LOGPOOL_API int logpool_sink_count(logpool_t *pool)
     XX(dropped_full) XX(dropped_too_big) XX(dropped_closed) XX(abandoned_messages)           \
     XX(connects) XX(connect_failures) XX(write_errors) XX(reconnects) XX(buffered_bytes)     \
     XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)         \
-    XX(tls_handshake_failures) XX(tls_resumed)
+    XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable)
 
 /* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
 #define COUNT_FIELD(f) +1
@@ -561,9 +562,12 @@ LOGPOOL_API int logpool_metrics(logpool_t *pool, char *buf, size_t len)
 
 /* ---- flush and close ---- */
 
+/* "Sent" for flush and close: written, or dropped by the writer because no socket could
+ * ever take it. */
 static int sink_all_sent(logpool__sink_t *s, uint64_t target)
 {
-    return __atomic_load_n(&s->st.sent_messages, __ATOMIC_SEQ_CST) >= target;
+    return __atomic_load_n(&s->st.sent_messages, __ATOMIC_SEQ_CST) +
+           __atomic_load_n(&s->st.dropped_unsendable, __ATOMIC_SEQ_CST) >= target;
 }
 
 /* Wait until every message the sink accepted so far is written, or the deadline. */
@@ -615,8 +619,8 @@ LOGPOOL_API int logpool_flush(logpool_t *pool, int timeout_ms)
 static uint64_t sink_unsent(logpool__sink_t *s)
 {
     uint64_t accepted = ATOMIC_LOAD(&s->st.accepted_messages);
-    uint64_t sent = ATOMIC_LOAD(&s->st.sent_messages);
-    return accepted > sent ? accepted - sent : 0;
+    uint64_t done = ATOMIC_LOAD(&s->st.sent_messages) + ATOMIC_LOAD(&s->st.dropped_unsendable);
+    return accepted > done ? accepted - done : 0;
 }
 
 LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
@@ -866,17 +870,55 @@ int logpool__sink_message(logpool__sink_t *s, logpool__iov_t *iov)
     return 1;
 }
 
-/* A datagram the socket can never take (EMSGSIZE): skip it, counted as abandoned, so one
- * bad message cannot wedge the sink. */
+/* Datagram sinks: up to max_msgs pending messages, one datagram each, in one sendmmsg on
+ * the connected socket fd (non-blocking). The writer calls it with the GIL released (cffi
+ * does), so the nginx worker's process spends no Python time per datagram. Returns how many
+ * were sent (and consumed), or -errno when the first could not be. */
+#define DATAGRAM_BATCH 64
+int logpool__sink_send_datagrams(logpool__sink_t *s, int fd, int max_msgs)
+{
+    struct mmsghdr msgs[DATAGRAM_BATCH];
+    struct iovec iov[DATAGRAM_BATCH];
+    if (max_msgs > DATAGRAM_BATCH)
+        max_msgs = DATAGRAM_BATCH;
+    int n = 0;
+    size_t off = s->pend_off;
+    uint32_t m = s->pend_msg;
+    for (chunk_t *c = s->pend_head; c != NULL && n < max_msgs; c = c->next, off = 0, m = 0) {
+        for (; m < c->nmsgs && n < max_msgs; m++) {
+            iov[n].iov_base = c->data + off;
+            iov[n].iov_len = c->ends[m] - off;
+            off = c->ends[m];
+            memset(&msgs[n], 0, sizeof msgs[n]);
+            msgs[n].msg_hdr.msg_iov = &iov[n];
+            msgs[n].msg_hdr.msg_iovlen = 1;
+            n++;
+        }
+    }
+    if (n == 0)
+        return 0;
+    int sent = sendmmsg(fd, msgs, (unsigned)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0)
+        return -errno;
+    size_t bytes = 0;
+    for (int i = 0; i < sent; i++)
+        bytes += iov[i].iov_len;
+    logpool__sink_consume(s, bytes);
+    return sent;
+}
+
+/* A datagram the socket can never take (EMSGSIZE): skip it, counted in dropped_unsendable,
+ * so one bad message cannot wedge the sink. Counted before consume() wakes flush waiters,
+ * so that they never see it neither sent nor dropped. */
 void logpool__sink_drop_message(logpool__sink_t *s)
 {
     logpool__iov_t iov;
     if (!logpool__sink_message(s, &iov))
         return;
+    __atomic_fetch_add(&s->st.dropped_unsendable, 1, __ATOMIC_SEQ_CST);
     logpool__sink_consume(s, iov.len);
     ATOMIC_SUB(&s->st.sent_messages, 1);
     ATOMIC_SUB(&s->st.sent_bytes, iov.len);
-    ATOMIC_ADD(&s->st.abandoned_messages, 1);
 }
 
 /* The connection broke: the next write starts at the first byte of the message that was

@@ -70,6 +70,7 @@ uint64_t logpool__sink_batch_oldest_ns(logpool__sink_t *sink);
 int logpool__sink_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov);
 size_t logpool__sink_consume(logpool__sink_t *sink, size_t nbytes);
 int logpool__sink_message(logpool__sink_t *sink, logpool__iov_t *iov);
+int logpool__sink_send_datagrams(logpool__sink_t *sink, int fd, int max_msgs);
 void logpool__sink_drop_message(logpool__sink_t *sink);
 size_t logpool__sink_rewind(logpool__sink_t *sink);
 size_t logpool__sink_pending(logpool__sink_t *sink);

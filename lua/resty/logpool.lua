@@ -66,6 +66,7 @@ typedef struct logpool_stats_s {
     uint64_t writer_errors;
     uint64_t tls_handshake_failures;
     uint64_t tls_resumed;
+    uint64_t dropped_unsendable;
 } logpool_stats_t;
 
 logpool_t *logpool_new(const char *config_json);
@@ -93,6 +94,7 @@ local STATS_FIELDS = {
     "dropped_too_big", "dropped_closed", "abandoned_messages", "connects", "connect_failures",
     "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
     "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
+    "dropped_unsendable",
 }
 -- Keys of the JSON config; their types are checked here so that a caller bug raises.
 local NUMBER_OPTIONS = {

@@ -165,6 +165,7 @@ class Receiver:
         self._drop_requested = False
         self._pause_requested = False
         self._paused = threading.Event()
+        self._dropped = threading.Event()
         self._thread = None
         self._partial = {}  # conn -> bytes after its last complete message
         self._handshaking = set()  # TLS connections whose handshake is not done
@@ -196,11 +197,14 @@ class Receiver:
         if not self._paused.wait(timeout):
             raise TimeoutError("the receiver did not pause")
 
-    def drop_connections(self):
+    def drop_connections(self, timeout=10):
         """Close every connection now, unread bytes and all (the peer gets a reset): a
-        collector that crashes, as far as its writers can tell."""
+        collector that crashes, as far as its writers can tell. Returns once they are."""
+        self._dropped.clear()
         self._drop_requested = True
         self._wake()
+        if not self._dropped.wait(timeout):
+            raise TimeoutError("the receiver did not drop its connections")
 
     def _wake(self):
         try:
@@ -233,6 +237,7 @@ class Receiver:
                             self._drop_requested = False
                             for conn in list(self._partial):
                                 self._drop(conn)
+                            self._dropped.set()
                     elif key.fileobj is self.sock and self.datagram:
                         self._read_datagrams()
                     elif key.fileobj is self.sock:

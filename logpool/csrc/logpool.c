@@ -812,7 +812,16 @@ static uint32_t msg_start(const chunk_t *c, uint32_t m)
 }
 
 /* nbytes more were written: count completed messages, release finished chunks. */
+static size_t sink_consume(logpool__sink_t *s, size_t nbytes, int sent);
+
 size_t logpool__sink_consume(logpool__sink_t *s, size_t nbytes)
+{
+    return sink_consume(s, nbytes, 1);
+}
+
+/* Release nbytes of pending data; the messages it completes count as sent, or (sent == 0)
+ * as dropped_unsendable. One seq_cst add per call, before waking flush/close waiters. */
+static size_t sink_consume(logpool__sink_t *s, size_t nbytes, int sent)
 {
     uint64_t done_msgs = 0, done_bytes = 0;
     while (nbytes > 0 && s->pend_head != NULL) {
@@ -843,8 +852,12 @@ size_t logpool__sink_consume(logpool__sink_t *s, size_t nbytes)
     if (done_msgs > 0) {
         ATOMIC_SUB(&s->st.buffered_bytes, done_bytes);
         ATOMIC_SUB(&s->st.buffered_messages, done_msgs);
-        ATOMIC_ADD(&s->st.sent_bytes, done_bytes);
-        __atomic_fetch_add(&s->st.sent_messages, done_msgs, __ATOMIC_SEQ_CST);
+        if (sent) {
+            ATOMIC_ADD(&s->st.sent_bytes, done_bytes);
+            __atomic_fetch_add(&s->st.sent_messages, done_msgs, __ATOMIC_SEQ_CST);
+        } else {
+            __atomic_fetch_add(&s->st.dropped_unsendable, done_msgs, __ATOMIC_SEQ_CST);
+        }
         if (__atomic_load_n(&s->progress_waiters, __ATOMIC_SEQ_CST) > 0) {
             pthread_mutex_lock(&s->lock);
             pthread_cond_broadcast(&s->progress);
@@ -908,17 +921,12 @@ int logpool__sink_send_datagrams(logpool__sink_t *s, int fd, int max_msgs)
 }
 
 /* A datagram the socket can never take (EMSGSIZE): skip it, counted in dropped_unsendable,
- * so one bad message cannot wedge the sink. Counted before consume() wakes flush waiters,
- * so that they never see it neither sent nor dropped. */
+ * so one bad message cannot wedge the sink. */
 void logpool__sink_drop_message(logpool__sink_t *s)
 {
     logpool__iov_t iov;
-    if (!logpool__sink_message(s, &iov))
-        return;
-    __atomic_fetch_add(&s->st.dropped_unsendable, 1, __ATOMIC_SEQ_CST);
-    logpool__sink_consume(s, iov.len);
-    ATOMIC_SUB(&s->st.sent_messages, 1);
-    ATOMIC_SUB(&s->st.sent_bytes, iov.len);
+    if (logpool__sink_message(s, &iov))
+        sink_consume(s, iov.len, 0);
 }
 
 /* The connection broke: the next write starts at the first byte of the message that was

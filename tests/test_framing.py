@@ -48,9 +48,10 @@ def test_octet_counting_frames_survive_write_faults_whole(receiver, monkeypatch)
                          "flush_limit": 4096})
     try:
         sent = awkward_messages(20_000, seed=5)
-        for m in sent:
+        for i, m in enumerate(sent):
             pool.log(0, m)
-        pool.flush(timeout=60)
+            if i % 200 == 199:
+                pool.flush(timeout=60)  # many small batches: many sends for faults to hit
         wait_for(lambda: r.snapshot().messages == len(sent), what="every frame")
         st = pool.stats(0)
     finally:

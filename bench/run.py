@@ -124,8 +124,12 @@ def bench_transports(tmp):
         f = out.split()
         delivered = sink.stop()
         elapsed = float(f[4])
+        # close() returned once everything was written: accepted / elapsed is the rate the
+        # writer sent at. For UDP the Python sink, not logpool, limits what is delivered.
         rows.append(dict(transport=name, size=size, accepted=int(f[2]), delivered=delivered,
-                         seconds=elapsed, delivered_mb_s=delivered / elapsed / 1e6))
+                         abandoned=int(f[5]), seconds=elapsed,
+                         sent_mb_s=int(f[2]) / elapsed / 1e6,
+                         delivered_mb_s=delivered / elapsed / 1e6))
     return rows
 
 
@@ -273,10 +277,10 @@ def report(r):
     base = next(x for x in r["transports"] if x["transport"] == "unix")
     for x in r["transports"]:
         lost = 1 - x["delivered"] / x["accepted"] if x["accepted"] else 0
-        rows.append((f"{x['transport']} 512 B, MB/s delivered"
-                     + (f" ({lost:.1%} lost by UDP)" if x["transport"] == "udp" else ""),
-                     f"{x['delivered_mb_s']:.0f}", f"unix {base['delivered_mb_s']:.0f}",
-                     f"{x['delivered_mb_s'] / base['delivered_mb_s']:.2f}", ""))
+        rows.append((f"{x['transport']} 512 B, MB/s sent"
+                     + (f" ({lost:.0%} not read by the Python sink)" if lost > 0 else ""),
+                     f"{x['sent_mb_s']:.0f}", f"unix {base['sent_mb_s']:.0f}",
+                     f"{x['sent_mb_s'] / base['sent_mb_s']:.2f}", ""))
     rows += [
         ("nginx req/s, 1 worker: (c) ship vs (b) build", f"{c['rps']:.0f}",
          f"(b) {b['rps']:.0f}", f"{c['rps'] / b['rps']:.3f}", ">= 0.97"),

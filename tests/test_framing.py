@@ -5,6 +5,7 @@ import random
 import socket
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import logpool
 from conftest import octet_frames, wait_for
@@ -111,6 +112,28 @@ def test_receiver_splits_partial_frames_and_rejects_garbage(receiver, tmp_path):
     assert r.output.getvalue() == b"5 hello"
     assert peer.recv(10) == b""  # the receiver hung up on the garbage
     peer.close()
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(messages=st.lists(st.binary(min_size=1, max_size=40), max_size=20),
+       cuts=st.lists(st.integers(0, 1000), max_size=10),
+       framing=st.sampled_from(["octet-counting", "newline"]))
+def test_receiver_reassembles_a_stream_cut_anywhere(messages, cuts, framing):
+    """However TCP splits the stream, the receiver writes out exactly the complete messages,
+    in order, and keeps the incomplete rest for the next read."""
+    if framing == "newline":
+        messages = [m.replace(b"\n", b"") + b"\n" for m in messages]
+        stream = b"".join(messages)
+    else:
+        stream = b"".join(b"%d %s" % (len(m), m) for m in messages)
+    out, count, pending = b"", 0, b""
+    points = sorted({min(c, len(stream)) for c in cuts} | {len(stream)})
+    start = 0
+    for end in points:
+        buf = pending + stream[start:end]
+        complete, n, cut = split_messages(framing, buf)
+        out, count, pending, start = out + complete, count + n, buf[cut:], end
+    assert out == stream and count == len(messages) and pending == b""
 
 
 def test_framing_config_errors_name_the_key():

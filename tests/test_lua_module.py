@@ -174,6 +174,27 @@ def test_compat_return_conventions(lua, tmp_path):
     assert tuple(out) == (None, "not initialized", False, True, 30, 30, 0, 0, 5, 2, True)
 
 
+def test_compat_udp_with_a_path_is_a_unix_datagram_sink(lua, tmp_path):
+    import socket
+    path = sock_path(tmp_path, "compat-dgram.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(30)
+    out = lua.execute(f"""
+        local compat = require 'resty.logpool.compat'
+        local logger = assert(compat.new({{ path = '{path}', sock_type = 'udp' }}))
+        local sizes = {{ logger:log('one\\n'), logger:log('two\\n'),
+                        logger:log(string.rep('x', 65508)) }}
+        local ok = logger:flush(5)
+        local too_big = logger:stats().dropped_too_big
+        logger:close(0)
+        return sizes[1], sizes[2], sizes[3], ok, too_big
+    """)
+    # One datagram per message; a message no datagram can carry gets 0 (dropped, counted).
+    assert tuple(out) == (4, 4, 0, True, 1)
+    assert [sock.recv(100), sock.recv(100)] == [b"one\n", b"two\n"]
+
+
 def test_modules_use_no_undeclared_globals(receiver):
     r = receiver()
     runtime = lupa.LuaRuntime()

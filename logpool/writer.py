@@ -213,7 +213,9 @@ def _describe_tls(exc, sink):
     hint = ""
     if "wrong version number" in reason or "record layer failure" in reason:
         hint = " (is the server speaking TLS on this port?)"
-    elif "certificate" in reason and "alert" in reason:
+    elif "certificate required" in reason:
+        hint = " (the server wants a client certificate: set cert_file and key_file)"
+    elif "alert" in reason and ("certificate" in reason or "unknown ca" in reason):
         hint = " (the server refused our client certificate: see cert_file, key_file)"
     return f"TLS handshake failed: {reason}{hint}"
 

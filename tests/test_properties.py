@@ -114,12 +114,15 @@ def test_close_concurrent_with_producers(receiver, threads, close_after):
     lib.logpool_free(p)
 
 
+def _containers(children):
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children,
+                                                            max_size=4)
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False)
     | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10),
-                                                                        children, max_size=4),
-    max_leaves=10)
+    _containers, max_leaves=10)
 KEYS = ["flush_limit", "periodic_flush_ms", "max_buffer_length", "max_message_size",
         "connect_timeout_ms", "send_timeout_ms", "retry_interval_ms", "max_retry_interval_ms",
         "exit_flush_timeout_ms", "sinks", "url", "name", "bogus", "framing", "ca_file",

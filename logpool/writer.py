@@ -417,8 +417,13 @@ class SinkWriter(threading.Thread):
 
     def _disconnect(self):
         if self.sock is not None:
-            if isinstance(self.sock, ssl.SSLSocket) and self.sock.session is not None:
-                self.tls_session = self.sock.session  # with the tickets that came since
+            if isinstance(self.sock, ssl.SSLSocket):
+                if self.sock.session is not None:
+                    self.tls_session = self.sock.session  # with the tickets that came since
+                try:  # close_notify, so the collector sees a clean end, not a truncation
+                    self.sock.unwrap()
+                except (OSError, ValueError):
+                    pass  # sent, or the connection is already gone: nothing to wait for
             try:
                 self.sock.close()
             except OSError:

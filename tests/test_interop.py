@@ -1,5 +1,6 @@
 """Interoperability with a real collector: rsyslog from Debian's packages, started here with
-its own config in a temp dir, receives logpool's octet-counted syslog over TCP."""
+its own config in a temp dir, receives logpool's octet-counted syslog over TCP, and over TLS
+(rsyslog's OpenSSL driver, a certificate from a CA made by the test)."""
 import json
 import os
 import random
@@ -14,8 +15,8 @@ from conftest import wait_for
 
 RSYSLOG_CONF = """\
 global(workDirectory="{dir}" maxMessageSize="64k"
-       parser.escapeControlCharactersOnReceive="off")
-module(load="imtcp")
+       parser.escapeControlCharactersOnReceive="off"{tls_global})
+module(load="imtcp"{tls_module})
 input(type="imtcp" address="127.0.0.1" port="{port}")
 # One message per output line: %msg% JSON-escaped, so embedded newlines stay visible.
 template(name="msg_json" type="string" string="%msg:::json%\\n")
@@ -37,14 +38,31 @@ def accepting(port):
         return False
 
 
-@pytest.fixture
-def rsyslog(tmp_path):
+# rsyslog's OpenSSL network stream driver (Debian package rsyslog-openssl), server side only.
+RSYSLOG_TLS_GLOBAL = (
+    '\n       DefaultNetstreamDriver="ossl" DefaultNetstreamDriverCAFile="{ca}"'
+    '\n       DefaultNetstreamDriverCertFile="{cert}" DefaultNetstreamDriverKeyFile="{key}"')
+RSYSLOG_TLS_MODULE = ' StreamDriver.Name="ossl" StreamDriver.Mode="1" StreamDriver.AuthMode="anon"'
+
+
+@pytest.fixture(params=["tcp", "tls"])
+def rsyslog(request, tmp_path, test_ca):
+    """(sink config, output file) of a running rsyslogd listening on TCP or TLS."""
     binary = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
     assert os.path.exists(binary), "rsyslogd (Debian package rsyslog) is required: make deps"
     port = free_tcp_port()
     out = tmp_path / "rsyslog-out.log"
     conf = tmp_path / "rsyslog.conf"
-    conf.write_text(RSYSLOG_CONF.format(dir=tmp_path, port=port, out=out))
+    tls_global = tls_module = ""
+    sink = {"url": f"tcp://127.0.0.1:{port}", "framing": "octet-counting"}
+    if request.param == "tls":
+        cert, key = test_ca.issue("rsyslog", names=("syslog.internal",))
+        tls_global = RSYSLOG_TLS_GLOBAL.format(ca=test_ca.ca_file, cert=cert, key=key)
+        tls_module = RSYSLOG_TLS_MODULE
+        sink = {"url": f"tls://127.0.0.1:{port}", "framing": "octet-counting",
+                "ca_file": test_ca.ca_file, "server_name": "syslog.internal"}
+    conf.write_text(RSYSLOG_CONF.format(dir=tmp_path, port=port, out=out,
+                                        tls_global=tls_global, tls_module=tls_module))
     check = subprocess.run([binary, "-N1", "-f", str(conf)], capture_output=True, text=True)
     assert check.returncode == 0, f"rsyslog rejects its config: {check.stderr}"
     proc = subprocess.Popen([binary, "-n", "-f", str(conf), "-i", str(tmp_path / "pid")],
@@ -53,7 +71,7 @@ def rsyslog(tmp_path):
         wait_for(lambda: proc.poll() is not None or accepting(port), interval=0.05,
                  what="rsyslog listening")
         assert proc.poll() is None, f"rsyslogd exited: {proc.stdout.read()}"
-        yield port, out
+        yield sink, out
     finally:
         proc.terminate()
         proc.wait(timeout=15)
@@ -70,9 +88,9 @@ def syslog_message(i, rng):
     return header, payload
 
 
-def test_rsyslog_receives_octet_counted_syslog_over_tcp_intact_once(rsyslog, pools):
-    port, out = rsyslog
-    pool = pools({"sinks": [{"url": f"tcp://127.0.0.1:{port}", "framing": "octet-counting"}]})
+def test_rsyslog_receives_octet_counted_syslog_intact_once(rsyslog, pools):
+    sink, out = rsyslog
+    pool = pools({"sinks": [sink]})
     rng = random.Random(5)
     n = 3000
     expected = []
@@ -91,3 +109,4 @@ def test_rsyslog_receives_octet_counted_syslog_over_tcp_intact_once(rsyslog, poo
     assert got == expected  # intact (multi-line ones too), once each, in order
     st = pool.stats(0)
     assert st["sent_messages"] == n and st["connects"] == 1
+    assert st["tls_handshake_failures"] == 0

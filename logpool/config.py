@@ -33,7 +33,6 @@ TLS_OPTIONS = {"ca_file": None, "server_name": None, "cert_file": None, "key_fil
 INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
-SUPPORTED_SCHEMES = ("unix", "tcp", "tls", "udp", "unixgram")
 HOST_PORT_SCHEMES = ("tcp", "tls", "udp")
 DATAGRAM_SCHEMES = ("udp", "unixgram")
 # The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); unix datagram

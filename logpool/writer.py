@@ -517,9 +517,8 @@ class SinkWriter(threading.Thread):
         oldest_ns = lib.logpool__sink_batch_oldest_ns(c)
         fd = self.sock.fileno()
         while lib.logpool__sink_pending(c) > 0:
-            sent = lib.logpool__sink_send_datagrams(c, fd, IOV_BATCH)
+            sent = lib.logpool__sink_send_datagrams(c, fd, IOV_BATCH)  # counts the write
             if sent > 0:
-                lib.logpool__sink_count(c, lib.LOGPOOL__WRITES, 1)
                 self.failures = 0
                 stalled_since = None
                 continue

@@ -916,6 +916,8 @@ int logpool__sink_send_datagrams(logpool__sink_t *s, int fd, int max_msgs)
     size_t bytes = 0;
     for (int i = 0; i < sent; i++)
         bytes += iov[i].iov_len;
+    if (sent > 0) /* counted before consume() lets flush return */
+        ATOMIC_ADD(&s->st.writes, 1);
     logpool__sink_consume(s, bytes);
     return sent;
 }

@@ -385,14 +385,20 @@ logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms)
     pthread_condattr_t attr;
     pthread_condattr_init(&attr);
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    /* Critical sections are a memcpy or a pointer swap: a contended producer spins briefly
+     * instead of sleeping in the kernel and waiting to be scheduled again. */
+    pthread_mutexattr_t mattr;
+    pthread_mutexattr_init(&mattr);
+    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
     for (int i = 0; i < nsinks; i++) {
         logpool__sink_t *s = &pool->sinks[i];
         s->pool = pool;
         s->id = i;
-        pthread_mutex_init(&s->lock, NULL);
+        pthread_mutex_init(&s->lock, &mattr);
         pthread_cond_init(&s->wake, &attr);
         pthread_cond_init(&s->progress, &attr);
     }
+    pthread_mutexattr_destroy(&mattr);
     pthread_condattr_destroy(&attr);
     return pool;
 }

@@ -254,7 +254,7 @@ def parse(config):
         framing = _framing(f"{where}.framing", sink["framing"]) if "framing" in sink else (
             default_framing or "raw")
         if scheme in DATAGRAM_SCHEMES:
-            _check_datagram(where, sink, config, opts, framing)
+            _check_datagram(where, sink, opts, framing)
         # Defaults shrink to a small buffer; only values the user gave can contradict it.
         for key in ("max_message_size", "flush_limit"):
             if key not in sink and key not in config:
@@ -276,13 +276,14 @@ def parse(config):
     return PoolConfig(sinks=tuple(parsed), exit_flush_timeout_ms=exit_ms)
 
 
-def _check_datagram(where, sink, config, opts, framing):
+def _check_datagram(where, sink, opts, framing):
     """One message per datagram: octet counting is meaningless and size has a hard limit."""
     if framing == "octet-counting":
-        raise ConfigError(f"{where}.framing: octet-counting frames a stream (RFC 6587); a "
-                          f"datagram already holds exactly one message: use raw or newline")
-    given = sink.get("max_message_size", config.get("max_message_size"))
-    if given is None:
+        inherited = "" if "framing" in sink else " (the pool-wide framing)"
+        raise ConfigError(f"{where}.framing: octet-counting{inherited} frames a stream "
+                          f"(RFC 6587); a datagram already holds exactly one message: set "
+                          f"this sink's framing to raw or newline")
+    if "max_message_size" not in sink:  # the default, or the pool-wide value: capped
         opts["max_message_size"] = min(opts["max_message_size"], MAX_DATAGRAM)
     elif opts["max_message_size"] > MAX_DATAGRAM:
         raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is larger "

@@ -108,6 +108,11 @@ def test_config_refuses_what_a_datagram_cannot_do():
         logpool.Pool({"sinks": [{"url": "udp://127.0.0.1:514", "framing": "octet-counting"}]})
     with pytest.raises(logpool.ConfigError, match="larger than a datagram can carry"):
         logpool.Pool({"sinks": [{"url": "udp://127.0.0.1:514", "max_message_size": 70000}]})
+    # A pool-wide value is a default for every sink: datagram sinks cap it.
+    from logpool import config
+    cfg = config.parse({"sinks": ["udp://127.0.0.1:514", "tcp://127.0.0.1:514"],
+                        "max_message_size": 70000})
+    assert [s.max_message_size for s in cfg.sinks] == [MAX_DATAGRAM, 70000]
 
 
 def test_udp_send_errors_are_counted_and_the_sink_recovers(pools):

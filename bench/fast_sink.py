@@ -11,6 +11,8 @@ import socket
 import ssl
 import sys
 
+from logpool.receiver import grow_receive_buffer
+
 where = sys.argv[1]
 datagram = where.startswith("udp://")
 if "://" in where:
@@ -31,10 +33,7 @@ if where.startswith("tls://"):
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     tls.load_cert_chain(sys.argv[2], sys.argv[3])
 if datagram:
-    try:  # SO_RCVBUFFORCE: past rmem_max when privileged
-        listener.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), 32 << 20)
-    except OSError:
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+    grow_receive_buffer(listener, 32 << 20)
 else:
     listener.listen(128)
 listener.setblocking(False)

@@ -6,6 +6,7 @@ Every error is a ConfigError whose message names the offending key, e.g.
 import json
 import math
 import re
+import socket
 from dataclasses import dataclass
 
 from logpool.errors import ConfigError
@@ -62,6 +63,10 @@ class SinkConfig:
     @property
     def datagram(self):
         return self.scheme in DATAGRAM_SCHEMES
+
+    @property
+    def socket_type(self):
+        return socket.SOCK_DGRAM if self.datagram else socket.SOCK_STREAM
 
     @property
     def framing_code(self):

@@ -14,6 +14,7 @@ down for reading and then drained, so every byte the kernel accepted from a writ
 either written out here or refused to the writer (EPIPE), which then resends it. TCP has no
 such handshake: bytes in flight when a TCP receiver stops can be lost.
 """
+import collections
 import os
 import re
 import select
@@ -162,10 +163,7 @@ class Receiver:
         self._wake_r.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._stopping = False
-        self._drop_requested = False
-        self._pause_requested = False
-        self._paused = threading.Event()
-        self._dropped = threading.Event()
+        self._actions = collections.deque()  # (action, done event) for the loop's thread
         self._thread = None
         self._partial = {}  # conn -> bytes after its last complete message
         self._handshaking = set()  # TLS connections whose handshake is not done
@@ -188,23 +186,29 @@ class Receiver:
         self._stopping = True
         self._wake()
 
-    def pause_reading(self, timeout=10):
+    def pause_reading(self):
         """Stop reading connections (the writers' sends then stall) until they are dropped.
         Returns once the receiver's thread has stopped reading."""
-        self._paused.clear()
-        self._pause_requested = True
-        self._wake()
-        if not self._paused.wait(timeout):
-            raise TimeoutError("the receiver did not pause")
+        def unregister_all():
+            for conn in self._partial:
+                self._sel.unregister(conn)
+        self._run_in_loop(unregister_all)
 
-    def drop_connections(self, timeout=10):
+    def drop_connections(self):
         """Close every connection now, unread bytes and all (the peer gets a reset): a
         collector that crashes, as far as its writers can tell. Returns once they are."""
-        self._dropped.clear()
-        self._drop_requested = True
+        def drop_all():
+            for conn in list(self._partial):
+                self._drop(conn)
+        self._run_in_loop(drop_all)
+
+    def _run_in_loop(self, action, timeout=10):
+        """Run action in the receiver's thread, which owns the connections; wait for it."""
+        done = threading.Event()
+        self._actions.append((action, done))
         self._wake()
-        if not self._dropped.wait(timeout):
-            raise TimeoutError("the receiver did not drop its connections")
+        if not done.wait(timeout):
+            raise TimeoutError("the receiver's thread did not run the action")
 
     def _wake(self):
         try:
@@ -228,16 +232,10 @@ class Receiver:
                             self._wake_r.recv(64)
                         except BlockingIOError:
                             pass
-                        if self._pause_requested:
-                            self._pause_requested = False
-                            for conn in self._partial:
-                                self._sel.unregister(conn)
-                            self._paused.set()
-                        if self._drop_requested:
-                            self._drop_requested = False
-                            for conn in list(self._partial):
-                                self._drop(conn)
-                            self._dropped.set()
+                        while self._actions:
+                            action, done = self._actions.popleft()
+                            action()
+                            done.set()
                     elif key.fileobj is self.sock and self.datagram:
                         self._read_datagrams()
                     elif key.fileobj is self.sock:

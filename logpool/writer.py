@@ -96,8 +96,7 @@ def _addresses(sink):
     if sink.scheme in ("unix", "unixgram"):
         return [(socket.AF_UNIX, sink.address)]
     host, port = sink.address
-    kind = socket.SOCK_DGRAM if sink.datagram else socket.SOCK_STREAM
-    infos = socket.getaddrinfo(host, port, type=kind)
+    infos = socket.getaddrinfo(host, port, type=sink.socket_type)
     if not infos:
         raise OSError(errno.EHOSTUNREACH, f"{host} resolves to no address")
     return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
@@ -118,10 +117,9 @@ def open_connection(sink, should_stop, tls_session=None):
     """Connect (and for tls://, handshake) within connect_timeout_ms; non-blocking socket on
     success. Names are resolved here, in the writer thread, never on the hot path."""
     deadline = time.monotonic() + sink.connect_timeout_ms / 1000
-    kind = socket.SOCK_DGRAM if sink.datagram else socket.SOCK_STREAM
     last_error = None
     for family, address in _addresses(sink):
-        sock = socket.socket(family, kind)
+        sock = socket.socket(family, sink.socket_type)
         try:
             sock.setblocking(False)
             if family == socket.AF_UNIX and sink.datagram:
@@ -134,7 +132,7 @@ def open_connection(sink, should_stop, tls_session=None):
                 rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if rc != 0:
                 raise OSError(rc, os.strerror(rc))
-            if kind == socket.SOCK_STREAM and family in (socket.AF_INET, socket.AF_INET6):
+            if not sink.datagram and family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if sink.tls is not None:
                 return tls_handshake(sock, sink, tls_session, deadline, should_stop)
@@ -475,12 +473,17 @@ class SinkWriter(threading.Thread):
     # -- sending --
 
     def _send_pending(self):
+        oldest_ns = self.lib.logpool__sink_batch_oldest_ns(self.c)
         if self.sink.datagram:
             self._send_datagrams()
-            return
+        else:
+            self._send_stream()
+        self.histograms.message_processing_seconds.observe(
+            (self.lib.logpool__now_ns() - oldest_ns) / 1e9)
+
+    def _send_stream(self):
         lib, ffi, c = self.lib, self.ffi, self.c
         stalled_since = None
-        oldest_ns = lib.logpool__sink_batch_oldest_ns(c)
         while lib.logpool__sink_pending(c) > 0:
             n = lib.logpool__sink_iov(c, self.iov, IOV_BATCH)
             views = [ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
@@ -495,8 +498,6 @@ class SinkWriter(threading.Thread):
                 stalled_since = None
                 continue
             stalled_since = self._wait_for_room(stalled_since)
-        self.histograms.message_processing_seconds.observe(
-            (lib.logpool__now_ns() - oldest_ns) / 1e9)
 
     def _send_views(self, views):
         if isinstance(self.sock, ssl.SSLSocket):
@@ -512,9 +513,8 @@ class SinkWriter(threading.Thread):
 
     def _send_datagrams(self):
         """One datagram per message, never two messages in one; sendmmsg in C, in batches."""
-        lib, c, iov = self.lib, self.c, self.iov
+        lib, c = self.lib, self.c
         stalled_since = None
-        oldest_ns = lib.logpool__sink_batch_oldest_ns(c)
         fd = self.sock.fileno()
         while lib.logpool__sink_pending(c) > 0:
             sent = lib.logpool__sink_send_datagrams(c, fd, IOV_BATCH)  # counts the write
@@ -528,15 +528,11 @@ class SinkWriter(threading.Thread):
                 continue
             if err != errno.EMSGSIZE:  # ECONNREFUSED and the like: reconnect, resend it
                 raise OSError(err, os.strerror(err))
-            lib.logpool__sink_message(c, iov)
-            size = iov[0].len
-            lib.logpool__sink_drop_message(c)
+            size = lib.logpool__sink_drop_message(c)
             lib.logpool__sink_count(c, lib.LOGPOOL__WRITE_ERRORS, 1)
             self.reporter.report("send failed", f"{self.sink.url}: a {size}-byte datagram is "
                                  f"too large for the socket ({os.strerror(err)}); it was "
                                  f"dropped (dropped_unsendable)")
-        self.histograms.message_processing_seconds.observe(
-            (lib.logpool__now_ns() - oldest_ns) / 1e9)
 
     def _wait_for_room(self, stalled_since):
         """The peer is not reading: wait for room in slices, watching the stop flag and

@@ -177,3 +177,34 @@ def test_a_dropped_connection_resends_from_the_first_incomplete_message(
     if moment == "mid-write":
         assert st["write_errors"] == 1 and missing, "a reset inside a send loses the kernel's"
     assert r.snapshot().connections == 2
+
+
+def test_a_closed_pool_ends_its_tls_connection_with_close_notify(pools, test_ca):
+    """Without close_notify a strict collector (rsyslog, or Python with
+    suppress_ragged_eofs=False) sees a truncation attack, not the end of the stream."""
+    import socket
+    import ssl
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    ctx = server_tls_context(*test_ca.issue("server"))
+    got, errors = [], []
+
+    def serve():
+        conn, _ = listener.accept()
+        with ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
+            try:
+                while data := tls.recv(65536):
+                    got.append(data)
+            except ssl.SSLError as exc:  # SSLEOFError: the peer left without close_notify
+                errors.append(exc)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    pool = pools({"sinks": [{"url": f"tls://localhost:{listener.getsockname()[1]}",
+                             "ca_file": test_ca.ca_file}]})
+    pool.log(0, b"last words\n")
+    pool.flush(timeout=30)
+    assert pool.close(timeout=10) == 0
+    server.join(30)
+    listener.close()
+    assert b"".join(got) == b"last words\n" and errors == []

@@ -817,16 +817,9 @@ static uint32_t msg_start(const chunk_t *c, uint32_t m)
     return m == 0 ? 0 : c->ends[m - 1];
 }
 
-/* nbytes more were written: count completed messages, release finished chunks. */
-static size_t sink_consume(logpool__sink_t *s, size_t nbytes, int sent);
-
-size_t logpool__sink_consume(logpool__sink_t *s, size_t nbytes)
-{
-    return sink_consume(s, nbytes, 1);
-}
-
-/* Release nbytes of pending data; the messages it completes count as sent, or (sent == 0)
- * as dropped_unsendable. One seq_cst add per call, before waking flush/close waiters. */
+/* Release nbytes of pending data: count the messages it completes as sent (or, sent == 0,
+ * as dropped_unsendable) with one seq_cst add before waking flush/close waiters, and
+ * recycle finished chunks. */
 static size_t sink_consume(logpool__sink_t *s, size_t nbytes, int sent)
 {
     uint64_t done_msgs = 0, done_bytes = 0;
@@ -873,20 +866,10 @@ static size_t sink_consume(logpool__sink_t *s, size_t nbytes, int sent)
     return (size_t)done_msgs;
 }
 
-/* Datagram sinks send one message per datagram: the first pending message, whole (the
- * writer never leaves pend_off inside a message there). Returns 0 when nothing is pending. */
-int logpool__sink_message(logpool__sink_t *s, logpool__iov_t *iov)
+/* nbytes more were written. */
+size_t logpool__sink_consume(logpool__sink_t *s, size_t nbytes)
 {
-    chunk_t *c = s->pend_head;
-    while (c != NULL && s->pend_msg >= c->nmsgs) { /* defensive: an empty chunk */
-        logpool__sink_consume(s, c->used - s->pend_off);
-        c = s->pend_head;
-    }
-    if (c == NULL)
-        return 0;
-    iov->base = c->data + s->pend_off;
-    iov->len = c->ends[s->pend_msg] - s->pend_off;
-    return 1;
+    return sink_consume(s, nbytes, 1);
 }
 
 /* Datagram sinks: up to max_msgs pending messages, one datagram each, in one sendmmsg on
@@ -928,13 +911,17 @@ int logpool__sink_send_datagrams(logpool__sink_t *s, int fd, int max_msgs)
     return sent;
 }
 
-/* A datagram the socket can never take (EMSGSIZE): skip it, counted in dropped_unsendable,
- * so one bad message cannot wedge the sink. */
-void logpool__sink_drop_message(logpool__sink_t *s)
+/* A datagram the socket can never take (EMSGSIZE): skip the first pending message, counted
+ * in dropped_unsendable, so one bad message cannot wedge the sink. Datagram writers never
+ * leave pend_off inside a message (and a chunk always holds one). Returns its size. */
+size_t logpool__sink_drop_message(logpool__sink_t *s)
 {
-    logpool__iov_t iov;
-    if (logpool__sink_message(s, &iov))
-        sink_consume(s, iov.len, 0);
+    chunk_t *c = s->pend_head;
+    if (c == NULL)
+        return 0;
+    size_t len = c->ends[s->pend_msg] - s->pend_off;
+    sink_consume(s, len, 0);
+    return len;
 }
 
 /* The connection broke: the next write starts at the first byte of the message that was

@@ -75,9 +75,9 @@ local function validate(user_config)
             if type(v) ~= "boolean" then
                 return nil, format('"%s" must be a boolean value', k)
             end
-        elseif k == "sni_host" then
+        elseif k == "sni_host" or k == "ssl_trusted_certificate" then -- (the latter: ours)
             if type(v) ~= "string" then
-                return nil, '"sni_host" must be a string'
+                return nil, format('"%s" must be a string', k)
             end
         end
         cfg[k] = v
@@ -87,9 +87,6 @@ local function validate(user_config)
     end
     if cfg.flush_limit >= cfg.drop_limit then
         return nil, '"flush_limit" should be < "drop_limit"'
-    end
-    if cfg.ssl_trusted_certificate ~= nil and type(cfg.ssl_trusted_certificate) ~= "string" then
-        return nil, '"ssl_trusted_certificate" must be a string'
     end
     if cfg.ssl and cfg.sock_type == "udp" then
         return nil, 'logpool: "ssl" needs sock_type "tcp" (there is no TLS over UDP)'
@@ -101,7 +98,7 @@ local function validate(user_config)
 end
 
 local function to_logpool(cfg)
-    local url, sink
+    local url
     if cfg.path then
         url = (cfg.sock_type == "udp" and "unixgram:" or "unix:") .. cfg.path
     else
@@ -112,7 +109,7 @@ local function to_logpool(cfg)
         local scheme = cfg.sock_type == "udp" and "udp" or cfg.ssl and "tls" or "tcp"
         url = format("%s://%s:%d", scheme, host, cfg.port)
     end
-    sink = { url = url, name = "logger" }
+    local sink = { url = url, name = "logger" }
     if cfg.ssl then
         -- As cosocket's sslhandshake(_, sni_host or host, ssl_verify): one name for SNI and
         -- for the certificate check. nginx's lua_ssl_trusted_certificate is not visible
@@ -132,9 +129,8 @@ local function to_logpool(cfg)
         sinks = { sink },
         flush_limit = flush_limit,
         max_buffer_length = drop_limit,
-        -- A datagram carries at most 65507 bytes: larger messages get 0 (dropped, counted).
-        max_message_size = cfg.sock_type == "udp" and drop_limit > 65507 and 65507
-                           or drop_limit,
+        -- For udp, logpool caps it at what a datagram carries; larger messages get 0.
+        max_message_size = drop_limit,
         connect_timeout_ms = timeout,
         send_timeout_ms = timeout,
         retry_interval_ms = retry,

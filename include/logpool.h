@@ -92,23 +92,33 @@ const char *logpool_last_error(void);
 
 /* Append one message to sink socket_id (0-based). Never blocks, never calls Python.
  * Returns len when accepted (0 for an empty message, which is a no-op), or
- * LOGPOOL_EINVAL (NULL pool, NULL msg with len > 0), LOGPOOL_ENOSINK, LOGPOOL_ETOOBIG,
- * LOGPOOL_EFULL, LOGPOOL_ECLOSED. The message is copied; msg stays the caller's. */
+ * LOGPOOL_EINVAL (NULL pool, NULL msg with len > 0), LOGPOOL_ENOSINK, LOGPOOL_ETOOBIG (len,
+ * or len with its framing, above max_message_size: msg is not read), LOGPOOL_EFULL,
+ * LOGPOOL_ECLOSED. The message is copied; msg stays the caller's. */
 int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len);
 
 /* Wait until every message accepted before the call is written (all sinks), at most
- * timeout_ms (< 0: no limit). Returns 0 or LOGPOOL_ETIMEDOUT, LOGPOOL_EINVAL. */
+ * timeout_ms (< 0: no limit). Returns 0, LOGPOOL_ETIMEDOUT, LOGPOOL_EINVAL (NULL pool), or
+ * LOGPOOL_ECLOSED (a sink's writer has stopped: the pool is closed, or inherited across
+ * fork). */
 int logpool_flush(logpool_t *pool, int timeout_ms);
 
-/* Stop accepting, flush up to timeout_ms, stop the writer threads. Returns the number of
- * accepted messages abandoned (>= 0), or a negative code. Safe to call twice (returns the
- * same count). */
+/* Stop accepting (log_cdata returns LOGPOOL_ECLOSED from now on) without waiting; the
+ * writers go on delivering what was accepted. For a close whose wait the caller slices
+ * (logpool_flush with short timeouts, then logpool_close(pool, 0)). Returns 0,
+ * LOGPOOL_EINVAL or LOGPOOL_ECLOSED (inherited across fork). Any thread; idempotent. */
+int logpool_shutdown(logpool_t *pool);
+
+/* Stop accepting, flush up to timeout_ms (< 0: no limit), stop the writer threads. Returns
+ * the number of accepted messages abandoned (>= 0), or LOGPOOL_EINVAL (NULL pool). Safe to
+ * call twice (returns the same count); in a forked child it only marks the inherited pool
+ * closed and returns 0. */
 int logpool_close(logpool_t *pool, int timeout_ms);
 
 /* Release a pool. Closes it first (timeout 0) if the caller did not. */
 void logpool_free(logpool_t *pool);
 
-/* Number of configured sinks, or LOGPOOL_EINVAL. */
+/* Number of configured sinks, or LOGPOOL_EINVAL (NULL pool). */
 int logpool_sink_count(logpool_t *pool);
 
 /* Fill *out with sink socket_id's counters. Returns 0, LOGPOOL_EINVAL or LOGPOOL_ENOSINK. */

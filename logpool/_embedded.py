@@ -53,6 +53,12 @@ def install(ffi, lib):
             buf[n] = b"\0"
         return len(text)
 
+    @ffi.def_extern(name="logpool__py_forget")
+    def py_forget(pool):
+        # logpool_free from any host (Lua's __gc, C, Pool's finalizer): the pool's writers
+        # have exited; drop them, their histograms and TLS contexts with the pool.
+        forget(int(ffi.cast("uintptr_t", pool)))
+
     # A Python host finalizes the interpreter at exit and its daemon threads stop then:
     # close pools first. (A non-Python host never runs this; the C atexit fallback does.)
     atexit.register(lib.logpool__close_all, -1)

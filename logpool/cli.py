@@ -16,12 +16,25 @@ def cmd_paths(args):
 def cmd_receive(args):
     from logpool import receiver
     return receiver.main(args.listen, args.out, framing=args.framing, cert_file=args.cert_file,
-                         key_file=args.key_file, client_ca_file=args.client_ca_file)
+                         key_file=args.key_file, client_ca_file=args.client_ca_file,
+                         mode=args.mode, max_message_size=args.max_message_size,
+                         idle_timeout=args.idle_timeout,
+                         handshake_timeout=args.handshake_timeout)
+
+
+def octal_mode(text):
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0660") from None
+    if not 0 <= mode <= 0o7777:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range")
+    return mode
 
 
 SNIPPET = """\
 # --- logpool: paste into the http {{}} block of nginx.conf ---
-lua_package_path "{lua_dir}/?.lua;;";
+lua_package_path {lua_dir};
 
 init_worker_by_lua_block {{
     require("resty.logpool").start({{
@@ -35,10 +48,30 @@ exit_worker_by_lua_block {{
 
 # --- and in each server {{}} (or location) whose requests you ship ---
 log_by_lua_block {{
-    require("resty.logpool").log("{first}", ngx.var.remote_addr .. " " .. ngx.var.request
+    require("resty.logpool").log({first}, ngx.var.remote_addr .. " " .. ngx.var.request
         .. " " .. ngx.var.status .. " " .. ngx.var.body_bytes_sent .. "\\n")
 }}
 """
+
+
+def lua_string(text):
+    """A Lua string literal of any text: quotes, backslashes, newlines, control bytes and
+    non-ASCII bytes are escaped (decimal escapes are valid in Lua 5.1 and LuaJIT)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        ch = chr(byte)
+        if ch in "\"\\":
+            out.append("\\" + ch)
+        elif 32 <= byte < 127:
+            out.append(ch)
+        else:
+            out.append("\\%03d" % byte)
+    return '"' + "".join(out) + '"'
+
+
+def nginx_string(text):
+    """An nginx.conf double-quoted argument (lua_package_path expands no variables)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def cmd_nginx_snippet(args):
@@ -47,9 +80,11 @@ def cmd_nginx_snippet(args):
     sinks = [{"url": u, "name": f"sink{i + 1}" if len(urls) > 1 else "main"}
              for i, u in enumerate(urls)]
     parse({"sinks": sinks})  # a bad --sink fails here, not in nginx
-    lua_sinks = ", ".join('{ url = "%s", name = "%s" }' % (s["url"], s["name"]) for s in sinks)
-    print(SNIPPET.format(lua_dir=paths.lua_dir(), sinks=lua_sinks, first=sinks[0]["name"]),
-          end="")
+    lua_sinks = ", ".join("{ url = %s, name = %s }" % (lua_string(s["url"]),
+                                                       lua_string(s["name"]))
+                          for s in sinks)
+    print(SNIPPET.format(lua_dir=nginx_string(paths.lua_dir() + "/?.lua;;"), sinks=lua_sinks,
+                         first=lua_string(sinks[0]["name"])), end="")
     return 0
 
 
@@ -90,6 +125,17 @@ def build_parser():
     p.add_argument("--key-file", help="tls://: its private key, when not in --cert-file")
     p.add_argument("--client-ca-file", help="tls://: require client certificates signed by "
                    "this CA")
+    p.add_argument("--mode", type=octal_mode, default=0o660,
+                   help="unix:/unixgram: permissions of the socket (default 0660: owner and "
+                   "group may connect). An existing path is replaced only if it is a stale "
+                   "socket")
+    p.add_argument("--max-message-size", type=int, default=16 << 20,
+                   help="hang up on a connection whose unfinished message exceeds this many "
+                   "bytes (default 16 MiB)")
+    p.add_argument("--idle-timeout", type=float, default=300.0,
+                   help="hang up on a connection silent this many seconds (default 300)")
+    p.add_argument("--handshake-timeout", type=float, default=10.0,
+                   help="tls://: hang up on a client whose handshake takes longer (default 10)")
     p.set_defaults(func=cmd_receive)
     p = sub.add_parser("nginx-snippet", help="print the nginx.conf lines for this installation")
     p.add_argument("--sink", action="append", help="sink URL (repeatable); default "

@@ -3,6 +3,7 @@
 Every error is a ConfigError whose message names the offending key, e.g.
 ``sinks[1].flush_limt: unknown key``.
 """
+import ipaddress
 import json
 import math
 import re
@@ -149,10 +150,30 @@ def parse_url(where, url, allow_port_zero=False):
                               f"{scheme}://[v6addr]:port, got {url!r}")
         host = m.group(1) or m.group(3)
         port = int(m.group(2) or m.group(4))
+        if m.group(3) is not None:
+            _check_host_name(where, host, url)
         if not (0 if allow_port_zero else 1) <= port <= 65535:
             raise ConfigError(f"{where}: port {port} out of range 1-65535")
         return scheme, (host, port)
     raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
+
+
+def _check_host_name(where, host, url):
+    """A name the resolver could never be asked for (empty or over-long labels, characters
+    IDNA refuses) is a config error now, not a writer error later."""
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    try:
+        encoded = host.encode("idna")
+    except UnicodeError as exc:
+        raise ConfigError(f"{where}: {host!r} in {url!r} is not a valid host name "
+                          f"({exc})") from None
+    if len(encoded) > 253:
+        raise ConfigError(f"{where}: host name in {url!r} is {len(encoded)} bytes, longer than "
+                          f"the 253 DNS allows")
 
 
 def _framing(where, value):
@@ -231,7 +252,17 @@ def parse(config):
     if isinstance(exit_ms, bool) or not isinstance(exit_ms, int) or not 0 <= exit_ms <= INT32_MAX:
         raise ConfigError(f"exit_flush_timeout_ms: must be an integer >= 0, got {exit_ms!r}")
 
-    parsed, names = [], set()
+    explicit = {}  # name -> index of the sink that gave it
+    for i, sink in enumerate(sinks):
+        if isinstance(sink, dict) and "name" in sink:
+            name = sink["name"]
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"sinks[{i}].name: must be a non-empty string, got {name!r}")
+            if name in explicit:
+                raise ConfigError(f"sinks[{i}].name: duplicate sink name {name!r} (also "
+                                  f"sinks[{explicit[name]}])")
+            explicit[name] = i
+    parsed, owner = [], dict(explicit)  # every name so far -> its sink's index
     for i, sink in enumerate(sinks):
         where = f"sinks[{i}]"
         if isinstance(sink, str):
@@ -245,13 +276,12 @@ def parse(config):
         scheme, address = parse_url(f"{where}.url", sink["url"])
         if "name" in sink:
             name = sink["name"]
-            if not isinstance(name, str) or not name:
-                raise ConfigError(f"{where}.name: must be a non-empty string, got {name!r}")
-            if name in names:
-                raise ConfigError(f"{where}.name: duplicate sink name {name!r}")
-        else:  # unnamed: the URL, made unique when two sinks share it
-            name = sink["url"] if sink["url"] not in names else f"{sink['url']}#{i}"
-        names.add(name)
+        else:  # unnamed: the URL, made unique when another sink has it (metrics label)
+            name = sink["url"] if sink["url"] not in owner else f"{sink['url']}#{i}"
+            if name in owner:
+                raise ConfigError(f"{where}.name: this sink would be named {name!r}, which "
+                                  f"sinks[{owner[name]}] already is; give one of them a name")
+            owner[name] = i
         opts = dict(defaults)
         for key in SINK_OPTIONS:
             if key in sink:

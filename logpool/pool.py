@@ -1,6 +1,7 @@
 """logpool.Pool: the Python API over the C ABI (the same calls nginx makes)."""
 import json
-import sys
+import math
+import time
 
 from logpool import _binding, config as config_mod, errors
 
@@ -13,16 +14,19 @@ STATS_FIELDS = (
 )
 # A pool dropped without close() still gets this long to deliver what it accepted.
 GC_CLOSE_TIMEOUT_MS = 1000
+# What a `with` block gives close() by default (Pool(..., close_timeout=...) overrides it):
+# a sink that is down must not hold the program at the end of the block.
+DEFAULT_CLOSE_TIMEOUT_S = 5.0
+# Waits in C are cut into slices this long so that Python runs its signal handlers
+# (Ctrl-C) between them.
+WAIT_SLICE_MS = 100
+INT32_MAX = 2**31 - 1
 
 
 def _release(ptr):
     lib = _binding.lib()
     lib.logpool_close(ptr, GC_CLOSE_TIMEOUT_MS)
-    # No import here: this may run while the interpreter shuts down.
-    embedded = sys.modules.get("logpool._embedded")
-    if embedded is not None:
-        embedded.forget(int(_binding.ffi.cast("uintptr_t", ptr)))
-    lib.logpool_free(ptr)
+    lib.logpool_free(ptr)  # also drops what logpool._embedded keeps for the pool
 
 
 class Pool:
@@ -30,7 +34,9 @@ class Pool:
 
     Methods may be called from any thread; log() never blocks."""
 
-    def __init__(self, config):
+    def __init__(self, config, close_timeout=DEFAULT_CLOSE_TIMEOUT_S):
+        _ms(close_timeout)  # a bad value fails now, not at the end of a with block
+        self.close_timeout = close_timeout
         text = config if isinstance(config, (str, bytes)) else json.dumps(config)
         if isinstance(text, str):
             text = text.encode()
@@ -66,19 +72,34 @@ class Pool:
     # -- lifecycle --
 
     def flush(self, timeout=None):
-        """Wait until everything accepted so far is written; raises Timeout."""
-        _binding.check(self._lib.logpool_flush(self._ptr, _ms(timeout)), "flush")
+        """Wait until everything accepted so far is written, at most `timeout` seconds (None:
+        no limit); raises Timeout. Ctrl-C interrupts the wait."""
+        _binding.check(self._wait_delivered(_ms(timeout)), "flush")
 
     def close(self, timeout=None):
         """Stop accepting, deliver for up to `timeout` seconds (None: no limit), stop the
-        writers. Returns the number of accepted messages abandoned. Idempotent."""
-        return _binding.check(self._lib.logpool_close(self._ptr, _ms(timeout)), "close")
+        writers. Returns the number of accepted messages abandoned. Idempotent. Ctrl-C
+        interrupts the wait (the pool then no longer accepts; close it again)."""
+        lib, ptr = self._lib, self._ptr
+        if lib.logpool_shutdown(ptr) == 0:
+            self._wait_delivered(_ms(timeout))
+        return _binding.check(lib.logpool_close(ptr, 0), "close")
+
+    def _wait_delivered(self, timeout_ms):
+        """logpool_flush in slices (signals run between them); its last code."""
+        deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+        while True:
+            left = WAIT_SLICE_MS if deadline is None else int(
+                min(WAIT_SLICE_MS, max(0.0, deadline - time.monotonic()) * 1000))
+            rc = self._lib.logpool_flush(self._ptr, left)
+            if rc != errors.ETIMEDOUT or (deadline is not None and time.monotonic() >= deadline):
+                return rc
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        self.close(self.close_timeout)
 
     # -- observability --
 
@@ -112,8 +133,15 @@ class Pool:
 
 
 def _ms(timeout):
+    """Seconds (None: no limit) as the C API's milliseconds. NaN and negative values are
+    caller bugs; values beyond the C range are clamped to it (about 24.8 days)."""
     if timeout is None:
         return -1
-    if timeout < 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise errors.InvalidArgument(f"timeout must be a number of seconds or None, got "
+                                     f"{timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
         raise errors.InvalidArgument(f"timeout must be >= 0 seconds, got {timeout}")
-    return min(int(timeout * 1000), 2**31 - 1)
+    if timeout * 1000 >= INT32_MAX:
+        return INT32_MAX
+    return int(timeout * 1000)

@@ -15,6 +15,7 @@ either written out here or refused to the writer (EPIPE), which then resends it.
 such handshake: bytes in flight when a TCP receiver stops can be lost.
 """
 import collections
+import errno
 import os
 import re
 import select
@@ -22,6 +23,7 @@ import selectors
 import signal
 import socket
 import ssl
+import stat
 import sys
 import threading
 import time
@@ -32,19 +34,57 @@ FRAMINGS = ("newline", "octet-counting", "raw")
 OCTET_HEADER = re.compile(rb"([1-9][0-9]{0,9}) ")
 
 
-def listen_socket(listen):
+DEFAULT_SOCKET_MODE = 0o660
+DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
+DEFAULT_IDLE_TIMEOUT_S = 300.0
+DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+# After running out of descriptors, try accepting again this often (or when one frees up).
+ACCEPT_RETRY_S = 0.5
+
+
+def _claim_unix_path(path, kind):
+    """Remove a stale socket left at path by a receiver that died; refuse anything else (a
+    regular file, a directory, a socket something still listens on)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(errno.EEXIST, f"{path} exists and is not a socket; not replacing it")
+    probe = socket.socket(socket.AF_UNIX, kind)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    except OSError:
+        if kind == socket.SOCK_DGRAM:
+            os.unlink(path)
+            return
+        raise
+    else:
+        if kind == socket.SOCK_STREAM:
+            raise OSError(errno.EADDRINUSE, f"{path}: another process is listening there")
+        os.unlink(path)  # a datagram socket "connects" to a stale path too: nothing to ask
+    finally:
+        probe.close()
+
+
+def listen_socket(listen, mode=DEFAULT_SOCKET_MODE):
     """A bound socket for unix:, unixgram:/path or tcp://, tls://, udp://host:port (port 0
-    picks a free one); stream sockets are listening."""
+    picks a free one); stream sockets are listening. A unix socket gets `mode`."""
     from logpool.config import parse_url, DATAGRAM_SCHEMES
     scheme, address = parse_url("--listen", listen, allow_port_zero=True)
     kind = socket.SOCK_DGRAM if scheme in DATAGRAM_SCHEMES else socket.SOCK_STREAM
     if scheme in ("unix", "unixgram"):
-        try:
-            os.unlink(address)
-        except FileNotFoundError:
-            pass
+        _claim_unix_path(address, kind)
         sock = socket.socket(socket.AF_UNIX, kind)
-        sock.bind(address)
+        try:
+            sock.bind(address)
+            os.chmod(address, mode)
+        except OSError:
+            sock.close()
+            raise
     else:
         host, port = address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -139,15 +179,25 @@ class ReceiverStats:
     tls_resumed: int = 0
     tls_failures: int = 0
     framing_errors: int = 0
+    oversized: int = 0          # connections dropped: a message above max_message_size
+    timeouts: int = 0           # connections dropped: idle or handshake timeout
+    accept_errors: int = 0      # accept() failed (out of descriptors, ...)
 
 
 class Receiver:
     """Runs in its own thread (start/stop) or in the caller's (serve_forever)."""
 
-    def __init__(self, listen, out, framing="newline", tls=None):
+    def __init__(self, listen, out, framing="newline", tls=None, mode=DEFAULT_SOCKET_MODE,
+                 max_message_size=DEFAULT_MAX_MESSAGE_SIZE,
+                 idle_timeout=DEFAULT_IDLE_TIMEOUT_S,
+                 handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT_S, clock=time.monotonic):
         if framing not in FRAMINGS:
             raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
-        self.scheme, self.sock = listen_socket(listen)
+        self.max_message_size = max_message_size
+        self.idle_timeout = idle_timeout
+        self.handshake_timeout = handshake_timeout
+        self.clock = clock
+        self.scheme, self.sock = listen_socket(listen, mode)
         if self.scheme == "tls" and tls is None:
             self.sock.close()
             raise ValueError("a tls:// listener needs a certificate (tls=server_tls_context())")
@@ -165,7 +215,10 @@ class Receiver:
         self._stopping = False
         self._actions = collections.deque()  # (action, done event) for the loop's thread
         self._thread = None
-        self._partial = {}  # conn -> bytes after its last complete message
+        self._partial = {}  # conn -> bytearray after its last complete message
+        self._last_active = {}  # conn -> clock() of its accept or last read
+        self._accept_paused_at = None  # out of descriptors: accept() again later
+        self._swept_at = clock()
         self._handshaking = set()  # TLS connections whose handshake is not done
         self._lock = threading.Lock()
         self._dirty = False
@@ -226,7 +279,8 @@ class Receiver:
                 if self._dirty:
                     # Readers of the file (tail -f, tests) see lines as they arrive.
                     self._flush_out()
-                for key, _ in self._sel.select(timeout=1.0):
+                self._housekeeping()
+                for key, _ in self._sel.select(timeout=self._select_timeout()):
                     if key.data == "wake":
                         try:
                             self._wake_r.recv(64)
@@ -246,18 +300,57 @@ class Receiver:
         finally:
             self._flush_out()
 
+    def _select_timeout(self):
+        if self._accept_paused_at is not None:
+            return ACCEPT_RETRY_S
+        return 1.0
+
+    def _housekeeping(self):
+        """Accept again after running out of descriptors; hang up on connections idle too
+        long or stuck in their TLS handshake (a peer must not hold a descriptor forever)."""
+        now = self.clock()
+        if self._accept_paused_at is not None and now - self._accept_paused_at >= ACCEPT_RETRY_S:
+            self._resume_accepting()
+        if now - self._swept_at < min(1.0, self.handshake_timeout, self.idle_timeout):
+            return
+        self._swept_at = now
+        for conn, since in list(self._last_active.items()):
+            limit = self.handshake_timeout if conn in self._handshaking else self.idle_timeout
+            if now - since >= limit:
+                with self._lock:
+                    self.stats.timeouts += 1
+                self._drop(conn)
+
+    def _resume_accepting(self):
+        if self._accept_paused_at is not None and not self._stopping:
+            self._accept_paused_at = None
+            self._sel.register(self.sock, selectors.EVENT_READ, None)
+
     def _accept(self):
         while True:
             try:
                 conn, _ = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as exc:
+                # EMFILE/ENFILE/ENOBUFS/ENOMEM: the pending connection stays queued; stop
+                # polling the listener (it would spin) until a descriptor frees up.
+                with self._lock:
+                    self.stats.accept_errors += 1
+                    first = self.stats.accept_errors == 1
+                if first or exc.errno not in (errno.EMFILE, errno.ENFILE):
+                    print(f"logpool receive: accept failed: {exc}; still serving, accepting "
+                          f"again when descriptors free up", file=sys.stderr, flush=True)
+                self._sel.unregister(self.sock)
+                self._accept_paused_at = self.clock()
+                return
             conn.setblocking(False)
             if self.tls is not None:
                 conn = self.tls.wrap_socket(conn, server_side=True,
                                             do_handshake_on_connect=False)
                 self._handshaking.add(conn)
-            self._partial[conn] = b""
+            self._partial[conn] = bytearray()
+            self._last_active[conn] = self.clock()
             self._sel.register(conn, selectors.EVENT_READ, "conn")
             with self._lock:
                 self.stats.connections += 1
@@ -314,10 +407,25 @@ class Receiver:
             if not drain and not (tls and conn.pending()):
                 return True
 
+    def _split(self, buf, new):
+        """split_messages over buf, whose last `new` bytes just arrived: a newline stream
+        is searched only in them (the rest holds no newline), so a long line costs linear
+        time, not quadratic."""
+        if self.framing != "newline":
+            return split_messages(self.framing, buf)
+        old = len(buf) - new
+        last = buf.rfind(b"\n", old)
+        if last < 0:
+            return b"", 0, 0
+        cut = last + 1
+        return bytes(memoryview(buf)[:cut]), buf.count(b"\n", old, cut), cut
+
     def _consume(self, conn, data):
-        buf = self._partial[conn] + data
+        buf = self._partial[conn]
+        buf += data
+        self._last_active[conn] = self.clock()
         try:
-            complete, count, cut = split_messages(self.framing, buf)
+            complete, count, cut = self._split(buf, len(data))
             bad = False
         except FramingError as exc:
             (complete, count, cut), bad = exc.complete, True
@@ -328,17 +436,33 @@ class Receiver:
                 self.stats.messages += count
                 self.stats.bytes += cut
                 self.stats.reads += 1
-        self._partial[conn] = buf[cut:]
+            del buf[:cut]
+        if not bad and (len(buf) > self.max_message_size or self._announces_too_much(buf)):
+            # A partial message past the limit: the peer is broken or hostile. Hang up
+            # rather than buffer without bound.
+            with self._lock:
+                self.stats.oversized += 1
+            buf.clear()
+            self._drop(conn)
+            return False
         if bad:  # the stream cannot be resynchronised: hang up
             with self._lock:
                 self.stats.framing_errors += 1
-            self._partial[conn] = b""
+            buf.clear()
             self._drop(conn)
             return False
         return True
 
+    def _announces_too_much(self, buf):
+        """An octet-counting header announcing more than max_message_size."""
+        if self.framing != "octet-counting":
+            return False
+        m = OCTET_HEADER.match(buf)
+        return m is not None and int(m.group(1)) > self.max_message_size
+
     def _drop(self, conn):
         self._handshaking.discard(conn)
+        self._last_active.pop(conn, None)
         torn = self._partial.pop(conn, b"")
         if torn:
             with self._lock:
@@ -349,6 +473,7 @@ class Receiver:
             pass
         conn.close()
         self._flush_out()
+        self._resume_accepting()  # a descriptor is free again
 
     def _flush_out(self):
         self._dirty = False
@@ -358,7 +483,9 @@ class Receiver:
             pass
 
     def _shutdown(self):
-        self._sel.unregister(self.sock)
+        if self._accept_paused_at is None:
+            self._sel.unregister(self.sock)
+        self._accept_paused_at = -1.0  # never accept again
         if self.datagram:
             self._read_datagrams()  # what is queued now
         if self.sock.family == socket.AF_UNIX:
@@ -391,11 +518,15 @@ class Receiver:
 
 
 def main(listen, out_path=None, framing="newline", cert_file=None, key_file=None,
-         client_ca_file=None):
+         client_ca_file=None, mode=DEFAULT_SOCKET_MODE,
+         max_message_size=DEFAULT_MAX_MESSAGE_SIZE, idle_timeout=DEFAULT_IDLE_TIMEOUT_S,
+         handshake_timeout=DEFAULT_HANDSHAKE_TIMEOUT_S):
     out = open(out_path, "ab") if out_path else sys.stdout.buffer
     try:
         tls = server_tls_context(cert_file, key_file, client_ca_file) if cert_file else None
-        receiver = Receiver(listen, out, framing=framing, tls=tls)
+        receiver = Receiver(listen, out, framing=framing, tls=tls, mode=mode,
+                            max_message_size=max_message_size, idle_timeout=idle_timeout,
+                            handshake_timeout=handshake_timeout)
     except (OSError, ValueError) as exc:
         print(f"logpool receive: cannot listen on {listen}: {exc}", file=sys.stderr)
         return 2
@@ -406,7 +537,9 @@ def main(listen, out_path=None, framing="newline", cert_file=None, key_file=None
     receiver.serve_forever()
     s = receiver.stats
     print(f"logpool receive: stopped: {s.connections} connections, {s.messages} messages, "
-          f"{s.bytes} bytes, {s.torn} torn messages dropped", file=sys.stderr, flush=True)
+          f"{s.bytes} bytes, {s.torn} torn messages dropped, {s.oversized} oversized, "
+          f"{s.timeouts} timed out, {s.accept_errors} accept errors", file=sys.stderr,
+          flush=True)
     if out_path:
         out.close()
     return 0

@@ -49,17 +49,24 @@ class FaultInjector:
     no pool config key can switch it on, and nginx clears the environment of its workers.
 
     Faults: connect_fail, connect_timeout, write_error (a random partial write, then EPIPE
-    or ECONNRESET), eagain, short_write, slow_write (a few ms before the send) and exception
-    (an unexpected error inside the writer, DESIGN.md trap 8)."""
+    or ECONNRESET), eagain, short_write, slow_write (a few ms before the send), exception
+    (an unexpected error inside the writer, DESIGN.md trap 8), writer_crash (an error that
+    escapes the writer's loop: what a bug in the loop itself would do) and resolve_delay (the
+    name resolver answers only after "resolve_delay_s" seconds: a slow DNS server).
+    "max_<fault>" caps how often a fault happens."""
 
     KINDS = ("connect_fail", "connect_timeout", "write_error", "eagain", "short_write",
-             "slow_write", "exception")
+             "slow_write", "exception", "writer_crash", "resolve_delay")
+    SETTINGS = ("seed", "resolve_delay_s")
 
     def __init__(self, spec, stream_id=0):
-        unknown = set(spec) - set(self.KINDS) - {"seed"}
+        unknown = (set(spec) - set(self.KINDS) - set(self.SETTINGS)
+                   - {f"max_{k}" for k in self.KINDS})
         if unknown:
             raise ValueError(f"LOGPOOL_TEST_FAULTS: unknown faults {sorted(unknown)}")
         self.prob = {k: float(spec.get(k, 0)) for k in self.KINDS}
+        self.limit = {k: spec.get(f"max_{k}") for k in self.KINDS}
+        self.resolve_delay_s = float(spec.get("resolve_delay_s", 5))
         self.rng = random.Random(f"{spec.get('seed', 0)}-{stream_id}")
         self.counts = dict.fromkeys(self.KINDS, 0)
 
@@ -74,6 +81,9 @@ class FaultInjector:
     def hit(self, kind, record=True):
         """Decide whether `kind` happens now; counted at once unless record=False (the
         caller records it with record() once the fault really took effect)."""
+        limit = self.limit[kind]
+        if limit is not None and self.counts[kind] >= limit:
+            return False
         if self.prob[kind] and self.rng.random() < self.prob[kind]:
             if record:
                 self.record(kind)
@@ -92,14 +102,46 @@ class TlsHandshakeError(OSError):
     """The TLS handshake failed (certificate refused, protocol mismatch): counted apart."""
 
 
-def _addresses(sink):
+class InjectedCrash(BaseException):
+    """FaultInjector's writer_crash: escapes every `except Exception` of the loop."""
+
+
+def _addresses(sink, deadline, should_stop, faults=None):
+    """[(family, sockaddr)] of the sink, resolved within the connect deadline. getaddrinfo
+    cannot be interrupted: it runs in a helper thread that is left behind (it ends on its
+    own) when the deadline passes or the pool closes."""
     if sink.scheme in ("unix", "unixgram"):
         return [(socket.AF_UNIX, sink.address)]
     host, port = sink.address
-    infos = socket.getaddrinfo(host, port, type=sink.socket_type)
-    if not infos:
+    delay = faults.resolve_delay_s if faults is not None and faults.hit("resolve_delay") else 0
+    done = threading.Event()
+    answer = {}
+
+    def resolve():
+        try:
+            if delay:
+                time.sleep(delay)  # the injected slow resolver
+            answer["infos"] = socket.getaddrinfo(host, port, type=sink.socket_type)
+        except UnicodeError as exc:  # a name IDNA cannot encode
+            answer["error"] = OSError(errno.EINVAL, f"bad host name {host!r}: {exc}")
+        except OSError as exc:
+            answer["error"] = OSError(exc.errno or errno.EHOSTUNREACH,
+                                      f"cannot resolve {host!r}: {_describe(exc)}")
+        finally:
+            done.set()
+
+    threading.Thread(target=resolve, name="logpool-resolve", daemon=True).start()
+    while not done.wait(SLICE_S):
+        if should_stop():
+            raise Stopped()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, f"resolving {host!r} timed out "
+                               f"(connect_timeout_ms {sink.connect_timeout_ms})")
+    if "error" in answer:
+        raise answer["error"]
+    if not answer["infos"]:
         raise OSError(errno.EHOSTUNREACH, f"{host} resolves to no address")
-    return [(family, sockaddr) for family, _, _, _, sockaddr in infos]
+    return [(family, sockaddr) for family, _, _, _, sockaddr in answer["infos"]]
 
 
 def _wait_io(sock, events, deadline, should_stop, what):
@@ -113,12 +155,12 @@ def _wait_io(sock, events, deadline, should_stop, what):
             raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
 
 
-def open_connection(sink, should_stop, tls_session=None):
-    """Connect (and for tls://, handshake) within connect_timeout_ms; non-blocking socket on
-    success. Names are resolved here, in the writer thread, never on the hot path."""
+def open_connection(sink, should_stop, tls_session=None, faults=None):
+    """Resolve, connect (and for tls://, handshake) within connect_timeout_ms; non-blocking
+    socket on success. Names are resolved here, in the writer, never on the hot path."""
     deadline = time.monotonic() + sink.connect_timeout_ms / 1000
     last_error = None
-    for family, address in _addresses(sink):
+    for family, address in _addresses(sink, deadline, should_stop, faults):
         sock = socket.socket(family, sink.socket_type)
         try:
             sock.setblocking(False)
@@ -287,12 +329,40 @@ class SinkWriter(threading.Thread):
             if self.sink.tls is not None and not self.sink.tls.verify:
                 self.reporter.emit(f"{self.sink.url}: TLS certificate verification is off "
                                    f"(verify = false): the collector's identity is not checked")
-            self._loop()
+            self._supervise()
         finally:
             self._disconnect()
             self._report_drops(final=True)
             # Last touch of C memory: once this returns, logpool_free may release the pool.
             self.lib.logpool__sink_writer_exit(self.c)
+
+    def _supervise(self):
+        """Run the loop until stop. Whatever escapes it (a bug in the loop's own error
+        handling, a BaseException) is counted in writer_errors, logged, and the loop starts
+        again after backoff with the buffered messages intact: a writer never dies while its
+        pool is open, so nothing accepted is left without a writer."""
+        crashes = 0
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as exc:  # noqa: B036 — see the docstring
+                crashes += 1
+                try:
+                    self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITER_ERRORS, 1)
+                    self._disconnect()
+                    self.lib.logpool__sink_rewind(self.c)
+                    delay = self.backoff.compute(crashes)
+                    self.reporter.report("writer restarted", f"{type(exc).__name__}: {exc} "
+                                         f"escaped the writer loop; restarting it in "
+                                         f"{delay * 1000:.0f} ms (crash {crashes}); buffered "
+                                         f"messages are kept")
+                    if (self.lib.logpool__sink_wait(self.c, self.lib.LOGPOOL__WAIT_FOR_STOP,
+                                                    max(1, int(delay * 1000)))
+                            == self.lib.LOGPOOL__WAIT_STOP):
+                        return
+                except BaseException:  # noqa: B036 — the supervisor itself must not die
+                    pass
 
     _drops_reported = (0, 0, 0, 0, 0)
     _drops_reported_at = -REPORT_INTERVAL_S
@@ -355,6 +425,8 @@ class SinkWriter(threading.Thread):
                     if self._peer_closed():
                         self._broken("write", "the peer closed the connection")
                         continue
+                if self.faults is not None and self.faults.hit("writer_crash"):
+                    raise InjectedCrash("injected: the writer loop crashed")
                 self._send_pending()
             except Stopped:
                 return
@@ -384,7 +456,7 @@ class SinkWriter(threading.Thread):
                     raise ConnectionRefusedError(errno.ECONNREFUSED, "injected: refused")
                 if self.faults.hit("connect_timeout"):
                     raise TimeoutError(errno.ETIMEDOUT, "injected: connect timed out")
-            sock = open_connection(self.sink, self._should_stop, self.tls_session)
+            sock = open_connection(self.sink, self._should_stop, self.tls_session, self.faults)
         except Stopped:
             return False
         except OSError as exc:

@@ -11,7 +11,7 @@ from logpool import paths
 CONTRACT = {
     "log_cdata", "logpool_new", "logpool_last_error", "logpool_flush", "logpool_close",
     "logpool_free", "logpool_sink_count", "logpool_stats", "logpool_strerror", "logpool_version",
-    "logpool_metrics",
+    "logpool_metrics", "logpool_shutdown",
 }
 
 
@@ -24,7 +24,8 @@ def exported_functions():
 def test_only_the_contract_is_exported():
     exported = exported_functions()
     # cffi's own entry points for the embedded module and the Python-implemented callback.
-    cffi_entry_points = {"PyInit__logpool_embedded", "logpool__py_start", "logpool__py_metrics"}
+    cffi_entry_points = {"PyInit__logpool_embedded", "logpool__py_start", "logpool__py_metrics",
+                         "logpool__py_forget"}
     assert exported - cffi_entry_points == CONTRACT, exported
 
 

@@ -38,15 +38,34 @@ enum { POOL_OPEN = 0, POOL_CLOSING = 1, POOL_CLOSED = 2 };
 #define MIN_CHUNK 4096
 #define MAX_CHUNK 65536
 
+/* A chunk holds whole frames from the front and, from its end backwards, one uint32_t per
+ * message saying where it ends: the bookkeeping lives inside the chunk, so a chunk's memory
+ * is its cap whatever the message sizes (1-byte messages once cost 5x their size). */
 typedef struct chunk_s {
     struct chunk_s *next;
     size_t cap;
     size_t used;
     uint32_t nmsgs;
-    uint32_t ends_cap;
-    uint32_t *ends; /* ends[i]: offset just past message i */
     char data[];
 } chunk_t;
+
+#define END_SLOT sizeof(uint32_t)
+
+static inline uint32_t *chunk_ends(const chunk_t *c)
+{
+    return (uint32_t *)(void *)(c->data + c->cap); /* slot i is ends[-1 - i] */
+}
+
+/* Offset just past message m of c. */
+static inline uint32_t chunk_end(const chunk_t *c, uint32_t m)
+{
+    return chunk_ends(c)[-1 - (long)m];
+}
+
+static inline size_t chunk_room(const chunk_t *c)
+{
+    return c->cap - c->used - END_SLOT * c->nmsgs;
+}
 
 struct logpool__sink_s {
     logpool_t *pool;
@@ -69,6 +88,11 @@ struct logpool__sink_s {
     uint64_t chain_oldest_ns;
     chunk_t *free_chunks;
     int free_count;
+    /* Memory the chain holds: frames and end slots of the tail chunk, the whole cap of every
+     * other chunk (what a retired chunk could not fill is memory too). Bounded by
+     * max_memory, so RSS follows max_buffer_length for any message size. Under lock. */
+    size_t memory;
+    size_t max_memory;
     int writer_waiting;
     int flush_requested;
     int stop;
@@ -117,6 +141,9 @@ static void after_fork_child(void)
      * survive the fork, their mutexes may be held by a thread that no longer exists. */
     fork_generation++;
     pthread_mutex_init(&open_pools_lock, NULL);
+    /* Nor are they this process's to close at exit: the exit fallback would spin on pools
+     * whose close returns early here. */
+    open_pools = NULL;
 }
 
 __attribute__((constructor)) static void logpool__load(void)
@@ -197,27 +224,20 @@ LOGPOOL_API const char *logpool_version(void)
 
 /* ---- chunks ---- */
 
-static chunk_t *chunk_new(size_t cap, uint32_t ends_cap)
+static chunk_t *chunk_new(size_t cap)
 {
     chunk_t *c = malloc(sizeof *c + cap);
     if (c == NULL)
         return NULL;
-    c->ends = malloc(sizeof(uint32_t) * ends_cap);
-    if (c->ends == NULL) {
-        free(c);
-        return NULL;
-    }
     c->next = NULL;
     c->cap = cap;
     c->used = 0;
     c->nmsgs = 0;
-    c->ends_cap = ends_cap;
     return c;
 }
 
 static void chunk_free(chunk_t *c)
 {
-    free(c->ends);
     free(c);
 }
 
@@ -230,9 +250,11 @@ static void chain_free(chunk_t *c)
     }
 }
 
-/* Under sink->lock. Standard-size chunks are recycled; oversized ones are not. */
+/* Under sink->lock, for a chunk the writer is done with (fully charged to s->memory).
+ * Standard-size chunks are recycled; oversized ones are not. */
 static void chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
 {
+    s->memory -= c->cap;
     if (c->cap == s->chunk_size && s->free_count < FREE_CHUNKS_KEPT) {
         c->used = 0;
         c->nmsgs = 0;
@@ -244,32 +266,35 @@ static void chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
     }
 }
 
-/* Under sink->lock: a chunk with room for len more bytes and one more message end. */
+/* Under sink->lock: the tail leaves the producers (a new tail, or the writer took it); its
+ * unfilled room is charged from now on. */
+static void tail_retire_locked(logpool__sink_t *s)
+{
+    if (s->tail != NULL)
+        s->memory += chunk_room(s->tail);
+}
+
+/* Under sink->lock: a chunk with room for a frame of len bytes and its end slot. */
 static chunk_t *tail_with_room_locked(logpool__sink_t *s, size_t len)
 {
     chunk_t *c = s->tail;
-    if (c != NULL && c->cap - c->used >= len) {
-        if (c->nmsgs < c->ends_cap)
-            return c;
-        uint32_t *ends = realloc(c->ends, sizeof(uint32_t) * c->ends_cap * 2);
-        if (ends != NULL) {
-            c->ends = ends;
-            c->ends_cap *= 2;
-            return c;
-        }
-    }
-    if (len <= s->chunk_size && s->free_chunks != NULL) {
+    if (c != NULL && chunk_room(c) >= len + END_SLOT)
+        return c;
+    /* A frame that would leave a standard chunk mostly empty gets a chunk of its own size. */
+    size_t need = (len + END_SLOT + 7) & ~(size_t)7;
+    if (need <= s->chunk_size && s->free_chunks != NULL) {
         c = s->free_chunks;
         s->free_chunks = c->next;
         s->free_count--;
         c->next = NULL;
-    } else if (len <= s->chunk_size) {
-        c = chunk_new(s->chunk_size, (uint32_t)(s->chunk_size / 128));
+    } else if (need <= s->chunk_size) {
+        c = chunk_new(s->chunk_size);
     } else {
-        c = chunk_new(len, 1);
+        c = chunk_new(need);
     }
     if (c == NULL)
         return NULL;
+    tail_retire_locked(s);
     if (s->tail != NULL)
         s->tail->next = c;
     else
@@ -310,7 +335,12 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     }
     if (len == 0)
         return 0;
-    /* The frame is what goes on the wire; max_message_size and the byte counters count it. */
+    /* The frame is what goes on the wire; max_message_size and the byte counters count it.
+     * len is checked before any byte of msg is read: a huge len must not be dereferenced. */
+    if (len > s->max_message_size) {
+        ATOMIC_ADD(&s->st.dropped_too_big, 1);
+        return LOGPOOL_ETOOBIG;
+    }
     char prefix[24];
     size_t prefix_len = 0, suffix_len = 0;
     if (s->framing == LOGPOOL__FRAMING_NEWLINE)
@@ -318,7 +348,7 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     else if (s->framing == LOGPOOL__FRAMING_OCTETS)
         prefix_len = octet_count_prefix(prefix, len);
     size_t frame = prefix_len + len + suffix_len;
-    if (len > s->max_message_size || frame > s->max_message_size) { /* len first: no wrap */
+    if (frame > s->max_message_size) {
         ATOMIC_ADD(&s->st.dropped_too_big, 1);
         return LOGPOOL_ETOOBIG;
     }
@@ -331,6 +361,7 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     }
     chunk_t *c;
     if (ATOMIC_LOAD(&s->st.buffered_bytes) + frame > s->max_buffer_length ||
+        s->memory + frame + END_SLOT > s->max_memory ||
         (c = tail_with_room_locked(s, frame)) == NULL) {
         pthread_mutex_unlock(&s->lock);
         ATOMIC_ADD(&s->st.dropped_full, 1);
@@ -345,7 +376,9 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     if (suffix_len > 0)
         dst[len] = '\n';
     c->used += frame;
-    c->ends[c->nmsgs++] = (uint32_t)c->used;
+    chunk_ends(c)[-1 - (long)c->nmsgs] = (uint32_t)c->used;
+    c->nmsgs++;
+    s->memory += frame + END_SLOT;
 
     size_t before = s->chain_bytes;
     s->chain_bytes = before + frame;
@@ -417,7 +450,11 @@ int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *
     s->max_message_size = l->max_message_size;
     s->framing = (int)l->framing;
     size_t chunk = l->flush_limit;
-    s->chunk_size = chunk < MIN_CHUNK ? MIN_CHUNK : chunk > MAX_CHUNK ? MAX_CHUNK : chunk;
+    chunk = chunk < MIN_CHUNK ? MIN_CHUNK : chunk > MAX_CHUNK ? MAX_CHUNK : chunk;
+    s->chunk_size = (chunk + 7) & ~(size_t)7; /* end slots at the end must be aligned */
+    /* Frames are bounded by max_buffer_length; their bookkeeping and unfilled chunk room by
+     * a quarter more (README "Memory"): 1-byte messages fill it first. */
+    s->max_memory = l->max_buffer_length + l->max_buffer_length / 4 + END_SLOT;
     return LOGPOOL_OK;
 }
 
@@ -466,6 +503,7 @@ static void sink_release_memory(logpool__sink_t *s)
     chain_free(s->free_chunks);
     s->head = s->tail = s->pend_head = s->pend_tail = s->free_chunks = NULL;
     s->free_count = 0;
+    s->memory = 0;
 }
 
 static void pool_destroy(logpool_t *pool)
@@ -622,11 +660,35 @@ LOGPOOL_API int logpool_flush(logpool_t *pool, int timeout_ms)
     return rc;
 }
 
+/* Accepted messages with no fate yet: neither sent, dropped as unsendable, nor already
+ * counted as abandoned (a writer that left counted what it held then). */
 static uint64_t sink_unsent(logpool__sink_t *s)
 {
     uint64_t accepted = ATOMIC_LOAD(&s->st.accepted_messages);
-    uint64_t done = ATOMIC_LOAD(&s->st.sent_messages) + ATOMIC_LOAD(&s->st.dropped_unsendable);
+    uint64_t done = ATOMIC_LOAD(&s->st.sent_messages) + ATOMIC_LOAD(&s->st.dropped_unsendable) +
+                    ATOMIC_LOAD(&s->st.abandoned_messages);
     return accepted > done ? accepted - done : 0;
+}
+
+LOGPOOL_API int logpool_shutdown(logpool_t *pool)
+{
+    if (pool == NULL)
+        return LOGPOOL_EINVAL;
+    if (pool_inherited(pool))
+        return LOGPOOL_ECLOSED;
+    pthread_mutex_lock(&pool->close_lock);
+    if (ATOMIC_LOAD(&pool->state) == POOL_OPEN)
+        ATOMIC_STORE(&pool->state, POOL_CLOSING);
+    pthread_mutex_unlock(&pool->close_lock);
+    /* Writers waiting for a batch take what is buffered at once (a closing pool is due). */
+    for (int i = 0; i < pool->nsinks; i++) {
+        logpool__sink_t *s = &pool->sinks[i];
+        pthread_mutex_lock(&s->lock);
+        if (s->writer_waiting)
+            pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+    }
+    return LOGPOOL_OK;
 }
 
 LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
@@ -666,11 +728,18 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
             if (cond_wait_until(&s->progress, &s->lock, grace) == ETIMEDOUT)
                 break;
         }
-        if (s->writer_running && !s->writer_exited)
+        if (s->writer_running && !s->writer_exited) {
             stuck = 1;
-        else if (!s->writer_running) {
-            uint64_t left = sink_unsent(s);
-            ATOMIC_ADD(&s->st.abandoned_messages, left);
+        } else {
+            /* No writer (never started, or it left while the pool was open): what producers
+             * added since is abandoned here, counted, and freed. */
+            ATOMIC_ADD(&s->st.abandoned_messages, sink_unsent(s));
+            if (s->writer_exited) {
+                sink_release_memory(s);
+                s->chain_bytes = 0;
+                ATOMIC_STORE(&s->st.buffered_bytes, 0);
+                ATOMIC_STORE(&s->st.buffered_messages, 0);
+            }
         }
         abandoned += ATOMIC_LOAD(&s->st.abandoned_messages);
         pthread_mutex_unlock(&s->lock);
@@ -708,6 +777,9 @@ LOGPOOL_API void logpool_free(logpool_t *pool)
         if (alive)
             return; /* a writer may still touch it: leaking is the safe choice */
     }
+    /* The writers, histograms and TLS contexts the Python side keeps for this pool. */
+    extern void logpool__runtime_forget_pool(logpool_t *pool);
+    logpool__runtime_forget_pool(pool);
     pool_destroy(pool);
 }
 
@@ -772,6 +844,7 @@ size_t logpool__sink_take(logpool__sink_t *s)
 {
     pthread_mutex_lock(&s->lock);
     if (s->head != NULL) {
+        tail_retire_locked(s);
         if (s->pend_head == NULL) {
             s->pend_head = s->head;
             s->batch_oldest_ns = s->chain_oldest_ns;
@@ -814,7 +887,7 @@ int logpool__sink_iov(logpool__sink_t *s, logpool__iov_t *iov, int max_iov)
 
 static uint32_t msg_start(const chunk_t *c, uint32_t m)
 {
-    return m == 0 ? 0 : c->ends[m - 1];
+    return m == 0 ? 0 : chunk_end(c, m - 1);
 }
 
 /* Release nbytes of pending data: count the messages it completes as sent (or, sent == 0,
@@ -832,7 +905,7 @@ static size_t sink_consume(logpool__sink_t *s, size_t nbytes, int sent)
         s->pend_bytes -= step;
         nbytes -= step;
         uint32_t m = s->pend_msg;
-        while (m < c->nmsgs && c->ends[m] <= s->pend_off)
+        while (m < c->nmsgs && chunk_end(c, m) <= s->pend_off)
             m++;
         done_msgs += m - s->pend_msg;
         done_bytes += msg_start(c, m) - msg_start(c, s->pend_msg);
@@ -889,8 +962,8 @@ int logpool__sink_send_datagrams(logpool__sink_t *s, int fd, int max_msgs)
     for (chunk_t *c = s->pend_head; c != NULL && n < max_msgs; c = c->next, off = 0, m = 0) {
         for (; m < c->nmsgs && n < max_msgs; m++) {
             iov[n].iov_base = c->data + off;
-            iov[n].iov_len = c->ends[m] - off;
-            off = c->ends[m];
+            iov[n].iov_len = chunk_end(c, m) - off;
+            off = chunk_end(c, m);
             memset(&msgs[n], 0, sizeof msgs[n]);
             msgs[n].msg_hdr.msg_iov = &iov[n];
             msgs[n].msg_hdr.msg_iovlen = 1;
@@ -919,7 +992,7 @@ size_t logpool__sink_drop_message(logpool__sink_t *s)
     chunk_t *c = s->pend_head;
     if (c == NULL)
         return 0;
-    size_t len = c->ends[s->pend_msg] - s->pend_off;
+    size_t len = chunk_end(c, s->pend_msg) - s->pend_off;
     sink_consume(s, len, 0);
     return len;
 }

@@ -33,11 +33,23 @@
 
 static pthread_mutex_t runtime_lock = PTHREAD_MUTEX_INITIALIZER;
 static int runtime_state; /* 0: not started, 1: running, -1: failed for good */
+static int runtime_failure_final; /* set by a step whose failure cannot be retried */
 static unsigned runtime_generation;
 static char runtime_error[400];
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* A thread of the parent may have held runtime_lock at fork(): the child gets a fresh one. */
+static void runtime_after_fork_child(void)
+{
+    pthread_mutex_init(&runtime_lock, NULL);
+}
+
+__attribute__((constructor)) static void runtime_load(void)
+{
+    pthread_atfork(NULL, NULL, runtime_after_fork_child);
+}
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -109,6 +121,7 @@ static int initialize_python(char *err, size_t errlen)
     PyPreConfig preconfig;
     PyPreConfig_InitIsolatedConfig(&preconfig);
     preconfig.utf8_mode = 1;
+    runtime_failure_final = 1; /* from here on a failure leaves Python unusable */
     PyStatus status = Py_PreInitialize(&preconfig);
     if (PyStatus_Exception(status))
         return fail(err, errlen, "embedded Python runtime unavailable: cannot start Python "
@@ -136,6 +149,7 @@ static int initialize_python(char *err, size_t errlen)
                     status.err_msg ? status.err_msg : "unknown error");
     /* cffi's embedding entry points take the GIL with PyGILState_Ensure: release it. */
     PyEval_SaveThread();
+    runtime_failure_final = 0;
     return 0;
 }
 
@@ -158,7 +172,7 @@ int logpool__runtime_start(char *err, size_t errlen)
             (!host_python && (check_readable(err, errlen) != 0 ||
                               initialize_python(err, errlen) != 0))) {
             /* Only a failed Py_Initialize is final; the rest may be fixed and retried. */
-            if (strstr(err, "cannot start Python") != NULL) {
+            if (runtime_failure_final) {
                 runtime_state = -1;
                 snprintf(runtime_error, sizeof runtime_error, "%s", err);
             }
@@ -193,4 +207,16 @@ void logpool__gil_restore(void *tstate)
 int logpool__python_finalizing(void)
 {
     return runtime_state == 1 && _Py_IsFinalizing();
+}
+
+/* logpool_free: drop what the Python side keeps for a pool (writers, histograms, TLS
+ * contexts). Skipped where Python cannot run: never started, another process's runtime
+ * (fork), or finalizing. */
+void logpool__runtime_forget_pool(logpool_t *pool)
+{
+    if (runtime_state != 1 || runtime_generation != logpool__fork_generation() ||
+        !Py_IsInitialized() || _Py_IsFinalizing())
+        return;
+    extern void logpool__py_forget(void *pool);
+    logpool__py_forget(pool);
 }

@@ -73,6 +73,7 @@ logpool_t *logpool_new(const char *config_json);
 const char *logpool_last_error(void);
 int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len);
 int logpool_flush(logpool_t *pool, int timeout_ms);
+int logpool_shutdown(logpool_t *pool);
 int logpool_close(logpool_t *pool, int timeout_ms);
 void logpool_free(logpool_t *pool);
 int logpool_sink_count(logpool_t *pool);
@@ -338,16 +339,26 @@ function pool_mt.log(self, sink, msg)
     return nil, ffi_string(lib.logpool_strerror(rc))
 end
 
+-- The C API takes an int of milliseconds; more than that is clamped to it (about 24.8 days).
+local MAX_TIMEOUT_MS = 2147483647
+
+-- Seconds (nil: no limit) as milliseconds. NaN and negative values are caller bugs (a NaN
+-- used to reach C as "wait forever"); +inf and huge values are clamped explicitly.
 local function timeout_ms(timeout, fname)
     if timeout == nil then
         return -1
     end
-    if type(timeout) ~= "number" or timeout < 0 then
+    if type(timeout) ~= "number" or timeout ~= timeout or timeout < 0 then
         error(format("bad argument #1 to '%s' (timeout in seconds >= 0 expected, got %s)",
                      fname, tostring(timeout)), 3)
     end
-    return floor(timeout * 1000 + 0.5)
+    local ms = floor(timeout * 1000 + 0.5)
+    if ms > MAX_TIMEOUT_MS then
+        return MAX_TIMEOUT_MS
+    end
+    return ms
 end
+_M._timeout_ms = timeout_ms
 
 --- syntax: ok, err = pool:flush(timeout)
 -- Blocks the caller until everything accepted is written or `timeout` seconds (nil: no

@@ -11,6 +11,7 @@ local tostring = tostring
 local floor = math.floor
 local format = string.format
 local setmetatable = setmetatable
+local ngx = ngx
 
 local _M = { _VERSION = "0.1.0" }
 
@@ -162,6 +163,7 @@ function logger_mt.init(self, user_config)
         self.pool:close(1)
     end
     self.pool = pool
+    self.timeout_ms = cfg.timeout >= 1 and floor(cfg.timeout) or 1
     return true
 end
 
@@ -184,13 +186,50 @@ function logger_mt.log(self, msg)
     return bytes or 0
 end
 
---- syntax: ok, err = logger:flush(timeout)
--- Asks the writer to send now. Without a timeout it returns at once (the send happens in
--- logpool's writer thread, never in the worker); with one it waits up to `timeout` seconds.
+-- Phases where ngx.sleep may yield: flush() waits there as lua-resty-logger-socket does.
+local YIELDABLE = { rewrite = true, access = true, content = true, timer = true,
+                    ssl_cert = true, ssl_session_fetch = true, preread = true }
+local SLEEP_FIRST, SLEEP_MAX = 0.001, 0.02
+
+local function sent_bytes(pool)
+    local st = pool:stats(1)
+    return st and st.sent_bytes or 0
+end
+
+--- syntax: bytes, err = logger:flush(timeout)
+-- In a phase that can yield (content, access, rewrite, timer...): waits cooperatively
+-- (ngx.sleep in slices, other requests run meanwhile) until what was buffered is written,
+-- at most `timeout` seconds (default: the logger's `timeout` option), and returns the bytes
+-- sent meanwhile, as lua-resty-logger-socket does; nil, "timed out" otherwise.
+-- In the log phase (which cannot yield) it asks the writer to send now and returns true at
+-- once, or waits up to `timeout` seconds (blocking the worker) when one is given.
 function logger_mt.flush(self, timeout)
+    local ms = logpool._timeout_ms(timeout, "flush") -- level-2 error for a bad timeout
     local pool = self.pool
     if not pool then
         return nil, "not initialized"
+    end
+    local phase = ngx and ngx.get_phase and ngx.get_phase()
+    if phase and YIELDABLE[phase] then
+        local before = sent_bytes(pool)
+        local wait_s = (timeout == nil and self.timeout_ms or ms) / 1000
+        local deadline = ngx.now() + wait_s
+        local nap = SLEEP_FIRST
+        while true do
+            local ok, err = pool:flush(0) -- also asks the writer to send now
+            if ok then
+                return sent_bytes(pool) - before
+            end
+            if err ~= "timed out" then
+                return nil, err
+            end
+            ngx.update_time()
+            if ngx.now() >= deadline then
+                return nil, "timed out"
+            end
+            ngx.sleep(nap)
+            nap = nap * 2 < SLEEP_MAX and nap * 2 or SLEEP_MAX
+        end
     end
     local ok, err = pool:flush(timeout or 0)
     if ok or timeout == nil then
@@ -202,6 +241,7 @@ end
 --- syntax: abandoned, err = logger:close(timeout)   -- an extension: exit_worker_by_lua*
 -- Delivers for up to `timeout` seconds, then closes; log() says "not initialized" after.
 function logger_mt.close(self, timeout)
+    logpool._timeout_ms(timeout, "close") -- level-2 error for a bad timeout
     local pool = self.pool
     if not pool then
         return 0

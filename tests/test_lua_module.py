@@ -72,6 +72,9 @@ local pool = assert(lp.new({{ sinks = {{ {{ url = '{r.url}', name = 'a' }} }} }}
         "pool.log('a', 'x')": "bad argument #0 to 'log' (pool expected",
         "pool:flush('soon')": "bad argument #1 to 'flush' (timeout in seconds >= 0",
         "pool:close(-1)": "bad argument #1 to 'close' (timeout in seconds >= 0",
+        "pool:close(0/0)": "bad argument #1 to 'close' (timeout in seconds >= 0 expected, got",
+        "pool:flush(0/0)": "bad argument #1 to 'flush' (timeout in seconds >= 0 expected, got",
+        "pool:flush(-math.huge)": "bad argument #1 to 'flush' (timeout in seconds >= 0",
         "pool:stats(7)": "bad argument #1 to 'stats' (unknown sink 7)",
     }
     for call, message in cases.items():
@@ -90,6 +93,25 @@ local pool = assert(lp.new({{ sinks = {{ {{ url = '{r.url}', name = 'a' }} }} }}
     """)
     assert tuple(out) == (6, None, 6, None, True, 2, 0, None, "pool closed")
     wait_for(lambda: r.output.lines() == [b"hello", b"again"], what="two lines")
+
+
+def test_huge_and_infinite_timeouts_are_clamped_to_the_c_range(lua):
+    out = lua.execute("""
+        local t = require('resty.logpool')._timeout_ms
+        return t(math.huge, 'x'), t(1e300, 'x'), t(2147483.647, 'x'), t(0.25, 'x'), t(nil, 'x')
+    """)
+    assert tuple(out) == (2**31 - 1, 2**31 - 1, 2**31 - 1, 250, -1)
+
+
+def test_compat_refuses_nan_and_negative_timeouts_at_the_callers_line(lua, pool_url):
+    setup = f"""local compat = require 'resty.logpool.compat'
+local logger = assert(compat.new({{ path = '{pool_url[len("unix:"):]}' }}))
+"""
+    for call in ("logger:flush(0/0)", "logger:close(-1)", "compat.flush(0/0)"):
+        err = caller_error(lua, setup + call + "\n")
+        assert err is not None and err.startswith("caller:3:"), (call, err)
+        assert "timeout in seconds >= 0 expected" in err, (call, err)
+    lua.execute(setup + "logger:close(0)")
 
 
 def test_runtime_failures_return_nil_and_the_contracts_message(lua, pool_url):

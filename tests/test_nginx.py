@@ -212,7 +212,10 @@ def test_compat_runs_lua_resty_logger_socket_usage_unchanged(tmp_path, nginx, re
 def test_the_printed_nginx_snippet_works_as_pasted(tmp_path, nginx, receive_process):
     import subprocess
     import sys
-    rp = receive_process()
+    # A collector path with a quote and a backslash: the snippet must quote it as Lua.
+    odd_dir = tmp_path / 'a"b\\c'
+    odd_dir.mkdir()
+    rp = receive_process("unix:" + str(odd_dir / "s.sock"))
     snippet = subprocess.run([sys.executable, "-m", "logpool", "nginx-snippet", "--sink", rp.url],
                              capture_output=True, text=True, check=True).stdout
     http_part, server_part = snippet.split("# --- and in each server")
@@ -223,6 +226,33 @@ def test_the_printed_nginx_snippet_works_as_pasted(tmp_path, nginx, receive_proc
     rp.stop()
     lines = rp.lines()
     assert len(lines) == 301 and all(line.startswith(b"127.0.0.1 GET /") for line in lines)
+
+
+def test_compat_flush_in_a_yieldable_phase_returns_the_bytes_sent(tmp_path, nginx,
+                                                                    receive_process):
+    # lua-resty-logger-socket's t/flush.t TEST 1: log "abc" and "efg", flush() says 6.
+    rp = receive_process(args=("--framing", "raw"))
+    path = rp.url[len("unix:"):]
+    server_extra = f"""
+        location /t {{
+            content_by_lua_block {{
+                local logger = require "resty.logpool.compat"
+                if not logger.initted() then
+                    assert(logger.init{{ path = "{path}", flush_limit = 100,
+                                        periodic_flush = 600 }})
+                end
+                logger.log("abc")
+                logger.log("efg")
+                local bytes, err = logger.flush()
+                ngx.say(bytes, " ", err)
+            }}
+        }}
+    """
+    ng = nginx("", server_extra, workers=1)
+    assert ng.get("/t") == (200, b"6 nil\n")
+    assert ng.quit() == 0
+    rp.stop()
+    assert rp.lines() == [b"abcefg"]
 
 
 def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, receive_process):

@@ -1,9 +1,9 @@
--- Log 512-byte messages at full speed for SECONDS to every sink of CONFIG (JSON), timing
--- each log_cdata call. Then close with CLOSE_MS. Prints one line of figures.
--- usage: luajit flood.lua LIB HEADER CONFIG SECONDS CLOSE_MS
+-- Log SIZE-byte messages (default 512) at full speed for SECONDS to every sink of CONFIG
+-- (JSON), timing each log_cdata call. Then close with CLOSE_MS. Prints one line of figures.
+-- usage: luajit flood.lua LIB HEADER CONFIG SECONDS CLOSE_MS [SIZE]
 local ffi = require "ffi"
-local lib_path, header, config, seconds, close_ms =
-    arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5])
+local lib_path, header, config, seconds, close_ms, size =
+    arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), tonumber(arg[6] or 512)
 local f = assert(io.open(header))
 ffi.cdef(f:read("*a"):match("/%* LOGPOOL_CDEF_BEGIN %*/(.-)/%* LOGPOOL_CDEF_END %*/"))
 f:close()
@@ -27,7 +27,7 @@ local pool = lib.logpool_new(config)
 assert(pool ~= nil, ffi.string(lib.logpool_last_error()))
 local nsinks = lib.logpool_sink_count(pool)
 local rss_before, rss_max = rss_kib(), 0
-local msg = string.rep("y", 511) .. "\n"
+local msg = string.rep("y", size - 1) .. "\n"
 local accepted, refused, max_ns, calls, slow = 0, 0, 0, 0, 0
 local deadline = now_ns() + seconds * 1e9
 print("started")
@@ -35,12 +35,12 @@ io.stdout:flush()
 while true do
     for i = 1, 1000 do
         local t0 = now_ns()
-        local rc = lib.log_cdata(pool, calls % nsinks, msg, 512)
+        local rc = lib.log_cdata(pool, calls % nsinks, msg, size)
         local dt = now_ns() - t0
         if dt > max_ns then max_ns = dt end
         if dt > 20e6 then slow = slow + 1 end
         calls = calls + 1
-        if rc == 512 then accepted = accepted + 1 else refused = refused + 1 end
+        if rc == size then accepted = accepted + 1 else refused = refused + 1 end
     end
     if calls % 100000 == 0 then
         local r = rss_kib()

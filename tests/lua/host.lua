@@ -112,6 +112,22 @@ elseif mode == "fork" then
     log_range(lib, pool, n + 1, 2 * n)
     out("abandoned", lib.logpool_close(pool, 10000))
 
+elseif mode == "fork_exit" then
+    -- A child that inherits an open pool and exits normally (os.exit runs C atexit
+    -- handlers, the library's exit fallback among them) must exit at once.
+    local lib = ffi.load(lib_path)
+    local pool = new_pool(lib)
+    log_range(lib, pool, 1, n)
+    local child = ffi.C.fork()
+    if child == 0 then
+        os.exit(0)
+    end
+    local status = ffi.new("int[1]")
+    ffi.C.waitpid(child, status, 0)
+    out("child_status", status[0])
+    log_range(lib, pool, n + 1, 2 * n)
+    out("abandoned", lib.logpool_close(pool, 10000))
+
 elseif mode == "exit" then
     -- Trap 5: no Py_Finalize, no Python atexit: a host that exits without logpool_close is
     -- covered by the library's C-level exit handler.

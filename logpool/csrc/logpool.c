@@ -45,6 +45,7 @@ typedef struct chunk_s {
     struct chunk_s *next;
     size_t cap;
     size_t used;
+    size_t room_charged; /* unfilled room charged to the sink's memory when it was retired */
     uint32_t nmsgs;
     char data[];
 } chunk_t;
@@ -88,8 +89,8 @@ struct logpool__sink_s {
     uint64_t chain_oldest_ns;
     chunk_t *free_chunks;
     int free_count;
-    /* Memory the chain holds: frames and end slots of the tail chunk, the whole cap of every
-     * other chunk (what a retired chunk could not fill is memory too). Bounded by
+    /* Memory the chain holds: frames and their end slots, plus the room of every chunk
+     * retired because the next frame did not fit (memory too, never filled). Bounded by
      * max_memory, so RSS follows max_buffer_length for any message size. Under lock. */
     size_t memory;
     size_t max_memory;
@@ -232,6 +233,7 @@ static chunk_t *chunk_new(size_t cap)
     c->next = NULL;
     c->cap = cap;
     c->used = 0;
+    c->room_charged = 0;
     c->nmsgs = 0;
     return c;
 }
@@ -250,13 +252,14 @@ static void chain_free(chunk_t *c)
     }
 }
 
-/* Under sink->lock, for a chunk the writer is done with (fully charged to s->memory).
- * Standard-size chunks are recycled; oversized ones are not. */
+/* Under sink->lock, for a chunk the writer is done with: uncharge it. Standard-size chunks
+ * are recycled; oversized ones are not. */
 static void chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
 {
-    s->memory -= c->cap;
+    s->memory -= c->used + END_SLOT * c->nmsgs + c->room_charged;
     if (c->cap == s->chunk_size && s->free_count < FREE_CHUNKS_KEPT) {
         c->used = 0;
+        c->room_charged = 0;
         c->nmsgs = 0;
         c->next = s->free_chunks;
         s->free_chunks = c;
@@ -266,12 +269,15 @@ static void chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
     }
 }
 
-/* Under sink->lock: the tail leaves the producers (a new tail, or the writer took it); its
- * unfilled room is charged from now on. */
+/* Under sink->lock: a new tail replaces one the next frame did not fit; the old tail's
+ * unfilled room is charged from now on. (A tail the writer takes is not charged: it is
+ * sent and recycled before the writer takes again.) */
 static void tail_retire_locked(logpool__sink_t *s)
 {
-    if (s->tail != NULL)
-        s->memory += chunk_room(s->tail);
+    if (s->tail != NULL) {
+        s->tail->room_charged = chunk_room(s->tail);
+        s->memory += s->tail->room_charged;
+    }
 }
 
 /* Under sink->lock: a chunk with room for a frame of len bytes and its end slot. */
@@ -453,8 +459,9 @@ int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *
     chunk = chunk < MIN_CHUNK ? MIN_CHUNK : chunk > MAX_CHUNK ? MAX_CHUNK : chunk;
     s->chunk_size = (chunk + 7) & ~(size_t)7; /* end slots at the end must be aligned */
     /* Frames are bounded by max_buffer_length; their bookkeeping and unfilled chunk room by
-     * a quarter more (README "Memory"): 1-byte messages fill it first. */
-    s->max_memory = l->max_buffer_length + l->max_buffer_length / 4 + END_SLOT;
+     * a quarter more and one chunk (README "Memory"): only messages of a few bytes reach it
+     * before max_buffer_length. */
+    s->max_memory = l->max_buffer_length + l->max_buffer_length / 4 + s->chunk_size;
     return LOGPOOL_OK;
 }
 
@@ -844,7 +851,6 @@ size_t logpool__sink_take(logpool__sink_t *s)
 {
     pthread_mutex_lock(&s->lock);
     if (s->head != NULL) {
-        tail_retire_locked(s);
         if (s->pend_head == NULL) {
             s->pend_head = s->head;
             s->batch_oldest_ns = s->chain_oldest_ns;

@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from logpool import paths  # noqa: E402
-from logpool.nginx import Nginx  # noqa: E402
+from logpool.tools.nginx import Nginx  # noqa: E402
 
 BUILD = os.path.join(ROOT, "build", "bench")
 PY = sys.executable

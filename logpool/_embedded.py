@@ -6,7 +6,7 @@ import threading
 
 from logpool import config as config_mod
 from logpool.errors import ConfigError
-from logpool.writer import SinkWriter
+from logpool.engine.writer import SinkWriter
 
 # address of a logpool_t -> (PoolConfig, [SinkWriter]); read by logpool.Pool for stats extras
 POOLS = {}

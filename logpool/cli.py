@@ -89,7 +89,7 @@ def cmd_nginx_snippet(args):
 
 
 def cmd_demo(args):
-    from logpool import demo
+    from logpool.tools import demo
     return demo.run(requests=args.requests, sink=args.sink, workers=args.workers,
                     keep_running=args.keep_running)
 

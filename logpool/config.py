@@ -10,6 +10,7 @@ import re
 import socket
 from dataclasses import dataclass
 
+from logpool import transports
 from logpool.errors import ConfigError
 
 # Options valid at the top level and per sink (a sink's value wins). Units are in the name.
@@ -29,17 +30,9 @@ POOL_ONLY_OPTIONS = {
 }
 # Framing of each message on the wire, applied by log_cdata (values: the C enum).
 FRAMINGS = {"raw": 0, "newline": 1, "octet-counting": 2}
-# TLS options: valid at the top level (applied to every tls:// sink) and per tls:// sink.
-TLS_OPTIONS = {"ca_file": None, "server_name": None, "cert_file": None, "key_file": None,
-               "verify": True}
 INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
-HOST_PORT_SCHEMES = ("tcp", "tls", "udp")
-DATAGRAM_SCHEMES = ("udp", "unixgram")
-# The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); unix datagram
-# sockets get a send buffer that fits it.
-MAX_DATAGRAM = 65507
 URL_FORMS = "unix:/path, unixgram:/path, tcp://host:port, tls://host:port or udp://host:port"
 
 
@@ -49,7 +42,7 @@ class SinkConfig:
     url: str
     name: str
     scheme: str
-    address: object  # unix, unixgram: path (str); tcp, tls, udp: (host, port)
+    address: object  # "path" transports: the path (str); "host_port" ones: (host, port)
     flush_limit: int
     periodic_flush_ms: int
     max_buffer_length: int
@@ -59,29 +52,27 @@ class SinkConfig:
     retry_interval_ms: int
     max_retry_interval_ms: int
     framing: str = "raw"
-    tls: object = None  # TlsConfig for tls:// sinks
+    transport_options: object = None  # what the transport parsed of its own keys
 
     @property
-    def datagram(self):
-        return self.scheme in DATAGRAM_SCHEMES
+    def transport(self):
+        return transports.for_scheme(self.scheme)
+
+    @property
+    def address_kind(self):
+        return self.transport.ADDRESS[self.scheme]
 
     @property
     def socket_type(self):
-        return socket.SOCK_DGRAM if self.datagram else socket.SOCK_STREAM
+        return self.transport.SOCKET_TYPE
+
+    @property
+    def datagram(self):
+        return self.socket_type == socket.SOCK_DGRAM
 
     @property
     def framing_code(self):
         return FRAMINGS[self.framing]
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    ca_file: object
-    server_name: str
-    cert_file: object
-    key_file: object
-    verify: bool
-    context: object  # ssl.SSLContext, built (and so checked) when the config is parsed
 
 
 @dataclass(frozen=True)
@@ -130,7 +121,10 @@ def parse_url(where, url, allow_port_zero=False):
     if not sep:
         raise ConfigError(f"{where}: {url!r} has no scheme ({URL_FORMS})")
     scheme = scheme.lower()
-    if scheme in ("unix", "unixgram"):
+    transport = transports.for_scheme(scheme)
+    if transport is None:
+        raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
+    if transport.ADDRESS[scheme] == "path":
         path = rest[2:] if rest.startswith("//") else rest
         if not path.startswith("/"):
             raise ConfigError(f"{where}: {scheme} sink needs an absolute path, got {url!r}")
@@ -140,22 +134,20 @@ def parse_url(where, url, allow_port_zero=False):
             raise ConfigError(f"{where}: {scheme} path is {len(path.encode())} bytes, longer "
                               f"than the {UNIX_PATH_MAX} the OS allows")
         return scheme, path
-    if scheme in HOST_PORT_SCHEMES:
-        if not rest.startswith("//"):
-            raise ConfigError(f"{where}: expected {scheme}://host:port, got {url!r}")
-        hostport = rest[2:]
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.%a-zA-Z]+)\]:(\d+)|([^:/\[\]\s]+):(\d+)", hostport)
-        if m is None:
-            raise ConfigError(f"{where}: expected {scheme}://host:port or "
-                              f"{scheme}://[v6addr]:port, got {url!r}")
-        host = m.group(1) or m.group(3)
-        port = int(m.group(2) or m.group(4))
-        if m.group(3) is not None:
-            _check_host_name(where, host, url)
-        if not (0 if allow_port_zero else 1) <= port <= 65535:
-            raise ConfigError(f"{where}: port {port} out of range 1-65535")
-        return scheme, (host, port)
-    raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
+    if not rest.startswith("//"):
+        raise ConfigError(f"{where}: expected {scheme}://host:port, got {url!r}")
+    hostport = rest[2:]
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.%a-zA-Z]+)\]:(\d+)|([^:/\[\]\s]+):(\d+)", hostport)
+    if m is None:
+        raise ConfigError(f"{where}: expected {scheme}://host:port or "
+                          f"{scheme}://[v6addr]:port, got {url!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if m.group(3) is not None:
+        _check_host_name(where, host, url)
+    if not (0 if allow_port_zero else 1) <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} out of range 1-65535")
+    return scheme, (host, port)
 
 
 def _check_host_name(where, host, url):
@@ -183,39 +175,6 @@ def _framing(where, value):
     return value
 
 
-def _tls_option(where, key, value):
-    if key == "verify":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
-    elif not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-    return value
-
-
-def tls_context(where, ca_file=None, cert_file=None, key_file=None, verify=True):
-    """A client SSLContext: the system CA bundle (or ca_file), hostname checking, TLS >= 1.2,
-    optional client certificate. Files are read now so that a bad path is a config error."""
-    import ssl
-    if key_file and not cert_file:
-        raise ConfigError(f"{where}.key_file: needs cert_file too")
-    if ca_file and not verify:
-        raise ConfigError(f"{where}.ca_file: given with verify = false, which ignores it")
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{where}.ca_file: cannot load {ca_file}: {exc}") from None
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if cert_file:
-        try:
-            ctx.load_cert_chain(cert_file, key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"{where}.cert_file: cannot load {cert_file}"
-                              f"{' with ' + key_file if key_file else ''}: {exc}") from None
-    return ctx
-
-
 def _check_keys(where, obj, allowed):
     for key in obj:
         if key not in allowed:
@@ -234,8 +193,9 @@ def parse(config):
             raise ConfigError(f"config is not valid JSON: {exc}") from None
     if not isinstance(config, dict):
         raise ConfigError(f"config must be a JSON object, got {type(config).__name__}")
+    transport_keys = transports.all_options()
     _check_keys("", config, {"sinks", "framing"} | set(SINK_OPTIONS) | set(POOL_ONLY_OPTIONS)
-                | set(TLS_OPTIONS))
+                | set(transport_keys))
     sinks = config.get("sinks")
     if not isinstance(sinks, list) or not sinks:
         raise ConfigError("sinks: must be a non-empty list of {\"url\": ...} objects")
@@ -246,8 +206,7 @@ def parse(config):
     for key, default in SINK_OPTIONS.items():
         defaults[key] = _positive_int(key, config[key], INT32_MAX) if key in config else default
     default_framing = _framing("framing", config["framing"]) if "framing" in config else None
-    tls_defaults = {key: _tls_option(key, key, config[key])
-                    for key in TLS_OPTIONS if key in config}
+    transport_defaults = {key: config[key] for key in transport_keys if key in config}
     exit_ms = config.get("exit_flush_timeout_ms", POOL_ONLY_OPTIONS["exit_flush_timeout_ms"])
     if isinstance(exit_ms, bool) or not isinstance(exit_ms, int) or not 0 <= exit_ms <= INT32_MAX:
         raise ConfigError(f"exit_flush_timeout_ms: must be an integer >= 0, got {exit_ms!r}")
@@ -270,7 +229,7 @@ def parse(config):
         if not isinstance(sink, dict):
             raise ConfigError(f"{where}: must be an object with a url, got {sink!r}")
         _check_keys(where, sink, {"url", "name", "framing"} | set(SINK_OPTIONS)
-                    | set(TLS_OPTIONS))
+                    | set(transport_keys))
         if "url" not in sink:
             raise ConfigError(f"{where}.url: missing")
         scheme, address = parse_url(f"{where}.url", sink["url"])
@@ -288,8 +247,8 @@ def parse(config):
                 opts[key] = _positive_int(f"{where}.{key}", sink[key], INT32_MAX)
         framing = _framing(f"{where}.framing", sink["framing"]) if "framing" in sink else (
             default_framing or "raw")
-        if scheme in DATAGRAM_SCHEMES:
-            _check_datagram(where, sink, opts, framing)
+        transport = transports.for_scheme(scheme)
+        transport.check_sink(where, sink, opts, framing)
         # Defaults shrink to a small buffer; only values the user gave can contradict it.
         for key in ("max_message_size", "flush_limit"):
             if key not in sink and key not in config:
@@ -305,37 +264,30 @@ def parse(config):
             raise ConfigError(f"{where}.retry_interval_ms: {opts['retry_interval_ms']} is "
                               f"larger than max_retry_interval_ms "
                               f"{opts['max_retry_interval_ms']}")
-        tls = _sink_tls(where, sink, scheme, address, tls_defaults)
+        transport_options = _transport_options(where, sink, scheme, address, transport,
+                                               transport_defaults)
         parsed.append(SinkConfig(index=i, url=sink["url"], name=name, scheme=scheme,
-                                 address=address, framing=framing, tls=tls, **opts))
+                                 address=address, framing=framing,
+                                 transport_options=transport_options, **opts))
     return PoolConfig(sinks=tuple(parsed), exit_flush_timeout_ms=exit_ms)
 
 
-def _check_datagram(where, sink, opts, framing):
-    """One message per datagram: octet counting is meaningless and size has a hard limit."""
-    if framing == "octet-counting":
-        inherited = "" if "framing" in sink else " (the pool-wide framing)"
-        raise ConfigError(f"{where}.framing: octet-counting{inherited} frames a stream "
-                          f"(RFC 6587); a datagram already holds exactly one message: set "
-                          f"this sink's framing to raw or newline")
-    if "max_message_size" not in sink:  # the default, or the pool-wide value: capped
-        opts["max_message_size"] = min(opts["max_message_size"], MAX_DATAGRAM)
-    elif opts["max_message_size"] > MAX_DATAGRAM:
-        raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is larger "
-                          f"than a datagram can carry ({MAX_DATAGRAM} bytes)")
-
-
-def _sink_tls(where, sink, scheme, address, tls_defaults):
-    given = {key: _tls_option(f"{where}.{key}", key, sink[key])
-             for key in TLS_OPTIONS if key in sink}
-    if scheme != "tls":
-        if given:
-            raise ConfigError(f"{where}.{next(iter(given))}: only tls:// sinks take TLS "
-                              f"options (this sink is {scheme})")
+def _transport_options(where, sink, scheme, address, transport, defaults):
+    """The transport's own keys: the pool-wide ones apply to the sinks whose transport takes
+    them; a sink naming a key its transport does not take is an error."""
+    own = transport.OPTIONS
+    for key in transports.all_options():
+        if key in sink and key not in own:
+            takers = " and ".join(f"{cls.SCHEMES[0]}://" for cls in transports.TRANSPORTS
+                                  if key in cls.OPTIONS)
+            raise ConfigError(f"{where}.{key}: only {takers} sinks take this option (this sink "
+                              f"is {scheme})")
+    if not own:
         return None
-    opts = {**TLS_OPTIONS, **tls_defaults, **given}
-    ctx = tls_context(where, opts["ca_file"], opts["cert_file"], opts["key_file"],
-                      opts["verify"])
-    return TlsConfig(ca_file=opts["ca_file"], server_name=opts["server_name"] or address[0],
-                     cert_file=opts["cert_file"], key_file=opts["key_file"],
-                     verify=opts["verify"], context=ctx)
+    merged = {}
+    for key in own:
+        if key in sink:
+            merged[key] = transport.check_option(f"{where}.{key}", key, sink[key])
+        elif key in defaults:
+            merged[key] = transport.check_option(key, key, defaults[key])
+    return transport.parse_options(where, scheme, address, merged)

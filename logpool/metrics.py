@@ -3,18 +3,12 @@ the writers' histograms, through a prometheus_client custom collector.
 
 Labels: `sink` carries the sink's name (its URL when unnamed). Units are in the names.
 """
-import bisect
-import threading
-
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
                                     GaugeMetricFamily, HistogramMetricFamily)
 from prometheus_client.exposition import generate_latest
 
-from logpool.pool import STATS_FIELDS
-
-SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0)
-BYTES_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
+from logpool import stats as stats_mod
+from logpool.engine.histograms import WriterHistograms
 
 COUNTERS = (
     # (metric, stats field, help)
@@ -44,48 +38,6 @@ DROPS = (("full", "dropped_full"), ("too_big", "dropped_too_big"),
          ("closed", "dropped_closed"), ("unsendable", "dropped_unsendable"))
 
 
-class Histogram:
-    """Fixed buckets, written by one writer thread, read by scrapes (under a small lock)."""
-
-    def __init__(self, buckets):
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.sum = 0.0
-        self.lock = threading.Lock()
-
-    def observe(self, value):
-        i = bisect.bisect_left(self.buckets, value)
-        with self.lock:
-            self.counts[i] += 1
-            self.sum += value
-
-    def snapshot(self):
-        """[(le, cumulative count)], sum — prometheus_client's HistogramMetricFamily shape."""
-        with self.lock:
-            counts, total = list(self.counts), self.sum
-        out, running = [], 0
-        for le, c in zip(list(map(str, self.buckets)) + ["+Inf"], counts):
-            running += c
-            out.append((le, running))
-        return out, total
-
-
-class WriterHistograms:
-    def __init__(self):
-        self.buffer_await_seconds = Histogram(SECONDS_BUCKETS)
-        self.message_processing_seconds = Histogram(SECONDS_BUCKETS)
-        self.batch_bytes = Histogram(BYTES_BUCKETS)
-        self.connect_duration_seconds = Histogram(SECONDS_BUCKETS)
-
-    HELP = {
-        "buffer_await_seconds": "How long the writer waited for a batch.",
-        "message_processing_seconds":
-            "From the oldest byte of a batch accepted to the batch completely written.",
-        "batch_bytes": "Bytes per batch taken by the writer.",
-        "connect_duration_seconds": "Duration of connect attempts, failed ones included.",
-    }
-
-
 class PoolCollector:
     """prometheus_client collector for one pool of this interpreter."""
 
@@ -97,7 +49,7 @@ class PoolCollector:
         buf = self.ffi.new("logpool_stats_t *")
         for sink in self.cfg.sinks:
             self.lib.logpool_stats(self.pool, sink.index, buf)
-            stats.append((sink.name, {f: getattr(buf, f) for f in STATS_FIELDS}))
+            stats.append((sink.name, stats_mod.as_dict(self.ffi, buf)))
         for metric, field, help_text in COUNTERS:
             fam = CounterMetricFamily(f"logpool_{metric}", help_text, labels=["sink"])
             for name, s in stats:

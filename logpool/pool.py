@@ -3,15 +3,7 @@ import json
 import math
 import time
 
-from logpool import _binding, config as config_mod, errors
-
-STATS_FIELDS = (
-    "accepted_messages", "accepted_bytes", "sent_messages", "sent_bytes", "dropped_full",
-    "dropped_too_big", "dropped_closed", "abandoned_messages", "connects", "connect_failures",
-    "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
-    "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
-    "dropped_unsendable",
-)
+from logpool import _binding, config as config_mod, errors, stats as stats_mod
 # A pool dropped without close() still gets this long to deliver what it accepted.
 GC_CLOSE_TIMEOUT_MS = 1000
 # What a `with` block gives close() by default (Pool(..., close_timeout=...) overrides it):
@@ -123,7 +115,7 @@ class Pool:
             return [self.stats(i) for i in range(len(self.config.sinks))]
         index = self.config.sink_index(sink)
         _binding.check(self._lib.logpool_stats(self._ptr, index, self._stats), "stats")
-        out = {f: getattr(self._stats, f) for f in STATS_FIELDS}
+        out = stats_mod.as_dict(_binding.ffi, self._stats)
         out["name"] = self.config.sinks[index].name
         out["url"] = self.config.sinks[index].url
         from logpool import _embedded

@@ -73,10 +73,12 @@ def _claim_unix_path(path, kind):
 def listen_socket(listen, mode=DEFAULT_SOCKET_MODE):
     """A bound socket for unix:, unixgram:/path or tcp://, tls://, udp://host:port (port 0
     picks a free one); stream sockets are listening. A unix socket gets `mode`."""
-    from logpool.config import parse_url, DATAGRAM_SCHEMES
+    from logpool import transports
+    from logpool.config import parse_url
     scheme, address = parse_url("--listen", listen, allow_port_zero=True)
-    kind = socket.SOCK_DGRAM if scheme in DATAGRAM_SCHEMES else socket.SOCK_STREAM
-    if scheme in ("unix", "unixgram"):
+    transport = transports.for_scheme(scheme)
+    kind = transport.SOCKET_TYPE
+    if transport.ADDRESS[scheme] == "path":
         _claim_unix_path(address, kind)
         sock = socket.socket(socket.AF_UNIX, kind)
         try:

@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
 
 
-from logpool.nginx import wait_for as _wait_for  # noqa: E402
+from logpool.tools.nginx import wait_for as _wait_for  # noqa: E402
 
 
 def wait_for(predicate, timeout=30.0, interval=0.005, what="condition"):

@@ -12,7 +12,7 @@ import pytest
 import logpool
 from conftest import ReceiveProcess, luajit_binary, message, parse_line, sock_path, wait_for
 from logpool import paths
-from logpool.nginx import wait_until
+from logpool.tools.nginx import wait_until
 from logpool.receiver import READ_SIZE
 
 FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "flood.lua")

@@ -10,7 +10,7 @@ import pytest
 
 import logpool
 from conftest import sock_path, wait_for
-from logpool.config import MAX_DATAGRAM
+from logpool.transports.datagram import MAX_DATAGRAM
 from logpool.receiver import grow_receive_buffer
 
 # Per datagram, the kernel charges the receive buffer far more than the payload.
@@ -159,7 +159,7 @@ def test_a_datagram_the_socket_cannot_take_is_dropped_counted_and_logged(tmp_pat
     pool.flush(timeout=30)
     assert sock.recv(100) == b"first"
     writer = _embedded.describe(pool._address)[1][0]
-    writer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # kernel: 8 KiB
+    writer.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # kernel: 8 KiB
     pool.log(0, b"x" * 20_000)
     pool.log(0, b"after")
     pool.flush(timeout=30)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import octet_frames, sock_path, wait_for
-from logpool.nginx import Nginx, wait_until, wrk
+from logpool.tools.nginx import Nginx, wait_until, wrk
 
 
 def logpool_conf(url, extra=""):

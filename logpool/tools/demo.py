@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from logpool.nginx import Nginx, NginxMissing, wait_for
+from logpool.tools.nginx import Nginx, NginxMissing, wait_for
 from logpool.receiver import Receiver
 
 # Each worker times its pool:log calls with a vDSO clock and reports them, with its

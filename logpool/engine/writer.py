@@ -1,0 +1,275 @@
+"""A sink's writer thread: waits in C (GIL released) for a batch, hands it to the sink's
+transport, reconnects with jittered backoff and resends from the first message that was not
+completely written. It knows no socket: the transport (logpool/transports) does the I/O.
+
+Three separate pieces, as in CPython's logging.handlers.SocketHandler and redis-py: the
+transport makes connections, Backoff is the retry policy, SinkWriter is the loop. "Not
+connected" has one state: ``self.connected`` is False and the transport holds no socket.
+"""
+import errno
+import select
+import threading
+import time
+import traceback
+
+from logpool.engine.backoff import Backoff
+from logpool.engine.faults import FaultInjector, InjectedCrash
+from logpool.engine.report import REPORT_INTERVAL_S, ErrorReporter, describe
+from logpool.engine.histograms import WriterHistograms
+from logpool.transports import for_scheme
+from logpool.transports.base import SLICE_S, Chain, HandshakeError, Stopped, Unsendable
+
+
+class SinkWriter(threading.Thread):
+    def __init__(self, ffi, lib, csink, sink):
+        super().__init__(name=f"logpool-writer-{sink.index}", daemon=True)
+        self.ffi = ffi
+        self.lib = lib
+        self.c = csink
+        self.sink = sink
+        self.connected = False
+        self.failures = 0
+        self.ever_connected = False
+        self.next_attempt = 0.0
+        self.backoff = Backoff(sink.retry_interval_ms / 1000, sink.max_retry_interval_ms / 1000)
+        self.reporter = ErrorReporter(f"{sink.index} ({sink.name})")
+        self.poller = None
+        self.faults = FaultInjector.from_environment(f"{sink.index}-{sink.url}")
+        self.chain = Chain(ffi, lib, csink)
+        self.transport = for_scheme(sink.scheme)(sink, self.chain, self.faults)
+        self.histograms = WriterHistograms()
+
+    def _count(self, counter, n=1):
+        self.lib.logpool__sink_count(self.c, counter, n)
+
+    # -- lifecycle --
+
+    def run(self):
+        try:
+            announcement = self.transport.announce()
+            if announcement:
+                self.reporter.emit(announcement)
+            self._supervise()
+        finally:
+            self._disconnect()
+            self._report_drops(final=True)
+            # Last touch of C memory: once this returns, logpool_free may release the pool.
+            self.lib.logpool__sink_writer_exit(self.c)
+
+    def _supervise(self):
+        """Run the loop until stop. Whatever escapes it (a bug in the loop's own error
+        handling, a BaseException) is counted in writer_errors, logged, and the loop starts
+        again after backoff with the buffered messages intact: a writer never dies while its
+        pool is open, so nothing accepted is left without a writer."""
+        crashes = 0
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as exc:  # noqa: B036 — see the docstring
+                crashes += 1
+                try:
+                    self._count(self.lib.LOGPOOL__WRITER_ERRORS)
+                    self._disconnect()
+                    self.lib.logpool__sink_rewind(self.c)
+                    delay = self.backoff.compute(crashes)
+                    self.reporter.report("writer restarted", f"{type(exc).__name__}: {exc} "
+                                         f"escaped the writer loop; restarting it in "
+                                         f"{delay * 1000:.0f} ms (crash {crashes}); buffered "
+                                         f"messages are kept")
+                    if self._wait_for_stop(delay):
+                        return
+                except BaseException:  # noqa: B036 — the supervisor itself must not die
+                    pass
+
+    _drops_reported = (0, 0, 0, 0, 0)
+    _drops_reported_at = -REPORT_INTERVAL_S
+
+    def _report_drops(self, final=False):
+        """Drops happen in C, where nothing may be printed: the writer summarises them, at
+        most once per REPORT_INTERVAL_S, and abandonment when it leaves."""
+        now = time.monotonic()
+        if not final and now - self._drops_reported_at < REPORT_INTERVAL_S:
+            return
+        st = self.ffi.new("logpool_stats_t *")
+        self.lib.logpool__sink_stats(self.c, st)
+        # At exit, what is still unsent is about to be abandoned by writer_exit.
+        abandoned = st.abandoned_messages + (
+            st.accepted_messages - st.sent_messages - st.dropped_unsendable
+            - st.abandoned_messages if final else 0)
+        current = (st.dropped_full, st.dropped_too_big, st.dropped_closed, abandoned,
+                   st.dropped_unsendable)
+        delta = [a - b for a, b in zip(current, self._drops_reported)]
+        if not any(delta):
+            return
+        self._drops_reported, self._drops_reported_at = current, now
+        parts = []
+        if delta[0]:
+            parts.append(f"{delta[0]} refused: buffer full at max_buffer_length "
+                         f"{self.sink.max_buffer_length} bytes (the sink is not keeping up)")
+        if delta[1]:
+            parts.append(f"{delta[1]} refused: larger than max_message_size "
+                         f"{self.sink.max_message_size}")
+        if delta[2]:
+            parts.append(f"{delta[2]} refused: pool closed")
+        if delta[3]:
+            parts.append(f"{delta[3]} accepted messages abandoned at close")
+        if delta[4]:
+            parts.append(f"{delta[4]} accepted, then refused by the socket for good")
+        self.reporter.emit(f"messages lost: {'; '.join(parts)}; counted in "
+                           f"logpool_dropped_messages_total and "
+                           f"logpool_abandoned_messages_total")
+
+    def _should_stop(self):
+        lib = self.lib
+        return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP, 0) == lib.LOGPOOL__WAIT_STOP
+
+    def _wait_for_stop(self, seconds):
+        """Sleep up to `seconds` unless the pool stops first (True then)."""
+        lib = self.lib
+        return (lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP,
+                                       max(1, int(seconds * 1000))) == lib.LOGPOOL__WAIT_STOP)
+
+    def _loop(self):
+        lib = self.lib
+        while True:
+            try:
+                if not self.connected:
+                    if not self._connect_when_due():
+                        return
+                    continue
+                if self.chain.pending() == 0:
+                    waited = time.monotonic()
+                    r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH, -1)
+                    if r == lib.LOGPOOL__WAIT_STOP:
+                        return
+                    if r != lib.LOGPOOL__WAIT_READY:
+                        continue
+                    self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
+                    self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
+                    if self.transport.peer_closed():
+                        self._broken("write", "the peer closed the connection")
+                        continue
+                if self.faults is not None and self.faults.hit("writer_crash"):
+                    raise InjectedCrash("injected: the writer loop crashed")
+                self._send_pending()
+            except Stopped:
+                return
+            except OSError as exc:
+                self._broken("write", describe(exc))
+            except Exception as exc:  # noqa: BLE001 — a writer never dies silently (trap 8)
+                self._count(lib.LOGPOOL__WRITER_ERRORS)
+                self.reporter.report("internal error", "".join(
+                    traceback.format_exception_only(type(exc), exc)).strip() + "\n" +
+                    "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                self._broken(None, None)
+
+    # -- connecting --
+
+    def _connect_when_due(self):
+        """False when stop was requested."""
+        self._report_drops()
+        now = time.monotonic()
+        if now < self.next_attempt:
+            return not self._wait_for_stop(self.next_attempt - now)
+        started = time.monotonic()
+        lib = self.lib
+        try:
+            if self.faults is not None:
+                if self.faults.hit("connect_fail"):
+                    raise ConnectionRefusedError(errno.ECONNREFUSED, "injected: refused")
+                if self.faults.hit("connect_timeout"):
+                    raise TimeoutError(errno.ETIMEDOUT, "injected: connect timed out")
+            self.transport.connect(self._should_stop)
+        except Stopped:
+            self.transport.close()
+            return False
+        except OSError as exc:
+            self.transport.close()
+            self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
+            self.failures += 1
+            self._count(lib.LOGPOOL__CONNECT_FAILURES)
+            if isinstance(exc, HandshakeError):
+                self._count(lib.LOGPOOL__TLS_HANDSHAKE_FAILURES)
+            delay = self.backoff.compute(self.failures)
+            self.next_attempt = time.monotonic() + delay
+            self.reporter.report("connect failed", f"{self.sink.url}: {describe(exc)}; "
+                                 f"retrying in {delay * 1000:.0f} ms")
+            return True
+        self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
+        if getattr(self.transport, "resumed", False):
+            self._count(lib.LOGPOOL__TLS_RESUMED)
+        self.connected = True
+        self.poller = select.poll()
+        self.poller.register(self.transport.fileno(), select.POLLOUT)
+        self._count(lib.LOGPOOL__CONNECTS)
+        if self.ever_connected:
+            self._count(lib.LOGPOOL__RECONNECTS)
+        self.ever_connected = True
+        lib.logpool__sink_set_connected(self.c, 1)
+        return True
+
+    def _disconnect(self):
+        if self.connected:
+            self.transport.close()
+            self.connected = False
+            self.poller = None
+            self.lib.logpool__sink_set_connected(self.c, 0)
+
+    def _broken(self, kind, text):
+        """The connection is unusable: close it, rewind to the first message not completely
+        written, and schedule a reconnect with backoff."""
+        if kind is not None:
+            self._count(self.lib.LOGPOOL__WRITE_ERRORS)
+        self._disconnect()
+        self.lib.logpool__sink_rewind(self.c)
+        self.failures += 1
+        delay = self.backoff.compute(self.failures)
+        self.next_attempt = time.monotonic() + delay
+        if kind is not None:
+            self.reporter.report(f"{kind} failed", f"{self.sink.url}: {text}; reconnecting in "
+                                 f"{delay * 1000:.0f} ms and resending from the first "
+                                 f"message not completely written")
+
+    # -- sending --
+
+    def _send_pending(self):
+        oldest_ns = self.lib.logpool__sink_batch_oldest_ns(self.c)
+        stalled_since = None
+        while self.chain.pending() > 0:
+            completed = self.chain.completed
+            try:
+                progress = self.transport.write()
+            except Unsendable as exc:
+                size = self.chain.drop_first()
+                self._count(self.lib.LOGPOOL__WRITE_ERRORS)
+                self.reporter.report("send failed", f"{self.sink.url}: a {size}-byte "
+                                     f"{self.transport.UNIT} "
+                                     f"is too large for the socket ({exc.strerror}); it was "
+                                     f"dropped (dropped_unsendable)")
+                continue
+            if progress > 0:
+                if self.chain.completed > completed:  # a whole message got through
+                    self.failures = 0
+                stalled_since = None
+                continue
+            stalled_since = self._wait_for_room(stalled_since)
+        self.histograms.message_processing_seconds.observe(
+            (self.lib.logpool__now_ns() - oldest_ns) / 1e9)
+
+    def _wait_for_room(self, stalled_since):
+        """The peer is not reading: wait for room in slices, watching the stop flag and
+        send_timeout_ms. Returns when the stall began."""
+        now = time.monotonic()
+        if stalled_since is None:
+            stalled_since = now
+        elif now - stalled_since >= self.sink.send_timeout_ms / 1000:
+            raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
+                               f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
+        self._report_drops()
+        events = self.poller.poll(SLICE_S * 1000)
+        if events and events[0][1] & (select.POLLERR | select.POLLHUP):
+            raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
+        if self._should_stop():
+            raise Stopped()
+        return stalled_since

@@ -1,0 +1,213 @@
+"""What every transport shares: the interface the delivery engine calls, the view of a sink's
+C chain a transport sends from, name resolution and socket connects that watch the stop
+flag and the connect deadline.
+
+A transport is one connection to one collector. The engine (logpool/engine/writer.py)
+decides when to connect, what is due, how long to back off and what to resend; the
+transport connects, writes frames from the chain, says what was written, and closes.
+"""
+import errno
+import os
+import select
+import socket
+import threading
+import time
+
+# How often a blocked connect/send looks at the stop flag: logpool_close waits for the
+# writer to notice, so this bounds how long a close can take after its own timeout.
+SLICE_S = 0.05
+IOV_BATCH = 64  # chunks per sendmsg (IOV_MAX is 1024), datagrams per sendmmsg
+
+
+class Stopped(Exception):
+    """logpool_close gave up waiting: leave now."""
+
+
+class HandshakeError(OSError):
+    """The collector refused the session (a TLS handshake failed): counted apart, and not
+    retried on the name's other addresses, which would present the same certificate."""
+
+
+class Unsendable(OSError):
+    """The first pending message can never be sent on this transport (a datagram larger
+    than the socket takes): the engine drops it, counted, so it cannot wedge the sink."""
+
+
+class Chain:
+    """A sink's pending frames in C, as the writer thread sees them (only it may call
+    these): zero-copy views, consume what was written, rewind to the first incomplete
+    message."""
+
+    def __init__(self, ffi, lib, csink):
+        self.ffi, self.lib, self.c = ffi, lib, csink
+        self.iov = ffi.new("logpool__iov_t[]", IOV_BATCH)
+        self.completed = 0  # messages completely written through this view, ever
+
+    def pending(self):
+        return self.lib.logpool__sink_pending(self.c)
+
+    def views(self, max_chunks=IOV_BATCH):
+        """The pending bytes as buffers over the C chunks (no copy), in order."""
+        n = self.lib.logpool__sink_iov(self.c, self.iov, max_chunks)
+        return [self.ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
+
+    def consume(self, nbytes):
+        """nbytes more were written: counts the write and the messages it completed."""
+        self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, 1)
+        done = self.lib.logpool__sink_consume(self.c, nbytes)
+        self.completed += done
+        return done
+
+    def send_datagrams(self, fd):
+        """Pending messages, one datagram each, by sendmmsg in C (consumed and counted
+        there). Returns how many were sent, or -errno."""
+        sent = self.lib.logpool__sink_send_datagrams(self.c, fd, IOV_BATCH)
+        if sent > 0:
+            self.completed += sent
+        return sent
+
+    def drop_first(self):
+        """Drop the first pending message (counted in dropped_unsendable); its size."""
+        return self.lib.logpool__sink_drop_message(self.c)
+
+
+class Transport:
+    """The interface. Class attributes declare what config accepts for the schemes a
+    transport serves; instances live as long as their writer (state such as a TLS session
+    survives reconnects)."""
+
+    SCHEMES = ()
+    ADDRESS = {}  # scheme -> "path" (unix:/path) or "host_port" (scheme://host:port)
+    SOCKET_TYPE = socket.SOCK_STREAM
+    OPTIONS = {}  # key -> default: valid at the top level and per sink of these schemes
+    UNIT = "message"  # what one message travels as, in error reports
+
+    @classmethod
+    def check_option(cls, where, key, value):
+        """One of OPTIONS, checked (raise ConfigError); returns the value to use."""
+        return value
+
+    @classmethod
+    def check_sink(cls, where, sink, opts, framing):
+        """Config-time checks of one sink's options (raise ConfigError)."""
+
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        """The transport's own options, merged (top level, then sink), as the object the
+        transport gets back as sink.transport_options."""
+        return None
+
+    def __init__(self, sink, chain, faults=None):
+        self.sink = sink
+        self.chain = chain
+        self.faults = faults
+        self.sock = None
+
+    def announce(self):
+        """A line for the error log when the writer starts, or None."""
+        return None
+
+    def connect(self, should_stop):
+        """Open a connection within connect_timeout_ms. Raises OSError (HandshakeError when
+        the collector refused the session) or Stopped."""
+        raise NotImplementedError
+
+    def write(self):
+        """Write some pending frames. Returns the progress made (> 0), or 0 when the
+        connection takes nothing now (then the engine waits on fileno()). Raises OSError
+        when the connection broke, Unsendable for a message it can never send."""
+        raise NotImplementedError
+
+    def peer_closed(self):
+        """Before a new batch: did the collector go away while we were idle?"""
+        return False
+
+    def close(self):
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+    def fileno(self):
+        return self.sock.fileno()
+
+
+def wait_io(sock, events, deadline, should_stop, what):
+    """Poll in slices until sock is ready, stop is requested or the deadline passes."""
+    poller = select.poll()
+    poller.register(sock, events)
+    while not poller.poll(SLICE_S * 1000):
+        if should_stop():
+            raise Stopped()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
+
+
+def resolve(sink, deadline, should_stop, faults=None):
+    """[(family, sockaddr)] of the sink, resolved within the connect deadline. getaddrinfo
+    cannot be interrupted: it runs in a helper thread that is left behind (it ends on its
+    own) when the deadline passes or the pool closes."""
+    if sink.address_kind == "path":
+        return [(socket.AF_UNIX, sink.address)]
+    host, port = sink.address
+    delay = faults.resolve_delay_s if faults is not None and faults.hit("resolve_delay") else 0
+    done = threading.Event()
+    answer = {}
+
+    def lookup():
+        try:
+            if delay:
+                time.sleep(delay)  # the injected slow resolver
+            answer["infos"] = socket.getaddrinfo(host, port, type=sink.socket_type)
+        except UnicodeError as exc:  # a name IDNA cannot encode
+            answer["error"] = OSError(errno.EINVAL, f"bad host name {host!r}: {exc}")
+        except OSError as exc:
+            answer["error"] = OSError(exc.errno or errno.EHOSTUNREACH,
+                                      f"cannot resolve {host!r}: {exc.strerror or exc}")
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name="logpool-resolve", daemon=True).start()
+    while not done.wait(SLICE_S):
+        if should_stop():
+            raise Stopped()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, f"resolving {host!r} timed out "
+                               f"(connect_timeout_ms {sink.connect_timeout_ms})")
+    if "error" in answer:
+        raise answer["error"]
+    if not answer["infos"]:
+        raise OSError(errno.EHOSTUNREACH, f"{host} resolves to no address")
+    return [(family, sockaddr) for family, _, _, _, sockaddr in answer["infos"]]
+
+
+def connect_socket(sink, should_stop, deadline, faults=None, prepare=None, established=None):
+    """A connected non-blocking socket to the first of the sink's addresses that answers.
+    prepare(sock, family) runs before connect; established(sock, family) after it and may
+    return another object (a TLS socket); a HandshakeError it raises ends the search."""
+    last_error = None
+    for family, address in resolve(sink, deadline, should_stop, faults):
+        sock = socket.socket(family, sink.socket_type)
+        try:
+            sock.setblocking(False)
+            if prepare is not None:
+                prepare(sock, family)
+            rc = sock.connect_ex(address)
+            if rc in (errno.EINPROGRESS, errno.EALREADY):
+                wait_io(sock, select.POLLOUT, deadline, should_stop,
+                        f"connect (connect_timeout_ms {sink.connect_timeout_ms})")
+                rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if rc != 0:
+                raise OSError(rc, os.strerror(rc))
+            return established(sock, family) if established is not None else sock
+        except HandshakeError:
+            raise  # the next address would present the same certificate
+        except Stopped:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+    raise last_error

@@ -1,0 +1,199 @@
+"""tls://host:port: TCP with TLS >= 1.2 (the standard library's ssl): verification on by
+default, SNI, client certificates, session resumption across reconnects, close_notify."""
+import errno
+import select
+import time
+from dataclasses import dataclass
+
+from logpool.errors import ConfigError
+from logpool.transports.base import HandshakeError, wait_io
+from logpool.transports.stream import StreamTransport
+
+# In TLS 1.3 the server checks a client certificate after the client's handshake is done,
+# and sends session tickets then: wait this long for that first record, so that a refusal is
+# a handshake failure (not a batch written into a dead connection) and the ticket is kept.
+TLS13_FIRST_RECORD_S = 0.25
+OPTIONS = {"ca_file": None, "server_name": None, "cert_file": None, "key_file": None,
+           "verify": True}
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: object
+    server_name: str
+    cert_file: object
+    key_file: object
+    verify: bool
+    context: object  # ssl.SSLContext, built (and so checked) when the config is parsed
+
+
+def _check_tls_option(where, key, value):
+    if key == "verify":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: must be true or false, got {value!r}")
+    elif not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def client_context(where, ca_file=None, cert_file=None, key_file=None, verify=True):
+    """A client SSLContext: the system CA bundle (or ca_file), hostname checking, TLS >= 1.2,
+    optional client certificate. Files are read now so that a bad path is a config error."""
+    import ssl
+    if key_file and not cert_file:
+        raise ConfigError(f"{where}.key_file: needs cert_file too")
+    if ca_file and not verify:
+        raise ConfigError(f"{where}.ca_file: given with verify = false, which ignores it")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{where}.ca_file: cannot load {ca_file}: {exc}") from None
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert_file:
+        try:
+            ctx.load_cert_chain(cert_file, key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"{where}.cert_file: cannot load {cert_file}"
+                              f"{' with ' + key_file if key_file else ''}: {exc}") from None
+    return ctx
+
+
+def tls_config(where, address, options):
+    opts = {**OPTIONS, **options}
+    ctx = client_context(where, opts["ca_file"], opts["cert_file"], opts["key_file"],
+                         opts["verify"])
+    return TlsConfig(ca_file=opts["ca_file"], server_name=opts["server_name"] or address[0],
+                     cert_file=opts["cert_file"], key_file=opts["key_file"],
+                     verify=opts["verify"], context=ctx)
+
+
+class TlsTransport(StreamTransport):
+    SCHEMES = ("tls",)
+    ADDRESS = {"tls": "host_port"}
+    OPTIONS = OPTIONS
+
+    @classmethod
+    def check_option(cls, where, key, value):
+        return _check_tls_option(where, key, value)
+
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        return tls_config(where, address, options)
+
+    def __init__(self, sink, chain, faults=None):
+        super().__init__(sink, chain, faults)
+        self.tls = sink.transport_options
+        self.session = None  # reused on reconnect (TLS session resumption)
+        self.resumed = False  # the last handshake resumed a session
+
+    def announce(self):
+        if not self.tls.verify:
+            return (f"{self.sink.url}: TLS certificate verification is off (verify = false): "
+                    f"the collector's identity is not checked")
+        return None
+
+    def connect(self, should_stop):
+        super().connect(should_stop)
+        self.resumed = self.sock.session_reused
+        self.session = self.sock.session
+
+    def _established(self, sock, family, should_stop, deadline):
+        sock = super()._established(sock, family, should_stop, deadline)
+        return handshake(sock, self.sink, self.tls, self.session, deadline, should_stop)
+
+    def _send(self, views):
+        """No sendmsg over TLS: one chunk per call; a retry after "want write" passes the
+        same bytes again, as OpenSSL requires (pending chunks never change)."""
+        import ssl
+        try:
+            return self.sock.send(views[0])
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            raise BlockingIOError(errno.EAGAIN, "TLS: would block") from None
+
+    def peer_closed(self):
+        # Reading also takes in TLS session tickets and alerts.
+        try:
+            while (data := read_nonblocking(self.sock)) is not None:
+                if not data:
+                    return True
+        except OSError:
+            return True
+        return False
+
+    def close(self):
+        if self.sock is not None:
+            if self.sock.session is not None:
+                self.session = self.sock.session  # with the tickets that came since
+            try:  # close_notify, so the collector sees a clean end, not a truncation
+                self.sock.unwrap()
+            except (OSError, ValueError):
+                pass  # sent, or the connection is already gone: nothing to wait for
+        super().close()
+
+
+def handshake(sock, sink, tls, session, deadline, should_stop):
+    import ssl
+    ssock = tls.context.wrap_socket(sock, server_hostname=tls.server_name,
+                                    do_handshake_on_connect=False, session=session)
+    what = f"TLS handshake (connect_timeout_ms {sink.connect_timeout_ms})"
+    try:
+        while True:
+            try:
+                ssock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                wait_io(ssock, select.POLLIN, deadline, should_stop, what)
+            except ssl.SSLWantWriteError:
+                wait_io(ssock, select.POLLOUT, deadline, should_stop, what)
+        if ssock.version() == "TLSv1.3":
+            first = min(deadline, time.monotonic() + TLS13_FIRST_RECORD_S)
+            try:
+                while (data := read_nonblocking(ssock)) is None and not (
+                        ssock.session is not None and ssock.session.has_ticket):
+                    wait_io(ssock, select.POLLIN, first, should_stop, what)
+            except TimeoutError:
+                data = None  # a server that sends no tickets: nothing to wait for
+            if data == b"":
+                raise ConnectionResetError(errno.ECONNRESET, "closed after the handshake")
+        return ssock
+    except ssl.SSLError as exc:
+        ssock.close()
+        raise HandshakeError(errno.EPROTO, describe_tls_error(exc, tls)) from None
+    except ConnectionError as exc:
+        ssock.close()
+        raise HandshakeError(exc.errno, f"TLS handshake failed: the server closed the "
+                             f"connection ({exc.strerror or exc}); does it speak TLS, and "
+                             f"does it want a client certificate (cert_file)?") from None
+    except BaseException:
+        ssock.close()
+        raise
+
+
+def read_nonblocking(ssock):
+    """Process what the server sent (tickets, alerts). None: nothing yet; b"": closed."""
+    import ssl
+    try:
+        return ssock.recv(4096)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return None
+
+
+def describe_tls_error(exc, tls):
+    import ssl
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or exc.reason or str(exc)
+        where = f"CA file {tls.ca_file}" if tls.ca_file else "the system CA bundle"
+        return (f"TLS handshake failed: server certificate refused: {why} (server_name "
+                f"{tls.server_name!r}, trusted CAs from {where})")
+    reason = (exc.reason or str(exc)).replace("_", " ").lower()
+    hint = ""
+    if "wrong version number" in reason or "record layer failure" in reason:
+        hint = " (is the server speaking TLS on this port?)"
+    elif "certificate required" in reason:
+        hint = " (the server wants a client certificate: set cert_file and key_file)"
+    elif "alert" in reason and ("certificate" in reason or "unknown ca" in reason):
+        hint = " (the server refused our client certificate: see cert_file, key_file)"
+    return f"TLS handshake failed: {reason}{hint}"
+

@@ -7,6 +7,7 @@ The library bakes in the interpreter it was built with (DESIGN.md trap 2): an rp
 libpython, the venv's python as PyConfig.executable, the cffi version, and the directory
 holding the `logpool` package. Run it with the venv's python: `python build_ffi.py`.
 """
+import glob
 import os
 import re
 import shutil
@@ -74,7 +75,7 @@ except BaseException as exc:
 
     @ffi.def_extern(name="logpool__py_start")
     def _unavailable(config_json):
-        lib.logpool__set_error(_reason.encode("utf-8", "replace")[:470])
+        lib.logpool__set_error(lib.LOGPOOL_ERUNTIME, _reason.encode("utf-8", "replace")[:470])
         return ffi.NULL
 '''
 
@@ -103,7 +104,7 @@ def build(sanitize=False, target=TARGET):
     ffibuilder.set_source(
         MODULE,
         '#include "logpool_internal.h"\n',
-        sources=[os.path.join(CSRC, "logpool.c"), os.path.join(CSRC, "runtime.c")],
+        sources=sorted(glob.glob(os.path.join(CSRC, "*.c"))),
         include_dirs=[INCLUDE, CSRC],
         define_macros=[
             ("LOGPOOL_BUILD_EXECUTABLE", c_string(sys.executable)),

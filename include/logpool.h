@@ -90,6 +90,10 @@ logpool_t *logpool_new(const char *config_json);
 /* Thread-local text of the last logpool_new failure in this thread ("" if none). */
 const char *logpool_last_error(void);
 
+/* Thread-local code of that failure: LOGPOOL_ECONFIG, LOGPOOL_ERUNTIME, LOGPOOL_EINVAL, or
+ * LOGPOOL_OK (0) when the last logpool_new in this thread succeeded or none ran. */
+int logpool_last_error_code(void);
+
 /* Append one message to sink socket_id (0-based). Never blocks, never calls Python.
  * Returns len when accepted (0 for an empty message, which is a no-op), or
  * LOGPOOL_EINVAL (NULL pool, NULL msg with len > 0), LOGPOOL_ENOSINK, LOGPOOL_ETOOBIG (len,

@@ -55,11 +55,3 @@ def check(rc, what):
     if rc >= 0:
         return rc
     raise errors.from_code(rc, f"{what}: {strerror(rc)}")
-
-
-def error_from_last(text):
-    """Map logpool_last_error()'s text (it starts with the strerror of its code)."""
-    for code in (errors.ECONFIG, errors.ERUNTIME, errors.EINVAL):
-        if text.startswith(strerror(code)):
-            return errors.from_code(code, text)
-    return errors.RuntimeUnavailable(text, errors.ERUNTIME)

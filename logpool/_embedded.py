@@ -18,11 +18,11 @@ def install(ffi, lib):
     global _lib
     _lib = lib
 
-    def fail(message):
+    def fail(code, message):
         # A C string ends at the first NUL: escape control characters (a config key may
         # hold any) so the message always reaches the caller whole.
         message = "".join(c if c >= " " or c == "\t" else repr(c)[1:-1] for c in message)
-        lib.logpool__set_error(message.encode("utf-8", "replace")[:500])
+        lib.logpool__set_error(code, message.encode("utf-8", "replace")[:500])
         return ffi.NULL
 
     @ffi.def_extern(name="logpool__py_start")
@@ -30,13 +30,14 @@ def install(ffi, lib):
         try:
             cfg = config_mod.parse(ffi.string(config_json).decode("utf-8", "replace"))
         except ConfigError as exc:
-            return fail(f"invalid configuration: {exc}")
+            return fail(lib.LOGPOOL_ECONFIG, f"invalid configuration: {exc}")
         except Exception as exc:  # noqa: BLE001 — never let a traceback reach the host
-            return fail(f"invalid configuration: {type(exc).__name__}: {exc}")
+            return fail(lib.LOGPOOL_ECONFIG, f"invalid configuration: {type(exc).__name__}: {exc}")
         try:
             return _start_pool(ffi, lib, cfg)
         except Exception as exc:  # noqa: BLE001
-            return fail(f"embedded Python runtime unavailable: cannot start writer threads: "
+            return fail(lib.LOGPOOL_ERUNTIME,
+                        f"embedded Python runtime unavailable: cannot start writer threads: "
                         f"{type(exc).__name__}: {exc}")
 
     @ffi.def_extern(name="logpool__py_metrics", error=-1)

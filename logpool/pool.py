@@ -36,7 +36,8 @@ class Pool:
         lib = _binding.lib()
         ptr = lib.logpool_new(text)
         if ptr == _binding.ffi.NULL:
-            raise _binding.error_from_last(
+            raise errors.from_code(
+                lib.logpool_last_error_code() or errors.ERUNTIME,
                 _binding.ffi.string(lib.logpool_last_error()).decode("utf-8", "replace"))
         self._lib = lib
         self._ptr = _binding.ffi.gc(ptr, _release)

@@ -11,7 +11,7 @@ from logpool import paths
 CONTRACT = {
     "log_cdata", "logpool_new", "logpool_last_error", "logpool_flush", "logpool_close",
     "logpool_free", "logpool_sink_count", "logpool_stats", "logpool_strerror", "logpool_version",
-    "logpool_metrics", "logpool_shutdown",
+    "logpool_metrics", "logpool_shutdown", "logpool_last_error_code",
 }
 
 

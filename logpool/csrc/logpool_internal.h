@@ -62,7 +62,7 @@ logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms);
 int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *limits);
 logpool__sink_t *logpool__pool_sink(logpool_t *pool, int socket_id);
 void logpool__pool_discard(logpool_t *pool);
-void logpool__set_error(const char *message);
+void logpool__set_error(int code, const char *message);
 
 int logpool__sink_wait(logpool__sink_t *sink, int mode, int timeout_ms);
 size_t logpool__sink_take(logpool__sink_t *sink);

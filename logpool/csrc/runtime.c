@@ -73,7 +73,7 @@ static int same_file(const char *a, const char *b)
 static int pin_self(char *err, size_t errlen)
 {
     Dl_info self;
-    if (dladdr((void *)&logpool_new, &self) == 0 || self.dli_fname == NULL)
+    if (dladdr((void *)&logpool__runtime_start, &self) == 0 || self.dli_fname == NULL)
         return fail(err, errlen, "embedded Python runtime unavailable: dladdr() cannot find "
                                  "liblogpool itself");
     if (dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE) == NULL)

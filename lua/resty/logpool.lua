@@ -71,6 +71,7 @@ typedef struct logpool_stats_s {
 
 logpool_t *logpool_new(const char *config_json);
 const char *logpool_last_error(void);
+int logpool_last_error_code(void);
 int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len);
 int logpool_flush(logpool_t *pool, int timeout_ms);
 int logpool_shutdown(logpool_t *pool);

@@ -1,0 +1,186 @@
+/*
+ * What the C core's files share: the pool and sink structures, the chunk layout, atomics
+ * and time helpers. Internal; not installed.
+ *
+ * A sink's buffer is a chain of chunks. Producers append whole frames to the tail chunk under
+ * the sink's mutex (a message never spans two chunks); each chunk records where its messages
+ * end, so a writer whose connection broke can resend from the start of the first message that
+ * was not completely written. The writer takes the whole chain at once and walks it without
+ * the lock.
+ *
+ * Files: hotpath.c (log_cdata and the producer's end of the chain), chain.c (the writer's
+ * end), datagram.c (sendmmsg), pool.c (lifecycle and the ABI), process.c (fork, exit, last
+ * error), runtime.c (starting the embedded Python).
+ */
+#ifndef LOGPOOL_CORE_H
+#define LOGPOOL_CORE_H
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "logpool_internal.h"
+
+#define LOGPOOL_API __attribute__((visibility("default")))
+
+enum { POOL_OPEN = 0, POOL_CLOSING = 1, POOL_CLOSED = 2 };
+
+/* How long logpool_close waits for writers to notice "stop" (they check it at least every
+ * socket time slice, 50 ms) before it leaves them and leaks the pool rather than freeing
+ * memory a thread may still touch. */
+#define WRITER_EXIT_GRACE_MS 5000
+#define FREE_CHUNKS_KEPT 4
+#define MIN_CHUNK 4096
+#define MAX_CHUNK 65536
+
+/* A chunk holds whole frames from the front and, from its end backwards, one uint32_t per
+ * message saying where it ends: the bookkeeping lives inside the chunk, so a chunk's memory
+ * is its cap whatever the message sizes (1-byte messages once cost 5x their size). */
+typedef struct chunk_s {
+    struct chunk_s *next;
+    size_t cap;
+    size_t used;
+    size_t room_charged; /* unfilled room charged to the sink's memory when it was retired */
+    uint32_t nmsgs;
+    char data[];
+} chunk_t;
+
+#define END_SLOT sizeof(uint32_t)
+
+static inline uint32_t *chunk_ends(const chunk_t *c)
+{
+    return (uint32_t *)(void *)(c->data + c->cap); /* slot i is ends[-1 - i] */
+}
+
+/* Offset just past message m of c. */
+static inline uint32_t chunk_end(const chunk_t *c, uint32_t m)
+{
+    return chunk_ends(c)[-1 - (long)m];
+}
+
+static inline size_t chunk_room(const chunk_t *c)
+{
+    return c->cap - c->used - END_SLOT * c->nmsgs;
+}
+
+struct logpool__sink_s {
+    logpool_t *pool;
+    int id;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;     /* the writer waits here for a batch or stop */
+    pthread_cond_t progress; /* flush/close wait here for sent messages or writer exit */
+
+    size_t flush_limit;
+    size_t chunk_size;
+    uint64_t periodic_ns;
+    size_t max_buffer_length;
+    size_t max_message_size;
+    int framing;
+
+    /* Producer side, under lock. */
+    chunk_t *head;
+    chunk_t *tail;
+    size_t chain_bytes;
+    uint64_t chain_oldest_ns;
+    chunk_t *free_chunks;
+    int free_count;
+    /* Memory the chain holds: frames and their end slots, plus the room of every chunk
+     * retired because the next frame did not fit (memory too, never filled). Bounded by
+     * max_memory, so RSS follows max_buffer_length for any message size. Under lock. */
+    size_t memory;
+    size_t max_memory;
+    int writer_waiting;
+    int flush_requested;
+    int stop;
+    int writer_running;
+    int writer_exited;
+    int progress_waiters; /* seq_cst atomics: read by the writer without the lock */
+
+    /* Writer side: only the sink's writer thread touches these. */
+    chunk_t *pend_head;
+    chunk_t *pend_tail;
+    size_t pend_off;  /* bytes of pend_head already written */
+    uint32_t pend_msg; /* first message of pend_head not completely written */
+    size_t pend_bytes;
+    uint64_t batch_oldest_ns;
+
+    logpool_stats_t st; /* every field accessed with __atomic builtins */
+};
+
+struct logpool_s {
+    int nsinks;
+    int state;
+    unsigned generation;
+    int exit_flush_timeout_ms;
+    int abandoned;
+    pthread_mutex_t close_lock;
+    struct logpool_s *next_open;
+    logpool__sink_t *sinks;
+};
+
+#define ATOMIC_ADD(p, n) __atomic_fetch_add((p), (n), __ATOMIC_RELAXED)
+#define ATOMIC_SUB(p, n) __atomic_fetch_sub((p), (n), __ATOMIC_RELAXED)
+#define ATOMIC_LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define ATOMIC_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+
+/* ---- process.c ---- */
+
+/* Bumped in a forked child: pools made before the fork belong to the parent. */
+extern volatile unsigned logpool__fork_gen;
+
+static inline int logpool__pool_inherited(const logpool_t *pool)
+{
+    return pool->generation != logpool__fork_gen;
+}
+
+/* The exit fallback closes what is registered; close unregisters. */
+void logpool__pool_register(logpool_t *pool);
+void logpool__pool_unregister(logpool_t *pool);
+
+/* ---- hotpath.c: chunks ---- */
+
+chunk_t *logpool__chunk_new(size_t cap);
+void logpool__chain_free(chunk_t *c);
+void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c);
+
+/* ---- chain.c ---- */
+
+void logpool__sink_release_memory(logpool__sink_t *s);
+/* Release nbytes of pending data, counting completed messages as sent (sent = 1) or as
+ * dropped_unsendable (sent = 0). */
+size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent);
+
+/* Accepted messages with no fate yet: neither sent, dropped as unsendable, nor already
+ * counted as abandoned (a writer that left counted what it held then). */
+static inline uint64_t logpool__sink_unsent(logpool__sink_t *s)
+{
+    uint64_t accepted = ATOMIC_LOAD(&s->st.accepted_messages);
+    uint64_t done = ATOMIC_LOAD(&s->st.sent_messages) + ATOMIC_LOAD(&s->st.dropped_unsendable) +
+                    ATOMIC_LOAD(&s->st.abandoned_messages);
+    return accepted > done ? accepted - done : 0;
+}
+
+/* ---- time ---- */
+
+static inline uint64_t logpool__deadline_after(int timeout_ms)
+{
+    if (timeout_ms < 0)
+        return UINT64_MAX;
+    return logpool__now_ns() + (uint64_t)timeout_ms * 1000000u;
+}
+
+/* Returns ETIMEDOUT once deadline_ns has passed; UINT64_MAX waits without a limit. */
+static inline int logpool__cond_wait_until(pthread_cond_t *cond, pthread_mutex_t *lock,
+                                           uint64_t deadline_ns)
+{
+    if (deadline_ns == UINT64_MAX)
+        return pthread_cond_wait(cond, lock);
+    struct timespec ts;
+    ts.tv_sec = (time_t)(deadline_ns / 1000000000u);
+    ts.tv_nsec = (long)(deadline_ns % 1000000000u);
+    return pthread_cond_timedwait(cond, lock, &ts);
+}
+
+#endif /* LOGPOOL_CORE_H */

@@ -1,0 +1,185 @@
+/*
+ * The hot path: log_cdata and the producer's end of a sink's chunk chain. Plain C, never
+ * Python; one mutex and one memcpy per message, no syscall unless the writer must be woken.
+ */
+#include "core.h" /* first: it defines _GNU_SOURCE */
+
+#include <stdlib.h>
+#include <string.h>
+
+
+chunk_t *logpool__chunk_new(size_t cap)
+{
+    chunk_t *c = malloc(sizeof *c + cap);
+    if (c == NULL)
+        return NULL;
+    c->next = NULL;
+    c->cap = cap;
+    c->used = 0;
+    c->room_charged = 0;
+    c->nmsgs = 0;
+    return c;
+}
+
+static void chunk_free(chunk_t *c)
+{
+    free(c);
+}
+
+void logpool__chain_free(chunk_t *c)
+{
+    while (c != NULL) {
+        chunk_t *next = c->next;
+        chunk_free(c);
+        c = next;
+    }
+}
+
+/* Under sink->lock, for a chunk the writer is done with: uncharge it. Standard-size chunks
+ * are recycled; oversized ones are not. */
+void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
+{
+    s->memory -= c->used + END_SLOT * c->nmsgs + c->room_charged;
+    if (c->cap == s->chunk_size && s->free_count < FREE_CHUNKS_KEPT) {
+        c->used = 0;
+        c->room_charged = 0;
+        c->nmsgs = 0;
+        c->next = s->free_chunks;
+        s->free_chunks = c;
+        s->free_count++;
+    } else {
+        chunk_free(c);
+    }
+}
+
+/* Under sink->lock: a new tail replaces one the next frame did not fit; the old tail's
+ * unfilled room is charged from now on. (A tail the writer takes is not charged: it is
+ * sent and recycled before the writer takes again.) */
+static void tail_retire_locked(logpool__sink_t *s)
+{
+    if (s->tail != NULL) {
+        s->tail->room_charged = chunk_room(s->tail);
+        s->memory += s->tail->room_charged;
+    }
+}
+
+/* Under sink->lock: a chunk with room for a frame of len bytes and its end slot. */
+static chunk_t *tail_with_room_locked(logpool__sink_t *s, size_t len)
+{
+    chunk_t *c = s->tail;
+    if (c != NULL && chunk_room(c) >= len + END_SLOT)
+        return c;
+    /* A frame that would leave a standard chunk mostly empty gets a chunk of its own size. */
+    size_t need = (len + END_SLOT + 7) & ~(size_t)7;
+    if (need <= s->chunk_size && s->free_chunks != NULL) {
+        c = s->free_chunks;
+        s->free_chunks = c->next;
+        s->free_count--;
+        c->next = NULL;
+    } else if (need <= s->chunk_size) {
+        c = logpool__chunk_new(s->chunk_size);
+    } else {
+        c = logpool__chunk_new(need);
+    }
+    if (c == NULL)
+        return NULL;
+    tail_retire_locked(s);
+    if (s->tail != NULL)
+        s->tail->next = c;
+    else
+        s->head = c;
+    s->tail = c;
+    return c;
+}
+
+/* "LEN " of RFC 6587 octet counting, into out (at least 21 bytes); returns its length. */
+static size_t octet_count_prefix(char *out, size_t len)
+{
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + len % 10);
+        len /= 10;
+    } while (len > 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = digits[n - 1 - i];
+    out[n] = ' ';
+    return n + 1;
+}
+
+LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len)
+{
+    if (pool == NULL)
+        return LOGPOOL_EINVAL;
+    if (socket_id < 0 || socket_id >= pool->nsinks)
+        return LOGPOOL_ENOSINK;
+    logpool__sink_t *s = &pool->sinks[socket_id];
+    if (msg == NULL && len > 0)
+        return LOGPOOL_EINVAL;
+    if (ATOMIC_LOAD(&pool->state) != POOL_OPEN || logpool__pool_inherited(pool)) {
+        ATOMIC_ADD(&s->st.dropped_closed, 1);
+        return LOGPOOL_ECLOSED;
+    }
+    if (len == 0)
+        return 0;
+    /* The frame is what goes on the wire; max_message_size and the byte counters count it.
+     * len is checked before any byte of msg is read: a huge len must not be dereferenced. */
+    if (len > s->max_message_size) {
+        ATOMIC_ADD(&s->st.dropped_too_big, 1);
+        return LOGPOOL_ETOOBIG;
+    }
+    char prefix[24];
+    size_t prefix_len = 0, suffix_len = 0;
+    if (s->framing == LOGPOOL__FRAMING_NEWLINE)
+        suffix_len = msg[len - 1] != '\n';
+    else if (s->framing == LOGPOOL__FRAMING_OCTETS)
+        prefix_len = octet_count_prefix(prefix, len);
+    size_t frame = prefix_len + len + suffix_len;
+    if (frame > s->max_message_size) {
+        ATOMIC_ADD(&s->st.dropped_too_big, 1);
+        return LOGPOOL_ETOOBIG;
+    }
+
+    pthread_mutex_lock(&s->lock);
+    if (ATOMIC_LOAD(&pool->state) != POOL_OPEN) {
+        pthread_mutex_unlock(&s->lock);
+        ATOMIC_ADD(&s->st.dropped_closed, 1);
+        return LOGPOOL_ECLOSED;
+    }
+    chunk_t *c;
+    if (ATOMIC_LOAD(&s->st.buffered_bytes) + frame > s->max_buffer_length ||
+        s->memory + frame + END_SLOT > s->max_memory ||
+        (c = tail_with_room_locked(s, frame)) == NULL) {
+        pthread_mutex_unlock(&s->lock);
+        ATOMIC_ADD(&s->st.dropped_full, 1);
+        return LOGPOOL_EFULL;
+    }
+    char *dst = c->data + c->used;
+    if (prefix_len > 0) {
+        memcpy(dst, prefix, prefix_len);
+        dst += prefix_len;
+    }
+    memcpy(dst, msg, len);
+    if (suffix_len > 0)
+        dst[len] = '\n';
+    c->used += frame;
+    chunk_ends(c)[-1 - (long)c->nmsgs] = (uint32_t)c->used;
+    c->nmsgs++;
+    s->memory += frame + END_SLOT;
+
+    size_t before = s->chain_bytes;
+    s->chain_bytes = before + frame;
+    if (before == 0)
+        s->chain_oldest_ns = logpool__now_ns();
+    ATOMIC_ADD(&s->st.accepted_messages, 1);
+    ATOMIC_ADD(&s->st.accepted_bytes, frame);
+    ATOMIC_ADD(&s->st.buffered_bytes, frame);
+    ATOMIC_ADD(&s->st.buffered_messages, 1);
+    /* Wake the writer once per batch: when it needs a deadline (first byte) or when the
+     * batch reached flush_limit. Otherwise no syscall. */
+    if (s->writer_waiting &&
+        (before == 0 || (before < s->flush_limit && s->chain_bytes >= s->flush_limit)))
+        pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return (int)len;
+}

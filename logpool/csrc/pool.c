@@ -1,0 +1,346 @@
+/*
+ * A pool's lifecycle and the public ABI around it: new, flush, shutdown, close, free, stats,
+ * metrics, codes and version. log_cdata lives in hotpath.c.
+ */
+#include "core.h" /* first: it defines _GNU_SOURCE */
+
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+
+/* The enum in logpool.h and the X-macro table cannot drift. */
+#define LOGPOOL__CHECK_CODE(name, value, text) \
+    _Static_assert(LOGPOOL_##name == (value), "code table and enum disagree: " #name);
+LOGPOOL_ERRNO_MAP(LOGPOOL__CHECK_CODE)
+
+LOGPOOL_API const char *logpool_strerror(int code)
+{
+#define LOGPOOL__STRERROR(name, value, text) \
+    case (value):                           \
+        return text;
+    switch (code) {
+        LOGPOOL_ERRNO_MAP(LOGPOOL__STRERROR)
+    default:
+        return "unknown error code";
+    }
+#undef LOGPOOL__STRERROR
+}
+
+LOGPOOL_API const char *logpool_version(void)
+{
+    return LOGPOOL_VERSION_STRING;
+}
+
+logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms)
+{
+    if (nsinks <= 0)
+        return NULL;
+    logpool_t *pool = calloc(1, sizeof *pool);
+    if (pool == NULL)
+        return NULL;
+    pool->sinks = calloc((size_t)nsinks, sizeof *pool->sinks);
+    if (pool->sinks == NULL) {
+        free(pool);
+        return NULL;
+    }
+    pool->nsinks = nsinks;
+    pool->generation = logpool__fork_gen;
+    pool->exit_flush_timeout_ms = exit_flush_timeout_ms;
+    pthread_mutex_init(&pool->close_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    /* Critical sections are a memcpy or a pointer swap: a contended producer spins briefly
+     * instead of sleeping in the kernel and waiting to be scheduled again. */
+    pthread_mutexattr_t mattr;
+    pthread_mutexattr_init(&mattr);
+    pthread_mutexattr_settype(&mattr, PTHREAD_MUTEX_ADAPTIVE_NP);
+    for (int i = 0; i < nsinks; i++) {
+        logpool__sink_t *s = &pool->sinks[i];
+        s->pool = pool;
+        s->id = i;
+        pthread_mutex_init(&s->lock, &mattr);
+        pthread_cond_init(&s->wake, &attr);
+        pthread_cond_init(&s->progress, &attr);
+    }
+    pthread_mutexattr_destroy(&mattr);
+    pthread_condattr_destroy(&attr);
+    return pool;
+}
+
+int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *l)
+{
+    if (pool == NULL || socket_id < 0 || socket_id >= pool->nsinks || l == NULL)
+        return LOGPOOL_EINVAL;
+    if (l->max_message_size > INT_MAX || l->max_message_size > l->max_buffer_length ||
+        l->flush_limit == 0 || l->periodic_flush_ms == 0 || l->framing > LOGPOOL__FRAMING_OCTETS)
+        return LOGPOOL_ECONFIG;
+    logpool__sink_t *s = &pool->sinks[socket_id];
+    s->flush_limit = l->flush_limit;
+    s->periodic_ns = l->periodic_flush_ms * 1000000u;
+    s->max_buffer_length = l->max_buffer_length;
+    s->max_message_size = l->max_message_size;
+    s->framing = (int)l->framing;
+    size_t chunk = l->flush_limit;
+    chunk = chunk < MIN_CHUNK ? MIN_CHUNK : chunk > MAX_CHUNK ? MAX_CHUNK : chunk;
+    s->chunk_size = (chunk + 7) & ~(size_t)7; /* end slots at the end must be aligned */
+    /* Frames are bounded by max_buffer_length; their bookkeeping and unfilled chunk room by
+     * a quarter more and one chunk (README "Memory"): only messages of a few bytes reach it
+     * before max_buffer_length. */
+    s->max_memory = l->max_buffer_length + l->max_buffer_length / 4 + s->chunk_size;
+    return LOGPOOL_OK;
+}
+
+logpool__sink_t *logpool__pool_sink(logpool_t *pool, int socket_id)
+{
+    if (pool == NULL || socket_id < 0 || socket_id >= pool->nsinks)
+        return NULL;
+    return &pool->sinks[socket_id];
+}
+
+static void pool_destroy(logpool_t *pool)
+{
+    for (int i = 0; i < pool->nsinks; i++) {
+        logpool__sink_t *s = &pool->sinks[i];
+        logpool__sink_release_memory(s);
+        pthread_mutex_destroy(&s->lock);
+        pthread_cond_destroy(&s->wake);
+        pthread_cond_destroy(&s->progress);
+    }
+    pthread_mutex_destroy(&pool->close_lock);
+    free(pool->sinks);
+    free(pool);
+}
+
+/* A pool that never got its writers (config accepted, thread start failed). */
+void logpool__pool_discard(logpool_t *pool)
+{
+    if (pool != NULL)
+        pool_destroy(pool);
+}
+
+LOGPOOL_API logpool_t *logpool_new(const char *config_json)
+{
+    char err[480];
+    if (config_json == NULL) {
+        logpool__set_error(LOGPOOL_EINVAL, "invalid argument: config_json is NULL");
+        return NULL;
+    }
+    if (logpool__runtime_start(err, sizeof err) != 0) {
+        logpool__set_error(LOGPOOL_ERUNTIME, err);
+        return NULL;
+    }
+    /* Writer threads inherit this mask: the host's signals (nginx: QUIT, HUP, USR1, ALRM)
+     * must reach the host's own thread, never a writer. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    logpool__set_error(LOGPOOL_OK, "");
+    extern void *logpool__py_start(const char *config_json);
+    logpool_t *pool = logpool__py_start(config_json);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pool == NULL) {
+        if (logpool_last_error_code() == LOGPOOL_OK)
+            logpool__set_error(LOGPOOL_ERUNTIME, "embedded Python runtime unavailable: the pool could not start "
+                               "(see stderr)");
+        return NULL;
+    }
+    logpool__pool_register(pool);
+    return pool;
+}
+
+LOGPOOL_API int logpool_sink_count(logpool_t *pool)
+{
+    return pool == NULL ? LOGPOOL_EINVAL : pool->nsinks;
+}
+
+LOGPOOL_API int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out)
+{
+    if (pool == NULL || out == NULL)
+        return LOGPOOL_EINVAL;
+    if (socket_id < 0 || socket_id >= pool->nsinks)
+        return LOGPOOL_ENOSINK;
+    logpool__sink_stats(&pool->sinks[socket_id], out);
+    return LOGPOOL_OK;
+}
+
+LOGPOOL_API int logpool_metrics(logpool_t *pool, char *buf, size_t len)
+{
+    if (pool == NULL || (buf == NULL && len > 0))
+        return LOGPOOL_EINVAL;
+    if (logpool__pool_inherited(pool))
+        return LOGPOOL_ECLOSED;
+    extern int logpool__py_metrics(void *pool, char *buf, size_t len);
+    int n = logpool__py_metrics(pool, buf, len);
+    return n >= 0 ? n : LOGPOOL_ERUNTIME;
+}
+
+/* "Sent" for flush and close: written, or dropped by the writer because no socket could
+ * ever take it. */
+static int sink_all_sent(logpool__sink_t *s, uint64_t target)
+{
+    return __atomic_load_n(&s->st.sent_messages, __ATOMIC_SEQ_CST) +
+           __atomic_load_n(&s->st.dropped_unsendable, __ATOMIC_SEQ_CST) >= target;
+}
+
+/* Wait until every message the sink accepted so far is written, or the deadline. */
+static int sink_drain(logpool__sink_t *s, uint64_t deadline_ns)
+{
+    int rc = LOGPOOL_OK;
+    pthread_mutex_lock(&s->lock);
+    uint64_t target = ATOMIC_LOAD(&s->st.accepted_messages);
+    if (!sink_all_sent(s, target)) {
+        s->flush_requested = 1;
+        if (s->writer_waiting)
+            pthread_cond_signal(&s->wake);
+        __atomic_fetch_add(&s->progress_waiters, 1, __ATOMIC_SEQ_CST);
+        while (!sink_all_sent(s, target)) {
+            if (s->writer_exited || !s->writer_running) {
+                rc = LOGPOOL_ECLOSED;
+                break;
+            }
+            if (logpool__cond_wait_until(&s->progress, &s->lock, deadline_ns) == ETIMEDOUT &&
+                !sink_all_sent(s, target)) {
+                rc = LOGPOOL_ETIMEDOUT;
+                break;
+            }
+        }
+        __atomic_fetch_sub(&s->progress_waiters, 1, __ATOMIC_SEQ_CST);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+LOGPOOL_API int logpool_flush(logpool_t *pool, int timeout_ms)
+{
+    if (pool == NULL)
+        return LOGPOOL_EINVAL;
+    if (logpool__pool_inherited(pool))
+        return LOGPOOL_ECLOSED;
+    uint64_t deadline = logpool__deadline_after(timeout_ms);
+    int rc = LOGPOOL_OK;
+    void *gil = logpool__gil_release();
+    for (int i = 0; i < pool->nsinks; i++) {
+        int r = sink_drain(&pool->sinks[i], deadline);
+        if (r != LOGPOOL_OK && rc == LOGPOOL_OK)
+            rc = r;
+    }
+    logpool__gil_restore(gil);
+    return rc;
+}
+
+LOGPOOL_API int logpool_shutdown(logpool_t *pool)
+{
+    if (pool == NULL)
+        return LOGPOOL_EINVAL;
+    if (logpool__pool_inherited(pool))
+        return LOGPOOL_ECLOSED;
+    pthread_mutex_lock(&pool->close_lock);
+    if (ATOMIC_LOAD(&pool->state) == POOL_OPEN)
+        ATOMIC_STORE(&pool->state, POOL_CLOSING);
+    pthread_mutex_unlock(&pool->close_lock);
+    /* Writers waiting for a batch take what is buffered at once (a closing pool is due). */
+    for (int i = 0; i < pool->nsinks; i++) {
+        logpool__sink_t *s = &pool->sinks[i];
+        pthread_mutex_lock(&s->lock);
+        if (s->writer_waiting)
+            pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+    }
+    return LOGPOOL_OK;
+}
+
+LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
+{
+    if (pool == NULL)
+        return LOGPOOL_EINVAL;
+    if (logpool__pool_inherited(pool)) {
+        /* Forked child: the writers and the buffered messages are the parent's, which
+         * delivers them; locks may be held by threads that do not exist here. This process
+         * accepted nothing into this pool, so it abandons nothing. Touch nothing else. */
+        ATOMIC_STORE(&pool->state, POOL_CLOSED);
+        return 0;
+    }
+    pthread_mutex_lock(&pool->close_lock);
+    if (ATOMIC_LOAD(&pool->state) == POOL_CLOSED) {
+        int abandoned = pool->abandoned;
+        pthread_mutex_unlock(&pool->close_lock);
+        return abandoned;
+    }
+    ATOMIC_STORE(&pool->state, POOL_CLOSING);
+    void *gil = logpool__gil_release();
+    int finalizing = logpool__python_finalizing();
+    uint64_t deadline = finalizing ? 0 : logpool__deadline_after(timeout_ms);
+    for (int i = 0; i < pool->nsinks; i++)
+        sink_drain(&pool->sinks[i], deadline); /* also a barrier: in-flight appends are done */
+
+    uint64_t grace = finalizing ? 0
+                                : logpool__now_ns() + (uint64_t)WRITER_EXIT_GRACE_MS * 1000000u;
+    int stuck = 0;
+    uint64_t abandoned = 0;
+    for (int i = 0; i < pool->nsinks; i++) {
+        logpool__sink_t *s = &pool->sinks[i];
+        pthread_mutex_lock(&s->lock);
+        s->stop = 1;
+        pthread_cond_broadcast(&s->wake);
+        while (s->writer_running && !s->writer_exited) {
+            if (logpool__cond_wait_until(&s->progress, &s->lock, grace) == ETIMEDOUT)
+                break;
+        }
+        if (s->writer_running && !s->writer_exited) {
+            stuck = 1;
+        } else {
+            /* No writer (never started, or it left while the pool was open): what producers
+             * added since is abandoned here, counted, and freed. */
+            ATOMIC_ADD(&s->st.abandoned_messages, logpool__sink_unsent(s));
+            if (s->writer_exited) {
+                logpool__sink_release_memory(s);
+                s->chain_bytes = 0;
+                ATOMIC_STORE(&s->st.buffered_bytes, 0);
+                ATOMIC_STORE(&s->st.buffered_messages, 0);
+            }
+        }
+        abandoned += ATOMIC_LOAD(&s->st.abandoned_messages);
+        pthread_mutex_unlock(&s->lock);
+    }
+    if (stuck && !finalizing)
+        fprintf(stderr, "logpool: a writer thread did not stop within %d ms; its pool is "
+                        "kept in memory\n", WRITER_EXIT_GRACE_MS);
+    if (stuck) /* nobody will free what the writer holds: count it as abandoned */
+        for (int i = 0; i < pool->nsinks; i++) {
+            logpool__sink_t *s = &pool->sinks[i];
+            if (s->writer_running && !s->writer_exited)
+                abandoned += logpool__sink_unsent(s);
+        }
+    logpool__gil_restore(gil);
+    pool->abandoned = abandoned > INT_MAX ? INT_MAX : (int)abandoned;
+    ATOMIC_STORE(&pool->state, POOL_CLOSED);
+    logpool__pool_unregister(pool);
+    pthread_mutex_unlock(&pool->close_lock);
+    return pool->abandoned;
+}
+
+LOGPOOL_API void logpool_free(logpool_t *pool)
+{
+    if (pool == NULL)
+        return;
+    if (ATOMIC_LOAD(&pool->state) != POOL_CLOSED)
+        logpool_close(pool, 0);
+    if (logpool__pool_inherited(pool))
+        return; /* the parent's memory: never touch its locks here */
+    for (int i = 0; i < pool->nsinks; i++) {
+        logpool__sink_t *s = &pool->sinks[i];
+        pthread_mutex_lock(&s->lock);
+        int alive = s->writer_running && !s->writer_exited;
+        pthread_mutex_unlock(&s->lock);
+        if (alive)
+            return; /* a writer may still touch it: leaking is the safe choice */
+    }
+    /* The writers, histograms and TLS contexts the Python side keeps for this pool. */
+    extern void logpool__runtime_forget_pool(logpool_t *pool);
+    logpool__runtime_forget_pool(pool);
+    pool_destroy(pool);
+}

@@ -61,4 +61,4 @@ bench: build $(VENV)/.bench-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build $(LIB) lua/resty/logpool/build_paths.lua
+	rm -rf build $(LIB)

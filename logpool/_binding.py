@@ -1,26 +1,17 @@
 """ABI-mode binding to liblogpool.so: the same library and the same C calls as Lua uses.
 Declarations come from include/logpool.h; a code becomes an exception in one place."""
 import os
-import re
 import threading
 
 import cffi
 
 import logpool
 from logpool import errors, paths
+from logpool._cdef import cdef_block
 
 ffi = cffi.FFI()
 _lib = None
 _lock = threading.Lock()
-
-
-def cdef_block(path):
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    match = re.search(r"/\* LOGPOOL_CDEF_BEGIN \*/(.*?)/\* LOGPOOL_CDEF_END \*/", text, re.S)
-    if match is None:
-        raise RuntimeError(f"{path}: no LOGPOOL_CDEF block")
-    return match.group(1)
 
 
 ffi.cdef(cdef_block(paths.header_path()))

@@ -1,8 +1,15 @@
-"""Where the built pieces live (also printed by `python -m logpool paths`)."""
+"""Where the built pieces live (also printed by `python -m logpool paths`). An installed
+package carries the header and the Lua module inside it (logpool/include, logpool/lua); a
+source tree has them at its top (include/, lua/)."""
 import os
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(PACKAGE_DIR)
+
+
+def _inside_or_beside(name):
+    inside = os.path.join(PACKAGE_DIR, name)
+    return inside if os.path.isdir(inside) else os.path.join(ROOT, name)
 
 
 def lib_path():
@@ -12,12 +19,12 @@ def lib_path():
 
 def lua_dir():
     """Directory such that <dir>/resty/logpool.lua is the OpenResty module."""
-    return os.path.join(ROOT, "lua")
+    return _inside_or_beside("lua")
 
 
 def include_dir():
     """Directory of logpool.h."""
-    return os.path.join(ROOT, "include")
+    return _inside_or_beside("include")
 
 
 def header_path():

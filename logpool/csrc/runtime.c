@@ -6,7 +6,8 @@
  *
  * The build bakes in (build_ffi.py):
  *   LOGPOOL_BUILD_EXECUTABLE  the venv's python: PyConfig.executable, so that getpath finds
- *                             pyvenv.cfg, the stdlib and the venv's site-packages
+ *                             pyvenv.cfg, the stdlib and the venv's site-packages (an
+ *                             installed library uses the python of its own site-packages)
  *   LOGPOOL_BUILD_LIBPYTHON   the libpython the library was linked against (also the rpath)
  */
 #define _GNU_SOURCE
@@ -104,18 +105,48 @@ static int promote_libpython(char *err, size_t errlen)
 
 /* Trap 7: the nginx worker user must be able to read the venv and Python's prefix. Say so
  * in words rather than letting Python fail on a missing 'encodings' module. */
-static int check_readable(char *err, size_t errlen)
+static char python_executable[PATH_MAX];
+
+/* The interpreter whose site-packages hold this library. Installed (pip install ., a wheel),
+ * the library sits at <prefix>/lib/pythonX.Y/site-packages/logpool/liblogpool.so and the
+ * interpreter is <prefix>/bin/pythonX.Y: its getpath finds that venv and its packages. Built
+ * in a source tree, it is the interpreter that built it. */
+static const char *find_executable(void)
 {
-    if (access(LOGPOOL_BUILD_EXECUTABLE, X_OK) == 0)
+    Dl_info self;
+    char path[PATH_MAX];
+    if (dladdr((void *)&logpool__runtime_start, &self) != 0 && self.dli_fname != NULL &&
+        realpath(self.dli_fname, path) != NULL) {
+        char *parts[5];
+        int n = 0;
+        for (char *p = path + strlen(path); p > path && n < 5; p--)
+            if (*p == '/') {
+                *p = '\0';
+                parts[n++] = p + 1; /* liblogpool.so, logpool, site-packages, pythonX.Y, lib */
+            }
+        if (n == 5 && strcmp(parts[2], "site-packages") == 0 &&
+            strncmp(parts[3], "python", 6) == 0 && strcmp(parts[4], "lib") == 0) {
+            snprintf(python_executable, sizeof python_executable, "%s/bin/%s", path, parts[3]);
+            if (access(python_executable, X_OK) == 0)
+                return python_executable;
+        }
+    }
+    snprintf(python_executable, sizeof python_executable, "%s", LOGPOOL_BUILD_EXECUTABLE);
+    return python_executable;
+}
+
+static int check_readable(const char *executable, char *err, size_t errlen)
+{
+    if (access(executable, X_OK) == 0)
         return 0;
     int e = errno;
     return fail(err, errlen,
                 "embedded Python runtime unavailable: %s: %s (running as uid %d); the library, "
                 "the venv and Python's installation must be readable by this user (nginx: "
-                "the 'user' directive)", LOGPOOL_BUILD_EXECUTABLE, strerror(e), (int)geteuid());
+                "the 'user' directive)", executable, strerror(e), (int)geteuid());
 }
 
-static int initialize_python(char *err, size_t errlen)
+static int initialize_python(const char *executable, char *err, size_t errlen)
 {
     /* nginx clears the environment: the C locale would make every open() ASCII. */
     PyPreConfig preconfig;
@@ -133,11 +164,9 @@ static int initialize_python(char *err, size_t errlen)
     config.site_import = 1;             /* the venv's site-packages */
     config.user_site_directory = 0;
     config.parse_argv = 0;
-    status = PyConfig_SetBytesString(&config, &config.executable,
-                                              LOGPOOL_BUILD_EXECUTABLE);
+    status = PyConfig_SetBytesString(&config, &config.executable, executable);
     if (!PyStatus_Exception(status))
-        status = PyConfig_SetBytesString(&config, &config.program_name,
-                                         LOGPOOL_BUILD_EXECUTABLE);
+        status = PyConfig_SetBytesString(&config, &config.program_name, executable);
     if (!PyStatus_Exception(status))
         status = Py_InitializeFromConfig(&config);
     PyConfig_Clear(&config);
@@ -168,9 +197,10 @@ int logpool__runtime_start(char *err, size_t errlen)
         rc = fail(err, errlen, "%s", runtime_error);
     } else if (runtime_state == 0) {
         int host_python = Py_IsInitialized();
+        const char *executable = host_python ? NULL : find_executable();
         if (pin_self(err, errlen) != 0 || promote_libpython(err, errlen) != 0 ||
-            (!host_python && (check_readable(err, errlen) != 0 ||
-                              initialize_python(err, errlen) != 0))) {
+            (!host_python && (check_readable(executable, err, errlen) != 0 ||
+                              initialize_python(executable, err, errlen) != 0))) {
             /* Only a failed Py_Initialize is final; the rest may be fixed and retried. */
             if (runtime_failure_final) {
                 runtime_state = -1;

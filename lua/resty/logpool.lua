@@ -114,12 +114,21 @@ local CLOSE_ON_GC_MS = 1000
 local lib, lib_loaded_from
 local stats_buf = ffi_new("logpool_stats_t")
 
-local function build_lib_path()
-    local ok, paths = pcall(require, "resty.logpool.build_paths")
-    if ok and type(paths) == "table" then
-        return paths.lib_path
+-- The library relative to this file: an installed package has logpool/lua/resty/logpool.lua
+-- beside logpool/liblogpool.so; a source tree has lua/resty/ beside logpool/liblogpool.so.
+local function default_lib_paths()
+    local source = debug.getinfo(1, "S").source
+    local dir = source:sub(1, 1) == "@" and source:sub(2):match("^(.*)/[^/]*$") or "."
+    return { dir .. "/../../liblogpool.so", dir .. "/../../logpool/liblogpool.so" }
+end
+
+local function readable(path)
+    local f = io.open(path, "rb")
+    if f then
+        f:close()
+        return true
     end
-    return nil
+    return false
 end
 
 local function load_lib(lib_path)
@@ -136,9 +145,13 @@ local function load_lib(lib_path)
         tried[#tried + 1] = "lib_path option: " .. path
     else
         tried[#tried + 1] = "lib_path option: not set"
-        path = build_lib_path()
-        tried[#tried + 1] = "resty/logpool/build_paths.lua: "
-                            .. (path or "not found (run `make build`)")
+        for _, candidate in ipairs(default_lib_paths()) do
+            if readable(candidate) then
+                path = candidate
+                break
+            end
+            tried[#tried + 1] = candidate .. ": not found (run `make build`)"
+        end
     end
     if not path then
         return nil, "logpool: cannot find liblogpool.so; looked at " .. concat(tried, "; ")

@@ -90,10 +90,14 @@ def test_reconnects_and_histograms_follow_the_traffic(tmp_path, receive_process,
 def test_a_sink_down_for_30_s_with_traffic_logs_a_handful_of_lines(tmp_path, capfd):
     url = "unix:" + sock_path(tmp_path, "down30.sock")
     pool = logpool.Pool({"sinks": [{"url": url}], "max_buffer_length": 10_000,
-                         "retry_interval_ms": 20, "max_retry_interval_ms": 200})
-    start = time.monotonic()
+                         "retry_interval_ms": 20, "max_retry_interval_ms": 100})
+    # The reporter's clock runs 20x faster than the wall: 30 s of the scenario in 1.5 s.
+    real_start = time.monotonic()
+    scenario = lambda: real_start + (time.monotonic() - real_start) * 20  # noqa: E731
+    logpool._embedded.describe(pool._address)[1][0].reporter.clock = scenario
+    start = scenario()
     offered = 0
-    while time.monotonic() - start < 30:  # the scenario: 30 s of traffic, sink down
+    while scenario() - start < 30:  # the scenario: 30 s of traffic, sink down
         for _ in range(50):
             offered += 1
             try:
@@ -105,7 +109,7 @@ def test_a_sink_down_for_30_s_with_traffic_logs_a_handful_of_lines(tmp_path, cap
     pool.close(timeout=0)
     err = capfd.readouterr().err
     lines = [x for x in err.splitlines() if "logpool:" in x]
-    assert st["connect_failures"] > 100 and st["dropped_full"] > 10_000
+    assert st["connect_failures"] > 5 and st["dropped_full"] > offered // 2
     assert 2 <= len(lines) <= 12, lines  # first of each kind, then one per 10 s with counts
     assert any(re.search(r"\(\d+ more in the last 10 s\)", x) for x in lines), lines
     assert any("refused: buffer full" in x for x in lines), lines

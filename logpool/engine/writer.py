@@ -87,8 +87,9 @@ class SinkWriter(threading.Thread):
 
     def _report_drops(self, final=False):
         """Drops happen in C, where nothing may be printed: the writer summarises them, at
-        most once per REPORT_INTERVAL_S, and abandonment when it leaves."""
-        now = time.monotonic()
+        most once per REPORT_INTERVAL_S (of the reporter's clock), and abandonment when it
+        leaves."""
+        now = self.reporter.clock()
         if not final and now - self._drops_reported_at < REPORT_INTERVAL_S:
             return
         st = self.ffi.new("logpool_stats_t *")

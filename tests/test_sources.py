@@ -1,0 +1,137 @@
+"""One source for each list. What can be derived is derived (stats field names from the C
+struct, the package version from one attribute); what must be repeated in another language
+is held equal here."""
+import ast
+import os
+import re
+
+import pytest
+
+import logpool
+from logpool import _binding, config, errors, metrics, paths, stats, transports
+
+PACKAGE = os.path.dirname(os.path.abspath(logpool.__file__))
+HEADER = open(paths.header_path(), encoding="utf-8").read()
+LUA = open(os.path.join(paths.lua_dir(), "resty", "logpool.lua"), encoding="utf-8").read()
+
+
+def package_modules():
+    out = {}
+    for dirpath, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                rel = os.path.relpath(os.path.join(dirpath, name), os.path.dirname(PACKAGE))
+                module = rel[:-3].replace(os.sep, ".").removesuffix(".__init__")
+                out[module] = os.path.join(dirpath, name)
+    return out
+
+
+def imports_of(module, path, known):
+    """Package modules `module` imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name in known and name != module:
+                found.add(name)
+    found.discard("logpool")  # the package's __init__ only re-exports
+    return found
+
+
+def test_no_import_circles_in_the_package():
+    modules = package_modules()
+    graph = {m: imports_of(m, p, modules) for m, p in modules.items()}
+    state = {}
+
+    def visit(m, trail):
+        if state.get(m) == "done":
+            return
+        assert state.get(m) != "open", "import circle: " + " -> ".join(trail + [m])
+        state[m] = "open"
+        for dep in sorted(graph[m]):
+            visit(dep, trail + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        visit(m, [])
+
+
+def test_the_engine_knows_no_socket_and_transports_know_no_engine():
+    modules = package_modules()
+    for module, path in modules.items():
+        source = open(path, encoding="utf-8").read()
+        if module.startswith("logpool.engine"):
+            assert not re.search(r"^import (socket|ssl)\b", source, re.M), module
+        if module.startswith("logpool.transports"):
+            assert "logpool.engine" not in source, module
+
+
+def test_stats_fields_come_from_the_c_struct_and_every_copy_agrees():
+    header_fields = re.findall(r"uint64_t (\w+);", HEADER[HEADER.index("typedef struct logpool_stats_s"):
+                                                          HEADER.index("} logpool_stats_t;")])
+    assert stats.fields(_binding.ffi) == tuple(header_fields)
+    lua_fields = re.findall(r'"(\w+)"', LUA[LUA.index("local STATS_FIELDS"):
+                                            LUA.index("}", LUA.index("local STATS_FIELDS"))])
+    assert tuple(lua_fields) == tuple(header_fields)
+    rendered = [f for _, f, _ in metrics.COUNTERS] + [f for _, f, _ in metrics.GAUGES] + [
+        f for _, f in metrics.DROPS]
+    assert sorted(rendered) == sorted(header_fields), "every counter is in Prometheus once"
+    c_list = re.search(r"#define STATS_FIELDS\(XX\)(.*?)\n\n", open(
+        os.path.join(PACKAGE, "csrc", "chain.c"), encoding="utf-8").read(), re.S).group(1)
+    assert re.findall(r"XX\((\w+)\)", c_list) == header_fields
+
+
+def test_error_codes_agree_everywhere():
+    enum = {n: int(v) for n, v in re.findall(r"LOGPOOL_(\w+) = (-?\d+)", HEADER)}
+    python = {n: getattr(errors, n) for n in dir(errors) if re.fullmatch(r"E[A-Z]+|OK", n)}
+    assert python == enum
+    assert {cls.code for cls in errors.BY_CODE.values()} == set(enum.values()) - {0}
+    lib = _binding.lib()
+    for name, code in enum.items():
+        assert getattr(lib, f"LOGPOOL_{name}") == code
+
+
+def test_the_version_is_one_value():
+    version = logpool.__version__
+    assert re.search(r'#define LOGPOOL_VERSION_STRING "([^"]+)"', HEADER).group(1) == version
+    major, minor, patch = (int(x) for x in version.split("."))
+    for part, value in (("MAJOR", major), ("MINOR", minor), ("PATCH", patch)):
+        assert re.search(rf"#define LOGPOOL_VERSION_{part} (\d+)", HEADER).group(1) == str(value)
+    for lua in ("resty/logpool.lua", "resty/logpool/compat.lua"):
+        text = open(os.path.join(paths.lua_dir(), lua), encoding="utf-8").read()
+        assert f'_VERSION = "{version}"' in text, lua
+    pyproject = open(os.path.join(os.path.dirname(PACKAGE), "pyproject.toml")).read()
+    assert 'dynamic = ["version"]' in pyproject and 'attr = "logpool.__version__"' in pyproject
+    assert _binding.ffi.string(_binding.lib().logpool_version()).decode() == version
+
+
+def lua_option_set(name):
+    block = LUA[LUA.index(f"local {name} = {{"):]
+    block = block[:block.index("}")]
+    return set(re.findall(r"(\w+) = true", block))
+
+
+def test_the_lua_option_checks_cover_exactly_the_config_keys():
+    transport_keys = transports.all_options()
+    numbers = set(config.SINK_OPTIONS) | set(config.POOL_ONLY_OPTIONS)
+    strings = {"framing"} | {k for k, v in transport_keys.items() if v is None}
+    booleans = {k for k, v in transport_keys.items() if isinstance(v, bool)}
+    assert lua_option_set("NUMBER_OPTIONS") == numbers
+    assert lua_option_set("STRING_OPTIONS") == strings
+    assert booleans == {"verify"} and 'k == "verify" and "boolean"' in LUA
+
+
+@pytest.mark.parametrize("key", sorted(set(config.SINK_OPTIONS) | {"framing"}))
+def test_every_option_is_documented(key):
+    readme = "\n".join(open(os.path.join(os.path.dirname(PACKAGE), p), encoding="utf-8").read()
+                       for p in ("README.md",) + tuple(
+                           os.path.join("docs", f) for f in sorted(os.listdir(
+                               os.path.join(os.path.dirname(PACKAGE), "docs")))
+                           if f.endswith(".md")))
+    assert f"`{key}`" in readme

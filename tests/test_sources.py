@@ -12,7 +12,13 @@ from logpool import _binding, config, errors, metrics, paths, stats, transports
 
 PACKAGE = os.path.dirname(os.path.abspath(logpool.__file__))
 HEADER = open(paths.header_path(), encoding="utf-8").read()
-LUA = open(os.path.join(paths.lua_dir(), "resty", "logpool.lua"), encoding="utf-8").read()
+def lua_source(module):
+    return open(os.path.join(paths.lua_dir(), *module.split(".")) + ".lua",
+                encoding="utf-8").read()
+
+
+LUA_BASE = lua_source("resty.logpool.base")
+LUA_OPTIONS = lua_source("resty.logpool.options")
 
 
 def package_modules():
@@ -76,8 +82,8 @@ def test_stats_fields_come_from_the_c_struct_and_every_copy_agrees():
     header_fields = re.findall(r"uint64_t (\w+);", HEADER[HEADER.index("typedef struct logpool_stats_s"):
                                                           HEADER.index("} logpool_stats_t;")])
     assert stats.fields(_binding.ffi) == tuple(header_fields)
-    lua_fields = re.findall(r'"(\w+)"', LUA[LUA.index("local STATS_FIELDS"):
-                                            LUA.index("}", LUA.index("local STATS_FIELDS"))])
+    start = LUA_BASE.index("_M.STATS_FIELDS")
+    lua_fields = re.findall(r'"(\w+)"', LUA_BASE[start:LUA_BASE.index("}", start)])
     assert tuple(lua_fields) == tuple(header_fields)
     rendered = [f for _, f, _ in metrics.COUNTERS] + [f for _, f, _ in metrics.GAUGES] + [
         f for _, f in metrics.DROPS]
@@ -103,16 +109,16 @@ def test_the_version_is_one_value():
     major, minor, patch = (int(x) for x in version.split("."))
     for part, value in (("MAJOR", major), ("MINOR", minor), ("PATCH", patch)):
         assert re.search(rf"#define LOGPOOL_VERSION_{part} (\d+)", HEADER).group(1) == str(value)
-    for lua in ("resty/logpool.lua", "resty/logpool/compat.lua"):
-        text = open(os.path.join(paths.lua_dir(), lua), encoding="utf-8").read()
-        assert f'_VERSION = "{version}"' in text, lua
+    for module in ("resty.logpool", "resty.logpool.base", "resty.logpool.compat",
+                   "resty.logpool.json", "resty.logpool.options", "resty.logpool.metrics"):
+        assert f'_VERSION = "{version}"' in lua_source(module), module
     pyproject = open(os.path.join(os.path.dirname(PACKAGE), "pyproject.toml")).read()
     assert 'dynamic = ["version"]' in pyproject and 'attr = "logpool.__version__"' in pyproject
     assert _binding.ffi.string(_binding.lib().logpool_version()).decode() == version
 
 
 def lua_option_set(name):
-    block = LUA[LUA.index(f"local {name} = {{"):]
+    block = LUA_OPTIONS[LUA_OPTIONS.index(f"local {name} = {{"):]
     block = block[:block.index("}")]
     return set(re.findall(r"(\w+) = true", block))
 
@@ -124,7 +130,7 @@ def test_the_lua_option_checks_cover_exactly_the_config_keys():
     booleans = {k for k, v in transport_keys.items() if isinstance(v, bool)}
     assert lua_option_set("NUMBER_OPTIONS") == numbers
     assert lua_option_set("STRING_OPTIONS") == strings
-    assert booleans == {"verify"} and 'k == "verify" and "boolean"' in LUA
+    assert booleans == {"verify"} and 'k == "verify" and "boolean"' in LUA_OPTIONS
 
 
 @pytest.mark.parametrize("key", sorted(set(config.SINK_OPTIONS) | {"framing"}))

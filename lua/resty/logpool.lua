@@ -11,218 +11,34 @@ local ffi = require "ffi"
 local ffi_gc = ffi.gc
 local ffi_new = ffi.new
 local ffi_string = ffi.string
-local ffi_load = ffi.load
 local error = error
 local getmetatable = getmetatable
-local next = next
 local pairs = pairs
 local ipairs = ipairs
-local pcall = pcall
 local setmetatable = setmetatable
 local tonumber = tonumber
 local tostring = tostring
 local type = type
-local concat = table.concat
 local format = string.format
 local floor = math.floor
 local ngx = ngx
 
--- The block between the markers is include/logpool.h's; tests/test_header.py compares them.
-if not pcall(ffi.typeof, "logpool_t") then
-    ffi.cdef [[
-/* LOGPOOL_CDEF_BEGIN */
-typedef struct logpool_s logpool_t;
+local base = require "resty.logpool.base"
+local json = require "resty.logpool.json"
+local options = require "resty.logpool.options"
+local metrics = require "resty.logpool.metrics"
 
-enum logpool_code {
-    LOGPOOL_OK = 0,
-    LOGPOOL_EINVAL = -1,
-    LOGPOOL_ENOSINK = -2,
-    LOGPOOL_ETOOBIG = -3,
-    LOGPOOL_EFULL = -4,
-    LOGPOOL_ECLOSED = -5,
-    LOGPOOL_ECONFIG = -6,
-    LOGPOOL_ERUNTIME = -7,
-    LOGPOOL_ETIMEDOUT = -8
-};
-
-typedef struct logpool_stats_s {
-    uint64_t accepted_messages;
-    uint64_t accepted_bytes;
-    uint64_t sent_messages;
-    uint64_t sent_bytes;
-    uint64_t dropped_full;
-    uint64_t dropped_too_big;
-    uint64_t dropped_closed;
-    uint64_t abandoned_messages;
-    uint64_t connects;
-    uint64_t connect_failures;
-    uint64_t write_errors;
-    uint64_t reconnects;
-    uint64_t buffered_bytes;
-    uint64_t connected;
-    uint64_t buffered_messages;
-    uint64_t writes;
-    uint64_t resent_bytes;
-    uint64_t writer_errors;
-    uint64_t tls_handshake_failures;
-    uint64_t tls_resumed;
-    uint64_t dropped_unsendable;
-} logpool_stats_t;
-
-logpool_t *logpool_new(const char *config_json);
-const char *logpool_last_error(void);
-int logpool_last_error_code(void);
-int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_t len);
-int logpool_flush(logpool_t *pool, int timeout_ms);
-int logpool_shutdown(logpool_t *pool);
-int logpool_close(logpool_t *pool, int timeout_ms);
-void logpool_free(logpool_t *pool);
-int logpool_sink_count(logpool_t *pool);
-int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out);
-const char *logpool_strerror(int code);
-int logpool_metrics(logpool_t *pool, char *buf, size_t len);
-const char *logpool_version(void);
-/* LOGPOOL_CDEF_END */
-]]
-end
-if not pcall(function() return ffi.C.geteuid end) then
-    ffi.cdef "unsigned int geteuid(void);"
-end
-
-local _M = { _VERSION = "0.1.0" }
-
-local STATS_FIELDS = {
-    "accepted_messages", "accepted_bytes", "sent_messages", "sent_bytes", "dropped_full",
-    "dropped_too_big", "dropped_closed", "abandoned_messages", "connects", "connect_failures",
-    "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
-    "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
-    "dropped_unsendable",
-}
--- Keys of the JSON config; their types are checked here so that a caller bug raises.
-local NUMBER_OPTIONS = {
-    flush_limit = true, periodic_flush_ms = true, max_buffer_length = true,
-    max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
-    retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
-}
-local STRING_OPTIONS = {
-    framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
-}
+local STATS_FIELDS = base.STATS_FIELDS
+local load_lib = base.load
+local json_encode = json.encode
+local check_options = options.check
+local lib -- set by the first successful new(); kept for the life of the worker (trap 6)
+local stats_buf = ffi_new("logpool_stats_t")
 local CLOSE_ON_GC_MS = 1000
 
--- The library handle lives in this upvalue for the life of the worker (DESIGN.md trap 6;
--- the library also pins itself with RTLD_NODELETE).
-local lib, lib_loaded_from
-local stats_buf = ffi_new("logpool_stats_t")
-
--- The library relative to this file: an installed package has logpool/lua/resty/logpool.lua
--- beside logpool/liblogpool.so; a source tree has lua/resty/ beside logpool/liblogpool.so.
-local function default_lib_paths()
-    local source = debug.getinfo(1, "S").source
-    local dir = source:sub(1, 1) == "@" and source:sub(2):match("^(.*)/[^/]*$") or "."
-    return { dir .. "/../../liblogpool.so", dir .. "/../../logpool/liblogpool.so" }
-end
-
-local function readable(path)
-    local f = io.open(path, "rb")
-    if f then
-        f:close()
-        return true
-    end
-    return false
-end
-
-local function load_lib(lib_path)
-    if lib then
-        if lib_path and lib_path ~= lib_loaded_from then
-            return nil, "logpool: library already loaded from " .. lib_loaded_from
-                        .. ", cannot also load " .. lib_path
-        end
-        return lib
-    end
-    local tried = {}
-    local path = lib_path
-    if path then
-        tried[#tried + 1] = "lib_path option: " .. path
-    else
-        tried[#tried + 1] = "lib_path option: not set"
-        for _, candidate in ipairs(default_lib_paths()) do
-            if readable(candidate) then
-                path = candidate
-                break
-            end
-            tried[#tried + 1] = candidate .. ": not found (run `make build`)"
-        end
-    end
-    if not path then
-        return nil, "logpool: cannot find liblogpool.so; looked at " .. concat(tried, "; ")
-    end
-    local ok, loaded = pcall(ffi_load, path)
-    if not ok then
-        return nil, format("logpool: cannot load %s (%s): %s; the library, its libpython "
-                           .. "and the venv must be readable by the nginx worker user "
-                           .. "(uid %d)", path, concat(tried, "; "), tostring(loaded),
-                           tonumber(ffi.C.geteuid()))
-    end
-    local version = ffi_string(loaded.logpool_version())
-    if version ~= _M._VERSION then
-        return nil, format("logpool: %s is version %s, this module is %s", path, version,
-                           _M._VERSION)
-    end
-    lib, lib_loaded_from = loaded, path
-    return lib
-end
-
--- A small JSON encoder for the config: strings, numbers, booleans, arrays, objects.
-local function json_string(s)
-    return '"' .. s:gsub('[%c"\\]', function(c)
-        if c == '"' then return '\\"' end
-        if c == "\\" then return "\\\\" end
-        return format("\\u%04x", c:byte())
-    end) .. '"'
-end
-
-local function json_encode(v)
-    local t = type(v)
-    if t == "string" then
-        return json_string(v)
-    elseif t == "number" then
-        if v ~= v or v == math.huge or v == -math.huge then
-            return "null"
-        end
-        if v == floor(v) and v >= -2^53 and v <= 2^53 then
-            return format("%d", v)
-        end
-        return format("%.17g", v)
-    elseif t == "boolean" then
-        return tostring(v)
-    elseif t == "table" then
-        if #v > 0 or next(v) == nil then
-            local parts = {}
-            for i, item in ipairs(v) do
-                parts[i] = json_encode(item)
-            end
-            return "[" .. concat(parts, ",") .. "]"
-        end
-        local parts = {}
-        for k, item in pairs(v) do
-            parts[#parts + 1] = json_string(tostring(k)) .. ":" .. json_encode(item)
-        end
-        return "{" .. concat(parts, ",") .. "}"
-    end
-    return "null"
-end
+local _M = { _VERSION = "0.1.0" }
 _M._json_encode = json_encode
-
-local function check_options(where, t, level)
-    for k, v in pairs(t) do
-        local want = NUMBER_OPTIONS[k] and "number" or STRING_OPTIONS[k] and "string"
-                     or k == "verify" and "boolean"
-        if want and type(v) ~= want then
-            error(format("bad config: %s%s must be a %s, got %s", where, k, want, type(v)),
-                  level + 1)
-        end
-    end
-end
+_M._merge_metrics = metrics.merge
 
 local pool_mt = {}
 pool_mt.__index = pool_mt
@@ -281,6 +97,7 @@ function _M.new(config)
     if not l then
         return nil, err
     end
+    lib = l
 
     local json = {}
     for k, v in pairs(config) do
@@ -444,110 +261,18 @@ function pool_mt.metrics(self)
     end
 end
 
--- Metrics of all workers, for one nginx `location /metrics`:
---   http { lua_shared_dict logpool_metrics 1m; }
---   init_worker_by_lua_block { ...start(...); require("resty.logpool").publish_metrics("logpool_metrics") }
---   location = /metrics { allow 127.0.0.1; deny all;
---       content_by_lua_block { require("resty.logpool").serve_metrics("logpool_metrics") } }
-local PUBLISH_INTERVAL = 1
-local publish_failed
-
-local function publish(dict_name, pool)
-    local dict = ngx.shared[dict_name]
-    if not dict then
-        return nil, "logpool: no lua_shared_dict " .. tostring(dict_name)
-    end
-    local text, err = pool:metrics()
-    if not text then
-        return nil, err
-    end
-    -- Keyed by worker id: after a reload the new worker with the same id takes over.
-    return dict:set("w" .. ngx.worker.id(), text, PUBLISH_INTERVAL * 30)
-end
 
 --- syntax: ok, err = logpool.publish_metrics(dict_name, interval)
 -- context: init_worker_by_lua*. Publishes this worker's default pool every `interval`
 -- seconds (default 1).
 function _M.publish_metrics(dict_name, interval)
-    if type(dict_name) ~= "string" then
-        error("bad argument #1 to 'publish_metrics' (shared dict name expected)", 2)
-    end
-    if not ngx.shared[dict_name] then
-        return nil, "logpool: no lua_shared_dict " .. dict_name
-    end
-    return ngx.timer.every(interval or PUBLISH_INTERVAL, function(premature)
-        if not premature and default_pool then
-            local ok, err = publish(dict_name, default_pool)
-            if not ok and not publish_failed then
-                publish_failed = true -- once per worker, not every interval
-                ngx.log(ngx.ERR, "logpool: cannot publish metrics: ", err)
-            end
-        end
-    end)
+    return metrics.publish_every(dict_name, interval, _M.default)
 end
-
--- Sum identical series of several Prometheus texts; HELP/TYPE lines once, first order kept.
-local function merge_metrics(texts)
-    local order, values, seen_meta, out = {}, {}, {}, {}
-    for _, text in ipairs(texts) do
-        for line in text:gmatch("[^\n]+") do
-            if line:sub(1, 1) == "#" then
-                if not seen_meta[line] then
-                    seen_meta[line] = true
-                    order[#order + 1] = line
-                end
-            else
-                local series, value = line:match("^(.-)%s+(%S+)$")
-                local v = tonumber(value)
-                if series and v then
-                    if values[series] == nil then
-                        order[#order + 1] = series
-                        values[series] = v
-                    else
-                        values[series] = values[series] + v
-                    end
-                end
-            end
-        end
-    end
-    for i, key in ipairs(order) do
-        local v = values[key]
-        if v == nil then
-            out[i] = key
-        elseif v == floor(v) and v < 2^53 then
-            out[i] = key .. " " .. format("%d", v)
-        else
-            out[i] = key .. " " .. format("%.17g", v)
-        end
-    end
-    return concat(out, "\n") .. "\n"
-end
-_M._merge_metrics = merge_metrics
 
 --- syntax: logpool.serve_metrics(dict_name)   -- context: content_by_lua*
 -- Answers with the totals of every worker (this worker's snapshot taken now).
 function _M.serve_metrics(dict_name)
-    local dict = ngx.shared[dict_name]
-    if not dict then
-        ngx.status = 500
-        ngx.say("logpool: no lua_shared_dict ", tostring(dict_name))
-        return
-    end
-    if default_pool then
-        local ok, err = publish(dict_name, default_pool)
-        if not ok then
-            ngx.log(ngx.ERR, "logpool: cannot publish metrics: ", err)
-        end
-    end
-    local texts = {}
-    for _, key in ipairs(dict:get_keys(0)) do
-        local text = dict:get(key)
-        if text then
-            texts[#texts + 1] = text
-        end
-    end
-    ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-    ngx.print(merge_metrics(texts))
+    return metrics.serve(dict_name, (_M.default()))
 end
 
 -- A per-worker default pool: the two-line nginx.conf change.

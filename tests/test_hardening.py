@@ -348,23 +348,6 @@ def test_receiver_out_of_descriptors_keeps_serving_and_recovers(tmp_path):
     assert "100 messages" in text and re.search(r"[1-9]\d* accept errors", text), text
 
 
-@pytest.fixture
-def bare_receiver(tmp_path):
-    made = []
-
-    def start(listen=None, **options):
-        out = LockedBytes()
-        r = Receiver(listen or "unix:" + sock_path(tmp_path, f"bare{len(made)}.sock"), out,
-                     **options)
-        r.output = out
-        made.append(r.start())
-        return r
-
-    yield start
-    for r in made:
-        r.stop()
-
-
 def connect_raw(url):
     if url.startswith("unix:"):
         c = socket.socket(socket.AF_UNIX)
@@ -376,17 +359,17 @@ def connect_raw(url):
     return c
 
 
-def test_receiver_hangs_up_on_idle_connections(bare_receiver):
-    r = bare_receiver(idle_timeout=0.3)
+def test_receiver_hangs_up_on_idle_connections(receiver):
+    r = receiver(idle_timeout=0.3)
     c = connect_raw(r.url)
     c.sendall(b"one line\n")
     assert c.recv(1) == b""  # the receiver hung up after 0.3 s of silence
     assert r.snapshot().timeouts == 1 and r.output.lines() == [b"one line"]
 
 
-def test_receiver_hangs_up_on_a_stalled_tls_handshake(bare_receiver, test_ca):
+def test_receiver_hangs_up_on_a_stalled_tls_handshake(receiver, test_ca):
     cert, key = test_ca.issue("server", ["127.0.0.1"])
-    r = bare_receiver("tls://127.0.0.1:0", tls=server_tls_context(cert, key),
+    r = receiver("tls://127.0.0.1:0", tls=server_tls_context(cert, key),
                       handshake_timeout=0.3,
                       idle_timeout=600)
     c = connect_raw(r.url)  # TCP only: never says hello
@@ -398,8 +381,8 @@ def test_receiver_hangs_up_on_a_stalled_tls_handshake(bare_receiver, test_ca):
     ("octet-counting", b"9999999999 abc"),          # announces 10 GB
     ("newline", b"x" * 5000),                       # a line that never ends
 ])
-def test_receiver_caps_a_partial_message(bare_receiver, framing, data):
-    r = bare_receiver(framing=framing, max_message_size=4096)
+def test_receiver_caps_a_partial_message(receiver, framing, data):
+    r = receiver(framing=framing, max_message_size=4096)
     c = connect_raw(r.url)
     c.sendall(b"12 good message" if framing == "octet-counting" else b"good message\n")
     c.sendall(data)
@@ -407,10 +390,10 @@ def test_receiver_caps_a_partial_message(bare_receiver, framing, data):
     assert r.snapshot().oversized == 1 and r.snapshot().messages == 1
 
 
-def test_receiver_buffers_a_long_message_in_linear_time(bare_receiver):
+def test_receiver_buffers_a_long_message_in_linear_time(receiver):
     # 32 MiB in 4 KiB reads: re-copying the partial message on every read (as before) is
     # 128 GiB of copying; appending in place is 32 MiB.
-    r = bare_receiver(max_message_size=64 << 20)
+    r = receiver(max_message_size=64 << 20)
     a, b = socket.socketpair()
     r._partial[a] = bytearray()
     r._last_active[a] = r.clock()
@@ -429,7 +412,7 @@ def test_receiver_buffers_a_long_message_in_linear_time(bare_receiver):
     b.close()
 
 
-def test_receiver_never_deletes_a_regular_file_or_a_live_socket(tmp_path, bare_receiver):
+def test_receiver_never_deletes_a_regular_file_or_a_live_socket(tmp_path, receiver):
     precious = sock_path(tmp_path, "precious.log")
     with open(precious, "w") as f:
         f.write("keep me\n")
@@ -438,7 +421,7 @@ def test_receiver_never_deletes_a_regular_file_or_a_live_socket(tmp_path, bare_r
     assert result.returncode == 2 and "exists and is not a socket" in result.stderr
     assert open(precious).read() == "keep me\n"
 
-    live = bare_receiver()
+    live = receiver()
     with pytest.raises(OSError, match="another process is listening"):
         Receiver(live.url, LockedBytes())
     assert connect_raw(live.url)  # still reachable: its socket was left alone
@@ -447,7 +430,7 @@ def test_receiver_never_deletes_a_regular_file_or_a_live_socket(tmp_path, bare_r
     s = socket.socket(socket.AF_UNIX)
     s.bind(stale)
     s.close()  # a socket file nobody listens on
-    r = bare_receiver("unix:" + stale)
+    r = receiver("unix:" + stale)
     assert stat.S_IMODE(os.stat(stale).st_mode) == 0o660
     assert connect_raw(r.url)
 

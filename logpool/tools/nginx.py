@@ -14,6 +14,10 @@ MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so",
            "/usr/lib/nginx/modules/ngx_http_lua_module.so")
 
 
+class NginxError(RuntimeError):
+    """nginx refused its config, exited, or left a worker behind."""
+
+
 class NginxMissing(RuntimeError):
     pass
 
@@ -91,7 +95,8 @@ class Nginx:
             f.write(conf)
         self.cmd = [*wrapper, nginx_binary(), "-p", self.prefix + "/", "-c", self.conf_path]
         check = subprocess.run(self.cmd + ["-t"], capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
+        if check.returncode != 0:
+            raise NginxError(f"nginx -t refused the config: {check.stderr}")
         self.proc = None
 
     @property
@@ -120,7 +125,8 @@ class Nginx:
         return 1
 
     def _serving(self):
-        assert self.proc.poll() is None, f"nginx exited: {self.read_error_log()[-2000:]}"
+        if self.proc.poll() is not None:
+            raise NginxError(f"nginx exited: {self.read_error_log()[-2000:]}")
         try:
             return self.get("/")[0] == 200
         except OSError:
@@ -184,7 +190,8 @@ class Nginx:
         self.signal(signal.SIGQUIT)
         rc = self.proc.wait(timeout=timeout)
         for pid in workers:
-            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), f"worker {pid} left"
+            if os.path.exists(f"/proc/{pid}") and not _zombie(pid):
+                raise NginxError(f"worker {pid} still runs after quit")
         return rc
 
     def kill(self):
@@ -223,7 +230,8 @@ def _zombie(pid):
 
 def wrk(port, seconds, connections=16, threads=2, path="/"):
     exe = shutil.which("wrk")
-    assert exe, "wrk is required (Debian package wrk; `make deps`)"
+    if not exe:
+        raise NginxMissing("wrk is required (Debian package wrk; `make deps`)")
     return subprocess.Popen([exe, f"-t{threads}", f"-c{connections}", f"-d{seconds}s",
                              f"http://127.0.0.1:{port}{path}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -78,6 +78,10 @@ typedef struct logpool_stats_s {
     uint64_t tls_resumed;         /* TLS handshakes that resumed an earlier session */
     uint64_t dropped_unsendable;  /* accepted, then refused by the socket for good (a
                                      datagram larger than its send buffer): dropped */
+    uint64_t unacked_messages;    /* gauge: sent to an acknowledging collector (RELP), no
+                                     acknowledgement yet */
+    uint64_t resent_messages;     /* sent again after a broken session: with RELP, messages
+                                     whose acknowledgement was lost (they may arrive twice) */
 } logpool_stats_t;
 
 /* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first

@@ -116,7 +116,8 @@ def build_parser():
     p = sub.add_parser("receive", help="a collector writing complete messages to a file or "
                        "stdout")
     p.add_argument("--listen", required=True, help="unix:/path, unixgram:/path, "
-                   "tcp://host:port, tls://host:port or udp://host:port")
+                   "tcp://host:port, tls://host:port, udp://host:port, relp://host:port or "
+                   "relp+tls://host:port (RELP: a message is acknowledged once written out)")
     p.add_argument("--out", help="append messages to this file (default: stdout)")
     p.add_argument("--framing", default="newline", choices=("newline", "octet-counting", "raw"),
                    help="how messages are delimited on the stream, and written out "

@@ -33,7 +33,8 @@ FRAMINGS = {"raw": 0, "newline": 1, "octet-counting": 2}
 INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
-URL_FORMS = "unix:/path, unixgram:/path, tcp://host:port, tls://host:port or udp://host:port"
+URL_FORMS = ("unix:/path, unixgram:/path, tcp://host:port, tls://host:port, udp://host:port, "
+             "relp://host:port or relp+tls://host:port")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class SinkConfig:
     max_retry_interval_ms: int
     framing: str = "raw"
     transport_options: object = None  # what the transport parsed of its own keys
+    collectors: tuple = ()  # ((url, scheme, address), ...): failover order, first = url
 
     @property
     def transport(self):
@@ -232,11 +234,21 @@ def parse(config):
                     | set(transport_keys))
         if "url" not in sink:
             raise ConfigError(f"{where}.url: missing")
-        scheme, address = parse_url(f"{where}.url", sink["url"])
+        urls = _urls(where, sink["url"])
+        collectors = tuple((url, *parse_url(f"{where}.url" + (f"[{k}]" if len(urls) > 1 else ""),
+                                            url)) for k, url in enumerate(urls))
+        _, scheme, address = collectors[0]
+        if len(collectors) > 1:
+            if any(c[1] != scheme for c in collectors):
+                raise ConfigError(f"{where}.url: the collectors of one sink share a scheme, "
+                                  f"got {', '.join(sorted({c[1] for c in collectors}))}")
+            if not transports.for_scheme(scheme).FAILOVER:
+                raise ConfigError(f"{where}.url: a list of collectors (failover) is for stream "
+                                  f"and RELP sinks, not {scheme}")
         if "name" in sink:
             name = sink["name"]
         else:  # unnamed: the URL, made unique when another sink has it (metrics label)
-            name = sink["url"] if sink["url"] not in owner else f"{sink['url']}#{i}"
+            name = urls[0] if urls[0] not in owner else f"{urls[0]}#{i}"
             if name in owner:
                 raise ConfigError(f"{where}.name: this sink would be named {name!r}, which "
                                   f"sinks[{owner[name]}] already is; give one of them a name")
@@ -266,10 +278,20 @@ def parse(config):
                               f"{opts['max_retry_interval_ms']}")
         transport_options = _transport_options(where, sink, scheme, address, transport,
                                                transport_defaults)
-        parsed.append(SinkConfig(index=i, url=sink["url"], name=name, scheme=scheme,
-                                 address=address, framing=framing,
+        parsed.append(SinkConfig(index=i, url=urls[0], name=name, scheme=scheme,
+                                 address=address, collectors=collectors, framing=framing,
                                  transport_options=transport_options, **opts))
     return PoolConfig(sinks=tuple(parsed), exit_flush_timeout_ms=exit_ms)
+
+
+def _urls(where, url):
+    """A sink's collectors: one URL, or a non-empty list of them (failover, in order)."""
+    if isinstance(url, list):
+        if not url or len(url) > 64:
+            raise ConfigError(f"{where}.url: a list of collectors holds 1 to 64 URLs, got "
+                              f"{len(url)}")
+        return tuple(url)
+    return (url,)
 
 
 def _transport_options(where, sink, scheme, address, transport, defaults):

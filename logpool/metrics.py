@@ -28,11 +28,15 @@ COUNTERS = (
     ("tls_handshake_failures", "tls_handshake_failures",
      "TLS handshakes that failed (certificate refused, protocol error); also connect failures."),
     ("tls_resumed", "tls_resumed", "TLS handshakes that resumed an earlier session."),
+    ("resent_messages", "resent_messages",
+     "Messages sent again after a broken session (RELP: their acknowledgement was lost)."),
 )
 GAUGES = (
     ("buffered_bytes", "buffered_bytes", "Bytes accepted and not yet completely written."),
     ("buffered_messages", "buffered_messages", "Messages accepted and not yet written."),
     ("connected", "connected", "1 while the sink's writer holds a connection."),
+    ("unacked_messages", "unacked_messages",
+     "Messages sent to an acknowledging collector (RELP) and not acknowledged yet."),
 )
 DROPS = (("full", "dropped_full"), ("too_big", "dropped_too_big"),
          ("closed", "dropped_closed"), ("unsendable", "dropped_unsendable"))
@@ -67,6 +71,18 @@ class PoolCollector:
             for name, s in stats:
                 fam.add_metric([name], s[field])
             yield fam
+        connects = CounterMetricFamily(
+            "logpool_collector_connects", "Successful connects, per collector of a sink "
+            "(several with failover).", labels=["sink", "collector"])
+        failures = CounterMetricFamily(
+            "logpool_collector_connect_failures", "Failed connect attempts, per collector.",
+            labels=["sink", "collector"])
+        for sink, w in zip(self.cfg.sinks, self.writers):
+            for url, (ok, failed) in list(w.transport.collector_stats.items()):
+                connects.add_metric([sink.name, url], ok)
+                failures.add_metric([sink.name, url], failed)
+        yield connects
+        yield failures
         for metric, help_text in WriterHistograms.HELP.items():
             fam = HistogramMetricFamily(f"logpool_{metric}", help_text, labels=["sink"])
             for sink, w in zip(self.cfg.sinks, self.writers):

@@ -200,9 +200,11 @@ class Receiver:
         self.handshake_timeout = handshake_timeout
         self.clock = clock
         self.scheme, self.sock = listen_socket(listen, mode)
-        if self.scheme == "tls" and tls is None:
+        if self.scheme in ("tls", "relp+tls") and tls is None:
             self.sock.close()
-            raise ValueError("a tls:// listener needs a certificate (tls=server_tls_context())")
+            raise ValueError(f"a {self.scheme}:// listener needs a certificate "
+                             f"(tls=server_tls_context())")
+        self.relp = self.scheme in ("relp", "relp+tls")
         self.tls = tls
         self.datagram = self.sock.type == socket.SOCK_DGRAM
         self.framing = framing
@@ -426,6 +428,8 @@ class Receiver:
         buf = self._partial[conn]
         buf += data
         self._last_active[conn] = self.clock()
+        if self.relp:
+            return self._consume_relp(conn, buf)
         try:
             complete, count, cut = self._split(buf, len(data))
             bad = False
@@ -450,6 +454,60 @@ class Receiver:
         if bad:  # the stream cannot be resynchronised: hang up
             with self._lock:
                 self.stats.framing_errors += 1
+            buf.clear()
+            self._drop(conn)
+            return False
+        return True
+
+    def _consume_relp(self, conn, buf):
+        """RELP server side: answer open and close, write each syslog command's message out,
+        flush, and only then acknowledge it ("rsp 200 OK"): an acknowledged message is on
+        disk (in the file's page cache), so a collector killed after the reply loses
+        nothing the sender let go of."""
+        from logpool.transports.relp import OFFERS, RelpTransport
+        replies, pos, count, size, close = [], 0, 0, 0, False
+        try:
+            while (frame := RelpTransport._parse_frame(buf, pos)) is not None:
+                txnr, command, data, pos = frame
+                if command == b"syslog":
+                    self.out.write(frame_datagram(self.framing, data))
+                    count, size = count + 1, size + len(data)
+                    replies.append(b"%d rsp 6 200 OK\n" % txnr)
+                elif command == b"open":
+                    offer = b"200 OK\n" + OFFERS.replace(b"logpool,", b"logpool-receive,")
+                    replies.append(b"%d rsp %d %s\n" % (txnr, len(offer), offer))
+                elif command == b"close":
+                    replies.append(b"%d rsp 0\n" % txnr)
+                    close = True
+                    break
+                else:
+                    reply = b"500 unknown command " + command[:64]
+                    replies.append(b"%d rsp %d %s\n" % (txnr, len(reply), reply))
+        except OSError:  # not RELP: hang up
+            with self._lock:
+                self.stats.framing_errors += 1
+            buf.clear()
+            self._drop(conn)
+            return False
+        del buf[:pos]
+        if count:
+            self._flush_out()  # written out before it is acknowledged
+            with self._lock:
+                self.stats.messages += count
+                self.stats.bytes += size
+                self.stats.reads += 1
+        if replies:
+            try:
+                conn.settimeout(5)  # replies are small; a peer that takes none is gone
+                conn.sendall(b"".join(replies))
+                conn.setblocking(False)
+            except OSError:
+                self._drop(conn)
+                return False
+        if close or len(buf) > self.max_message_size + 64:
+            if not close:
+                with self._lock:
+                    self.stats.oversized += 1
             buf.clear()
             self._drop(conn)
             return False

@@ -277,7 +277,7 @@ def test_a_resolver_error_is_a_counted_connect_failure_with_a_one_line_reason(mo
         raise UnicodeError("label empty or too long")
     monkeypatch.setattr(base.socket, "getaddrinfo", refuse)
     with pytest.raises(OSError) as exc:
-        base.resolve(sink, time.monotonic() + 5, lambda: False)
+        base.resolve(sink, sink.address, time.monotonic() + 5, lambda: False)
     assert "bad host name 'localhost'" in str(exc.value)
 
 

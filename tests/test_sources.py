@@ -125,7 +125,8 @@ def lua_option_set(name):
 
 def test_the_lua_option_checks_cover_exactly_the_config_keys():
     transport_keys = transports.all_options()
-    numbers = set(config.SINK_OPTIONS) | set(config.POOL_ONLY_OPTIONS)
+    numbers = set(config.SINK_OPTIONS) | set(config.POOL_ONLY_OPTIONS) | {
+        k for k, v in transport_keys.items() if type(v) is int}
     strings = {"framing"} | {k for k, v in transport_keys.items() if v is None}
     booleans = {k for k, v in transport_keys.items() if isinstance(v, bool)}
     assert lua_option_set("NUMBER_OPTIONS") == numbers

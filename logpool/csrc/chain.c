@@ -14,7 +14,8 @@
     XX(dropped_full) XX(dropped_too_big) XX(dropped_closed) XX(abandoned_messages)           \
     XX(connects) XX(connect_failures) XX(write_errors) XX(reconnects) XX(buffered_bytes)     \
     XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)         \
-    XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable)
+    XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable) XX(unacked_messages)  \
+    XX(resent_messages)
 
 /* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
 #define COUNT_FIELD(f) +1
@@ -208,6 +209,7 @@ void logpool__sink_count(logpool__sink_t *s, int counter, uint64_t n)
     case LOGPOOL__WRITES: ATOMIC_ADD(&s->st.writes, n); break;
     case LOGPOOL__TLS_HANDSHAKE_FAILURES: ATOMIC_ADD(&s->st.tls_handshake_failures, n); break;
     case LOGPOOL__TLS_RESUMED: ATOMIC_ADD(&s->st.tls_resumed, n); break;
+    case LOGPOOL__RESENT_MESSAGES: ATOMIC_ADD(&s->st.resent_messages, n); break;
     default: break;
     }
 }

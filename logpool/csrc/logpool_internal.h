@@ -55,7 +55,8 @@ enum logpool__counter {
     LOGPOOL__WRITER_ERRORS = 4,
     LOGPOOL__WRITES = 5,
     LOGPOOL__TLS_HANDSHAKE_FAILURES = 6,
-    LOGPOOL__TLS_RESUMED = 7
+    LOGPOOL__TLS_RESUMED = 7,
+    LOGPOOL__RESENT_MESSAGES = 8
 };
 
 logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms);
@@ -72,6 +73,10 @@ size_t logpool__sink_consume(logpool__sink_t *sink, size_t nbytes);
 int logpool__sink_send_datagrams(logpool__sink_t *sink, int fd, int max_msgs);
 size_t logpool__sink_drop_message(logpool__sink_t *sink);
 size_t logpool__sink_rewind(logpool__sink_t *sink);
+int logpool__sink_relp_frames(logpool__sink_t *sink, char *out, size_t cap, uint32_t skip,
+                              uint32_t max_msgs, uint32_t first_txnr, size_t *used);
+size_t logpool__sink_consume_messages(logpool__sink_t *sink, uint32_t count);
+void logpool__sink_set_unacked(logpool__sink_t *sink, uint64_t n);
 size_t logpool__sink_pending(logpool__sink_t *sink);
 int logpool__sink_is_closing(logpool__sink_t *sink);
 void logpool__sink_count(logpool__sink_t *sink, int counter, uint64_t n);

@@ -194,7 +194,9 @@ class SinkWriter(threading.Thread):
                 self._count(lib.LOGPOOL__TLS_HANDSHAKE_FAILURES)
             delay = self.backoff.compute(self.failures)
             self.next_attempt = time.monotonic() + delay
-            self.reporter.report("connect failed", f"{self.sink.url}: {describe(exc)}; "
+            where = self.sink.url if len(self.transport.collectors) == 1 else (
+                f"all {len(self.transport.collectors)} collectors")
+            self.reporter.report("connect failed", f"{where}: {describe(exc)}; "
                                  f"retrying in {delay * 1000:.0f} ms")
             return True
         self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
@@ -222,13 +224,15 @@ class SinkWriter(threading.Thread):
         written, and schedule a reconnect with backoff."""
         if kind is not None:
             self._count(self.lib.LOGPOOL__WRITE_ERRORS)
+        url = self.transport.url
         self._disconnect()
+        self.transport.failed()
         self.lib.logpool__sink_rewind(self.c)
         self.failures += 1
         delay = self.backoff.compute(self.failures)
         self.next_attempt = time.monotonic() + delay
         if kind is not None:
-            self.reporter.report(f"{kind} failed", f"{self.sink.url}: {text}; reconnecting in "
+            self.reporter.report(f"{kind} failed", f"{url}: {text}; reconnecting in "
                                  f"{delay * 1000:.0f} ms and resending from the first "
                                  f"message not completely written")
 
@@ -268,6 +272,7 @@ class SinkWriter(threading.Thread):
             raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
                                f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
         self._report_drops()
+        self.poller.modify(self.transport.fileno(), self.transport.wants())
         events = self.poller.poll(SLICE_S * 1000)
         if events and events[0][1] & (select.POLLERR | select.POLLHUP):
             raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")

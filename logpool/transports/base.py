@@ -81,6 +81,7 @@ class Transport:
     SOCKET_TYPE = socket.SOCK_STREAM
     OPTIONS = {}  # key -> default: valid at the top level and per sink of these schemes
     UNIT = "message"  # what one message travels as, in error reports
+    FAILOVER = True  # a sink may list several collectors
 
     @classmethod
     def check_option(cls, where, key, value):
@@ -102,6 +103,46 @@ class Transport:
         self.chain = chain
         self.faults = faults
         self.sock = None
+        self.collectors = sink.collectors or ((sink.url, sink.scheme, sink.address),)
+        self.current = 0  # the collector in use, or tried first at the next connect
+        # Per collector: [connects, connect failures], for metrics.
+        self.collector_stats = {url: [0, 0] for url, _, _ in self.collectors}
+
+    @property
+    def url(self):
+        return self.collectors[self.current][0]
+
+    @property
+    def address(self):
+        return self.collectors[self.current][2]
+
+    def connect_any(self, should_stop, connect_one):
+        """connect_one() against each collector in failover order, from the current one; the
+        first that works stays current. Raises the last failure when none works."""
+        last = None
+        for _ in range(len(self.collectors)):
+            url = self.url
+            try:
+                connect_one()
+                self.collector_stats[url][0] += 1
+                return
+            except Stopped:
+                raise
+            except OSError as exc:
+                self.collector_stats[url][1] += 1
+                self.close()
+                last = exc if len(self.collectors) == 1 else type(exc)(
+                    exc.errno, f"{url}: {exc.strerror or exc}")
+                self.current = (self.current + 1) % len(self.collectors)
+        raise last
+
+    def failed(self):
+        """The session broke: the next connect starts with the next collector."""
+        self.current = (self.current + 1) % len(self.collectors)
+
+    def wants(self):
+        """poll() events to wait for when write() made no progress."""
+        return select.POLLOUT
 
     def announce(self):
         """A line for the error log when the writer starts, or None."""
@@ -145,13 +186,13 @@ def wait_io(sock, events, deadline, should_stop, what):
             raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
 
 
-def resolve(sink, deadline, should_stop, faults=None):
+def resolve(sink, address, deadline, should_stop, faults=None):
     """[(family, sockaddr)] of the sink, resolved within the connect deadline. getaddrinfo
     cannot be interrupted: it runs in a helper thread that is left behind (it ends on its
     own) when the deadline passes or the pool closes."""
     if sink.address_kind == "path":
-        return [(socket.AF_UNIX, sink.address)]
-    host, port = sink.address
+        return [(socket.AF_UNIX, address)]
+    host, port = address
     delay = faults.resolve_delay_s if faults is not None and faults.hit("resolve_delay") else 0
     done = threading.Event()
     answer = {}
@@ -183,18 +224,20 @@ def resolve(sink, deadline, should_stop, faults=None):
     return [(family, sockaddr) for family, _, _, _, sockaddr in answer["infos"]]
 
 
-def connect_socket(sink, should_stop, deadline, faults=None, prepare=None, established=None):
-    """A connected non-blocking socket to the first of the sink's addresses that answers.
+def connect_socket(sink, address, should_stop, deadline, faults=None, prepare=None,
+                   established=None):
+    """A connected non-blocking socket to the first address `address` resolves to that
+    answers (names are resolved again at every connect).
     prepare(sock, family) runs before connect; established(sock, family) after it and may
     return another object (a TLS socket); a HandshakeError it raises ends the search."""
     last_error = None
-    for family, address in resolve(sink, deadline, should_stop, faults):
+    for family, sockaddr in resolve(sink, address, deadline, should_stop, faults):
         sock = socket.socket(family, sink.socket_type)
         try:
             sock.setblocking(False)
             if prepare is not None:
                 prepare(sock, family)
-            rc = sock.connect_ex(address)
+            rc = sock.connect_ex(sockaddr)
             if rc in (errno.EINPROGRESS, errno.EALREADY):
                 wait_io(sock, select.POLLOUT, deadline, should_stop,
                         f"connect (connect_timeout_ms {sink.connect_timeout_ms})")

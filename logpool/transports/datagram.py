@@ -18,6 +18,7 @@ class DatagramTransport(Transport):
     ADDRESS = {"udp": "host_port", "unixgram": "path"}
     SOCKET_TYPE = socket.SOCK_DGRAM
     UNIT = "datagram"
+    FAILOVER = False  # a datagram never says whether anyone received it
 
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
@@ -35,7 +36,7 @@ class DatagramTransport(Transport):
 
     def connect(self, should_stop):
         deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
-        self.sock = connect_socket(self.sink, should_stop, deadline, self.faults,
+        self.sock = connect_socket(self.sink, self.address, should_stop, deadline, self.faults,
                                    prepare=self._prepare)
 
     def _prepare(self, sock, family):

@@ -12,9 +12,12 @@ class StreamTransport(Transport):
     ADDRESS = {"unix": "path", "tcp": "host_port"}
 
     def connect(self, should_stop):
+        self.connect_any(should_stop, lambda: self._connect_one(should_stop))
+
+    def _connect_one(self, should_stop):
         deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
         self.sock = connect_socket(
-            self.sink, should_stop, deadline, self.faults,
+            self.sink, self.address, should_stop, deadline, self.faults,
             established=lambda sock, family: self._established(sock, family, should_stop,
                                                                 deadline))
 

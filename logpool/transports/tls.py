@@ -20,7 +20,7 @@ OPTIONS = {"ca_file": None, "server_name": None, "cert_file": None, "key_file": 
 @dataclass(frozen=True)
 class TlsConfig:
     ca_file: object
-    server_name: str
+    server_name: object  # None: each collector's host
     cert_file: object
     key_file: object
     verify: bool
@@ -64,7 +64,7 @@ def tls_config(where, address, options):
     opts = {**OPTIONS, **options}
     ctx = client_context(where, opts["ca_file"], opts["cert_file"], opts["key_file"],
                          opts["verify"])
-    return TlsConfig(ca_file=opts["ca_file"], server_name=opts["server_name"] or address[0],
+    return TlsConfig(ca_file=opts["ca_file"], server_name=opts["server_name"],
                      cert_file=opts["cert_file"], key_file=opts["key_file"],
                      verify=opts["verify"], context=ctx)
 
@@ -101,7 +101,8 @@ class TlsTransport(StreamTransport):
 
     def _established(self, sock, family, should_stop, deadline):
         sock = super()._established(sock, family, should_stop, deadline)
-        return handshake(sock, self.sink, self.tls, self.session, deadline, should_stop)
+        return handshake(sock, self.sink, self.tls, self.tls.server_name or self.address[0],
+                         self.session, deadline, should_stop)
 
     def _send(self, views):
         """No sendmsg over TLS: one chunk per call; a retry after "want write" passes the
@@ -133,9 +134,9 @@ class TlsTransport(StreamTransport):
         super().close()
 
 
-def handshake(sock, sink, tls, session, deadline, should_stop):
+def handshake(sock, sink, tls, server_name, session, deadline, should_stop):
     import ssl
-    ssock = tls.context.wrap_socket(sock, server_hostname=tls.server_name,
+    ssock = tls.context.wrap_socket(sock, server_hostname=server_name,
                                     do_handshake_on_connect=False, session=session)
     what = f"TLS handshake (connect_timeout_ms {sink.connect_timeout_ms})"
     try:
@@ -160,7 +161,7 @@ def handshake(sock, sink, tls, session, deadline, should_stop):
         return ssock
     except ssl.SSLError as exc:
         ssock.close()
-        raise HandshakeError(errno.EPROTO, describe_tls_error(exc, tls)) from None
+        raise HandshakeError(errno.EPROTO, describe_tls_error(exc, tls, server_name)) from None
     except ConnectionError as exc:
         ssock.close()
         raise HandshakeError(exc.errno, f"TLS handshake failed: the server closed the "
@@ -180,13 +181,13 @@ def read_nonblocking(ssock):
         return None
 
 
-def describe_tls_error(exc, tls):
+def describe_tls_error(exc, tls, server_name):
     import ssl
     if isinstance(exc, ssl.SSLCertVerificationError):
         why = exc.verify_message or exc.reason or str(exc)
         where = f"CA file {tls.ca_file}" if tls.ca_file else "the system CA bundle"
         return (f"TLS handshake failed: server certificate refused: {why} (server_name "
-                f"{tls.server_name!r}, trusted CAs from {where})")
+                f"{server_name!r}, trusted CAs from {where})")
     reason = (exc.reason or str(exc)).replace("_", " ").lower()
     hint = ""
     if "wrong version number" in reason or "record layer failure" in reason:

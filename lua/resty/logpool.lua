@@ -70,9 +70,22 @@ function _M.new(config)
         if type(sink) ~= "table" then
             error(format("bad config: sinks[%d] must be a table, got %s", i, type(sink)), 2)
         end
-        if type(sink.url) ~= "string" then
+        local url = sink.url
+        if type(url) == "table" then -- several collectors: failover, in order
+            if #url == 0 then
+                error(format("bad config: sinks[%d].url must be a string or a non-empty "
+                             .. "array of strings", i), 2)
+            end
+            for k, u in ipairs(url) do
+                if type(u) ~= "string" then
+                    error(format("bad config: sinks[%d].url[%d] must be a string, got %s", i,
+                                 k, type(u)), 2)
+                end
+            end
+            url = url[1]
+        elseif type(url) ~= "string" then
             error(format("bad config: sinks[%d].url must be a string, got %s", i,
-                         type(sink.url)), 2)
+                         type(url)), 2)
         end
         if sink.name ~= nil and type(sink.name) ~= "string" then
             error(format("bad config: sinks[%d].name must be a string, got %s", i,
@@ -118,7 +131,8 @@ function _M.new(config)
     for i, sink in ipairs(json_sinks) do
         names[i] = i - 1 -- 1-based indexes take the same one-lookup path as names
         if not sink.name then
-            names[sink.url] = names[sink.url] or (i - 1)
+            local url = type(sink.url) == "table" and sink.url[1] or sink.url
+            names[url] = names[url] or (i - 1)
         end
     end
     return setmetatable(self, pool_mt)

@@ -52,6 +52,8 @@ typedef struct logpool_stats_s {
     uint64_t tls_handshake_failures;
     uint64_t tls_resumed;
     uint64_t dropped_unsendable;
+    uint64_t unacked_messages;
+    uint64_t resent_messages;
 } logpool_stats_t;
 
 logpool_t *logpool_new(const char *config_json);
@@ -81,7 +83,7 @@ _M.STATS_FIELDS = {
     "dropped_too_big", "dropped_closed", "abandoned_messages", "connects", "connect_failures",
     "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
     "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
-    "dropped_unsendable",
+    "dropped_unsendable", "unacked_messages", "resent_messages",
 }
 
 -- The library handle lives in this upvalue for the life of the worker (DESIGN.md trap 6;

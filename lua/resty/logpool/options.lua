@@ -12,6 +12,7 @@ local NUMBER_OPTIONS = {
     flush_limit = true, periodic_flush_ms = true, max_buffer_length = true,
     max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
     retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
+    relp_window = true,
 }
 local STRING_OPTIONS = {
     framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,

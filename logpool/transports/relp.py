@@ -1,0 +1,320 @@
+"""relp://host:port and relp+tls://host:port: RELP, rsyslog's Reliable Event Logging Protocol
+(librelp, imrelp). Every message is a numbered "syslog" command; the collector answers
+"rsp 200 OK" once it has taken it, and only then is the message released from the buffer
+(counted as sent). Up to relp_window messages are in flight; a broken session, a non-200
+reply or a serverclose reconnects (with the engine's backoff) and resends every message not
+acknowledged, in order: at-least-once delivery.
+
+Frames: TXNR SP COMMAND SP DATALEN [SP DATA] LF. Commands are framed in C straight from the
+chunks (logpool__sink_relp_frames); replies are parsed here.
+"""
+import errno
+import select
+import ssl
+import time
+
+from logpool.errors import ConfigError
+from logpool.transports.base import SLICE_S, Stopped
+from logpool.transports.stream import StreamTransport
+from logpool.transports.tls import TlsTransport
+
+TXNR_MAX = 999_999_999
+DEFAULT_WINDOW = 128
+OFFERS = (b"relp_version=0\nrelp_software=logpool,0.1.0,https://github.com/logpool/logpool\n"
+          b"commands=syslog")
+ACK_SUFFIX = b" rsp 6 200 OK"
+CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
+
+
+class RelpError(OSError):
+    """The collector refused a command or broke the protocol: reconnect and resend."""
+
+
+def next_txnr(txnr):
+    return 1 if txnr == TXNR_MAX else txnr + 1
+
+
+class RelpTransport(StreamTransport):
+    SCHEMES = ("relp",)
+    ADDRESS = {"relp": "host_port"}
+    OPTIONS = {"relp_window": DEFAULT_WINDOW}
+
+    @classmethod
+    def check_option(cls, where, key, value):
+        if key == "relp_window":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
+                raise ConfigError(f"{where}: must be an integer from 1 to 65536, got {value!r}")
+            return value
+        return super().check_option(where, key, value)
+
+    @classmethod
+    def check_sink(cls, where, sink, opts, framing):
+        if framing == "octet-counting":
+            raise ConfigError(f"{where}.framing: RELP frames each message itself; use raw "
+                              f"(the default) or newline (one trailing newline is dropped)")
+
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        return {"relp_window": options.get("relp_window", DEFAULT_WINDOW)}
+
+    def __init__(self, sink, chain, faults=None):
+        super().__init__(sink, chain, faults)
+        options = sink.transport_options or {}
+        self.window = options.get("relp_window", DEFAULT_WINDOW)
+        lib, ffi = chain.lib, chain.ffi
+        self.lib, self.ffi = lib, ffi
+        self.cap = max(256 * 1024, sink.max_message_size + 64)
+        self.frames = ffi.new("char[]", self.cap)
+        self.used = ffi.new("size_t *")
+        self.reset_session()
+        self.owed_resend = 0  # messages in flight when a session broke: sent again next
+
+    def reset_session(self):
+        self.inbuf = bytearray()
+        self.out = None  # memoryview of frames not completely written yet
+        self.inflight = 0  # sent, not acknowledged: the first `inflight` pending messages
+        self.oldest_txnr = 2  # txnr of the first message in flight (1 was "open")
+        self.txnr = 2  # txnr of the next command
+
+    # -- session --
+
+    def connect(self, should_stop):
+        super().connect(should_stop)
+        self.reset_session()
+        deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
+        self._send_all(b"1 open %d %s\n" % (len(OFFERS), OFFERS), should_stop, deadline)
+        txnr, command, data = self._read_frame(should_stop, deadline)
+        if txnr != 1 or command != b"rsp" or not data.startswith(b"200"):
+            raise RelpError(errno.EPROTO, f"RELP open refused: {command.decode()} "
+                            f"{data[:200].decode('utf-8', 'replace')!r}")
+        if b"commands=" in data and b"syslog" not in data.split(b"commands=", 1)[1]:
+            raise RelpError(errno.EPROTO, "the RELP server does not offer the syslog command")
+        self.chain.lib.logpool__sink_set_unacked(self.chain.c, 0)
+
+    def close(self):
+        if self.sock is not None and self.out is None:
+            try:  # a polite end; the collector keeps what it acknowledged either way
+                self._close_session()
+            except (OSError, ValueError):
+                pass
+        self.owed_resend = self.inflight
+        self.inflight = 0
+        self.chain.lib.logpool__sink_set_unacked(self.chain.c, 0)
+        super().close()
+
+    def _close_session(self):
+        """Send "close" and wait a moment for its reply, taking the acknowledgements that
+        come before it (the collector answers everything it took, then the close)."""
+        close_txnr = self.txnr
+        self.sock.send(b"%d close 0\n" % close_txnr)
+        reply = b"%d rsp 0\n" % close_txnr
+        deadline = time.monotonic() + CLOSE_REPLY_S
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while time.monotonic() < deadline:
+            if poller.poll(SLICE_S * 1000):
+                self._recv_available()
+            at = self.inbuf.find(reply)
+            if at == 0 or (at > 0 and self.inbuf[at - 1] == 0x0A):
+                del self.inbuf[at:]
+                self._take_acks(receive=False)
+                return
+
+    # -- writing and acknowledgements --
+
+    def wants(self):
+        return select.POLLOUT if self.out is not None else select.POLLIN
+
+    def write(self):
+        progress = self._take_acks()
+        if self.out is None and self.inflight < self.window:
+            self._frame_more()
+        if self.out is not None:
+            progress += self._send_out()
+        return progress
+
+    def _frame_more(self):
+        lib = self.lib
+        n = lib.logpool__sink_relp_frames(self.chain.c, self.frames, self.cap, self.inflight,
+                                          self.window - self.inflight, self.txnr, self.used)
+        if n == 0:
+            return
+        if self.owed_resend:
+            again = min(n, self.owed_resend)
+            self.owed_resend -= again
+            lib.logpool__sink_count(self.chain.c, lib.LOGPOOL__RESENT_MESSAGES, again)
+        self.out = memoryview(self.ffi.buffer(self.frames, self.used[0]))
+        self.inflight += n
+        for _ in range(n):
+            self.txnr = next_txnr(self.txnr)
+        lib.logpool__sink_set_unacked(self.chain.c, self.inflight)
+
+    def _send_out(self):
+        try:
+            written = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                ssl.SSLWantReadError):
+            return 0
+        if written > 0:
+            self.lib.logpool__sink_count(self.chain.c, self.lib.LOGPOOL__WRITES, 1)
+        self.out = self.out[written:] if written < len(self.out) else None
+        return written
+
+    def _take_acks(self, receive=True):
+        """Read what the collector sent; release every acknowledged message. Returns how
+        many were acknowledged."""
+        if receive:
+            self._recv_available()
+        acked = 0
+        buf = self.inbuf
+        pos = 0
+        while True:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                break
+            line = bytes(buf[pos:end])
+            if line.endswith(ACK_SUFFIX):  # the common case: "TXNR rsp 6 200 OK"
+                txnr = int(line[:-len(ACK_SUFFIX)])
+                pos = end + 1
+            else:
+                frame = self._parse_frame(buf, pos)
+                if frame is None:
+                    break  # a frame whose data holds a newline, not complete yet
+                txnr, command, data, pos = frame
+                if command == b"serverclose":
+                    raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed "
+                                               "the session (serverclose)")
+                if command != b"rsp" or not data.startswith(b"200"):
+                    raise RelpError(errno.EPROTO, f"RELP reply to command {txnr}: "
+                                    f"{command.decode()} {data[:200].decode('utf-8', 'replace')!r}")
+            if txnr != self.oldest_txnr or self.inflight == 0:
+                raise RelpError(errno.EPROTO, f"RELP: an answer for command {txnr}, expected "
+                                f"{self.oldest_txnr}")
+            self.oldest_txnr = next_txnr(self.oldest_txnr)
+            self.inflight -= 1
+            acked += 1
+        del buf[:pos]
+        if acked:  # the gauge first: consuming lets a flush return
+            self.lib.logpool__sink_set_unacked(self.chain.c, self.inflight)
+            self.lib.logpool__sink_consume_messages(self.chain.c, acked)
+            self.chain.completed += acked
+        return acked
+
+    def peer_closed(self):
+        try:
+            self._take_acks()
+        except OSError:
+            return True
+        return False
+
+    # -- frames --
+
+    def _recv_available(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                    ssl.SSLWantWriteError):
+                return
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed the "
+                                           "connection")
+            self.inbuf += data
+            if len(data) < 65536:
+                return
+
+    @staticmethod
+    def _parse_frame(buf, pos):
+        """(txnr, command, data, next pos) of the frame at pos, or None if incomplete."""
+        head_end = pos
+        fields = []
+        for _ in range(3):
+            sep = -1
+            for i in range(head_end, min(len(buf), head_end + 32)):
+                if buf[i] in (0x20, 0x0A):
+                    sep = i
+                    break
+            if sep < 0:
+                if len(buf) - head_end >= 32:
+                    raise RelpError(errno.EPROTO, "RELP: a malformed frame header")
+                return None
+            fields.append(bytes(buf[head_end:sep]))
+            head_end = sep + 1
+            if buf[sep] == 0x0A:
+                break
+        if len(fields) < 3 or not fields[0].isdigit() or not fields[2].isdigit():
+            raise RelpError(errno.EPROTO, f"RELP: a malformed frame header {bytes(buf[pos:pos + 40])!r}")
+        length = int(fields[2])
+        if length == 0:
+            return int(fields[0]), fields[1], b"", head_end if buf[head_end - 1] == 0x0A else head_end + 1
+        if len(buf) < head_end + length + 1:
+            return None
+        if buf[head_end + length] != 0x0A:
+            raise RelpError(errno.EPROTO, "RELP: a frame without its trailer")
+        return int(fields[0]), fields[1], bytes(buf[head_end:head_end + length]), head_end + length + 1
+
+    def _read_frame(self, should_stop, deadline):
+        while True:
+            frame = self._parse_frame(self.inbuf, 0) if self.inbuf else None
+            if frame is not None:
+                txnr, command, data, pos = frame
+                del self.inbuf[:pos]
+                return txnr, command, data
+            self._wait(select.POLLIN, should_stop, deadline, "RELP open")
+            self._recv_available()
+
+    def _send_all(self, data, should_stop, deadline):
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                    ssl.SSLWantReadError):
+                self._wait(select.POLLOUT, should_stop, deadline, "RELP open")
+
+    def _wait(self, events, should_stop, deadline, what):
+        poller = select.poll()
+        poller.register(self.sock, events)
+        while not poller.poll(SLICE_S * 1000):
+            if should_stop():
+                raise Stopped()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out (connect_timeout_ms "
+                                   f"{self.sink.connect_timeout_ms})")
+
+
+class RelpTlsTransport(RelpTransport, TlsTransport):
+    SCHEMES = ("relp+tls",)
+    ADDRESS = {"relp+tls": "host_port"}
+    OPTIONS = {**TlsTransport.OPTIONS, **RelpTransport.OPTIONS}
+
+    @classmethod
+    def check_option(cls, where, key, value):
+        if key in RelpTransport.OPTIONS:
+            return RelpTransport.check_option.__func__(cls, where, key, value)
+        return TlsTransport.check_option.__func__(cls, where, key, value)
+
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        relp = {k: v for k, v in options.items() if k in RelpTransport.OPTIONS}
+        tls = {k: v for k, v in options.items() if k not in RelpTransport.OPTIONS}
+        return RelpTlsOptions(tls=TlsTransport.parse_options.__func__(cls, where, scheme,
+                                                                      address, tls),
+                              relp_window=relp.get("relp_window", DEFAULT_WINDOW))
+
+    def __init__(self, sink, chain, faults=None):
+        RelpTransport.__init__(self, sink, chain, faults)
+        options = sink.transport_options
+        self.window = options.relp_window
+        self.tls = options.tls
+        self.session = None
+        self.resumed = False
+
+
+class RelpTlsOptions:
+    def __init__(self, tls, relp_window):
+        self.tls = tls
+        self.relp_window = relp_window
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)

@@ -97,7 +97,7 @@ class RelpTransport(StreamTransport):
                 self._close_session()
             except (OSError, ValueError):
                 pass
-        self.owed_resend = self.inflight
+        self.owed_resend += self.inflight  # sent again on the next session
         self.inflight = 0
         self.chain.lib.logpool__sink_set_unacked(self.chain.c, 0)
         super().close()

@@ -133,6 +133,80 @@ def bench_transports(tmp):
     return rows
 
 
+class Receive:
+    """`python -m logpool receive` as a separate process, writing to a file."""
+
+    def __init__(self, listen, out):
+        self.listen, self.out = listen, out
+        self.proc = subprocess.Popen([PY, "-m", "logpool", "receive", "--listen", listen,
+                                      "--out", out], stderr=subprocess.PIPE, text=True,
+                                     cwd=ROOT)
+        line = self.proc.stderr.readline()
+        assert "listening on" in line, line
+        self.url = line.rsplit(" ", 1)[1].strip()
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+        self.proc.stderr.close()
+
+
+def bench_relp(tmp):
+    """RELP (every message acknowledged once written out) against plain TCP, both into
+    `logpool receive` writing a file, 512 B messages."""
+    seconds, size, rows = (1.5 if QUICK else 3.0), 512, []
+    for proto in ("tcp", "relp"):
+        out = os.path.join(tmp, f"relp-bench-{proto}.log")
+        rx = Receive(f"{proto}://127.0.0.1:0", out)
+        f = luajit(os.path.join(HERE, "throughput.lua"), paths.lib_path(), paths.header_path(),
+                   rx.url, str(size), str(seconds), "120000").split()
+        rx.stop()
+        elapsed, accepted = float(f[4]), int(f[2])
+        delivered = os.path.getsize(out)
+        rows.append(dict(transport=proto, size=size, accepted=accepted, delivered=delivered,
+                         seconds=elapsed, mb_s=accepted / elapsed / 1e6,
+                         messages_s=accepted / size / elapsed))
+        os.unlink(out)
+    return rows
+
+
+def bench_sigkill_loss(tmp):
+    """Bytes lost per SIGKILL of the collector, TCP against RELP: a producer logs numbered
+    lines steadily while `logpool receive` is killed and restarted on the same port."""
+    import collections
+    import socket as socket_mod
+    import logpool
+    kills, n, rows = (2 if QUICK else 4), (20_000 if QUICK else 60_000), []
+    for proto in ("tcp", "relp"):
+        with socket_mod.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        out = os.path.join(tmp, f"kill-{proto}.log")
+        rx = Receive(f"{proto}://127.0.0.1:{port}", out)
+        pool = logpool.Pool({"sinks": [{"url": rx.url}], "retry_interval_ms": 10,
+                             "max_retry_interval_ms": 100, "periodic_flush_ms": 10})
+        line = b"%08d " + b"x" * 190 + b"\n"
+        for i in range(n):
+            pool.log(0, line % i)
+            if i % 50 == 0:
+                time.sleep(0.0005)
+            if i and i % (n // (kills + 1)) == 0 and i < n - 10:
+                rx.stop(signal.SIGKILL)
+                rx = Receive(f"{proto}://127.0.0.1:{port}", out)
+        pool.flush(60)
+        pool.close(5)
+        rx.stop()
+        with open(out, "rb") as f:
+            data = f.read()
+        got = collections.Counter(int(x[:8]) for x in data.splitlines() if len(x) == 199)
+        lost = n - len(got)
+        rows.append(dict(transport=proto, kills=kills, messages=n, lost=lost,
+                         lost_bytes_per_kill=lost * len(line % 0) / kills,
+                         duplicates=sum(c - 1 for c in got.values()),
+                         resent=pool.stats(0)["resent_messages"]))
+    return rows
+
+
 NGINX_CASES = {
     "a_no_log_by_lua": ("", ""),
     "b_build_line": ("", """
@@ -234,6 +308,10 @@ def main():
     throughput = bench_throughput(tmp)
     print("transports ...", flush=True)
     transports = bench_transports(tmp)
+    print("relp ...", flush=True)
+    relp = bench_relp(tmp)
+    print("sigkill loss ...", flush=True)
+    sigkill = bench_sigkill_loss(tmp)
     print("nginx ...", flush=True)
     nginx = bench_nginx(tmp)
     print("memory under a dead sink ...", flush=True)
@@ -242,7 +320,7 @@ def main():
                    machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                            f"{platform.platform()}",
                    quick=QUICK, hotpath=hot, scaling=scaling, throughput=throughput,
-                   transports=transports,
+                   transports=transports, relp=relp, sigkill=sigkill,
                    nginx=nginx, dead_sink=dead, seconds=time.monotonic() - started)
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -284,6 +362,19 @@ def rows_of(r):
                      + (f" ({lost:.0%} not read by the Python sink)" if lost > 0 else ""),
                      f"{x['sent_mb_s']:.0f}", f"unix {base['sent_mb_s']:.0f}",
                      f"{x['sent_mb_s'] / base['sent_mb_s']:.2f}", ""))
+    tcp, relp = (next(x for x in r.get("relp", ()) if x["transport"] == t)
+                 for t in ("tcp", "relp")) if r.get("relp") else (None, None)
+    if relp:
+        rows.append(("relp to logpool receive 512 B, MB/s (messages/s)",
+                     f"{relp['mb_s']:.0f} ({relp['messages_s']:.0f})",
+                     f"tcp {tcp['mb_s']:.0f} ({tcp['messages_s']:.0f})",
+                     f"{relp['mb_s'] / tcp['mb_s']:.2f}", ">= 0.5 of tcp"))
+    for x in r.get("sigkill", ()):
+        rows.append((f"{x['transport']}: bytes lost per SIGKILL of the collector "
+                     f"({x['kills']} kills, {x['messages']} lines)",
+                     f"{x['lost_bytes_per_kill']:.0f}",
+                     f"{x['duplicates']} duplicates, {x['resent']} resent", "",
+                     "relp: 0" if x["transport"] == "relp" else ""))
     rows += [
         ("nginx req/s, 1 worker: (c) ship vs (b) build", f"{c['rps']:.0f}",
          f"(b) {b['rps']:.0f}", f"{c['rps'] / b['rps']:.3f}", ">= 0.97"),

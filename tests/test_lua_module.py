@@ -244,3 +244,23 @@ def test_modules_use_no_undeclared_globals(receiver):
         return "ok"
     """)
     assert out == "ok"
+
+
+def test_lua_accepts_relp_urls_and_collector_lists(lua, receiver, tmp_path):
+    r = receiver("relp://127.0.0.1:0")
+    dead = "relp://127.0.0.1:1"  # nobody listens on port 1: the list fails over
+    out = lua.execute(f"""
+        local lp = require 'resty.logpool'
+        local pool = assert(lp.new({{ sinks = {{ {{ url = {{ '{dead}', '{r.url}' }},
+                                                    name = 'relp', relp_window = 16 }} }},
+                                      retry_interval_ms = 10 }}))
+        for i = 1, 100 do assert(pool:log('relp', 'line ' .. i .. '\\n')) end
+        local ok = pool:flush(10)
+        local st = pool:stats('relp')
+        return ok, st.sent_messages, st.unacked_messages, pool:close(5)
+    """)
+    assert tuple(out) == (True, 100, 0, 0)
+    assert r.output.lines() == [b"line %d" % i for i in range(1, 101)]
+    err = caller_error(lua, "local lp = require 'resty.logpool'\n"
+                            "lp.new({ sinks = { { url = { 'relp://h:1', 5 } } } })")
+    assert err.startswith("caller:2:") and "sinks[1].url[2] must be a string" in err

@@ -9,6 +9,7 @@ Frames: TXNR SP COMMAND SP DATALEN [SP DATA] LF. Commands are framed in C straig
 chunks (logpool__sink_relp_frames); replies are parsed here.
 """
 import errno
+import re
 import select
 import ssl
 import time
@@ -23,6 +24,9 @@ DEFAULT_WINDOW = 128
 OFFERS = (b"relp_version=0\nrelp_software=logpool,0.1.0,https://github.com/logpool/logpool\n"
           b"commands=syslog")
 ACK_SUFFIX = b" rsp 6 200 OK"
+# TXNR SP COMMAND SP DATALEN (SP DATA | LF): the header of a frame, and any start of one.
+FRAME_HEAD = re.compile(rb"(\d{1,9}) ([a-z]{1,32}) (\d{1,9})([ \n])")
+FRAME_HEAD_PREFIX = re.compile(rb"\d{0,9}( [a-z]{0,32}( \d{0,9})?)?")
 CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
 
 
@@ -165,16 +169,18 @@ class RelpTransport(StreamTransport):
         many were acknowledged."""
         if receive:
             self._recv_available()
-        acked = 0
         buf = self.inbuf
-        pos = 0
-        while True:
+        acked = pos = 0
+        last = buf.rfind(b"\n") + 1
+        if last and self._all_acks_in_order(buf, last):
+            lines = buf.count(b"\n", 0, last)
+            acked, pos = lines, last
+            self.inflight -= lines
+            self.oldest_txnr = (self.oldest_txnr + lines - 1) % TXNR_MAX + 1
+        while pos < last:
             end = buf.find(b"\n", pos)
-            if end < 0:
-                break
-            line = bytes(buf[pos:end])
-            if line.endswith(ACK_SUFFIX):  # the common case: "TXNR rsp 6 200 OK"
-                txnr = int(line[:-len(ACK_SUFFIX)])
+            if buf.endswith(ACK_SUFFIX, pos, end):  # "TXNR rsp 6 200 OK"
+                txnr = int(buf[pos:end - len(ACK_SUFFIX)])
                 pos = end + 1
             else:
                 frame = self._parse_frame(buf, pos)
@@ -186,7 +192,8 @@ class RelpTransport(StreamTransport):
                                                "the session (serverclose)")
                 if command != b"rsp" or not data.startswith(b"200"):
                     raise RelpError(errno.EPROTO, f"RELP reply to command {txnr}: "
-                                    f"{command.decode()} {data[:200].decode('utf-8', 'replace')!r}")
+                                    f"{command.decode()} "
+                                    f"{data[:200].decode('utf-8', 'replace')!r}")
             if txnr != self.oldest_txnr or self.inflight == 0:
                 raise RelpError(errno.EPROTO, f"RELP: an answer for command {txnr}, expected "
                                 f"{self.oldest_txnr}")
@@ -199,6 +206,22 @@ class RelpTransport(StreamTransport):
             self.lib.logpool__sink_consume_messages(self.chain.c, acked)
             self.chain.completed += acked
         return acked
+
+    def _all_acks_in_order(self, buf, last):
+        """The common case, checked in O(1) Python: every complete line up to `last` is
+        "TXNR rsp 6 200 OK", as many as are in flight at most, the first and the last
+        numbered as expected (replies come in the order of the commands)."""
+        lines = buf.count(b"\n", 0, last)
+        if lines > self.inflight or buf.count(ACK_SUFFIX + b"\n", 0, last) != lines:
+            return False
+        last_line = buf.rfind(b"\n", 0, last - 1) + 1
+        return (self._ack_txnr(buf, 0) == self.oldest_txnr and self._ack_txnr(buf, last_line)
+                == (self.oldest_txnr + lines - 2) % TXNR_MAX + 1)
+
+    @staticmethod
+    def _ack_txnr(buf, start):
+        """The txnr of the "TXNR rsp 6 200 OK" line at start."""
+        return int(buf[start:buf.index(b" ", start)])
 
     def peer_closed(self):
         try:
@@ -226,32 +249,23 @@ class RelpTransport(StreamTransport):
     @staticmethod
     def _parse_frame(buf, pos):
         """(txnr, command, data, next pos) of the frame at pos, or None if incomplete."""
-        head_end = pos
-        fields = []
-        for _ in range(3):
-            sep = -1
-            for i in range(head_end, min(len(buf), head_end + 32)):
-                if buf[i] in (0x20, 0x0A):
-                    sep = i
-                    break
-            if sep < 0:
-                if len(buf) - head_end >= 32:
-                    raise RelpError(errno.EPROTO, "RELP: a malformed frame header")
-                return None
-            fields.append(bytes(buf[head_end:sep]))
-            head_end = sep + 1
-            if buf[sep] == 0x0A:
-                break
-        if len(fields) < 3 or not fields[0].isdigit() or not fields[2].isdigit():
-            raise RelpError(errno.EPROTO, f"RELP: a malformed frame header {bytes(buf[pos:pos + 40])!r}")
-        length = int(fields[2])
-        if length == 0:
-            return int(fields[0]), fields[1], b"", head_end if buf[head_end - 1] == 0x0A else head_end + 1
-        if len(buf) < head_end + length + 1:
+        m = FRAME_HEAD.match(buf, pos)
+        if m is None:
+            if FRAME_HEAD_PREFIX.fullmatch(buf, pos, min(len(buf), pos + 64)):
+                return None  # the header is still arriving
+            raise RelpError(errno.EPROTO, f"RELP: a malformed frame header "
+                            f"{bytes(buf[pos:pos + 40])!r}")
+        length, start = int(m.group(3)), m.end()
+        if m.group(4) == b"\n":  # "TXNR COMMAND 0\n": no data
+            if length:
+                raise RelpError(errno.EPROTO, "RELP: a frame without the data it announces")
+            return int(m.group(1)), m.group(2), b"", start
+        end = start + length
+        if len(buf) <= end:
             return None
-        if buf[head_end + length] != 0x0A:
+        if buf[end] != 0x0A:
             raise RelpError(errno.EPROTO, "RELP: a frame without its trailer")
-        return int(fields[0]), fields[1], bytes(buf[head_end:head_end + length]), head_end + length + 1
+        return int(m.group(1)), m.group(2), bytes(buf[start:end]), end + 1
 
     def _read_frame(self, should_stop, deadline):
         while True:

@@ -82,6 +82,8 @@ typedef struct logpool_stats_s {
                                      acknowledgement yet */
     uint64_t resent_messages;     /* sent again after a broken session: with RELP, messages
                                      whose acknowledgement was lost (they may arrive twice) */
+    uint64_t dropped_rejected;    /* accepted, then refused for good by the collector (HTTP
+                                     4xx other than 408 and 429): dropped */
 } logpool_stats_t;
 
 /* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first

@@ -34,7 +34,8 @@ INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
 URL_FORMS = ("unix:/path, unixgram:/path, tcp://host:port, tls://host:port, udp://host:port, "
-             "relp://host:port or relp+tls://host:port")
+             "relp://host:port, relp+tls://host:port, http://host[:port]/path or "
+             "https://host[:port]/path")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ def parse_url(where, url, allow_port_zero=False):
     transport = transports.for_scheme(scheme)
     if transport is None:
         raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
+    if transport.ADDRESS[scheme] == "http":
+        return scheme, _http_address(where, scheme, url, allow_port_zero)
     if transport.ADDRESS[scheme] == "path":
         path = rest[2:] if rest.startswith("//") else rest
         if not path.startswith("/"):
@@ -150,6 +153,28 @@ def parse_url(where, url, allow_port_zero=False):
     if not (0 if allow_port_zero else 1) <= port <= 65535:
         raise ConfigError(f"{where}: port {port} out of range 1-65535")
     return scheme, (host, port)
+
+
+def _http_address(where, scheme, url, allow_port_zero):
+    """(host, port, path with query) of an http(s) URL."""
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {url!r}: {exc}") from None
+    host = parts.hostname
+    if not host or parts.username or parts.password or parts.fragment:
+        raise ConfigError(f"{where}: expected {scheme}://host[:port]/path (no credentials, "
+                          f"no fragment; put secrets in http_headers), got {url!r}")
+    if ":" not in host:
+        _check_host_name(where, host, url)
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    if not (0 if allow_port_zero else 1) <= port <= 65535:
+        raise ConfigError(f"{where}: port {port} out of range 1-65535")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return host, port, path
 
 
 def _check_host_name(where, host, url):

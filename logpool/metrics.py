@@ -39,7 +39,8 @@ GAUGES = (
      "Messages sent to an acknowledging collector (RELP) and not acknowledged yet."),
 )
 DROPS = (("full", "dropped_full"), ("too_big", "dropped_too_big"),
-         ("closed", "dropped_closed"), ("unsendable", "dropped_unsendable"))
+         ("closed", "dropped_closed"), ("unsendable", "dropped_unsendable"),
+         ("rejected", "dropped_rejected"))
 
 
 class PoolCollector:

@@ -620,7 +620,7 @@ def main(listen, out_path=None, framing="newline", cert_file=None, key_file=None
     out = open(out_path, "ab") if out_path else sys.stdout.buffer
     try:
         tls = server_tls_context(cert_file, key_file, client_ca_file) if cert_file else None
-        receiver = Receiver(listen, out, framing=framing, tls=tls, mode=mode,
+        receiver = make_receiver(listen, out, framing=framing, tls=tls, mode=mode,
                             max_message_size=max_message_size, idle_timeout=idle_timeout,
                             handshake_timeout=handshake_timeout)
     except (OSError, ValueError) as exc:
@@ -639,3 +639,129 @@ def main(listen, out_path=None, framing="newline", cert_file=None, key_file=None
     if out_path:
         out.close()
     return 0
+
+
+class HttpReceiver:
+    """`logpool receive --listen http://host:port/path`: a collector for HTTP sinks (the
+    standard library's threading HTTP server). Decodes gzip and zstd bodies, NDJSON and JSON
+    arrays, writes each message out in the receiver's framing, flushes, then answers 200.
+    The same start/stop/snapshot/url interface as Receiver."""
+
+    def __init__(self, listen, out, framing="newline", tls=None, max_message_size=None,
+                 **_ignored):
+        import http.server
+        from logpool.config import parse_url
+        scheme, (host, port, self.path) = parse_url("--listen", listen, allow_port_zero=True)
+        receiver = self
+        self.framing, self.out, self.stats = framing, out, ReceiverStats()
+        self.max_body = max_message_size or DEFAULT_MAX_MESSAGE_SIZE
+        self._lock = threading.Lock()
+        self.requests = []  # (method, path, headers) of every request, for tests
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                receiver._handle(self)
+
+            do_PUT = do_POST
+
+        server_class = http.server.ThreadingHTTPServer
+        if ":" in host:
+            class server_class(http.server.ThreadingHTTPServer):  # noqa: N801
+                address_family = socket.AF_INET6
+        self.server = server_class((host, port), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        bound_host, bound_port = self.server.server_address[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"{scheme}://{shown}:{bound_port}{self.path}"
+        self._thread = None
+
+    def _handle(self, request):
+        length = int(request.headers.get("Content-Length") or 0)
+        with self._lock:
+            self.requests.append((request.command, request.path, dict(request.headers)))
+            self.stats.connections = len({id(t) for t in threading.enumerate()})
+        if length > self.max_body * 4:
+            request.send_error(413, "body too large")
+            return
+        body = request.rfile.read(length)
+        try:
+            messages = decode_http_body(body, request.headers.get("Content-Encoding", ""),
+                                        request.headers.get("Content-Type", ""))
+        except ValueError as exc:
+            with self._lock:
+                self.stats.framing_errors += 1
+            request.send_error(400, str(exc)[:200])
+            return
+        with self._lock:
+            self.out.write(b"".join(frame_datagram(self.framing, m) for m in messages))
+            self.out.flush()  # written out before it is acknowledged
+            self.stats.messages += len(messages)
+            self.stats.bytes += sum(map(len, messages))
+            self.stats.reads += 1
+        request.send_response(200)
+        request.send_header("Content-Length", "0")
+        request.end_headers()
+
+    def start(self):
+        self._thread = threading.Thread(target=self.serve_forever, name="logpool-http-receiver",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self):
+        self.server.serve_forever(poll_interval=0.1)
+
+    def request_stop(self):
+        threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+    def stop(self, timeout=10):
+        self.server.shutdown()
+        self.server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def snapshot(self):
+        with self._lock:
+            return ReceiverStats(**vars(self.stats))
+
+
+def decode_http_body(body, encoding, content_type):
+    """The messages of an HTTP sink's request body: gzip or zstd, then NDJSON or a JSON
+    array (each element re-encoded compactly). ValueError when it is none of these."""
+    import json
+    import zlib
+    encoding = encoding.strip().lower()
+    try:
+        if encoding == "gzip":
+            body = zlib.decompress(body, 47)  # 47: a gzip or zlib header
+        elif encoding == "zstd":
+            import zstandard
+            body = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        elif encoding not in ("", "identity"):
+            raise ValueError(f"unsupported Content-Encoding {encoding!r}")
+    except (zlib.error, ImportError) as exc:
+        raise ValueError(f"cannot decode the body: {exc}") from None
+    if "application/json" in content_type:
+        try:
+            values = json.loads(body)
+        except ValueError as exc:
+            raise ValueError(f"not a JSON array: {exc}") from None
+        if not isinstance(values, list):
+            raise ValueError("not a JSON array")
+        return [json.dumps(v, separators=(",", ":"), ensure_ascii=False).encode()
+                for v in values]
+    return [line for line in body.split(b"\n") if line]
+
+
+def make_receiver(listen, out, **options):
+    """Receiver, or HttpReceiver for http:// and https:// listeners."""
+    if listen.split(":", 1)[0].lower() in ("http", "https"):
+        return HttpReceiver(listen, out, **options)
+    return Receiver(listen, out, **options)

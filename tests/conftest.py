@@ -13,7 +13,7 @@ import pytest
 
 import logpool
 from logpool import _binding
-from logpool.receiver import Receiver
+from logpool.receiver import make_receiver
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -68,8 +68,8 @@ def receiver(tmp_path):
 
     def start(listen=None, **options):
         out = LockedBytes()
-        r = Receiver(listen or "unix:" + sock_path(tmp_path, f"r{len(started)}.sock"), out,
-                     **options)
+        r = make_receiver(listen or "unix:" + sock_path(tmp_path, f"r{len(started)}.sock"),
+                          out, **options)
         r.output = out
         r.start()
         started.append(r)

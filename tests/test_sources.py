@@ -127,10 +127,13 @@ def test_the_lua_option_checks_cover_exactly_the_config_keys():
     transport_keys = transports.all_options()
     numbers = set(config.SINK_OPTIONS) | set(config.POOL_ONLY_OPTIONS) | {
         k for k, v in transport_keys.items() if type(v) is int}
-    strings = {"framing"} | {k for k, v in transport_keys.items() if v is None}
+    strings = {"framing"} | {k for k, v in transport_keys.items()
+                             if v is None or isinstance(v, str)}
+    tables = {k for k, v in transport_keys.items() if isinstance(v, dict)}
     booleans = {k for k, v in transport_keys.items() if isinstance(v, bool)}
     assert lua_option_set("NUMBER_OPTIONS") == numbers
     assert lua_option_set("STRING_OPTIONS") == strings
+    assert lua_option_set("TABLE_OPTIONS") == tables
     assert booleans == {"verify"} and 'k == "verify" and "boolean"' in LUA_OPTIONS
 
 

@@ -15,7 +15,7 @@
     XX(connects) XX(connect_failures) XX(write_errors) XX(reconnects) XX(buffered_bytes)     \
     XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)         \
     XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable) XX(unacked_messages)  \
-    XX(resent_messages)
+    XX(resent_messages) XX(dropped_rejected)
 
 /* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
 #define COUNT_FIELD(f) +1
@@ -161,9 +161,11 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
     if (done_msgs > 0) {
         ATOMIC_SUB(&s->st.buffered_bytes, done_bytes);
         ATOMIC_SUB(&s->st.buffered_messages, done_msgs);
-        if (sent) {
+        if (sent == LOGPOOL__DONE_SENT) {
             ATOMIC_ADD(&s->st.sent_bytes, done_bytes);
             __atomic_fetch_add(&s->st.sent_messages, done_msgs, __ATOMIC_SEQ_CST);
+        } else if (sent == LOGPOOL__DONE_REJECTED) {
+            __atomic_fetch_add(&s->st.dropped_rejected, done_msgs, __ATOMIC_SEQ_CST);
         } else {
             __atomic_fetch_add(&s->st.dropped_unsendable, done_msgs, __ATOMIC_SEQ_CST);
         }
@@ -179,7 +181,7 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
 /* nbytes more were written. */
 size_t logpool__sink_consume(logpool__sink_t *s, size_t nbytes)
 {
-    return logpool__sink_consume_as(s, nbytes, 1);
+    return logpool__sink_consume_as(s, nbytes, LOGPOOL__DONE_SENT);
 }
 
 /* The connection broke: the next write starts at the first byte of the message that was

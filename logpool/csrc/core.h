@@ -148,8 +148,8 @@ void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c);
 /* ---- chain.c ---- */
 
 void logpool__sink_release_memory(logpool__sink_t *s);
-/* Release nbytes of pending data, counting completed messages as sent (sent = 1) or as
- * dropped_unsendable (sent = 0). */
+/* Release nbytes of pending data, counting the messages it completes as `fate`:
+ * LOGPOOL__DONE_SENT, LOGPOOL__DONE_UNSENDABLE or LOGPOOL__DONE_REJECTED. */
 size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent);
 
 /* Accepted messages with no fate yet: neither sent, dropped as unsendable, nor already
@@ -158,7 +158,7 @@ static inline uint64_t logpool__sink_unsent(logpool__sink_t *s)
 {
     uint64_t accepted = ATOMIC_LOAD(&s->st.accepted_messages);
     uint64_t done = ATOMIC_LOAD(&s->st.sent_messages) + ATOMIC_LOAD(&s->st.dropped_unsendable) +
-                    ATOMIC_LOAD(&s->st.abandoned_messages);
+                    ATOMIC_LOAD(&s->st.dropped_rejected) + ATOMIC_LOAD(&s->st.abandoned_messages);
     return accepted > done ? accepted - done : 0;
 }
 

@@ -55,6 +55,6 @@ size_t logpool__sink_drop_message(logpool__sink_t *s)
     if (c == NULL)
         return 0;
     size_t len = chunk_end(c, s->pend_msg) - s->pend_off;
-    logpool__sink_consume_as(s, len, 0);
+    logpool__sink_consume_as(s, len, LOGPOOL__DONE_UNSENDABLE);
     return len;
 }

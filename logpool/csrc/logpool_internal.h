@@ -47,6 +47,13 @@ enum logpool__wait_mode {
     LOGPOOL__WAIT_FOR_STOP = 1
 };
 
+/* What became of messages the writer releases from its chain. */
+enum logpool__fate {
+    LOGPOOL__DONE_UNSENDABLE = 0,  /* no socket could ever take it (dropped_unsendable) */
+    LOGPOOL__DONE_SENT = 1,        /* written, or acknowledged (sent_messages) */
+    LOGPOOL__DONE_REJECTED = 2     /* refused for good by the collector (dropped_rejected) */
+};
+
 enum logpool__counter {
     LOGPOOL__CONNECTS = 0,
     LOGPOOL__CONNECT_FAILURES = 1,
@@ -75,7 +82,9 @@ size_t logpool__sink_drop_message(logpool__sink_t *sink);
 size_t logpool__sink_rewind(logpool__sink_t *sink);
 int logpool__sink_relp_frames(logpool__sink_t *sink, char *out, size_t cap, uint32_t skip,
                               uint32_t max_msgs, uint32_t first_txnr, size_t *used);
-size_t logpool__sink_consume_messages(logpool__sink_t *sink, uint32_t count);
+size_t logpool__sink_consume_messages(logpool__sink_t *sink, uint32_t count, int fate);
+int logpool__sink_message_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov,
+                              size_t max_bytes);
 void logpool__sink_set_unacked(logpool__sink_t *sink, uint64_t n);
 size_t logpool__sink_pending(logpool__sink_t *sink);
 int logpool__sink_is_closing(logpool__sink_t *sink);

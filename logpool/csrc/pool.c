@@ -178,12 +178,13 @@ LOGPOOL_API int logpool_metrics(logpool_t *pool, char *buf, size_t len)
     return n >= 0 ? n : LOGPOOL_ERUNTIME;
 }
 
-/* "Sent" for flush and close: written, or dropped by the writer because no socket could
- * ever take it. */
+/* "Sent" for flush and close: written (acknowledged), or dropped by the writer because no
+ * socket could ever take it or the collector refused it for good. */
 static int sink_all_sent(logpool__sink_t *s, uint64_t target)
 {
     return __atomic_load_n(&s->st.sent_messages, __ATOMIC_SEQ_CST) +
-           __atomic_load_n(&s->st.dropped_unsendable, __ATOMIC_SEQ_CST) >= target;
+           __atomic_load_n(&s->st.dropped_unsendable, __ATOMIC_SEQ_CST) +
+           __atomic_load_n(&s->st.dropped_rejected, __ATOMIC_SEQ_CST) >= target;
 }
 
 /* Wait until every message the sink accepted so far is written, or the deadline. */

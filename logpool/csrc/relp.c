@@ -54,9 +54,9 @@ done:
     return (int)n;
 }
 
-/* The collector acknowledged the first `count` pending messages: release them as sent.
- * Returns how many were released. */
-size_t logpool__sink_consume_messages(logpool__sink_t *s, uint32_t count)
+/* The first `count` pending messages are done (acknowledged, or refused for good): release
+ * them with that fate. Returns how many were released. */
+size_t logpool__sink_consume_messages(logpool__sink_t *s, uint32_t count, int fate)
 {
     size_t bytes = 0;
     uint32_t left = count;
@@ -68,7 +68,31 @@ size_t logpool__sink_consume_messages(logpool__sink_t *s, uint32_t count)
             off = chunk_end(c, m);
         }
     }
-    return logpool__sink_consume(s, bytes);
+    return logpool__sink_consume_as(s, bytes, fate);
+}
+
+/* One iovec per pending message, in order, at most max_iov of them and max_bytes in all
+ * (always at least one message). For transports that frame messages themselves (HTTP
+ * bodies). Returns how many. */
+int logpool__sink_message_iov(logpool__sink_t *s, logpool__iov_t *iov, int max_iov,
+                              size_t max_bytes)
+{
+    int n = 0;
+    size_t total = 0, off = s->pend_off;
+    uint32_t m = s->pend_msg;
+    for (chunk_t *c = s->pend_head; c != NULL && n < max_iov; c = c->next, off = 0, m = 0) {
+        for (; m < c->nmsgs && n < max_iov; m++) {
+            size_t len = chunk_end(c, m) - off;
+            if (n > 0 && total + len > max_bytes)
+                return n;
+            iov[n].base = c->data + off;
+            iov[n].len = len;
+            total += len;
+            off = chunk_end(c, m);
+            n++;
+        }
+    }
+    return n;
 }
 
 void logpool__sink_set_unacked(logpool__sink_t *s, uint64_t n)

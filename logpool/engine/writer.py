@@ -97,7 +97,7 @@ class SinkWriter(threading.Thread):
         # At exit, what is still unsent is about to be abandoned by writer_exit.
         abandoned = st.abandoned_messages + (
             st.accepted_messages - st.sent_messages - st.dropped_unsendable
-            - st.abandoned_messages if final else 0)
+            - st.dropped_rejected - st.abandoned_messages if final else 0)
         current = (st.dropped_full, st.dropped_too_big, st.dropped_closed, abandoned,
                    st.dropped_unsendable)
         delta = [a - b for a, b in zip(current, self._drops_reported)]
@@ -157,7 +157,7 @@ class SinkWriter(threading.Thread):
             except Stopped:
                 return
             except OSError as exc:
-                self._broken("write", describe(exc))
+                self._broken("write", describe(exc), getattr(exc, "retry_after", None))
             except Exception as exc:  # noqa: BLE001 — a writer never dies silently (trap 8)
                 self._count(lib.LOGPOOL__WRITER_ERRORS)
                 self.reporter.report("internal error", "".join(
@@ -219,9 +219,10 @@ class SinkWriter(threading.Thread):
             self.poller = None
             self.lib.logpool__sink_set_connected(self.c, 0)
 
-    def _broken(self, kind, text):
+    def _broken(self, kind, text, retry_after=None):
         """The connection is unusable: close it, rewind to the first message not completely
-        written, and schedule a reconnect with backoff."""
+        written, and schedule a reconnect with backoff (or after the collector's Retry-After,
+        capped by max_retry_interval_ms)."""
         if kind is not None:
             self._count(self.lib.LOGPOOL__WRITE_ERRORS)
         url = self.transport.url
@@ -230,6 +231,8 @@ class SinkWriter(threading.Thread):
         self.lib.logpool__sink_rewind(self.c)
         self.failures += 1
         delay = self.backoff.compute(self.failures)
+        if retry_after is not None:
+            delay = min(max(delay, retry_after), self.backoff.cap_s)
         self.next_attempt = time.monotonic() + delay
         if kind is not None:
             self.reporter.report(f"{kind} failed", f"{url}: {text}; reconnecting in "
@@ -253,6 +256,13 @@ class SinkWriter(threading.Thread):
                                      f"is too large for the socket ({exc.strerror}); it was "
                                      f"dropped (dropped_unsendable)")
                 continue
+            rejected = self.transport.take_rejection()
+            if rejected is not None:
+                status, text, count = rejected
+                self.reporter.report(f"rejected {status}", f"{self.transport.url}: the collector "
+                                     f"refused a batch of {count} messages for good (HTTP "
+                                     f"{status}: {text[:120]!r}); dropped, counted in "
+                                     f"dropped_rejected")
             if progress > 0:
                 if self.chain.completed > completed:  # a whole message got through
                     self.failures = 0

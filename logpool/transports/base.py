@@ -140,6 +140,11 @@ class Transport:
         """The session broke: the next connect starts with the next collector."""
         self.current = (self.current + 1) % len(self.collectors)
 
+    def take_rejection(self):
+        """(status, text, messages) of the last batch the collector refused for good (the
+        transport dropped it, counted in dropped_rejected), once; or None."""
+        return None
+
     def wants(self):
         """poll() events to wait for when write() made no progress."""
         return select.POLLOUT
@@ -192,7 +197,7 @@ def resolve(sink, address, deadline, should_stop, faults=None):
     own) when the deadline passes or the pool closes."""
     if sink.address_kind == "path":
         return [(socket.AF_UNIX, address)]
-    host, port = address
+    host, port = address[:2]
     delay = faults.resolve_delay_s if faults is not None and faults.hit("resolve_delay") else 0
     done = threading.Event()
     answer = {}

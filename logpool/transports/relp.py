@@ -203,7 +203,8 @@ class RelpTransport(StreamTransport):
         del buf[:pos]
         if acked:  # the gauge first: consuming lets a flush return
             self.lib.logpool__sink_set_unacked(self.chain.c, self.inflight)
-            self.lib.logpool__sink_consume_messages(self.chain.c, acked)
+            self.lib.logpool__sink_consume_messages(self.chain.c, acked,
+                                                    self.lib.LOGPOOL__DONE_SENT)
             self.chain.completed += acked
         return acked
 

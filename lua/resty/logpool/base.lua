@@ -54,6 +54,7 @@ typedef struct logpool_stats_s {
     uint64_t dropped_unsendable;
     uint64_t unacked_messages;
     uint64_t resent_messages;
+    uint64_t dropped_rejected;
 } logpool_stats_t;
 
 logpool_t *logpool_new(const char *config_json);
@@ -84,6 +85,7 @@ _M.STATS_FIELDS = {
     "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
     "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
     "dropped_unsendable", "unacked_messages", "resent_messages",
+    "dropped_rejected",
 }
 
 -- The library handle lives in this upvalue for the life of the worker (DESIGN.md trap 6;

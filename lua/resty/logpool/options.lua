@@ -12,17 +12,21 @@ local NUMBER_OPTIONS = {
     flush_limit = true, periodic_flush_ms = true, max_buffer_length = true,
     max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
     retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
-    relp_window = true,
+    relp_window = true, http_max_body_bytes = true, http_concurrency = true,
 }
 local STRING_OPTIONS = {
     framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
+    http_format = true, http_compression = true, http_method = true,
+}
+local TABLE_OPTIONS = {
+    http_headers = true,
 }
 
 --- options.check(where, t, level): raise for a key of the wrong type.
 function _M.check(where, t, level)
     for k, v in pairs(t) do
         local want = NUMBER_OPTIONS[k] and "number" or STRING_OPTIONS[k] and "string"
-                     or k == "verify" and "boolean"
+                     or TABLE_OPTIONS[k] and "table" or k == "verify" and "boolean"
         if want and type(v) ~= want then
             error(format("bad config: %s%s must be a %s, got %s", where, k, want, type(v)),
                   level + 1)

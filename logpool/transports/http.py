@@ -1,0 +1,262 @@
+"""http://host[:port]/path and https://host[:port]/path: batches of messages as HTTP request
+bodies (NDJSON or a JSON array, optionally gzip or zstd), one request in flight per sink on
+one kept-alive connection. A 2xx acknowledges the batch (its messages count as sent); 408,
+429, 5xx, a reset or a timeout retry the same batch after backoff (honouring Retry-After);
+any other 4xx refuses it for good: dropped, counted in dropped_rejected, logged.
+
+The HTTP framing is the standard library's http.client, over the socket the transport
+connects itself (bounded name resolution, TLS like tls://).
+"""
+import email.utils
+import errno
+import http.client
+import time
+import zlib
+
+from logpool.errors import ConfigError
+from logpool.transports.base import IOV_BATCH
+from logpool.transports.stream import StreamTransport
+from logpool.transports.tls import OPTIONS as TLS_OPTIONS, TlsTransport
+
+FORMATS = {"ndjson": "application/x-ndjson", "json_array": "application/json"}
+COMPRESSIONS = ("none", "gzip", "zstd")
+METHODS = ("POST", "PUT")
+OPTIONS = {"http_format": "ndjson", "http_headers": {}, "http_compression": "none",
+           "http_method": "POST", "http_max_body_bytes": 1024 * 1024, "http_concurrency": 1}
+RETRY_STATUSES = (408, 429)
+# Headers logpool sets itself: a user value would contradict the body.
+RESERVED_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding",
+                    "host", "connection")
+
+
+class HttpRetry(OSError):
+    """The collector asked for the batch again later (408, 429, 5xx)."""
+
+    def __init__(self, status, text, retry_after=None):
+        super().__init__(errno.EAGAIN, text)
+        self.status = status
+        self.retry_after = retry_after  # seconds, or None
+
+
+def check_option(where, key, value):
+    def fail(what):
+        raise ConfigError(f"{where}: must be {what}, got {value!r}")
+    if key == "http_format" and value not in FORMATS:
+        fail(" or ".join(map(repr, FORMATS)))
+    if key == "http_compression" and value not in COMPRESSIONS:
+        fail(" or ".join(map(repr, COMPRESSIONS)))
+    if key == "http_method" and value not in METHODS:
+        fail(" or ".join(map(repr, METHODS)))
+    if key == "http_max_body_bytes" and (isinstance(value, bool) or not isinstance(value, int)
+                                         or not 1024 <= value <= 2**31 - 1):
+        fail("an integer from 1024 to 2147483647")
+    if key == "http_concurrency" and value != 1:
+        fail("1 (one request in flight per sink keeps the order; run more sinks for more "
+             "parallel requests)")
+    if key == "http_headers":
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            fail("an object of header names to string values")
+        for name, text in value.items():
+            if not name or any(c in name for c in ":\r\n ") or "\r" in text or "\n" in text:
+                raise ConfigError(f"{where}: header {name!r} is not a valid header line")
+            if name.lower() in RESERVED_HEADERS:
+                raise ConfigError(f"{where}: {name} is set by logpool from http_format and "
+                                  f"http_compression")
+    if key == "http_compression" and value == "zstd":
+        try:
+            import zstandard  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{where}: zstd needs the zstandard package "
+                              f"(pip install zstandard)") from None
+    return value
+
+
+class HttpOptions:
+    def __init__(self, tls, **options):
+        self.tls = tls
+        for key, default in OPTIONS.items():
+            setattr(self, key, options.get(key, default))
+        self.http_headers = dict(self.http_headers or {})
+
+
+def retry_after_seconds(value, now=None):
+    """Retry-After: delta-seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpTransport(StreamTransport):
+    SCHEMES = ("http",)
+    ADDRESS = {"http": "http"}
+    OPTIONS = OPTIONS
+
+    @classmethod
+    def check_option(cls, where, key, value):
+        return check_option(where, key, value)
+
+    @classmethod
+    def check_sink(cls, where, sink, opts, framing):
+        if framing != "raw":
+            raise ConfigError(f"{where}.framing: an HTTP sink frames messages by http_format "
+                              f"(ndjson or json_array); leave framing raw")
+        limit = sink.get("http_max_body_bytes", OPTIONS["http_max_body_bytes"])
+        if isinstance(limit, int) and opts["max_message_size"] > limit:
+            if "max_message_size" in sink:
+                raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is "
+                                  f"larger than http_max_body_bytes {limit}")
+            opts["max_message_size"] = limit
+
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        return HttpOptions(None, **options)
+
+    def __init__(self, sink, chain, faults=None):
+        super().__init__(sink, chain, faults)
+        self.options = sink.transport_options
+        self.conn = None
+        self.iov = chain.ffi.new("logpool__iov_t[]", IOV_BATCH * 64)
+        self.max_iov = IOV_BATCH * 64
+        self.last_response = None  # (status, first bytes of the body), for tests and logs
+        self.last_headers = {}
+        self.rejected = None  # (status, body start, messages) of a batch refused for good
+        self.reopened = 0  # keep-alive connections the server closed and we opened again
+        self.headers = {"Content-Type": FORMATS[self.options.http_format],
+                        **self.options.http_headers}
+        if self.options.http_compression != "none":
+            self.headers["Content-Encoding"] = self.options.http_compression
+        self.compress = {"none": None, "gzip": _gzip, "zstd": _zstd()}[
+            self.options.http_compression]
+
+    def connect(self, should_stop):
+        self._should_stop = should_stop
+        super().connect(should_stop)
+        host, port, _ = self.address
+        # http.client does the HTTP framing over our socket (blocking, with a deadline per
+        # call: the writer is a thread of its own, and send_timeout_ms bounds a request).
+        self.sock.settimeout(self.sink.send_timeout_ms / 1000)
+        self.conn = http.client.HTTPConnection(host, port)
+        self.conn.sock = self.sock
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.sock = None  # the socket is closed below, once
+            self.conn.close()
+            self.conn = None
+        super().close()
+
+    def peer_closed(self):
+        return False  # an idle keep-alive connection the server closed is reopened in write
+
+    def _reopen_if_closed(self):
+        """Servers close idle keep-alive connections (and some close after every response):
+        that is not an error, just open a new one."""
+        if self.conn is None or self.conn.sock is None or self._idle_closed():
+            self.close()
+            self.connect(self._should_stop)
+            self.reopened += 1
+
+    def _idle_closed(self):
+        """Did the server close the idle connection? Checked without blocking (a socket
+        with a timeout would wait for data even with MSG_DONTWAIT)."""
+        self.sock.setblocking(False)
+        try:
+            return super().peer_closed()
+        finally:
+            self.sock.settimeout(self.sink.send_timeout_ms / 1000)
+
+    def take_rejection(self):
+        rejected, self.rejected = self.rejected, None
+        return rejected
+
+    def write(self):
+        lib, c = self.chain.lib, self.chain.c
+        self._reopen_if_closed()
+        n = lib.logpool__sink_message_iov(c, self.iov, self.max_iov,
+                                          self.options.http_max_body_bytes)
+        if n == 0:
+            return 0
+        body = self._body([self.chain.ffi.buffer(self.iov[i].base, self.iov[i].len)
+                           for i in range(n)])
+        status, text = self._request(body)
+        if 200 <= status < 300:
+            lib.logpool__sink_count(c, lib.LOGPOOL__WRITES, 1)
+            lib.logpool__sink_consume_messages(c, n, lib.LOGPOOL__DONE_SENT)
+            self.chain.completed += n
+            return n
+        if status in RETRY_STATUSES or status >= 500:
+            raise HttpRetry(status, f"HTTP {status} {text!r}; the batch of {n} is sent "
+                            f"again", retry_after_seconds(self.last_headers.get("Retry-After")))
+        # Refused for good (400, 401, 403, 404, 413, ...): retrying cannot help.
+        lib.logpool__sink_consume_messages(c, n, lib.LOGPOOL__DONE_REJECTED)
+        self.rejected = (status, text, n)
+        return n
+
+    def _body(self, views):
+        if self.options.http_format == "json_array":
+            body = b"[" + b",".join(bytes(v).rstrip(b"\n") for v in views) + b"]"
+        else:
+            body = b"".join(bytes(v) if bytes(v[-1:]) == b"\n" else bytes(v) + b"\n"
+                            for v in views)
+        return self.compress(body) if self.compress else body
+
+    def _request(self, body):
+        _, _, path = self.address
+        try:
+            self.conn.request(self.options.http_method, path, body=body, headers=self.headers)
+            response = self.conn.getresponse()
+            text = response.read(4096)
+            while response.read(65536):
+                pass  # drain, so the connection stays usable
+        except http.client.HTTPException as exc:
+            raise ConnectionResetError(errno.ECONNRESET, f"HTTP: {type(exc).__name__}: "
+                                       f"{exc}") from None
+        self.last_headers = response.headers
+        self.last_response = (response.status, text[:200])
+        return response.status, text[:200].decode("utf-8", "replace")
+
+
+class HttpsTransport(HttpTransport, TlsTransport):
+    SCHEMES = ("https",)
+    ADDRESS = {"https": "http"}
+    OPTIONS = {**TLS_OPTIONS, **OPTIONS}
+
+    @classmethod
+    def check_option(cls, where, key, value):
+        if key in OPTIONS:
+            return check_option(where, key, value)
+        return TlsTransport.check_option.__func__(cls, where, key, value)
+
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        tls = TlsTransport.parse_options.__func__(
+            cls, where, scheme, address, {k: v for k, v in options.items() if k in TLS_OPTIONS})
+        return HttpOptions(tls, **{k: v for k, v in options.items() if k in OPTIONS})
+
+    def __init__(self, sink, chain, faults=None):
+        HttpTransport.__init__(self, sink, chain, faults)
+        self.tls = sink.transport_options.tls
+        self.session = None
+        self.resumed = False
+
+
+def _gzip(body):
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: a gzip member
+    return compressor.compress(body) + compressor.flush()
+
+
+def _zstd():
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    return zstandard.ZstdCompressor(level=3).compress
+

@@ -86,6 +86,25 @@ def test_reload_and_quit_under_load_lose_and_duplicate_nothing(tmp_path, nginx, 
     assert_exactly_once(ids, received_ids(rp))
 
 
+@pytest.mark.parametrize("scheme", ["http", "relp"])
+def test_acknowledged_sinks_ship_every_request_once_across_a_reload(tmp_path, nginx,
+                                                                    receive_process, scheme):
+    listen = f"{scheme}://127.0.0.1:0" + ("/ingest" if scheme == "http" else "")
+    rp = receive_process(listen)
+    ng = nginx(*logpool_conf(rp.url), workers=2)
+    start = time.monotonic()
+    load = wrk(ng.port, seconds=3, connections=8)
+    wait_until(start + 1.0)
+    ng.reload()
+    output, _ = load.communicate(timeout=60)
+    assert load.returncode == 0, output
+    assert ng.quit() == 0
+    rp.stop()
+    ids = ng.access_ids()
+    assert len(ids) > 500, output
+    assert_exactly_once(ids, received_ids(rp))
+
+
 def test_sink_down_at_start_is_delivered_once_it_comes_up(tmp_path, nginx, receive_process):
     listen = "unix:" + sock_path(tmp_path, "late.sock")
     ng = nginx(*logpool_conf(listen), workers=2)

@@ -34,8 +34,8 @@ INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
 URL_FORMS = ("unix:/path, unixgram:/path, tcp://host:port, tls://host:port, udp://host:port, "
-             "relp://host:port, relp+tls://host:port, http://host[:port]/path or "
-             "https://host[:port]/path")
+             "relp://host:port, relp+tls://host:port, http://host[:port]/path, "
+             "https://host[:port]/path or kafka://host:port[,host:port...]/topic")
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,8 @@ def parse_url(where, url, allow_port_zero=False):
         raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
     if transport.ADDRESS[scheme] == "http":
         return scheme, _http_address(where, scheme, url, allow_port_zero)
+    if transport.ADDRESS[scheme] == "kafka":
+        return scheme, _kafka_address(where, url)
     if transport.ADDRESS[scheme] == "path":
         path = rest[2:] if rest.startswith("//") else rest
         if not path.startswith("/"):
@@ -175,6 +177,22 @@ def _http_address(where, scheme, url, allow_port_zero):
         raise ConfigError(f"{where}: port {port} out of range 1-65535")
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return host, port, path
+
+
+def _kafka_address(where, url):
+    """(bootstrap servers, topic) of kafka://host:port[,host:port...]/topic."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    brokers, _, topic = rest.partition("/")
+    if not brokers or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+        raise ConfigError(f"{where}: expected kafka://host:port[,host:port...]/topic (a topic "
+                          f"of letters, digits, '.', '_', '-'), got {url!r}")
+    for broker in brokers.split(","):
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:/\[\]\s,]+):(\d+)", broker)
+        if m is None or not 1 <= int(m.group(2) or m.group(4)) <= 65535:
+            raise ConfigError(f"{where}: broker {broker!r} in {url!r} is not host:port")
+        if m.group(3) is not None:
+            _check_host_name(where, m.group(3), url)
+    return brokers, topic
 
 
 def _check_host_name(where, host, url):

@@ -84,12 +84,35 @@ class PoolCollector:
                 failures.add_metric([sink.name, url], failed)
         yield connects
         yield failures
+        yield from kafka_families(self.cfg.sinks, self.writers)
         for metric, help_text in WriterHistograms.HELP.items():
             fam = HistogramMetricFamily(f"logpool_{metric}", help_text, labels=["sink"])
             for sink, w in zip(self.cfg.sinks, self.writers):
                 buckets, total = getattr(w.histograms, metric).snapshot()
                 fam.add_metric([sink.name], buckets, total)
             yield fam
+
+
+def kafka_families(sinks, writers):
+    """Gauges from librdkafka's statistics (statistics.interval.ms) of Kafka sinks."""
+    queue = GaugeMetricFamily("logpool_kafka_queue_messages",
+                              "Messages in librdkafka's producer queue.", labels=["sink"])
+    up = GaugeMetricFamily("logpool_kafka_broker_up", "1 while librdkafka's connection to a "
+                           "broker is UP.", labels=["sink", "broker"])
+    rtt = GaugeMetricFamily("logpool_kafka_broker_rtt_seconds",
+                            "Average round trip to a broker in the last statistics window.",
+                            labels=["sink", "broker"])
+    for sink, w in zip(sinks, writers):
+        stats = getattr(w.transport, "statistics", None)
+        if not stats:
+            continue
+        queue.add_metric([sink.name], stats.get("msg_cnt", 0))
+        for name, broker in stats.get("brokers", {}).items():
+            if broker.get("nodeid", -1) < 0:
+                continue  # the bootstrap placeholders
+            up.add_metric([sink.name, name], 1 if broker.get("state") == "UP" else 0)
+            rtt.add_metric([sink.name, name], broker.get("rtt", {}).get("avg", 0) / 1e6)
+    return queue, up, rtt
 
 
 def render(ffi, lib, pool_ptr, cfg, writers):

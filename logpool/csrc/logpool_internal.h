@@ -84,7 +84,7 @@ int logpool__sink_relp_frames(logpool__sink_t *sink, char *out, size_t cap, uint
                               uint32_t max_msgs, uint32_t first_txnr, size_t *used);
 size_t logpool__sink_consume_messages(logpool__sink_t *sink, uint32_t count, int fate);
 int logpool__sink_message_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov,
-                              size_t max_bytes);
+                              size_t max_bytes, uint32_t skip);
 void logpool__sink_set_unacked(logpool__sink_t *sink, uint64_t n);
 size_t logpool__sink_pending(logpool__sink_t *sink);
 int logpool__sink_is_closing(logpool__sink_t *sink);

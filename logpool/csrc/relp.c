@@ -71,17 +71,23 @@ size_t logpool__sink_consume_messages(logpool__sink_t *s, uint32_t count, int fa
     return logpool__sink_consume_as(s, bytes, fate);
 }
 
-/* One iovec per pending message, in order, at most max_iov of them and max_bytes in all
- * (always at least one message). For transports that frame messages themselves (HTTP
- * bodies). Returns how many. */
+/* One iovec per pending message after the first `skip` (handed over already, awaiting
+ * their report), in order, at most max_iov of them and max_bytes in all (always at least
+ * one message). For transports that frame messages themselves (HTTP bodies, Kafka
+ * records). Returns how many. */
 int logpool__sink_message_iov(logpool__sink_t *s, logpool__iov_t *iov, int max_iov,
-                              size_t max_bytes)
+                              size_t max_bytes, uint32_t skip)
 {
     int n = 0;
     size_t total = 0, off = s->pend_off;
     uint32_t m = s->pend_msg;
     for (chunk_t *c = s->pend_head; c != NULL && n < max_iov; c = c->next, off = 0, m = 0) {
         for (; m < c->nmsgs && n < max_iov; m++) {
+            if (skip > 0) {
+                skip--;
+                off = chunk_end(c, m);
+                continue;
+            }
             size_t len = chunk_end(c, m) - off;
             if (n > 0 && total + len > max_bytes)
                 return n;

@@ -7,7 +7,6 @@ transport makes connections, Backoff is the retry policy, SinkWriter is the loop
 connected" has one state: ``self.connected`` is False and the transport holds no socket.
 """
 import errno
-import select
 import threading
 import time
 import traceback
@@ -33,7 +32,6 @@ class SinkWriter(threading.Thread):
         self.next_attempt = 0.0
         self.backoff = Backoff(sink.retry_interval_ms / 1000, sink.max_retry_interval_ms / 1000)
         self.reporter = ErrorReporter(f"{sink.index} ({sink.name})")
-        self.poller = None
         self.faults = FaultInjector.from_environment(f"{sink.index}-{sink.url}")
         self.chain = Chain(ffi, lib, csink)
         self.transport = for_scheme(sink.scheme)(sink, self.chain, self.faults)
@@ -52,6 +50,7 @@ class SinkWriter(threading.Thread):
             self._supervise()
         finally:
             self._disconnect()
+            self.transport.shutdown()
             self._report_drops(final=True)
             # Last touch of C memory: once this returns, logpool_free may release the pool.
             self.lib.logpool__sink_writer_exit(self.c)
@@ -203,8 +202,6 @@ class SinkWriter(threading.Thread):
         if getattr(self.transport, "resumed", False):
             self._count(lib.LOGPOOL__TLS_RESUMED)
         self.connected = True
-        self.poller = select.poll()
-        self.poller.register(self.transport.fileno(), select.POLLOUT)
         self._count(lib.LOGPOOL__CONNECTS)
         if self.ever_connected:
             self._count(lib.LOGPOOL__RECONNECTS)
@@ -216,7 +213,6 @@ class SinkWriter(threading.Thread):
         if self.connected:
             self.transport.close()
             self.connected = False
-            self.poller = None
             self.lib.logpool__sink_set_connected(self.c, 0)
 
     def _broken(self, kind, text, retry_after=None):
@@ -258,10 +254,8 @@ class SinkWriter(threading.Thread):
                 continue
             rejected = self.transport.take_rejection()
             if rejected is not None:
-                status, text, count = rejected
-                self.reporter.report(f"rejected {status}", f"{self.transport.url}: the collector "
-                                     f"refused a batch of {count} messages for good (HTTP "
-                                     f"{status}: {text[:120]!r}); dropped, counted in "
+                kind, text = rejected
+                self.reporter.report(kind, f"{self.transport.url}: {text}, counted in "
                                      f"dropped_rejected")
             if progress > 0:
                 if self.chain.completed > completed:  # a whole message got through
@@ -278,13 +272,12 @@ class SinkWriter(threading.Thread):
         now = time.monotonic()
         if stalled_since is None:
             stalled_since = now
-        elif now - stalled_since >= self.sink.send_timeout_ms / 1000:
+        elif (self.transport.STALLS
+              and now - stalled_since >= self.sink.send_timeout_ms / 1000):
             raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
                                f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
         self._report_drops()
-        self.poller.modify(self.transport.fileno(), self.transport.wants())
-        events = self.poller.poll(SLICE_S * 1000)
-        if events and events[0][1] & (select.POLLERR | select.POLLHUP):
+        if self.transport.wait_ready(SLICE_S):
             raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
         if self._should_stop():
             raise Stopped()

@@ -3,12 +3,13 @@ logpool.transports.base.Transport plus one line in TRANSPORTS; its config keys a
 on its class (OPTIONS), and config validation asks this registry for them."""
 from logpool.transports.datagram import DatagramTransport
 from logpool.transports.http import HttpsTransport, HttpTransport
+from logpool.transports.kafka import KafkaTransport
 from logpool.transports.relp import RelpTlsTransport, RelpTransport
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import TlsTransport
 
 TRANSPORTS = (StreamTransport, TlsTransport, DatagramTransport, RelpTransport, RelpTlsTransport,
-              HttpTransport, HttpsTransport)
+              HttpTransport, HttpsTransport, KafkaTransport)
 BY_SCHEME = {scheme: cls for cls in TRANSPORTS for scheme in cls.SCHEMES}
 
 

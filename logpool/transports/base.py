@@ -82,6 +82,7 @@ class Transport:
     OPTIONS = {}  # key -> default: valid at the top level and per sink of these schemes
     UNIT = "message"  # what one message travels as, in error reports
     FAILOVER = True  # a sink may list several collectors
+    STALLS = True  # no progress for send_timeout_ms means the connection is broken
 
     @classmethod
     def check_option(cls, where, key, value):
@@ -141,13 +142,25 @@ class Transport:
         self.current = (self.current + 1) % len(self.collectors)
 
     def take_rejection(self):
-        """(status, text, messages) of the last batch the collector refused for good (the
-        transport dropped it, counted in dropped_rejected), once; or None."""
+        """(kind, text) of messages the collector refused for good since the last call (the
+        transport dropped them, counted in dropped_rejected), to log; or None."""
         return None
 
     def wants(self):
         """poll() events to wait for when write() made no progress."""
         return select.POLLOUT
+
+    def wait_ready(self, timeout_s):
+        """Wait until write() may progress, at most timeout_s. True when the connection
+        reported an error or a hang-up."""
+        poller = select.poll()
+        poller.register(self.sock, self.wants())
+        events = poller.poll(timeout_s * 1000)
+        return bool(events and events[0][1] & (select.POLLERR | select.POLLHUP))
+
+    def shutdown(self):
+        """The writer stops for good."""
+        self.close()
 
     def announce(self):
         """A line for the error log when the writer starts, or None."""

@@ -127,7 +127,7 @@ class HttpTransport(StreamTransport):
         self.max_iov = IOV_BATCH * 64
         self.last_response = None  # (status, first bytes of the body), for tests and logs
         self.last_headers = {}
-        self.rejected = None  # (status, body start, messages) of a batch refused for good
+        self.rejected = None  # (kind, text) of the last batch refused for good, to log
         self.reopened = 0  # keep-alive connections the server closed and we opened again
         self.headers = {"Content-Type": FORMATS[self.options.http_format],
                         **self.options.http_headers}
@@ -181,7 +181,7 @@ class HttpTransport(StreamTransport):
         lib, c = self.chain.lib, self.chain.c
         self._reopen_if_closed()
         n = lib.logpool__sink_message_iov(c, self.iov, self.max_iov,
-                                          self.options.http_max_body_bytes)
+                                          self.options.http_max_body_bytes, 0)
         if n == 0:
             return 0
         body = self._body([self.chain.ffi.buffer(self.iov[i].base, self.iov[i].len)
@@ -197,7 +197,8 @@ class HttpTransport(StreamTransport):
                             f"again", retry_after_seconds(self.last_headers.get("Retry-After")))
         # Refused for good (400, 401, 403, 404, 413, ...): retrying cannot help.
         lib.logpool__sink_consume_messages(c, n, lib.LOGPOOL__DONE_REJECTED)
-        self.rejected = (status, text, n)
+        self.rejected = (f"rejected {status}", f"the collector refused a batch of {n} "
+                         f"messages for good (HTTP {status}: {text[:120]!r}); dropped")
         return n
 
     def _body(self, views):

@@ -298,7 +298,7 @@ class RelpTransport(StreamTransport):
                                    f"{self.sink.connect_timeout_ms})")
 
 
-class RelpTlsTransport(RelpTransport, TlsTransport):
+class RelpTlsTransport(RelpTransport, TlsTransport):  # noqa: the MRO: RELP over TLS
     SCHEMES = ("relp+tls",)
     ADDRESS = {"relp+tls": "host_port"}
     OPTIONS = {**TlsTransport.OPTIONS, **RelpTransport.OPTIONS}

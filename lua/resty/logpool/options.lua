@@ -16,10 +16,10 @@ local NUMBER_OPTIONS = {
 }
 local STRING_OPTIONS = {
     framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
-    http_format = true, http_compression = true, http_method = true,
+    http_format = true, http_compression = true, http_method = true, kafka_key = true,
 }
 local TABLE_OPTIONS = {
-    http_headers = true,
+    http_headers = true, kafka = true,
 }
 
 --- options.check(where, t, level): raise for a key of the wrong type.

@@ -1,0 +1,172 @@
+"""Kafka sinks through confluent-kafka (librdkafka), tested against librdkafka's built-in mock
+cluster only (tests/kafka_mock.py, a process of its own): no Kafka broker runs on these
+machines. A confluent-kafka consumer reads every message back."""
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import logpool
+from conftest import wait_for
+from logpool.tools.nginx import wait_until, wrk
+
+import confluent_kafka  # the test extra installs it: a missing one fails, never skips
+
+MOCK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kafka_mock.py")
+
+
+class MockCluster:
+    def __init__(self, brokers=3):
+        self.proc = subprocess.Popen([sys.executable, MOCK, str(brokers)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True)
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "bootstrap", line
+        self.bootstrap = line[1]
+
+    def url(self, topic):
+        return f"kafka://{self.bootstrap}/{topic}"
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=15)
+
+    def read(self, topic, n, timeout=60):
+        """(partition, value) of n messages of topic, in each partition's order."""
+        consumer = confluent_kafka.Consumer({
+            "bootstrap.servers": self.bootstrap, "group.id": f"test-{time.monotonic()}",
+            "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
+        consumer.subscribe([topic])
+        got, deadline = [], time.monotonic() + timeout
+        try:
+            while len(got) < n and time.monotonic() < deadline:
+                for m in consumer.consume(1000, timeout=0.5):
+                    if m.error() is None:
+                        got.append((m.partition(), m.value()))
+            # Anything beyond n would be a duplicate: look a little longer.
+            for m in consumer.consume(1000, timeout=1):
+                if m.error() is None:
+                    got.append((m.partition(), m.value()))
+        finally:
+            consumer.close()
+        return got
+
+
+@pytest.fixture
+def cluster():
+    made = []
+
+    def make(brokers=3):
+        c = MockCluster(brokers)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.kill()
+
+
+@pytest.mark.parametrize("key", ["all-in-one", None])
+def test_every_message_arrives_once_in_order_per_partition(cluster, pools, key):
+    c = cluster()
+    pool = pools({"sinks": [{"url": c.url("nginx"), "kafka_key": key,
+                             "kafka": {"compression.type": "gzip"}}]})
+    n = 20_000
+    for i in range(n):
+        pool.log(0, b"%d request line" % i)
+    pool.flush(timeout=60)
+    st = pool.stats(0)
+    assert st["sent_messages"] == n and st["dropped_rejected"] == 0
+    assert st["unacked_messages"] == 0 and st["buffered_messages"] == 0
+    got = c.read("nginx", n)
+    seqs = [int(v.split()[0]) for _, v in got]
+    assert sorted(seqs) == list(range(n))  # exactly once
+    by_partition = collections.defaultdict(list)
+    for partition, v in got:
+        by_partition[partition].append(int(v.split()[0]))
+    assert all(s == sorted(s) for s in by_partition.values())  # in order per partition
+    if key is not None:
+        assert len(by_partition) == 1  # one key, one partition: total order
+    else:
+        assert len(by_partition) > 1
+
+
+def test_a_cluster_that_goes_away_fails_counted_and_a_new_one_delivers(cluster, pools, capfd):
+    first = cluster()
+    pool = pools({"sinks": [{"url": first.url("logs"),
+                             "kafka": {"message.timeout.ms": 2000}}]})
+    for i in range(1000):
+        pool.log(0, b"before %d" % i)
+    pool.flush(timeout=30)
+    first.kill()  # the whole cluster, mid-stream
+    for i in range(500):
+        pool.log(0, b"during %d" % i)
+    wait_for(lambda: pool.stats(0)["dropped_rejected"] == 500, timeout=60,
+             what="librdkafka giving up on the messages of the dead cluster")
+    pool.flush(timeout=10)  # nothing left: every message has its fate
+    st = pool.stats(0)
+    assert st["sent_messages"] == 1000 and st["writer_errors"] == 0
+    err = capfd.readouterr().err
+    assert err.count("librdkafka gave up on a message") == 1  # once per kind
+    second = cluster()
+    other = pools({"sinks": [{"url": second.url("logs")}]})
+    for i in range(300):
+        other.log(0, b"after %d" % i)
+    other.flush(timeout=30)
+    got = [v for _, v in second.read("logs", 300)]
+    assert sorted(got) == sorted(b"after %d" % i for i in range(300))  # nothing twice
+
+
+def test_librdkafka_statistics_reach_prometheus(cluster, pools):
+    c = cluster()
+    pool = pools({"sinks": [{"url": c.url("stats"), "name": "k",
+                             "kafka": {"statistics.interval.ms": 100}}]})
+    pool.log(0, b"x")
+    pool.flush(timeout=30)
+    wait_for(lambda: 'logpool_kafka_broker_up{broker=' in pool.metrics(), what="statistics")
+    metrics = pool.metrics()
+    assert 'logpool_kafka_queue_messages{sink="k"}' in metrics
+    assert "logpool_kafka_broker_rtt_seconds" in metrics
+
+
+@pytest.mark.parametrize("sink, text", [
+    ({"url": "kafka://h:1/t", "kafka": {"no.such.property": 1}}, "librdkafka refuses it"),
+    ({"url": "kafka://h:1/t", "kafka": {"bootstrap.servers": "x:1"}}, "set by logpool"),
+    ({"url": "kafka://h:1/t", "kafka_key": 5}, "kafka_key: must be a string"),
+    ({"url": "kafka://h:1"}, "expected kafka://host:port"),
+    ({"url": "kafka://h:1,h2/t"}, "broker 'h2'"),
+    ({"url": "kafka://h:1/t", "framing": "newline"}, "leave framing raw"),
+    ({"url": "tcp://h:1", "kafka_key": "k"}, "only kafka:// sinks take"),
+])
+def test_kafka_config_errors_name_the_key(sink, text):
+    with pytest.raises(logpool.ConfigError) as exc:
+        logpool.config.parse({"sinks": [sink]})
+    assert text in str(exc.value)
+
+
+def test_nginx_ships_every_request_to_kafka_once_across_a_reload(cluster, tmp_path):
+    from test_nginx import assert_exactly_once, logpool_conf
+    from logpool.tools.nginx import Nginx
+    c = cluster()
+    ng = Nginx(tmp_path / "nginx", *logpool_conf(c.url("access"), 'kafka_key = "one"'),
+               workers=2)
+    ng.start()
+    try:
+        start = time.monotonic()
+        load = wrk(ng.port, seconds=3, connections=8)
+        wait_until(start + 1.0)
+        ng.reload()
+        output, _ = load.communicate(timeout=60)
+        assert load.returncode == 0, output
+        assert ng.quit() == 0
+    finally:
+        ng.kill()
+    ids = ng.access_ids()
+    assert len(ids) > 500
+    got = [v.decode().rstrip("\n") for _, v in c.read("access", len(ids))]
+    assert_exactly_once(ids, got)

@@ -224,6 +224,45 @@ def bench_http(tmp):
     return rows
 
 
+def bench_kafka(tmp):
+    """200 B messages into librdkafka's mock cluster (3 brokers, in a helper process): logpool
+    from luajit against confluent-kafka's own produce loop in Python (the ceiling a user would
+    write by hand), same cluster, same run."""
+    import confluent_kafka
+    mock = subprocess.Popen([PY, os.path.join(ROOT, "tests", "kafka_mock.py")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    bootstrap = mock.stdout.readline().split()[1]
+    seconds, size, rows = (1.5 if QUICK else 3.0), 200, []
+    try:
+        f = luajit(os.path.join(HERE, "throughput.lua"), paths.lib_path(), paths.header_path(),
+                   f"kafka://{bootstrap}/bench-logpool", str(size), str(seconds),
+                   "120000").split()
+        accepted, elapsed = int(f[2]), float(f[4])
+        rows.append(dict(case="logpool", messages=accepted // size, seconds=elapsed,
+                         messages_s=accepted / size / elapsed, mb_s=accepted / elapsed / 1e6))
+        producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all",
+                                             "enable.idempotence": True, "linger.ms": 5,
+                                             "compression.type": "zstd", "log_level": 0})
+        value, sent = b"x" * (size - 1) + b"\n", 0
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            for _ in range(1000):
+                try:
+                    producer.produce("bench-python", value)
+                    sent += 1
+                except BufferError:
+                    producer.poll(0.001)
+            producer.poll(0)
+        producer.flush(120)
+        elapsed = time.monotonic() - start
+        rows.append(dict(case="python", messages=sent, seconds=elapsed,
+                         messages_s=sent / elapsed, mb_s=sent * size / elapsed / 1e6))
+    finally:
+        mock.kill()
+        mock.wait()
+    return rows
+
+
 def bench_sigkill_loss(tmp):
     """Bytes lost per SIGKILL of the collector, TCP against RELP: a producer logs numbered
     lines steadily while `logpool receive` is killed and restarted on the same port."""
@@ -366,6 +405,8 @@ def main():
     relp = bench_relp(tmp)
     print("http ...", flush=True)
     http_rows = bench_http(tmp)
+    print("kafka ...", flush=True)
+    kafka = bench_kafka(tmp)
     print("sigkill loss ...", flush=True)
     sigkill = bench_sigkill_loss(tmp)
     print("nginx ...", flush=True)
@@ -376,7 +417,7 @@ def main():
                    machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                            f"{platform.platform()}",
                    quick=QUICK, hotpath=hot, scaling=scaling, throughput=throughput,
-                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows,
+                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows, kafka=kafka,
                    nginx=nginx, dead_sink=dead, seconds=time.monotonic() - started)
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -432,6 +473,12 @@ def rows_of(r):
                          f"access-log lines)", f"{x['mb_s']:.0f} ({x['ratio']:.1f}x)",
                          f"tcp {http_tcp['mb_s']:.0f}", f"{x['mb_s'] / http_tcp['mb_s']:.2f}",
                          ""))
+    if r.get("kafka"):
+        lp, py = (next(x for x in r["kafka"] if x["case"] == c) for c in ("logpool", "python"))
+        rows.append(("kafka mock cluster 200 B: messages/s (MB/s)",
+                     f"{lp['messages_s']:.0f} ({lp['mb_s']:.0f})",
+                     f"confluent-kafka loop {py['messages_s']:.0f} ({py['mb_s']:.0f})",
+                     f"{lp['messages_s'] / py['messages_s']:.2f}", ""))
     for x in r.get("sigkill", ()):
         rows.append((f"{x['transport']}: bytes lost per SIGKILL of the collector "
                      f"({x['kills']} kills, {x['messages']} lines)",

@@ -9,6 +9,8 @@ polls for delivery reports, and releases finished messages from the head of the 
 order (reports of different partitions may come back in any order).
 """
 import collections
+import functools
+import itertools
 import json
 import threading
 
@@ -163,25 +165,24 @@ class KafkaTransport(Transport):
         n = lib.logpool__sink_message_iov(self.chain.c, self.iov, PRODUCE_BATCH, 1 << 40,
                                           self.inflight)
         produced = 0
-        topic, key = self.options.topic, self.key
+        topic, key, iov, unpack = self.options.topic, self.key, self.iov, ffi.unpack
+        produce, report, seq = self.producer.produce, self._on_delivery, self.next_seq
         for i in range(n):
-            value = ffi.buffer(self.iov[i].base, self.iov[i].len)[:]
-            seq = self.next_seq
+            entry = iov[i]
             try:
-                self.producer.produce(topic, value, key,
-                                      on_delivery=lambda err, msg, seq=seq: self._on_delivery(
-                                          seq, err))
+                produce(topic, unpack(entry.base, entry.len), key,
+                        on_delivery=functools.partial(report, seq + i))
             except BufferError:  # librdkafka's queue is full: let it drain
                 break
-            self.states.append(INFLIGHT)
-            self.next_seq += 1
             produced += 1
+        self.states.extend(itertools.repeat(INFLIGHT, produced))
+        self.next_seq += produced
         if produced:
             lib.logpool__sink_count(self.chain.c, lib.LOGPOOL__WRITES, 1)
             lib.logpool__sink_set_unacked(self.chain.c, self.inflight)
         return produced
 
-    def _on_delivery(self, seq, err):
+    def _on_delivery(self, seq, err, _message=None):
         self.states[seq - self.base_seq] = DELIVERED if err is None else FAILED
         if err is not None:
             kind = err.name() if hasattr(err, "name") else str(err)

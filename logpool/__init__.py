@@ -12,7 +12,15 @@ from logpool.errors import (  # noqa: E402
     BufferFull, ConfigError, InvalidArgument, LogpoolError, MessageTooBig, NoSuchSink,
     PoolClosed, RuntimeUnavailable, Timeout)
 from logpool.paths import include_dir, lib_path, lua_dir  # noqa: E402
-from logpool.pool import Pool  # noqa: E402
+
+
+def __getattr__(name):
+    # Pool loads the library through cffi's ABI mode (a parse of the header with pycparser):
+    # only a Python host needs it, never the runtime embedded in an nginx worker.
+    if name == "Pool":
+        from logpool.pool import Pool
+        return Pool
+    raise AttributeError(f"module 'logpool' has no attribute {name!r}")
 
 __all__ = [
     "Pool", "LogpoolError", "InvalidArgument", "NoSuchSink", "MessageTooBig", "BufferFull",

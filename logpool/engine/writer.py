@@ -140,10 +140,12 @@ class SinkWriter(threading.Thread):
                     continue
                 if self.chain.pending() == 0:
                     waited = time.monotonic()
-                    r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH, -1)
+                    r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH,
+                                               self.transport.IDLE_TICK_MS)
                     if r == lib.LOGPOOL__WAIT_STOP:
                         return
                     if r != lib.LOGPOOL__WAIT_READY:
+                        self.transport.idle()
                         continue
                     self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
                     self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))

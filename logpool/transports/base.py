@@ -83,6 +83,7 @@ class Transport:
     UNIT = "message"  # what one message travels as, in error reports
     FAILOVER = True  # a sink may list several collectors
     STALLS = True  # no progress for send_timeout_ms means the connection is broken
+    IDLE_TICK_MS = -1  # > 0: call idle() this often while there is nothing to send
 
     @classmethod
     def check_option(cls, where, key, value):
@@ -161,6 +162,9 @@ class Transport:
     def shutdown(self):
         """The writer stops for good."""
         self.close()
+
+    def idle(self):
+        """Housekeeping while idle, every IDLE_TICK_MS."""
 
     def announce(self):
         """A line for the error log when the writer starts, or None."""

@@ -7,9 +7,7 @@ any other 4xx refuses it for good: dropped, counted in dropped_rejected, logged.
 The HTTP framing is the standard library's http.client, over the socket the transport
 connects itself (bounded name resolution, TLS like tls://).
 """
-import email.utils
 import errno
-import http.client
 import time
 import zlib
 
@@ -87,6 +85,7 @@ def retry_after_seconds(value, now=None):
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -137,6 +136,7 @@ class HttpTransport(StreamTransport):
             self.options.http_compression]
 
     def connect(self, should_stop):
+        import http.client  # imported by the sinks that use it, not by every worker
         self._should_stop = should_stop
         super().connect(should_stop)
         host, port, _ = self.address
@@ -210,6 +210,7 @@ class HttpTransport(StreamTransport):
         return self.compress(body) if self.compress else body
 
     def _request(self, body):
+        import http.client
         _, _, path = self.address
         try:
             self.conn.request(self.options.http_method, path, body=body, headers=self.headers)

@@ -68,6 +68,7 @@ class KafkaTransport(Transport):
     OPTIONS = {"kafka": {}, "kafka_key": None}
     FAILOVER = False  # one URL names every bootstrap broker
     STALLS = False  # waiting on a cluster is librdkafka's business, not a broken connection
+    IDLE_TICK_MS = 500  # serve librdkafka's callbacks (statistics, errors) while idle
 
     @classmethod
     def check_option(cls, where, key, value):
@@ -148,6 +149,10 @@ class KafkaTransport(Transport):
         """Delivery reports are what we wait for: librdkafka's poll, not a socket's."""
         self.producer.poll(timeout_s)
         return False
+
+    def idle(self):
+        if self.producer is not None:
+            self.producer.poll(0)
 
     def take_rejection(self):
         report, self.failure_report = self.failure_report, None

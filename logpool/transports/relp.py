@@ -11,7 +11,6 @@ chunks (logpool__sink_relp_frames); replies are parsed here.
 import errno
 import re
 import select
-import ssl
 import time
 
 from logpool.errors import ConfigError
@@ -28,6 +27,13 @@ ACK_SUFFIX = b" rsp 6 200 OK"
 FRAME_HEAD = re.compile(rb"(\d{1,9}) ([a-z]{1,32}) (\d{1,9})([ \n])")
 FRAME_HEAD_PREFIX = re.compile(rb"\d{0,9}( [a-z]{0,32}( \d{0,9})?)?")
 CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
+
+
+def would_block():
+    """The exceptions of a non-blocking socket with nothing to do now (ssl's only once a
+    relp+tls sink exists: plain workers never import ssl)."""
+    import ssl
+    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 class RelpError(OSError):
@@ -156,8 +162,7 @@ class RelpTransport(StreamTransport):
     def _send_out(self):
         try:
             written = self.sock.send(self.out)
-        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
-                ssl.SSLWantReadError):
+        except would_block():
             return 0
         if written > 0:
             self.lib.logpool__sink_count(self.chain.c, self.lib.LOGPOOL__WRITES, 1)
@@ -237,8 +242,7 @@ class RelpTransport(StreamTransport):
         while True:
             try:
                 data = self.sock.recv(65536)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
-                    ssl.SSLWantWriteError):
+            except would_block():
                 return
             if not data:
                 raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed the "
@@ -283,8 +287,7 @@ class RelpTransport(StreamTransport):
         while view:
             try:
                 view = view[self.sock.send(view):]
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
-                    ssl.SSLWantReadError):
+            except would_block():
                 self._wait(select.POLLOUT, should_stop, deadline, "RELP open")
 
     def _wait(self, events, should_stop, deadline, what):

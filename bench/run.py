@@ -71,6 +71,8 @@ def bench_hotpath(tmp, libbench, libnaive):
         if f[0] == "hotpath":
             hot[f[1]] = dict(median=float(f[2]), p99=float(f[3]), p999=float(f[4]),
                              max=float(f[5]), accepted=int(f[6]), mean_wall=float(f[7]))
+        elif f[0] == "mean":
+            hot.setdefault("mean", {})[f[1]] = dict(mean=float(f[2]), cpu=float(f[3]))
         elif f[0] == "scaling":
             calls_total = int(f[2]) * (calls // 2)
             scaling.append(dict(sinks=int(f[1]), threads=int(f[2]), median=float(f[3]),
@@ -428,6 +430,23 @@ def main():
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def mean_rows(hot):
+    """Mean ns per call over bursts (no timer per call) and CPU per message, live and dead."""
+    mean = hot.get("mean")
+    if not mean:
+        return []
+    floor = mean["floor"]["mean"]
+    return [
+        ("mean ns/call, live writer + receiver (bursts of 50,000)",
+         f"{mean['live']['mean']:.1f}", f"floor {floor:.1f}",
+         f"{mean['live']['mean'] / floor:.2f}x", "<= 2x floor"),
+        ("mean ns/call, sink down (buffer growing)", f"{mean['dead']['mean']:.1f}",
+         f"floor {floor:.1f}", f"{mean['dead']['mean'] / floor:.2f}x", "<= 2x floor"),
+        ("process CPU per message, hot path + writer, ns", f"{mean['live']['cpu']:.0f}",
+         f"floor {mean['floor']['cpu']:.0f}", "", "report it; cut it"),
+    ]
+
+
 def rows_of(r):
     """(measure, logpool, baseline, ratio, target) rows of a results dict."""
     hot = r["hotpath"]
@@ -444,6 +463,7 @@ def rows_of(r):
          "<= 2x floor, < 60 ns"),
         ("hot path p99 / p99.9, ns (writer busy)", f"{lp['p99']:.0f} / {lp['p999']:.0f}",
          f"floor {fl['p99']:.0f} / {fl['p999']:.0f}", "", "p99.9 < 5000 ns"),
+        *mean_rows(hot),
         ("naive def_extern median / p99.9, ns", f"{nv['median']:.0f} / {nv['p999']:.0f}",
          f"logpool {lp['median']:.0f} / {lp['p999']:.0f}",
          f"{nv['median'] / lp['median']:.1f}x slower", ""),

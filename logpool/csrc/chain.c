@@ -46,6 +46,8 @@ int logpool__sink_is_closing(logpool__sink_t *s)
     return ATOMIC_LOAD(&s->pool->state) != POOL_OPEN;
 }
 
+static void sink_refill(logpool__sink_t *s);
+
 int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
 {
     uint64_t user_deadline = logpool__deadline_after(timeout_ms);
@@ -55,6 +57,12 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
         if (s->stop) {
             result = LOGPOOL__WAIT_STOP;
             break;
+        }
+        if (s->refill_wanted) { /* producers are using up the pre-faulted reserve */
+            pthread_mutex_unlock(&s->lock);
+            sink_refill(s);
+            pthread_mutex_lock(&s->lock);
+            continue;
         }
         uint64_t now = logpool__now_ns();
         uint64_t wake_at = user_deadline;
@@ -78,6 +86,31 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
     return result;
 }
 
+/* Writer side, without the lock held: top the free list up to FREE_CHUNKS_KEPT chunks whose
+ * pages are touched here, so that the producer's first write to them does not fault. */
+static void sink_refill(logpool__sink_t *s)
+{
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        int enough = s->free_count >= FREE_CHUNKS_KEPT || s->stop;
+        s->refill_wanted = 0;
+        pthread_mutex_unlock(&s->lock);
+        if (enough)
+            return;
+        chunk_t *c = logpool__chunk_new(s->chunk_size);
+        if (c == NULL)
+            return;
+        for (size_t i = 0; i < c->cap; i += 4096)
+            ((volatile char *)c->data)[i] = 0;
+        ((volatile char *)c->data)[c->cap - 1] = 0;
+        pthread_mutex_lock(&s->lock);
+        c->next = s->free_chunks;
+        s->free_chunks = c;
+        s->free_count++;
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
 size_t logpool__sink_take(logpool__sink_t *s)
 {
     pthread_mutex_lock(&s->lock);
@@ -94,7 +127,10 @@ size_t logpool__sink_take(logpool__sink_t *s)
         s->chain_bytes = 0;
     }
     s->flush_requested = 0;
+    int refill = s->refill_wanted || s->free_count < FREE_CHUNKS_KEPT;
     pthread_mutex_unlock(&s->lock);
+    if (refill)
+        sink_refill(s);
     return s->pend_bytes;
 }
 

@@ -31,7 +31,9 @@ enum { POOL_OPEN = 0, POOL_CLOSING = 1, POOL_CLOSED = 2 };
  * socket time slice, 50 ms) before it leaves them and leaks the pool rather than freeing
  * memory a thread may still touch. */
 #define WRITER_EXIT_GRACE_MS 5000
-#define FREE_CHUNKS_KEPT 4
+/* Free standard chunks a sink keeps, pre-faulted by its writer: producers take chunks whose
+ * pages are already mapped, instead of page-faulting fresh malloc memory in log_cdata. */
+#define FREE_CHUNKS_KEPT 16
 #define MIN_CHUNK 4096
 #define MAX_CHUNK 65536
 
@@ -86,6 +88,7 @@ struct logpool__sink_s {
     uint64_t chain_oldest_ns;
     chunk_t *free_chunks;
     int free_count;
+    int refill_wanted; /* a producer took the free list below half: the writer refills it */
     /* Memory the chain holds: frames and their end slots, plus the room of every chunk
      * retired because the next frame did not fit (memory too, never filled). Bounded by
      * max_memory, so RSS follows max_buffer_length for any message size. Under lock. */

@@ -76,6 +76,11 @@ static chunk_t *tail_with_room_locked(logpool__sink_t *s, size_t len)
         s->free_chunks = c->next;
         s->free_count--;
         c->next = NULL;
+        if (s->free_count < FREE_CHUNKS_KEPT / 2 && !s->refill_wanted) {
+            s->refill_wanted = 1; /* once per half reserve: a rare wake, not per message */
+            if (s->writer_waiting)
+                pthread_cond_signal(&s->wake);
+        }
     } else if (need <= s->chunk_size) {
         c = logpool__chunk_new(s->chunk_size);
     } else {

@@ -328,6 +328,15 @@ def worker_rss_kib(ng):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
+def worker_uss_kib(ng):
+    """Private memory of the worker (what it does not share with the master or others)."""
+    pids = sorted(ng.worker_pids())
+    with open(f"/proc/{pids[0]}/smaps_rollup") as f:
+        text = f.read()
+    return sum(int(re.search(rf"{k}:\s+(\d+)", text).group(1))
+               for k in ("Private_Clean", "Private_Dirty"))
+
+
 def bench_nginx(tmp):
     seconds = 3 if QUICK else 5
     sink = FastSink(tmp, "nginx.sock")
@@ -340,9 +349,10 @@ def bench_nginx(tmp):
                               f"http://127.0.0.1:{ng.port}/"], capture_output=True, text=True,
                              check=True).stdout
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-        rss_loaded = worker_rss_kib(ng)
+        rss_loaded, uss_loaded = worker_rss_kib(ng), worker_uss_kib(ng)
         ng.quit(timeout=60)
-        results[name] = dict(rps=rps, rss_idle_kib=rss_idle, rss_loaded_kib=rss_loaded)
+        results[name] = dict(rps=rps, rss_idle_kib=rss_idle, rss_loaded_kib=rss_loaded,
+                             uss_loaded_kib=uss_loaded)
     shipped = sink.stop()
     results["c_build_and_ship"]["bytes_shipped"] = shipped
     return results
@@ -512,6 +522,9 @@ def rows_of(r):
          f"{b['rps'] / a['rps']:.3f}", ""),
         ("nginx worker RSS after load, MiB", f"{c['rss_loaded_kib'] / 1024:.1f}",
          f"(b) {b['rss_loaded_kib'] / 1024:.1f}", f"+{added_mb:.1f} MiB", "< 25 MB added"),
+        ("nginx worker private memory (USS) after load, MiB", f"{c['uss_loaded_kib'] / 1024:.1f}",
+         f"(b) {b['uss_loaded_kib'] / 1024:.1f}",
+         f"+{(c['uss_loaded_kib'] - b['uss_loaded_kib']) / 1024:.1f} MiB", "<= 8 MiB added"),
         (f"RSS, dead sink, {dead['seconds']} s full load, MiB", f"{dead['max_kib'] / 1024:.1f}",
          f"before load {dead['start_kib'] / 1024:.1f}",
          f"+{(dead['max_kib'] - dead['start_kib']) / 1024:.1f} MiB",

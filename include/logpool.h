@@ -84,6 +84,13 @@ typedef struct logpool_stats_s {
                                      whose acknowledgement was lost (they may arrive twice) */
     uint64_t dropped_rejected;    /* accepted, then refused for good by the collector (HTTP
                                      4xx other than 408 and 429): dropped */
+    uint64_t spooled_bytes;       /* gauge: in the sink's disk spool, not sent yet */
+    uint64_t spooled_messages;    /* gauge */
+    uint64_t dropped_spool_full;  /* could not be spooled at close (spool full or not
+                                     writable): abandoned, also in abandoned_messages */
+    uint64_t spool_writes;        /* messages written to the spool */
+    uint64_t spool_replayed;      /* messages read back from the spool to be sent */
+    uint64_t spool_corrupt;       /* spool records skipped: torn or failing their CRC */
 } logpool_stats_t;
 
 /* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first

@@ -78,6 +78,8 @@ def _start_pool(ffi, lib, cfg):
                 "max_buffer_length": sink.max_buffer_length,
                 "max_message_size": sink.max_message_size,
                 "framing": sink.framing_code,
+                # With a spool, the writer is woken to spill at half the memory buffer.
+                "spill_bytes": sink.max_buffer_length // 2 if sink.spool_dir else 0,
             })
             rc = lib.logpool__sink_init(pool, sink.index, limits)
             if rc != 0:

@@ -6,6 +6,8 @@ Every error is a ConfigError whose message names the offending key, e.g.
 import ipaddress
 import json
 import math
+import os
+import urllib.parse
 import re
 import socket
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ SINK_OPTIONS = {
     "retry_interval_ms": 100,
     "max_retry_interval_ms": 5000,
 }
+# The disk spool (top level or per sink): spool_dir enables it.
+SPOOL_OPTIONS = {"spool_dir": None, "max_spool_bytes": 1 << 30}
 POOL_ONLY_OPTIONS = {
     # How long the process-exit fallback (no logpool_close before exit) waits for delivery.
     "exit_flush_timeout_ms": 1000,
@@ -56,6 +60,8 @@ class SinkConfig:
     framing: str = "raw"
     transport_options: object = None  # what the transport parsed of its own keys
     collectors: tuple = ()  # ((url, scheme, address), ...): failover order, first = url
+    spool_dir: object = None  # this sink's spool directory (spool_dir/<quoted name>), or None
+    max_spool_bytes: int = 1 << 30
 
     @property
     def transport(self):
@@ -240,6 +246,7 @@ def parse(config):
         raise ConfigError(f"config must be a JSON object, got {type(config).__name__}")
     transport_keys = transports.all_options()
     _check_keys("", config, {"sinks", "framing"} | set(SINK_OPTIONS) | set(POOL_ONLY_OPTIONS)
+                | set(SPOOL_OPTIONS)
                 | set(transport_keys))
     sinks = config.get("sinks")
     if not isinstance(sinks, list) or not sinks:
@@ -274,6 +281,7 @@ def parse(config):
         if not isinstance(sink, dict):
             raise ConfigError(f"{where}: must be an object with a url, got {sink!r}")
         _check_keys(where, sink, {"url", "name", "framing"} | set(SINK_OPTIONS)
+                    | set(SPOOL_OPTIONS)
                     | set(transport_keys))
         if "url" not in sink:
             raise ConfigError(f"{where}.url: missing")
@@ -321,10 +329,26 @@ def parse(config):
                               f"{opts['max_retry_interval_ms']}")
         transport_options = _transport_options(where, sink, scheme, address, transport,
                                                transport_defaults)
-        parsed.append(SinkConfig(index=i, url=urls[0], name=name, scheme=scheme,
+        spool = {key: _spool_option(f"{where}.{key}" if key in sink else key, key,
+                                    sink.get(key, config.get(key, default)))
+                 for key, default in SPOOL_OPTIONS.items()}
+        if spool["spool_dir"] is not None:  # each sink spools under its own name
+            spool["spool_dir"] = os.path.join(spool["spool_dir"],
+                                              urllib.parse.quote(name, safe=""))
+        parsed.append(SinkConfig(index=i, url=urls[0], name=name, scheme=scheme, **spool,
                                  address=address, collectors=collectors, framing=framing,
                                  transport_options=transport_options, **opts))
     return PoolConfig(sinks=tuple(parsed), exit_flush_timeout_ms=exit_ms)
+
+
+def _spool_option(where, key, value):
+    if key == "max_spool_bytes":
+        return _positive_int(where, value, 2**62)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ConfigError(f"{where}: must be an absolute directory path, got {value!r}")
+    return value
 
 
 def _urls(where, url):

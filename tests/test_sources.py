@@ -125,9 +125,9 @@ def lua_option_set(name):
 
 def test_the_lua_option_checks_cover_exactly_the_config_keys():
     transport_keys = transports.all_options()
-    numbers = set(config.SINK_OPTIONS) | set(config.POOL_ONLY_OPTIONS) | {
+    numbers = set(config.SINK_OPTIONS) | set(config.POOL_ONLY_OPTIONS) | {"max_spool_bytes"} | {
         k for k, v in transport_keys.items() if type(v) is int}
-    strings = {"framing"} | {k for k, v in transport_keys.items()
+    strings = {"framing", "spool_dir"} | {k for k, v in transport_keys.items()
                              if v is None or isinstance(v, str)}
     tables = {k for k, v in transport_keys.items() if isinstance(v, dict)}
     booleans = {k for k, v in transport_keys.items() if isinstance(v, bool)}

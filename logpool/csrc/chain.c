@@ -15,7 +15,8 @@
     XX(connects) XX(connect_failures) XX(write_errors) XX(reconnects) XX(buffered_bytes)     \
     XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)         \
     XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable) XX(unacked_messages)  \
-    XX(resent_messages) XX(dropped_rejected)
+    XX(resent_messages) XX(dropped_rejected) XX(spooled_bytes) XX(spooled_messages)         \
+    XX(dropped_spool_full) XX(spool_writes) XX(spool_replayed) XX(spool_corrupt)
 
 /* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
 #define COUNT_FIELD(f) +1
@@ -34,9 +35,10 @@ void logpool__sink_stats(logpool__sink_t *s, logpool_stats_t *out)
 void logpool__sink_release_memory(logpool__sink_t *s)
 {
     logpool__chain_free(s->head);
+    logpool__chain_free(s->spill_head);
     logpool__chain_free(s->pend_head);
     logpool__chain_free(s->free_chunks);
-    s->head = s->tail = s->pend_head = s->pend_tail = s->free_chunks = NULL;
+    s->head = s->tail = s->pend_head = s->pend_tail = s->free_chunks = s->spill_head = NULL;
     s->free_count = 0;
     s->memory = 0;
 }
@@ -66,6 +68,11 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
         }
         uint64_t now = logpool__now_ns();
         uint64_t wake_at = user_deadline;
+        if (mode == LOGPOOL__WAIT_FOR_STOP && s->spill_bytes > 0 &&
+            s->chain_bytes >= s->spill_bytes) {
+            result = LOGPOOL__WAIT_SPILL;
+            break;
+        }
         if (mode == LOGPOOL__WAIT_FOR_BATCH && s->chain_bytes > 0) {
             uint64_t due = s->chain_oldest_ns + s->periodic_ns;
             if (s->chain_bytes >= s->flush_limit || s->flush_requested || now >= due ||
@@ -202,6 +209,9 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             __atomic_fetch_add(&s->st.sent_messages, done_msgs, __ATOMIC_SEQ_CST);
         } else if (sent == LOGPOOL__DONE_REJECTED) {
             __atomic_fetch_add(&s->st.dropped_rejected, done_msgs, __ATOMIC_SEQ_CST);
+        } else if (sent == LOGPOOL__DONE_SPOOLED) { /* still in the spool file: back there */
+            ATOMIC_ADD(&s->st.spooled_bytes, done_bytes);
+            ATOMIC_ADD(&s->st.spooled_messages, done_msgs);
         } else {
             __atomic_fetch_add(&s->st.dropped_unsendable, done_msgs, __ATOMIC_SEQ_CST);
         }

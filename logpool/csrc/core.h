@@ -75,6 +75,7 @@ struct logpool__sink_s {
     pthread_cond_t progress; /* flush/close wait here for sent messages or writer exit */
 
     size_t flush_limit;
+    size_t spill_bytes; /* a spool is configured: wake the writer to spill at this much */
     size_t chunk_size;
     uint64_t periodic_ns;
     size_t max_buffer_length;
@@ -102,6 +103,8 @@ struct logpool__sink_s {
     int progress_waiters; /* seq_cst atomics: read by the writer without the lock */
 
     /* Writer side: only the sink's writer thread touches these. */
+    chunk_t *spill_head; /* the producer chain taken for the spool: writer only */
+    size_t spill_bytes_taken;
     chunk_t *pend_head;
     chunk_t *pend_tail;
     size_t pend_off;  /* bytes of pend_head already written */
@@ -161,7 +164,8 @@ static inline uint64_t logpool__sink_unsent(logpool__sink_t *s)
 {
     uint64_t accepted = ATOMIC_LOAD(&s->st.accepted_messages);
     uint64_t done = ATOMIC_LOAD(&s->st.sent_messages) + ATOMIC_LOAD(&s->st.dropped_unsendable) +
-                    ATOMIC_LOAD(&s->st.dropped_rejected) + ATOMIC_LOAD(&s->st.abandoned_messages);
+                    ATOMIC_LOAD(&s->st.dropped_rejected) + ATOMIC_LOAD(&s->st.abandoned_messages) +
+                    ATOMIC_LOAD(&s->st.spooled_messages);
     return accepted > done ? accepted - done : 0;
 }
 

@@ -183,7 +183,8 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     /* Wake the writer once per batch: when it needs a deadline (first byte) or when the
      * batch reached flush_limit. Otherwise no syscall. */
     if (s->writer_waiting &&
-        (before == 0 || (before < s->flush_limit && s->chain_bytes >= s->flush_limit)))
+        (before == 0 || (before < s->flush_limit && s->chain_bytes >= s->flush_limit) ||
+         (s->spill_bytes > 0 && before < s->spill_bytes && s->chain_bytes >= s->spill_bytes)))
         pthread_cond_signal(&s->wake);
     pthread_mutex_unlock(&s->lock);
     return (int)len;

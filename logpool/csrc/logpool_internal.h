@@ -22,6 +22,7 @@ typedef struct logpool__limits_s {
     uint64_t max_buffer_length;
     uint64_t max_message_size;
     uint64_t framing; /* enum logpool__framing */
+    uint64_t spill_bytes; /* 0: no spool; else wake the writer to spill at this much */
 } logpool__limits_t;
 
 /* Framing is applied by log_cdata, so the writer sends (and resends) whole frames. */
@@ -39,7 +40,8 @@ typedef struct logpool__iov_s {
 enum logpool__wait_result {
     LOGPOOL__WAIT_TIMEOUT = 0,
     LOGPOOL__WAIT_READY = 1,   /* a batch is due: take it */
-    LOGPOOL__WAIT_STOP = 2     /* logpool_close gave up waiting: exit now */
+    LOGPOOL__WAIT_STOP = 2,    /* logpool_close gave up waiting: exit now */
+    LOGPOOL__WAIT_SPILL = 3    /* FOR_STOP: the producer chain passed spill_bytes */
 };
 
 enum logpool__wait_mode {
@@ -51,7 +53,8 @@ enum logpool__wait_mode {
 enum logpool__fate {
     LOGPOOL__DONE_UNSENDABLE = 0,  /* no socket could ever take it (dropped_unsendable) */
     LOGPOOL__DONE_SENT = 1,        /* written, or acknowledged (sent_messages) */
-    LOGPOOL__DONE_REJECTED = 2     /* refused for good by the collector (dropped_rejected) */
+    LOGPOOL__DONE_REJECTED = 2,    /* refused for good by the collector (dropped_rejected) */
+    LOGPOOL__DONE_SPOOLED = 3      /* read back from the spool, still in its file: back there */
 };
 
 enum logpool__counter {
@@ -86,6 +89,18 @@ size_t logpool__sink_consume_messages(logpool__sink_t *sink, uint32_t count, int
 int logpool__sink_message_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov,
                               size_t max_bytes, uint32_t skip);
 void logpool__sink_set_unacked(logpool__sink_t *sink, uint64_t n);
+size_t logpool__sink_spill_take(logpool__sink_t *sink);
+int logpool__sink_spill_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov,
+                            uint32_t skip);
+void logpool__sink_spill_done(logpool__sink_t *sink, uint64_t spooled);
+int logpool__sink_inject(logpool__sink_t *sink, const char *data, size_t len,
+                         const uint32_t *ends, uint32_t nmsgs);
+void logpool__sink_adopted(logpool__sink_t *sink, uint64_t nmsgs, uint64_t nbytes);
+void logpool__sink_spool_count(logpool__sink_t *sink, int what, uint64_t n);
+void logpool__sink_spill_undo(logpool__sink_t *sink);
+uint32_t logpool__sink_pending_messages(logpool__sink_t *sink);
+int64_t logpool__sink_spill_write(logpool__sink_t *sink, int fd, int64_t offset,
+                                  uint64_t room, uint32_t *nmsgs);
 size_t logpool__sink_pending(logpool__sink_t *sink);
 int logpool__sink_is_closing(logpool__sink_t *sink);
 void logpool__sink_count(logpool__sink_t *sink, int counter, uint64_t n);

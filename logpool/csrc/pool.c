@@ -80,6 +80,7 @@ int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *
         return LOGPOOL_ECONFIG;
     logpool__sink_t *s = &pool->sinks[socket_id];
     s->flush_limit = l->flush_limit;
+    s->spill_bytes = l->spill_bytes;
     s->periodic_ns = l->periodic_flush_ms * 1000000u;
     s->max_buffer_length = l->max_buffer_length;
     s->max_message_size = l->max_message_size;

@@ -15,8 +15,11 @@ from logpool.engine.backoff import Backoff
 from logpool.engine.faults import FaultInjector, InjectedCrash
 from logpool.engine.report import REPORT_INTERVAL_S, ErrorReporter, describe
 from logpool.engine.histograms import WriterHistograms
+from logpool.engine.spool import Spool
 from logpool.transports import for_scheme
 from logpool.transports.base import SLICE_S, Chain, HandshakeError, Stopped, Unsendable
+
+SPOOL_CORRUPT, SPOOL_FULL, SPOOL_WRITTEN = 0, 1, 2  # logpool__sink_spool_count
 
 
 class SinkWriter(threading.Thread):
@@ -36,6 +39,13 @@ class SinkWriter(threading.Thread):
         self.chain = Chain(ffi, lib, csink)
         self.transport = for_scheme(sink.scheme)(sink, self.chain, self.faults)
         self.histograms = WriterHistograms()
+        self.spool = None
+        self.replaying = False  # the pending list holds records read back from the spool
+        self.spill_iov = ffi.new("logpool__iov_t[]", 1024)
+        if sink.spool_dir is not None:
+            # Adopted before logpool_new returns, so that stats and flush count what an
+            # earlier process left (reading it costs about a second per GiB at start).
+            self._open_spool()
 
     def _count(self, counter, n=1):
         self.lib.logpool__sink_count(self.c, counter, n)
@@ -51,6 +61,8 @@ class SinkWriter(threading.Thread):
         finally:
             self._disconnect()
             self.transport.shutdown()
+            if self.spool is not None:
+                self._spool_at_exit()
             self._report_drops(final=True)
             # Last touch of C memory: once this returns, logpool_free may release the pool.
             self.lib.logpool__sink_writer_exit(self.c)
@@ -96,7 +108,8 @@ class SinkWriter(threading.Thread):
         # At exit, what is still unsent is about to be abandoned by writer_exit.
         abandoned = st.abandoned_messages + (
             st.accepted_messages - st.sent_messages - st.dropped_unsendable
-            - st.dropped_rejected - st.abandoned_messages if final else 0)
+            - st.dropped_rejected - st.abandoned_messages - st.spooled_messages
+            if final else 0)
         current = (st.dropped_full, st.dropped_too_big, st.dropped_closed, abandoned,
                    st.dropped_unsendable)
         delta = [a - b for a, b in zip(current, self._drops_reported)]
@@ -120,15 +133,111 @@ class SinkWriter(threading.Thread):
                            f"logpool_dropped_messages_total and "
                            f"logpool_abandoned_messages_total")
 
+    # -- the disk spool --
+
+    def _open_spool(self):
+        self.spool = Spool(self.sink.spool_dir, self.sink.max_spool_bytes, self.reporter.report)
+        msgs, nbytes, corrupt = self.spool.adopt()
+        if msgs:
+            self.lib.logpool__sink_adopted(self.c, msgs, nbytes)
+        if corrupt:
+            self.lib.logpool__sink_spool_count(self.c, SPOOL_CORRUPT, corrupt)
+            self.reporter.report("spool torn records", f"{corrupt} torn or corrupt records "
+                                 f"skipped in {self.sink.spool_dir} (a process died while "
+                                 f"writing them); counted in spool_corrupt")
+
+    def _spill(self):
+        """Move the producer chain to the spool (oldest memory stays first: the pending list
+        is sent before the spool, the spool before the chain)."""
+        lib, c = self.lib, self.c
+        if self.spool is None or not self.spool.enabled or lib.logpool__sink_spill_take(c) == 0:
+            return
+        written = self.ffi.new("uint32_t *")
+        if self.spool.append_with(
+                lambda fd, offset, room: lib.logpool__sink_spill_write(c, fd, offset, room,
+                                                                       written)):
+            lib.logpool__sink_spill_done(c, written[0])
+        else:
+            lib.logpool__sink_spill_undo(c)  # the spool is full: memory holds it, EFULL next
+
+    def _replay_next(self):
+        """Put the oldest spooled records on the (empty) pending list. True if it did."""
+        if self.spool is None or not self.spool.has_records():
+            return False
+        batch = self.spool.next_batch()
+        self._count_corrupt()
+        if batch is None:
+            return False
+        data, ends, count = batch
+        ends_c = self.ffi.new("uint32_t[]", ends)
+        if self.lib.logpool__sink_inject(self.c, data, len(data), ends_c, count) != 0:
+            return False
+        self.replaying = True
+        return True
+
+    def _count_corrupt(self):
+        if self.spool.corrupt_found:
+            found, self.spool.corrupt_found = self.spool.corrupt_found, 0
+            self.lib.logpool__sink_spool_count(self.c, SPOOL_CORRUPT, found)
+            self.reporter.report("spool torn records", f"{found} torn or corrupt records "
+                                 f"skipped in {self.sink.spool_dir}; counted in spool_corrupt")
+
+    def _spool_at_exit(self):
+        """At close, what is still in memory goes to the spool rather than being abandoned:
+        the pending list in front of everything spooled (it is older), the chain after."""
+        lib, c = self.lib, self.c
+        try:
+            pending = lib.logpool__sink_pending_messages(c)
+            if pending and self.replaying:
+                # Records read back and not delivered: still in their segment file.
+                lib.logpool__sink_consume_messages(c, pending, lib.LOGPOOL__DONE_SPOOLED)
+            elif pending:
+                lib.logpool__sink_rewind(c)
+                frames, skip = [], 0
+                while (n := lib.logpool__sink_message_iov(c, self.spill_iov, 1024, 1 << 62,
+                                                          skip)) > 0:
+                    frames += [self.ffi.buffer(self.spill_iov[i].base, self.spill_iov[i].len)
+                               for i in range(n)]
+                    skip += n
+                if self.spool.append(frames, front=True):
+                    lib.logpool__sink_spool_count(c, SPOOL_WRITTEN, len(frames))
+                    lib.logpool__sink_consume_messages(c, len(frames),
+                                                       lib.LOGPOOL__DONE_SPOOLED)
+                else:
+                    lib.logpool__sink_spool_count(c, SPOOL_FULL, len(frames))
+            before = self._stats_field("spooled_messages")
+            self._spill()
+            left = self._stats_field("buffered_messages")
+            if left and self._stats_field("spooled_messages") == before:
+                lib.logpool__sink_spool_count(c, SPOOL_FULL, left)
+        finally:
+            self.spool.close()
+
+    def _stats_field(self, name):
+        st = self.ffi.new("logpool_stats_t *")
+        self.lib.logpool__sink_stats(self.c, st)
+        return getattr(st, name)
+
     def _should_stop(self):
         lib = self.lib
         return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP, 0) == lib.LOGPOOL__WAIT_STOP
 
     def _wait_for_stop(self, seconds):
-        """Sleep up to `seconds` unless the pool stops first (True then)."""
+        """Sleep up to `seconds` unless the pool stops first (True then); spill to the spool
+        meanwhile whenever producers pass the spill mark."""
         lib = self.lib
-        return (lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP,
-                                       max(1, int(seconds * 1000))) == lib.LOGPOOL__WAIT_STOP)
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP,
+                                       max(1, int(left * 1000)))
+            if r == lib.LOGPOOL__WAIT_STOP:
+                return True
+            if r != lib.LOGPOOL__WAIT_SPILL:
+                return False
+            self._spill()
+            if time.monotonic() >= deadline:
+                return False
 
     def _loop(self):
         lib = self.lib
@@ -138,7 +247,9 @@ class SinkWriter(threading.Thread):
                     if not self._connect_when_due():
                         return
                     continue
-                if self.chain.pending() == 0:
+                if self.chain.pending() == 0 and self._replay_next():
+                    pass  # spooled records go before what is in memory
+                elif self.chain.pending() == 0:
                     waited = time.monotonic()
                     r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH,
                                                self.transport.IDLE_TICK_MS)
@@ -155,6 +266,9 @@ class SinkWriter(threading.Thread):
                 if self.faults is not None and self.faults.hit("writer_crash"):
                     raise InjectedCrash("injected: the writer loop crashed")
                 self._send_pending()
+                if self.replaying:
+                    self.replaying = False
+                    self.spool.batch_done()
             except Stopped:
                 return
             except OSError as exc:
@@ -279,6 +393,9 @@ class SinkWriter(threading.Thread):
             raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
                                f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
         self._report_drops()
+        if (self.spool is not None and self.lib.logpool__sink_wait(
+                self.c, self.lib.LOGPOOL__WAIT_FOR_STOP, 0) == self.lib.LOGPOOL__WAIT_SPILL):
+            self._spill()  # the collector is stalled and producers passed the spill mark
         if self.transport.wait_ready(SLICE_S):
             raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
         if self._should_stop():

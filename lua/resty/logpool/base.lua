@@ -55,6 +55,12 @@ typedef struct logpool_stats_s {
     uint64_t unacked_messages;
     uint64_t resent_messages;
     uint64_t dropped_rejected;
+    uint64_t spooled_bytes;
+    uint64_t spooled_messages;
+    uint64_t dropped_spool_full;
+    uint64_t spool_writes;
+    uint64_t spool_replayed;
+    uint64_t spool_corrupt;
 } logpool_stats_t;
 
 logpool_t *logpool_new(const char *config_json);
@@ -85,7 +91,8 @@ _M.STATS_FIELDS = {
     "write_errors", "reconnects", "buffered_bytes", "connected", "buffered_messages", "writes",
     "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
     "dropped_unsendable", "unacked_messages", "resent_messages",
-    "dropped_rejected",
+    "dropped_rejected", "spooled_bytes", "spooled_messages", "dropped_spool_full",
+    "spool_writes", "spool_replayed", "spool_corrupt",
 }
 
 -- The library handle lives in this upvalue for the life of the worker (DESIGN.md trap 6;

@@ -1,0 +1,254 @@
+/*
+ * The writer's side of the disk spool (logpool/engine/spool.py owns the files): take the
+ * producer chain to write it out, release it once written (it then counts as spooled, not
+ * buffered), put records read back from the spool in front of the writer's pending list,
+ * and count what the spool adopted, skipped or could not take. The producer never touches
+ * the disk: log_cdata only wakes the writer when the chain passes spill_bytes.
+ */
+#include "core.h" /* first: it defines _GNU_SOURCE */
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+
+/* pwritev until all of iov is written at *at (advanced). 0, or -1 with errno. */
+static int write_all(int fd, struct iovec *iov, int n, int64_t *at)
+{
+    while (n > 0) {
+        ssize_t w = pwritev(fd, iov, n, (off_t)*at);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (w == 0) {
+            errno = EIO;
+            return -1;
+        }
+        *at += w;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+enum { SPOOL_CORRUPT = 0, SPOOL_FULL = 1, SPOOL_WRITTEN = 2 };
+
+/* Move the producer chain to the spill list (writer only). Returns its bytes. */
+size_t logpool__sink_spill_take(logpool__sink_t *s)
+{
+    pthread_mutex_lock(&s->lock);
+    if (s->head != NULL && s->spill_head == NULL) {
+        s->spill_head = s->head;
+        s->spill_bytes_taken = s->chain_bytes;
+        s->head = s->tail = NULL;
+        s->chain_bytes = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return s->spill_head != NULL ? s->spill_bytes_taken : 0;
+}
+
+/* One iovec per message of the spill list, after the first `skip`. */
+int logpool__sink_spill_iov(logpool__sink_t *s, logpool__iov_t *iov, int max_iov,
+                            uint32_t skip)
+{
+    int n = 0;
+    for (chunk_t *c = s->spill_head; c != NULL && n < max_iov; c = c->next) {
+        for (uint32_t m = 0; m < c->nmsgs && n < max_iov; m++) {
+            if (skip > 0) {
+                skip--;
+                continue;
+            }
+            uint32_t start = m == 0 ? 0 : chunk_end(c, m - 1);
+            iov[n].base = c->data + start;
+            iov[n].len = chunk_end(c, m) - start;
+            n++;
+        }
+    }
+    return n;
+}
+
+/* The spill list is written to the spool (all of it): release its memory; its messages
+ * count as spooled from now on. */
+void logpool__sink_spill_done(logpool__sink_t *s, uint64_t spooled)
+{
+    uint64_t msgs = 0, bytes = 0;
+    pthread_mutex_lock(&s->lock);
+    for (chunk_t *c = s->spill_head; c != NULL;) {
+        chunk_t *next = c->next;
+        msgs += c->nmsgs;
+        bytes += c->used;
+        logpool__chunk_recycle_locked(s, c); /* uncharges what it was charged */
+        c = next;
+    }
+    s->spill_head = NULL;
+    s->spill_bytes_taken = 0;
+    ATOMIC_ADD(&s->st.spooled_bytes, bytes);
+    ATOMIC_ADD(&s->st.spooled_messages, msgs);
+    ATOMIC_SUB(&s->st.buffered_bytes, bytes);
+    ATOMIC_SUB(&s->st.buffered_messages, msgs);
+    ATOMIC_ADD(&s->st.spool_writes, spooled);
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Records read back from the spool, oldest first, become the writer's pending list (which
+ * must be empty): data holds nmsgs frames ending at ends[i]. Returns 0 or LOGPOOL_EFULL
+ * (no memory). */
+int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
+                         const uint32_t *ends, uint32_t nmsgs)
+{
+    if (s->pend_head != NULL || nmsgs == 0)
+        return LOGPOOL_EINVAL;
+    chunk_t *c = logpool__chunk_new((len + END_SLOT * nmsgs + 7) & ~(size_t)7);
+    if (c == NULL)
+        return LOGPOOL_EFULL;
+    memcpy(c->data, data, len);
+    c->used = len;
+    for (uint32_t i = 0; i < nmsgs; i++)
+        chunk_ends(c)[-1 - (long)i] = ends[i];
+    c->nmsgs = nmsgs;
+    c->room_charged = chunk_room(c);
+    pthread_mutex_lock(&s->lock);
+    s->memory += c->cap;
+    pthread_mutex_unlock(&s->lock);
+    s->pend_head = s->pend_tail = c;
+    s->pend_off = 0;
+    s->pend_msg = 0;
+    s->pend_bytes = len;
+    s->batch_oldest_ns = logpool__now_ns();
+    ATOMIC_ADD(&s->st.buffered_bytes, len);
+    ATOMIC_ADD(&s->st.buffered_messages, nmsgs);
+    ATOMIC_SUB(&s->st.spooled_bytes, len);
+    ATOMIC_SUB(&s->st.spooled_messages, nmsgs);
+    ATOMIC_ADD(&s->st.spool_replayed, nmsgs);
+    return LOGPOOL_OK;
+}
+
+/* Records an earlier process left in the spool are this pool's now: accepted (so that
+ * accepted = sent + dropped + abandoned + spooled + buffered holds) and spooled. */
+void logpool__sink_adopted(logpool__sink_t *s, uint64_t nmsgs, uint64_t nbytes)
+{
+    ATOMIC_ADD(&s->st.spooled_bytes, nbytes);
+    ATOMIC_ADD(&s->st.spooled_messages, nmsgs);
+    __atomic_fetch_add(&s->st.accepted_bytes, nbytes, __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&s->st.accepted_messages, nmsgs, __ATOMIC_SEQ_CST);
+}
+
+void logpool__sink_spool_count(logpool__sink_t *s, int what, uint64_t n)
+{
+    if (what == SPOOL_CORRUPT)
+        ATOMIC_ADD(&s->st.spool_corrupt, n);
+    else if (what == SPOOL_FULL)
+        ATOMIC_ADD(&s->st.dropped_spool_full, n);
+    else if (what == SPOOL_WRITTEN)
+        ATOMIC_ADD(&s->st.spool_writes, n);
+}
+
+/* The spool could not take the spill list: put it back in front of the producer chain (it
+ * is older than anything appended since). */
+void logpool__sink_spill_undo(logpool__sink_t *s)
+{
+    if (s->spill_head == NULL)
+        return;
+    chunk_t *last = s->spill_head;
+    while (last->next != NULL)
+        last = last->next;
+    pthread_mutex_lock(&s->lock);
+    if (s->head != NULL) {
+        last->room_charged = chunk_room(last); /* no longer the producers' tail */
+        s->memory += last->room_charged;
+        last->next = s->head;
+    } else {
+        s->tail = last;
+        s->chain_oldest_ns = logpool__now_ns();
+    }
+    s->head = s->spill_head;
+    s->chain_bytes += s->spill_bytes_taken;
+    s->spill_head = NULL;
+    s->spill_bytes_taken = 0;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Messages on the writer's pending list. */
+uint32_t logpool__sink_pending_messages(logpool__sink_t *s)
+{
+    uint32_t n = 0;
+    uint32_t m = s->pend_msg;
+    for (chunk_t *c = s->pend_head; c != NULL; c = c->next, m = 0)
+        n += c->nmsgs - m;
+    return n;
+}
+
+/* CRC-32 (IEEE 802.3, zlib's crc32), so that Python reads back what C wrote. */
+static uint32_t crc_table[256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t crc32_of(const char *data, size_t len)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < len; i++)
+        c = crc_table[(c ^ (uint8_t)data[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+#define SPILL_IOV 512 /* iovecs per pwritev: a header and a frame each */
+
+/* Write the spill list as spool records (u32 length, u32 CRC-32, frame; little endian) to
+ * fd at offset, if all of it fits in room bytes. Called with the GIL released (cffi), so a
+ * spill costs no Python per message. Returns the bytes written and sets *nmsgs, or -ENOSPC
+ * (does not fit; nothing written) or -errno (a partial write the caller truncates). */
+int64_t logpool__sink_spill_write(logpool__sink_t *s, int fd, int64_t offset, uint64_t room,
+                                  uint32_t *nmsgs)
+{
+    pthread_once(&crc_once, crc_init);
+    uint64_t msgs = 0, bytes = 0;
+    for (chunk_t *c = s->spill_head; c != NULL; c = c->next) {
+        msgs += c->nmsgs;
+        bytes += c->used;
+    }
+    if (bytes + 8 * msgs > room)
+        return -ENOSPC;
+    struct iovec iov[SPILL_IOV];
+    uint32_t headers[SPILL_IOV / 2][2];
+    int n = 0;
+    int64_t at = offset;
+    for (chunk_t *c = s->spill_head; c != NULL; c = c->next) {
+        for (uint32_t m = 0; m < c->nmsgs; m++) {
+            uint32_t start = m == 0 ? 0 : chunk_end(c, m - 1);
+            uint32_t len = chunk_end(c, m) - start;
+            headers[n / 2][0] = len; /* x86 and arm64 Linux are little endian */
+            headers[n / 2][1] = crc32_of(c->data + start, len);
+            iov[n].iov_base = headers[n / 2];
+            iov[n].iov_len = 8;
+            iov[n + 1].iov_base = c->data + start;
+            iov[n + 1].iov_len = len;
+            n += 2;
+            if (n == SPILL_IOV) {
+                if (write_all(fd, iov, n, &at) != 0)
+                    return -errno;
+                n = 0;
+            }
+        }
+    }
+    if (n > 0 && write_all(fd, iov, n, &at) != 0)
+        return -errno;
+    *nmsgs = (uint32_t)msgs;
+    return at - offset;
+}

@@ -265,6 +265,41 @@ def bench_kafka(tmp):
     return rows
 
 
+def bench_spool(tmp):
+    """Spill and replay against the raw write rate of the same disk: 512 B messages logged
+    from luajit into a dead sink with a spool (accepted MB/s; spilling keeps up when nothing
+    is refused), then a new pool replaying the spool into a fast sink."""
+    import logpool
+    size_mb = 64 if QUICK else 256
+    raw_path = os.path.join(tmp, "raw-disk.bin")
+    block = os.urandom(1 << 20)
+    start = time.monotonic()
+    with open(raw_path, "wb") as f:
+        for _ in range(size_mb):
+            f.write(block)
+        f.flush()
+        os.fsync(f.fileno())
+    raw = size_mb * (1 << 20) / (time.monotonic() - start) / 1e6
+    os.unlink(raw_path)
+    spool_dir = os.path.join(tmp, "spool")
+    seconds = 1.5 if QUICK else 3.0
+    f = luajit(os.path.join(HERE, "throughput.lua"), paths.lib_path(), paths.header_path(),
+               "unix:/nonexistent/bench-dead.sock", "512", str(seconds), "0",
+               f', "name": "spooled", "spool_dir": "{spool_dir}"').split()
+    accepted, refused, elapsed = int(f[2]), int(f[3]), float(f[4])
+    sink = FastSink(tmp, "replay.sock")
+    start = time.monotonic()
+    pool = logpool.Pool({"sinks": [{"url": sink.url, "name": "spooled"}],
+                         "spool_dir": spool_dir})
+    spooled = pool.stats(0)["spooled_bytes"]
+    pool.flush(600)
+    replay_s = time.monotonic() - start
+    pool.close(5)
+    sink.stop()
+    return dict(raw_disk_mb_s=raw, spill_mb_s=accepted / elapsed / 1e6, refused=refused,
+                spooled_mb=spooled / 1e6, replay_mb_s=spooled / replay_s / 1e6)
+
+
 def bench_sigkill_loss(tmp):
     """Bytes lost per SIGKILL of the collector, TCP against RELP: a producer logs numbered
     lines steadily while `logpool receive` is killed and restarted on the same port."""
@@ -419,6 +454,8 @@ def main():
     http_rows = bench_http(tmp)
     print("kafka ...", flush=True)
     kafka = bench_kafka(tmp)
+    print("spool ...", flush=True)
+    spool = bench_spool(tmp)
     print("sigkill loss ...", flush=True)
     sigkill = bench_sigkill_loss(tmp)
     print("nginx ...", flush=True)
@@ -429,7 +466,7 @@ def main():
                    machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                            f"{platform.platform()}",
                    quick=QUICK, hotpath=hot, scaling=scaling, throughput=throughput,
-                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows, kafka=kafka,
+                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows, kafka=kafka, spool=spool,
                    nginx=nginx, dead_sink=dead, seconds=time.monotonic() - started)
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -509,6 +546,14 @@ def rows_of(r):
                      f"{lp['messages_s']:.0f} ({lp['mb_s']:.0f})",
                      f"confluent-kafka loop {py['messages_s']:.0f} ({py['mb_s']:.0f})",
                      f"{lp['messages_s'] / py['messages_s']:.2f}", ""))
+    if r.get("spool"):
+        sp = r["spool"]
+        rows.append((f"spool: spill into a dead sink, MB/s accepted ({sp['refused']} refused)",
+                     f"{sp['spill_mb_s']:.0f}", f"raw disk {sp['raw_disk_mb_s']:.0f}",
+                     f"{sp['spill_mb_s'] / sp['raw_disk_mb_s']:.2f}", ""))
+        rows.append((f"spool: replay of {sp['spooled_mb']:.0f} MB into a fast sink, MB/s",
+                     f"{sp['replay_mb_s']:.0f}", f"raw disk {sp['raw_disk_mb_s']:.0f}",
+                     f"{sp['replay_mb_s'] / sp['raw_disk_mb_s']:.2f}", ""))
     for x in r.get("sigkill", ()):
         rows.append((f"{x['transport']}: bytes lost per SIGKILL of the collector "
                      f"({x['kills']} kills, {x['messages']} lines)",

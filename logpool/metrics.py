@@ -28,6 +28,10 @@ COUNTERS = (
     ("tls_handshake_failures", "tls_handshake_failures",
      "TLS handshakes that failed (certificate refused, protocol error); also connect failures."),
     ("tls_resumed", "tls_resumed", "TLS handshakes that resumed an earlier session."),
+    ("spool_writes", "spool_writes", "Messages written to the disk spool."),
+    ("spool_replayed", "spool_replayed", "Messages read back from the disk spool to be sent."),
+    ("spool_corrupt", "spool_corrupt",
+     "Spool records skipped: torn (a process died writing them) or failing their CRC."),
     ("resent_messages", "resent_messages",
      "Messages sent again after a broken session (RELP: their acknowledgement was lost)."),
 )
@@ -35,12 +39,14 @@ GAUGES = (
     ("buffered_bytes", "buffered_bytes", "Bytes accepted and not yet completely written."),
     ("buffered_messages", "buffered_messages", "Messages accepted and not yet written."),
     ("connected", "connected", "1 while the sink's writer holds a connection."),
+    ("spooled_bytes", "spooled_bytes", "Bytes in the sink's disk spool, not sent yet."),
+    ("spooled_messages", "spooled_messages", "Messages in the sink's disk spool."),
     ("unacked_messages", "unacked_messages",
      "Messages sent to an acknowledging collector (RELP) and not acknowledged yet."),
 )
 DROPS = (("full", "dropped_full"), ("too_big", "dropped_too_big"),
          ("closed", "dropped_closed"), ("unsendable", "dropped_unsendable"),
-         ("rejected", "dropped_rejected"))
+         ("rejected", "dropped_rejected"), ("spool_full", "dropped_spool_full"))
 
 
 class PoolCollector:

@@ -6,8 +6,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-COLUMNS = ("sink", "msgs/s", "MB/s", "sent", "dropped", "drop/s", "buffered", "connected",
-           "reconn", "errors")
+COLUMNS = ("sink", "msgs/s", "MB/s", "sent", "dropped", "drop/s", "buffered", "spooled",
+           "unacked", "connected", "reconn", "errors")
 
 
 def scrape(url, timeout=5):
@@ -38,6 +38,8 @@ def rows(prev, cur, dt):
             f"{c.get('logpool_dropped_messages_total', 0):.0f}",
             f"{rate('logpool_dropped_messages_total'):.0f}",
             f"{c.get('logpool_buffered_bytes', 0):.0f}",
+            f"{c.get('logpool_spooled_bytes', 0):.0f}",
+            f"{c.get('logpool_unacked_messages', 0):.0f}",
             f"{c.get('logpool_connected', 0):.0f}",
             f"{c.get('logpool_reconnects_total', 0):.0f}",
             f"{c.get('logpool_write_errors_total', 0) + c.get('logpool_connect_failures_total', 0):.0f}",

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -316,13 +317,21 @@ def bench_sigkill_loss(tmp):
         pool = logpool.Pool({"sinks": [{"url": rx.url}], "retry_interval_ms": 10,
                              "max_retry_interval_ms": 100, "periodic_flush_ms": 10})
         line = b"%08d " + b"x" * 190 + b"\n"
-        for i in range(n):
-            pool.log(0, line % i)
-            if i % 50 == 0:
-                time.sleep(0.0005)
-            if i and i % (n // (kills + 1)) == 0 and i < n - 10:
-                rx.stop(signal.SIGKILL)
-                rx = Receive(f"{proto}://127.0.0.1:{port}", out)
+        logged = [0]
+
+        def produce():
+            for i in range(n):
+                pool.log(0, line % i)
+                logged[0] = i + 1  # full speed: the collector falls behind, as under load
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        for k in range(1, kills + 1):  # kills while the producer keeps logging
+            while logged[0] < k * n // (kills + 1):
+                time.sleep(0.005)
+            rx.stop(signal.SIGKILL)
+            rx = Receive(f"{proto}://127.0.0.1:{port}", out)
+        producer.join()
         pool.flush(60)
         pool.close(5)
         rx.stop()

@@ -42,13 +42,14 @@ local function now()
     return tonumber(ts.tv_sec) * 1e9 + tonumber(ts.tv_nsec)
 end
 
-local function measure(name, fn)
-    for i = 1, 100000 do fn(pool, 0, msg, 200) end -- warm up, JIT
+local function measure(name, fn, p)
+    p = p or pool
+    for i = 1, 100000 do fn(p, 0, msg, 200) end -- warm up, JIT
     local accepted = 0
     local start = now()
     for i = 0, calls - 1 do
         local t0 = now()
-        local rc = fn(pool, 0, msg, 200)
+        local rc = fn(p, 0, msg, 200)
         samples[i] = now() - t0
         if rc > 0 then accepted = accepted + 1 end
     end
@@ -96,6 +97,18 @@ measure("logpool", lib.log_cdata)
 lib.logpool_flush(pool, 10000)
 measure("naive", naive.naive_log)
 lib.logpool_close(pool, 10000)
+
+-- A sink that is down with a disk spool: the writer spills while producers log. Its
+-- percentiles against the healthy sink's above (the spool must not move the tail).
+local spool_dir = arg[7]
+if spool_dir then
+    local spilling = lib.logpool_new('{"sinks": [{"url": "unix:/nonexistent/bench-spool.sock",'
+                                     .. ' "name": "bench"}], "spool_dir": "' .. spool_dir
+                                     .. '", "max_spool_bytes": 4294967296}')
+    assert(spilling ~= nil, ffi.string(lib.logpool_last_error()))
+    measure("spilling", lib.log_cdata, spilling)
+    lib.logpool_close(spilling, 0)
+end
 
 -- Cost as work grows: sinks x producer threads, C threads calling log_cdata.
 local per_thread = math.floor(calls / 2)

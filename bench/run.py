@@ -64,7 +64,7 @@ def bench_hotpath(tmp, libbench, libnaive):
     sink = FastSink(tmp, "hot.sock")
     calls = 200_000 if QUICK else 1_000_000
     out = luajit(os.path.join(HERE, "hotpath.lua"), paths.lib_path(), paths.header_path(),
-                 libbench, libnaive, sink.url, str(calls))
+                 libbench, libnaive, sink.url, str(calls), os.path.join(tmp, "hot-spool"))
     sink.stop()
     hot, scaling = {}, []
     for line in out.splitlines():
@@ -503,6 +503,16 @@ def mean_rows(hot):
     ]
 
 
+def spilling_rows(hot):
+    """log_cdata while the writer spills a dead sink to the spool, against a healthy sink."""
+    sp, lp = hot.get("spilling"), hot["logpool"]
+    if not sp:
+        return []
+    return [("hot path p99 / p99.9, ns, sink down, writer spilling to the spool",
+             f"{sp['p99']:.0f} / {sp['p999']:.0f}", f"healthy {lp['p99']:.0f} / {lp['p999']:.0f}",
+             f"{sp['p999'] / lp['p999']:.2f}x p99.9", "the spool must not move p99.9")]
+
+
 def rows_of(r):
     """(measure, logpool, baseline, ratio, target) rows of a results dict."""
     hot = r["hotpath"]
@@ -520,6 +530,7 @@ def rows_of(r):
         ("hot path p99 / p99.9, ns (writer busy)", f"{lp['p99']:.0f} / {lp['p999']:.0f}",
          f"floor {fl['p99']:.0f} / {fl['p999']:.0f}", "", "p99.9 < 5000 ns"),
         *mean_rows(hot),
+        *spilling_rows(hot),
         ("naive def_extern median / p99.9, ns", f"{nv['median']:.0f} / {nv['p999']:.0f}",
          f"logpool {lp['median']:.0f} / {lp['p999']:.0f}",
          f"{nv['median'] / lp['median']:.1f}x slower", ""),

@@ -12,7 +12,6 @@ import pytest
 
 import logpool
 from conftest import wait_for
-from logpool.tools.nginx import wait_until, wrk
 
 import confluent_kafka  # the test extra installs it: a missing one fails, never skips
 
@@ -150,23 +149,16 @@ def test_kafka_config_errors_name_the_key(sink, text):
 
 
 def test_nginx_ships_every_request_to_kafka_once_across_a_reload(cluster, tmp_path):
-    from test_nginx import assert_exactly_once, logpool_conf
+    from test_nginx import assert_exactly_once, logpool_conf, reload_under_load
     from logpool.tools.nginx import Nginx
     c = cluster()
     ng = Nginx(tmp_path / "nginx", *logpool_conf(c.url("access"), 'kafka_key = "one"'),
                workers=2)
     ng.start()
     try:
-        start = time.monotonic()
-        load = wrk(ng.port, seconds=3, connections=8)
-        wait_until(start + 1.0)
-        ng.reload()
-        output, _ = load.communicate(timeout=60)
-        assert load.returncode == 0, output
-        assert ng.quit() == 0
+        ids = reload_under_load(ng, seconds=3, connections=8, reload_after=1.0)
     finally:
         ng.kill()
-    ids = ng.access_ids()
     assert len(ids) > 500
     got = [v.decode().rstrip("\n") for _, v in c.read("access", len(ids))]
     assert_exactly_once(ids, got)

@@ -70,19 +70,25 @@ def test_two_workers_ship_one_line_per_request_exactly_once(tmp_path, nginx, rec
     assert_exactly_once(ids, received_ids(rp))
 
 
-def test_reload_and_quit_under_load_lose_and_duplicate_nothing(tmp_path, nginx, receive_process):
-    rp = receive_process()
-    ng = nginx(*logpool_conf(rp.url), workers=2)
+def reload_under_load(ng, seconds, connections, reload_after):
+    """wrk for `seconds`, a reload `reload_after` seconds in, then quit. The access log's
+    request ids."""
     start = time.monotonic()
-    load = wrk(ng.port, seconds=4, connections=16)
-    wait_until(start + 1.5)
+    load = wrk(ng.port, seconds=seconds, connections=connections)
+    wait_until(start + reload_after)
     ng.reload()
     output, _ = load.communicate(timeout=60)
     assert load.returncode == 0, output
     assert ng.quit() == 0
+    return ng.access_ids()
+
+
+def test_reload_and_quit_under_load_lose_and_duplicate_nothing(tmp_path, nginx, receive_process):
+    rp = receive_process()
+    ng = nginx(*logpool_conf(rp.url), workers=2)
+    ids = reload_under_load(ng, seconds=4, connections=16, reload_after=1.5)
     rp.stop()
-    ids = ng.access_ids()
-    assert len(ids) > 1000, output
+    assert len(ids) > 1000
     assert_exactly_once(ids, received_ids(rp))
 
 
@@ -92,16 +98,9 @@ def test_acknowledged_sinks_ship_every_request_once_across_a_reload(tmp_path, ng
     listen = f"{scheme}://127.0.0.1:0" + ("/ingest" if scheme == "http" else "")
     rp = receive_process(listen)
     ng = nginx(*logpool_conf(rp.url), workers=2)
-    start = time.monotonic()
-    load = wrk(ng.port, seconds=3, connections=8)
-    wait_until(start + 1.0)
-    ng.reload()
-    output, _ = load.communicate(timeout=60)
-    assert load.returncode == 0, output
-    assert ng.quit() == 0
+    ids = reload_under_load(ng, seconds=3, connections=8, reload_after=1.0)
     rp.stop()
-    ids = ng.access_ids()
-    assert len(ids) > 500, output
+    assert len(ids) > 500
     assert_exactly_once(ids, received_ids(rp))
 
 

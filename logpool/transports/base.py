@@ -13,6 +13,8 @@ import socket
 import threading
 import time
 
+from logpool.errors import ConfigError
+
 # How often a blocked connect/send looks at the stop flag: logpool_close waits for the
 # writer to notice, so this bounds how long a close can take after its own timeout.
 SLICE_S = 0.05
@@ -90,9 +92,13 @@ class Transport:
         """One of OPTIONS, checked (raise ConfigError); returns the value to use."""
         return value
 
+    RAW_FRAMING_ONLY = None  # why, for transports that frame each message themselves
+
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
         """Config-time checks of one sink's options (raise ConfigError)."""
+        if cls.RAW_FRAMING_ONLY and framing != "raw":
+            raise ConfigError(f"{where}.framing: {cls.RAW_FRAMING_ONLY}; leave framing raw")
 
     @classmethod
     def parse_options(cls, where, scheme, address, options):

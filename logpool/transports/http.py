@@ -102,11 +102,11 @@ class HttpTransport(StreamTransport):
     def check_option(cls, where, key, value):
         return check_option(where, key, value)
 
+    RAW_FRAMING_ONLY = "an HTTP sink frames messages by http_format (ndjson or json_array)"
+
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
-        if framing != "raw":
-            raise ConfigError(f"{where}.framing: an HTTP sink frames messages by http_format "
-                              f"(ndjson or json_array); leave framing raw")
+        super().check_sink(where, sink, opts, framing)
         limit = sink.get("http_max_body_bytes", OPTIONS["http_max_body_bytes"])
         if isinstance(limit, int) and opts["max_message_size"] > limit:
             if "max_message_size" in sink:

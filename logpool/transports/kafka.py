@@ -74,11 +74,7 @@ class KafkaTransport(Transport):
     def check_option(cls, where, key, value):
         return check_option(where, key, value)
 
-    @classmethod
-    def check_sink(cls, where, sink, opts, framing):
-        if framing != "raw":
-            raise ConfigError(f"{where}.framing: a Kafka record holds exactly one message; "
-                              f"leave framing raw")
+    RAW_FRAMING_ONLY = "a Kafka record holds exactly one message"
 
     @classmethod
     def parse_options(cls, where, scheme, address, options):

@@ -90,8 +90,6 @@ int logpool__sink_message_iov(logpool__sink_t *sink, logpool__iov_t *iov, int ma
                               size_t max_bytes, uint32_t skip);
 void logpool__sink_set_unacked(logpool__sink_t *sink, uint64_t n);
 size_t logpool__sink_spill_take(logpool__sink_t *sink);
-int logpool__sink_spill_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov,
-                            uint32_t skip);
 void logpool__sink_spill_done(logpool__sink_t *sink, uint64_t spooled);
 int logpool__sink_inject(logpool__sink_t *sink, const char *data, size_t len,
                          const uint32_t *ends, uint32_t nmsgs);

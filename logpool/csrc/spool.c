@@ -55,26 +55,6 @@ size_t logpool__sink_spill_take(logpool__sink_t *s)
     return s->spill_head != NULL ? s->spill_bytes_taken : 0;
 }
 
-/* One iovec per message of the spill list, after the first `skip`. */
-int logpool__sink_spill_iov(logpool__sink_t *s, logpool__iov_t *iov, int max_iov,
-                            uint32_t skip)
-{
-    int n = 0;
-    for (chunk_t *c = s->spill_head; c != NULL && n < max_iov; c = c->next) {
-        for (uint32_t m = 0; m < c->nmsgs && n < max_iov; m++) {
-            if (skip > 0) {
-                skip--;
-                continue;
-            }
-            uint32_t start = m == 0 ? 0 : chunk_end(c, m - 1);
-            iov[n].base = c->data + start;
-            iov[n].len = chunk_end(c, m) - start;
-            n++;
-        }
-    }
-    return n;
-}
-
 /* The spill list is written to the spool (all of it): release its memory; its messages
  * count as spooled from now on. */
 void logpool__sink_spill_done(logpool__sink_t *s, uint64_t spooled)

@@ -41,7 +41,7 @@ class SinkWriter(threading.Thread):
         self.histograms = WriterHistograms()
         self.spool = None
         self.replaying = False  # the pending list holds records read back from the spool
-        self.spill_iov = ffi.new("logpool__iov_t[]", 1024)
+        self.spill_iov = ffi.new("logpool__iov_t[]", 1024)  # pending messages, at exit
         if sink.spool_dir is not None:
             # Adopted before logpool_new returns, so that stats and flush count what an
             # earlier process left (reading it costs about a second per GiB at start).

@@ -10,10 +10,10 @@ import os
 import urllib.parse
 import re
 import socket
-from dataclasses import dataclass
 
 from logpool import transports
 from logpool.errors import ConfigError
+from logpool.record import Record
 
 # Options valid at the top level and per sink (a sink's value wins). Units are in the name.
 SINK_OPTIONS = {
@@ -42,26 +42,20 @@ URL_FORMS = ("unix:/path, unixgram:/path, tcp://host:port, tls://host:port, udp:
              "https://host[:port]/path or kafka://host:port[,host:port...]/topic")
 
 
-@dataclass(frozen=True)
-class SinkConfig:
-    index: int
-    url: str
-    name: str
-    scheme: str
-    address: object  # "path" transports: the path (str); "host_port" ones: (host, port)
-    flush_limit: int
-    periodic_flush_ms: int
-    max_buffer_length: int
-    max_message_size: int
-    connect_timeout_ms: int
-    send_timeout_ms: int
-    retry_interval_ms: int
-    max_retry_interval_ms: int
-    framing: str = "raw"
-    transport_options: object = None  # what the transport parsed of its own keys
-    collectors: tuple = ()  # ((url, scheme, address), ...): failover order, first = url
-    spool_dir: object = None  # this sink's spool directory (spool_dir/<quoted name>), or None
-    max_spool_bytes: int = 1 << 30
+class SinkConfig(Record):
+    __slots__ = (
+        "index", "url", "name", "scheme",
+        "address",  # "path" transports: the path (str); "host_port" ones: (host, port)
+        "flush_limit", "periodic_flush_ms", "max_buffer_length", "max_message_size",
+        "connect_timeout_ms", "send_timeout_ms", "retry_interval_ms", "max_retry_interval_ms",
+        "framing",
+        "transport_options",  # what the transport parsed of its own keys
+        "collectors",  # ((url, scheme, address), ...): failover order, first = url
+        "spool_dir",  # this sink's spool directory (spool_dir/<quoted name>), or None
+        "max_spool_bytes",
+    )
+    DEFAULTS = {"framing": "raw", "transport_options": None, "collectors": (),
+                "spool_dir": None, "max_spool_bytes": 1 << 30}
 
     @property
     def transport(self):
@@ -84,10 +78,8 @@ class SinkConfig:
         return FRAMINGS[self.framing]
 
 
-@dataclass(frozen=True)
-class PoolConfig:
-    sinks: tuple
-    exit_flush_timeout_ms: int
+class PoolConfig(Record):
+    __slots__ = ("sinks", "exit_flush_timeout_ms")
 
     def sink_index(self, sink):
         """0-based index of a sink given by index or name."""

@@ -9,7 +9,6 @@ connected" has one state: ``self.connected`` is False and the transport holds no
 import errno
 import threading
 import time
-import traceback
 
 from logpool.engine.backoff import Backoff
 from logpool.engine.faults import FaultInjector, InjectedCrash
@@ -274,6 +273,7 @@ class SinkWriter(threading.Thread):
             except OSError as exc:
                 self._broken("write", describe(exc), getattr(exc, "retry_after", None))
             except Exception as exc:  # noqa: BLE001 — a writer never dies silently (trap 8)
+                import traceback  # only when something went wrong: not in every worker
                 self._count(lib.LOGPOOL__WRITER_ERRORS)
                 self.reporter.report("internal error", "".join(
                     traceback.format_exception_only(type(exc), exc)).strip() + "\n" +

@@ -3,9 +3,9 @@ default, SNI, client certificates, session resumption across reconnects, close_n
 import errno
 import select
 import time
-from dataclasses import dataclass
 
 from logpool.errors import ConfigError
+from logpool.record import Record
 from logpool.transports.base import HandshakeError, wait_io
 from logpool.transports.stream import StreamTransport
 
@@ -17,14 +17,11 @@ OPTIONS = {"ca_file": None, "server_name": None, "cert_file": None, "key_file": 
            "verify": True}
 
 
-@dataclass(frozen=True)
-class TlsConfig:
-    ca_file: object
-    server_name: object  # None: each collector's host
-    cert_file: object
-    key_file: object
-    verify: bool
-    context: object  # ssl.SSLContext, built (and so checked) when the config is parsed
+class TlsConfig(Record):
+    __slots__ = ("ca_file",
+                 "server_name",  # None: each collector's host
+                 "cert_file", "key_file", "verify",
+                 "context")  # ssl.SSLContext, built (and so checked) when the config is parsed
 
 
 def _check_tls_option(where, key, value):

@@ -669,11 +669,10 @@ class HttpReceiver:
 
             do_PUT = do_POST
 
-        server_class = http.server.ThreadingHTTPServer
-        if ":" in host:
-            class server_class(http.server.ThreadingHTTPServer):  # noqa: N801
-                address_family = socket.AF_INET6
-        self.server = server_class((host, port), Handler)
+        class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.server = Server((host, port), Handler)
         self.server.daemon_threads = True
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)

@@ -3,11 +3,8 @@ a full or unwritable spool, and several processes sharing one spool_dir."""
 import os
 import signal
 import subprocess
-import textwrap
 import threading
 import time
-
-import pytest
 
 import logpool
 from conftest import PYTHON, ROOT, message, parse_line, sock_path, wait_for

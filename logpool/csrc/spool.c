@@ -192,8 +192,8 @@ static uint32_t crc32_of(const char *data, size_t len)
 
 /* Write the spill list as spool records (u32 length, u32 CRC-32, frame; little endian) to
  * fd at offset, if all of it fits in room bytes. Called with the GIL released (cffi), so a
- * spill costs no Python per message. Returns the bytes written and sets *nmsgs, or -ENOSPC
- * (does not fit; nothing written) or -errno (a partial write the caller truncates). */
+ * spill costs no Python per message. Returns the bytes written and sets *nmsgs, or -EFBIG
+ * (does not fit in room: nothing written) or -errno (a partial write the caller truncates). */
 int64_t logpool__sink_spill_write(logpool__sink_t *s, int fd, int64_t offset, uint64_t room,
                                   uint32_t *nmsgs)
 {
@@ -204,7 +204,7 @@ int64_t logpool__sink_spill_write(logpool__sink_t *s, int fd, int64_t offset, ui
         bytes += c->used;
     }
     if (bytes + 8 * msgs > room)
-        return -ENOSPC;
+        return -EFBIG;
     struct iovec iov[SPILL_IOV];
     uint32_t headers[SPILL_IOV / 2][2];
     int n = 0;

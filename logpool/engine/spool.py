@@ -140,10 +140,18 @@ class Spool:
         """Write frames (buffers) as records, after everything spooled (or, front=True, in a
         segment before all others: older messages, at exit). False when the spool cannot take
         them all; then it holds none of them."""
-        if not self.enabled or not frames:
-            return not frames
         need = sum(len(f) for f in frames) + RECORD.size * len(frames)
-        if need > self.max_bytes - self.on_disk():
+
+        def write(fd, offset, room):
+            return -errno.EFBIG if need > room else _write_records(fd, offset, frames)
+        return not frames or self.append_with(write, front)
+
+    def append_with(self, write, front=False):
+        """Append records written by write(fd, offset, room) -> bytes written, or -EFBIG when
+        they do not fit in room (nothing written), or -errno (a partial write is truncated
+        here). True once written; False when the spool cannot take them (then it holds none
+        of them)."""
+        if not self.enabled:
             return False
         try:
             if front:
@@ -156,7 +164,13 @@ class Spool:
                     self.current = self._new_segment(max(FIRST_SEQ, time.time_ns()))
                     self.segments.append(self.current)
                 segment = self.current
-            self._write(segment, frames)
+            written = write(segment.fd, segment.end, self.max_bytes - self.on_disk())
+            if written == -errno.EFBIG:
+                return False  # full: the messages stay in memory
+            if written < 0:
+                os.ftruncate(segment.fd, segment.end)  # all or nothing: no record twice
+                raise OSError(-written, os.strerror(-written))
+            segment.end += written
             if front:
                 os.fsync(segment.fd)
             return True
@@ -164,51 +178,6 @@ class Spool:
             self.report("spool write failed", f"{self.dir}: {exc.strerror or exc} (uid "
                         f"{os.geteuid()}); these messages stay in memory")
             return False
-
-    def append_with(self, write):
-        """Append records written by write(fd, offset, room) -> bytes written, or -errno
-        (C, from the writer's spill list; -ENOSPC: does not fit, nothing written). True once
-        written; False when the spool cannot take them (then it holds none of them)."""
-        if not self.enabled:
-            return False
-        room = self.max_bytes - self.on_disk()
-        try:
-            if self.current is None or self.current.end >= SEGMENT_BYTES:
-                self._finish_current()
-                self.current = self._new_segment(max(FIRST_SEQ, time.time_ns()))
-                self.segments.append(self.current)
-            segment = self.current
-            written = write(segment.fd, segment.end, room)
-            if written == -errno.ENOSPC and room < self.max_bytes:
-                return False  # full: the messages stay in memory
-            if written < 0:
-                os.ftruncate(segment.fd, segment.end)  # all or nothing: no record twice
-                raise OSError(-written, os.strerror(-written))
-            segment.end += written
-            return True
-        except OSError as exc:
-            self.report("spool write failed", f"{self.dir}: {exc.strerror or exc} (uid "
-                        f"{os.geteuid()}); these messages stay in memory")
-            return False
-
-    def _write(self, segment, frames):
-        start = segment.end
-        parts = []
-        for frame in frames:
-            parts += (RECORD.pack(len(frame), zlib.crc32(frame)), frame)
-        try:
-            view_at = 0
-            while view_at < len(parts):
-                batch = parts[view_at:view_at + 1024]
-                wrote = os.pwritev(segment.fd, batch, segment.end)
-                if wrote != sum(len(p) for p in batch):
-                    raise OSError(errno.EIO, "short write to the spool")
-                segment.end += wrote
-                view_at += len(batch)
-        except OSError:
-            os.ftruncate(segment.fd, start)  # all or nothing: no record twice
-            segment.end = start
-            raise
 
     def _finish_current(self):
         if self.current is not None:
@@ -294,3 +263,22 @@ class Spool:
             else:
                 os.close(segment.fd)
         self.segments = []
+
+
+def _write_records(fd, offset, frames):
+    """frames as records at offset (Python's writer, for the few written at exit): bytes
+    written, or -errno."""
+    parts = []
+    for frame in frames:
+        parts += (RECORD.pack(len(frame), zlib.crc32(frame)), frame)
+    at = offset
+    try:
+        for first in range(0, len(parts), 1024):
+            batch = parts[first:first + 1024]
+            wrote = os.pwritev(fd, batch, at)
+            at += wrote
+            if wrote != sum(len(p) for p in batch):
+                return -errno.EIO
+    except OSError as exc:
+        return -(exc.errno or errno.EIO)
+    return at - offset

@@ -147,17 +147,18 @@ class SinkWriter(threading.Thread):
 
     def _spill(self):
         """Move the producer chain to the spool (oldest memory stays first: the pending list
-        is sent before the spool, the spool before the chain)."""
+        is sent before the spool, the spool before the chain). False when it could not."""
         lib, c = self.lib, self.c
         if self.spool is None or not self.spool.enabled or lib.logpool__sink_spill_take(c) == 0:
-            return
+            return True
         written = self.ffi.new("uint32_t *")
         if self.spool.append_with(
                 lambda fd, offset, room: lib.logpool__sink_spill_write(c, fd, offset, room,
                                                                        written)):
             lib.logpool__sink_spill_done(c, written[0])
-        else:
-            lib.logpool__sink_spill_undo(c)  # the spool is full: memory holds it, EFULL next
+            return True
+        lib.logpool__sink_spill_undo(c)  # the spool is full: memory holds it, EFULL next
+        return False
 
     def _replay_next(self):
         """Put the oldest spooled records on the (empty) pending list. True if it did."""
@@ -204,18 +205,13 @@ class SinkWriter(threading.Thread):
                                                        lib.LOGPOOL__DONE_SPOOLED)
                 else:
                     lib.logpool__sink_spool_count(c, SPOOL_FULL, len(frames))
-            before = self._stats_field("spooled_messages")
-            self._spill()
-            left = self._stats_field("buffered_messages")
-            if left and self._stats_field("spooled_messages") == before:
-                lib.logpool__sink_spool_count(c, SPOOL_FULL, left)
+            st = self.ffi.new("logpool_stats_t *")
+            lib.logpool__sink_stats(c, st)  # the chain: what is buffered beyond the pending
+            in_chain = st.buffered_messages - lib.logpool__sink_pending_messages(c)
+            if not self._spill():
+                lib.logpool__sink_spool_count(c, SPOOL_FULL, in_chain)
         finally:
             self.spool.close()
-
-    def _stats_field(self, name):
-        st = self.ffi.new("logpool_stats_t *")
-        self.lib.logpool__sink_stats(self.c, st)
-        return getattr(st, name)
 
     def _should_stop(self):
         lib = self.lib

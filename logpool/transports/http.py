@@ -124,10 +124,8 @@ class HttpTransport(StreamTransport):
         self.conn = None
         self.iov = chain.ffi.new("logpool__iov_t[]", IOV_BATCH * 64)
         self.max_iov = IOV_BATCH * 64
-        self.last_response = None  # (status, first bytes of the body), for tests and logs
         self.last_headers = {}
         self.rejected = None  # (kind, text) of the last batch refused for good, to log
-        self.reopened = 0  # keep-alive connections the server closed and we opened again
         self.headers = {"Content-Type": FORMATS[self.options.http_format],
                         **self.options.http_headers}
         if self.options.http_compression != "none":
@@ -162,7 +160,6 @@ class HttpTransport(StreamTransport):
         if self.conn is None or self.conn.sock is None or self._idle_closed():
             self.close()
             self.connect(self._should_stop)
-            self.reopened += 1
 
     def _idle_closed(self):
         """Did the server close the idle connection? Checked without blocking (a socket
@@ -205,8 +202,8 @@ class HttpTransport(StreamTransport):
         if self.options.http_format == "json_array":
             body = b"[" + b",".join(bytes(v).rstrip(b"\n") for v in views) + b"]"
         else:
-            body = b"".join(bytes(v) if bytes(v[-1:]) == b"\n" else bytes(v) + b"\n"
-                            for v in views)
+            lines = (bytes(v) for v in views)
+            body = b"".join(m if m.endswith(b"\n") else m + b"\n" for m in lines)
         return self.compress(body) if self.compress else body
 
     def _request(self, body):
@@ -222,7 +219,6 @@ class HttpTransport(StreamTransport):
             raise ConnectionResetError(errno.ECONNRESET, f"HTTP: {type(exc).__name__}: "
                                        f"{exc}") from None
         self.last_headers = response.headers
-        self.last_response = (response.status, text[:200])
         return response.status, text[:200].decode("utf-8", "replace")
 
 

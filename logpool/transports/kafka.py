@@ -12,7 +12,6 @@ import collections
 import functools
 import itertools
 import json
-import threading
 
 from logpool.errors import ConfigError
 from logpool.transports.base import Transport
@@ -105,7 +104,6 @@ class KafkaTransport(Transport):
         self.failures_seen = set()
         self.failure_report = None
         self.statistics = {}  # the latest of librdkafka's statistics (JSON), for metrics
-        self.lock = threading.Lock()
 
     @property
     def inflight(self):

@@ -65,10 +65,14 @@ def relp_receive_process(tmp_path, name, port):
 
 
 def test_receiver_sigkilled_five_times_loses_nothing(tmp_path, pools):
+    # Each incarnation writes its own file: a SIGKILL can cut the receiver's own write() to
+    # its output short (those messages were never acknowledged, so logpool resends them), and
+    # the next incarnation's lines must not be glued onto that torn tail.
     port = free_tcp_port()
-    rp = relp_receive_process(tmp_path, "r", port)
+    rp = relp_receive_process(tmp_path, "r0", port)
     pool = pools({"sinks": [{"url": f"relp://127.0.0.1:{port}"}], **FAST})
     load = SteadyLoad(pool, 30_000)
+    runs = []
     try:
         for kill in range(5):
             target = (kill + 1) * load.n // 7
@@ -76,13 +80,16 @@ def test_receiver_sigkilled_five_times_loses_nothing(tmp_path, pools):
             rp.proc.send_signal(signal.SIGKILL)
             rp.proc.wait(timeout=15)
             rp.proc.stderr.close()
-            rp = relp_receive_process(tmp_path, "r", port)  # appends to the same file
+            runs.append(rp.complete_lines())
+            rp = relp_receive_process(tmp_path, f"r{kill + 1}", port)
             wait_for(lambda: pool.stats(0)["connects"] >= kill + 2, what="the writer back")
         load.thread.join()
         pool.flush(timeout=60)
     finally:
-        rp.stop()
-    got = seqs(rp.complete_lines())
+        status = rp.stop()
+    assert status == 0
+    runs.append(rp.lines())
+    got = [seq for run in runs for seq in seqs(run)]
     counts = collections.Counter(got)
     assert set(counts) == set(range(load.n)), "a message acknowledged by nobody was lost"
     duplicates = sum(c - 1 for c in counts.values())

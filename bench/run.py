@@ -240,7 +240,8 @@ def bench_kafka(tmp):
         f = luajit(os.path.join(HERE, "throughput.lua"), paths.lib_path(), paths.header_path(),
                    f"kafka://{bootstrap}/bench-logpool", str(size), str(seconds),
                    "120000").split()
-        accepted, elapsed = int(f[2]), float(f[4])
+        accepted, elapsed, abandoned = int(f[2]), float(f[4]), int(f[5])
+        assert abandoned == 0, f"logpool closed with {abandoned} messages not delivered"
         rows.append(dict(case="logpool", messages=accepted // size, seconds=elapsed,
                          messages_s=accepted / size / elapsed, mb_s=accepted / elapsed / 1e6))
         producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all",

@@ -2,6 +2,7 @@
 cluster only (tests/kafka_mock.py, a process of its own): no Kafka broker runs on these
 machines. A confluent-kafka consumer reads every message back."""
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -35,15 +36,17 @@ class MockCluster:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=15)
 
-    def read(self, topic, n, timeout=60):
-        """(partition, value) of n messages of topic, in each partition's order."""
+    def read(self, topic, n, timeout=60, distinct=False):
+        """(partition, value) of n messages of topic (n different values if distinct), in
+        each partition's order."""
         consumer = confluent_kafka.Consumer({
             "bootstrap.servers": self.bootstrap, "group.id": f"test-{time.monotonic()}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
         consumer.subscribe([topic])
         got, deadline = [], time.monotonic() + timeout
         try:
-            while len(got) < n and time.monotonic() < deadline:
+            while (len(set(got) if distinct else got) < n
+                   and time.monotonic() < deadline):
                 for m in consumer.consume(1000, timeout=0.5):
                     if m.error() is None:
                         got.append((m.partition(), m.value()))
@@ -119,6 +122,34 @@ def test_a_cluster_that_goes_away_fails_counted_and_a_new_one_delivers(cluster, 
     other.flush(timeout=30)
     got = [v for _, v in second.read("logs", 300)]
     assert sorted(got) == sorted(b"after %d" % i for i in range(300))  # nothing twice
+
+
+def test_a_producer_that_fails_for_good_is_replaced_and_nothing_is_lost(cluster, pools,
+                                                                       monkeypatch, capfd):
+    # librdkafka's own test entry point raises the fatal error an idempotent producer gets
+    # when its sequence breaks: from then on it refuses everything. The writer must replace
+    # it and resend what the old one held (at-least-once: a copy may arrive twice, and each
+    # such message is counted as resent).
+    monkeypatch.setenv("LOGPOOL_TEST_FAULTS", json.dumps({"kafka_fatal": 1, "max_kafka_fatal": 2}))
+    c = cluster()
+    pool = pools({"sinks": [{"url": c.url("fatal"), "kafka_key": "k"}],
+                  "retry_interval_ms": 10, "max_retry_interval_ms": 100})
+    n = 20_000
+    for i in range(n):
+        pool.log(0, b"%d request line" % i)
+    pool.flush(timeout=60)
+    st = pool.stats(0)
+    assert st["sent_messages"] == n and st["dropped_rejected"] == 0
+    assert st["reconnects"] >= 2, st  # each fatal error: a new producer
+    assert st["resent_messages"] > 0, st  # it held messages when it failed
+    assert "failed for good" in capfd.readouterr().err
+    seqs = [int(v.split()[0]) for _, v in c.read("fatal", n, distinct=True)]
+    assert set(seqs) == set(range(n))
+    assert len(seqs) - n <= st["resent_messages"]
+    first = {}
+    for pos, seq in enumerate(seqs):
+        first.setdefault(seq, pos)
+    assert sorted(first, key=first.get) == list(range(n))  # first copies in order
 
 
 def test_librdkafka_statistics_reach_prometheus(cluster, pools):

@@ -108,6 +108,25 @@ void logpool__sink_writer_started(logpool__sink_t *sink);
 void logpool__sink_writer_exit(logpool__sink_t *sink);
 uint64_t logpool__now_ns(void);
 int logpool__close_all(int timeout_ms);
+
+/* kafka.c: a librdkafka producer driven by the sink's writer thread. */
+typedef struct logpool__kafka_s logpool__kafka_t;
+logpool__kafka_t *logpool__kafka_new(logpool__sink_t *sink, const char *librdkafka,
+                                     const char **names, const char **values, int nprops,
+                                     const char *topic, const char *key, size_t key_len,
+                                     uint32_t window, char *err, size_t errlen);
+void logpool__kafka_destroy(logpool__kafka_t *k);
+int logpool__kafka_metadata(logpool__kafka_t *k, int timeout_ms, char *err, size_t errlen);
+int logpool__kafka_poll(logpool__kafka_t *k, int timeout_ms);
+uint32_t logpool__kafka_inflight(logpool__kafka_t *k);
+int64_t logpool__kafka_write(logpool__kafka_t *k, uint64_t *delivered, char *err,
+                             size_t errlen);
+int logpool__kafka_take_failure(logpool__kafka_t *k);
+const char *logpool__kafka_error_name(int err);
+const char *logpool__kafka_error_text(int err);
+char *logpool__kafka_take_statistics(logpool__kafka_t *k);
+void logpool__kafka_free_statistics(char *statistics);
+int logpool__kafka_inject_fatal(logpool__kafka_t *k);
 /* LOGPOOL_CDEF_END */
 
 /* Implemented in runtime.c (needs Python.h), used by logpool.c. */

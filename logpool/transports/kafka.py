@@ -1,16 +1,14 @@
-"""kafka://host:port[,host:port...]/topic: messages produced through confluent-kafka
-(librdkafka), created in the writer thread (so after fork, and with every signal blocked:
-librdkafka's own threads inherit that mask). A message leaves logpool's buffer, and counts
-as sent, only when its delivery report says the cluster has it (acks=all by default); one
-that librdkafka gave up on is dropped, counted in dropped_rejected, and logged once per kind.
+"""kafka://host:port[,host:port...]/topic: messages produced through librdkafka (the one
+confluent-kafka ships), created in the writer thread (so after fork; librdkafka blocks every
+signal in its own threads). A message leaves logpool's buffer, and counts as sent, only
+when its delivery report says the cluster has it (acks=all by default); one that librdkafka
+gave up on is dropped, counted in dropped_rejected, and logged once per kind.
 
-librdkafka keeps its own queue and retries; the writer hands it messages up to a window,
-polls for delivery reports, and releases finished messages from the head of the chain in
-order (reports of different partitions may come back in any order).
+The per-message work is C (csrc/kafka.c): the writer hands librdkafka up to a window of
+messages with rd_kafka_produce_batch, serves delivery reports with rd_kafka_poll, and
+releases finished messages from the head of the chain in order (reports of different
+partitions may come back in any order). Python only configures, connects and reports.
 """
-import collections
-import functools
-import itertools
 import json
 
 from logpool.errors import ConfigError
@@ -31,9 +29,7 @@ DEFAULT_PROPERTIES = {
 # Managed by logpool: the URL gives them, or they would break its accounting.
 RESERVED = ("bootstrap.servers", "metadata.broker.list", "on_delivery", "delivery.report.only.error",
             "error_cb", "stats_cb")
-WINDOW = 50_000  # messages handed to librdkafka and not reported yet, at most
-PRODUCE_BATCH = 4096  # messages per write() call
-INFLIGHT, DELIVERED, FAILED = 0, 1, 2
+WINDOW = 1 << 16  # messages handed to librdkafka and not reported yet, at most
 
 
 def check_option(where, key, value):
@@ -52,6 +48,26 @@ def check_option(where, key, value):
             raise ConfigError(f"{where}: must be a string (every message's key) or null "
                               f"(no key: librdkafka spreads messages over partitions)")
     return value
+
+
+def librdkafka_path():
+    """The file of the librdkafka confluent-kafka loaded (its wheel bundles one): kafka.c
+    resolves the same library, so there is one copy and one version in the process."""
+    import confluent_kafka  # noqa: F401 — loads librdkafka
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+        for line in maps:
+            path = line.split(None, 5)[-1].strip()
+            if "librdkafka" in path.rsplit("/", 1)[-1]:
+                return path
+    raise ConfigError("confluent-kafka is imported but no librdkafka is mapped in this "
+                      "process")
+
+
+def property_text(value):
+    """librdkafka takes every property as a string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 class KafkaOptions:
@@ -95,32 +111,56 @@ class KafkaTransport(Transport):
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
         self.options = sink.transport_options
-        self.key = None if self.options.key is None else self.options.key.encode()
-        self.producer = None
-        self.base_seq = 0  # seq of the first message in flight (the head of the chain)
-        self.next_seq = 0
-        self.states = collections.deque()  # INFLIGHT / DELIVERED / FAILED, from base_seq
-        self.iov = chain.ffi.new("logpool__iov_t[]", PRODUCE_BATCH)
+        self.producer = None  # a logpool__kafka_t, the C side of this transport
+        self.replace_producer = False  # librdkafka hit a fatal error
         self.failures_seen = set()
         self.failure_report = None
+        self.errbuf = chain.ffi.new("char[]", 512)
+        self.delivered = chain.ffi.new("uint64_t *")
         self.statistics = {}  # the latest of librdkafka's statistics (JSON), for metrics
 
     @property
     def inflight(self):
-        return self.next_seq - self.base_seq
+        return 0 if self.producer is None else self.chain.lib.logpool__kafka_inflight(
+            self.producer)
+
+    def _new_producer(self):
+        ffi, lib = self.chain.ffi, self.chain.lib
+        props = list(self.options.properties.items())
+        keep = [ffi.new("char[]", str(k).encode()) for k, _ in props]
+        keep += [ffi.new("char[]", property_text(v).encode()) for _, v in props]
+        names = ffi.new("const char *[]", keep[:len(props)])
+        values = ffi.new("const char *[]", keep[len(props):])
+        key = ffi.NULL if self.options.key is None else self.options.key.encode()
+        producer = lib.logpool__kafka_new(
+            self.chain.c, librdkafka_path().encode(), names, values, len(props),
+            self.options.topic.encode(), key, 0 if key == ffi.NULL else len(key), WINDOW,
+            self.errbuf, len(self.errbuf))
+        if producer == ffi.NULL:
+            raise ConnectionRefusedError(111, "librdkafka refused the producer: "
+                                         + ffi.string(self.errbuf).decode(errors="replace"))
+        return producer
+
+    def _drop_producer(self):
+        """Free the producer; what it still held stays in the chain (resent or abandoned)."""
+        if self.producer is not None:
+            self.chain.lib.logpool__sink_set_unacked(self.chain.c, 0)
+            self.chain.lib.logpool__kafka_destroy(self.producer)
+            self.producer = None
 
     def connect(self, should_stop):
-        import confluent_kafka
+        lib = self.chain.lib
+        if self.replace_producer:
+            inflight = self.inflight
+            self._drop_producer()
+            lib.logpool__sink_count(self.chain.c, lib.LOGPOOL__RESENT_MESSAGES, inflight)
+            self.replace_producer = False
         if self.producer is None:
-            self.producer = confluent_kafka.Producer({**self.options.properties,
-                                                      "stats_cb": self._on_statistics,
-                                                      "error_cb": self._on_error})
-        # Connected means the cluster answered a metadata request.
-        try:
-            self.producer.list_topics(self.options.topic,
-                                      timeout=self.sink.connect_timeout_ms / 1000)
-        except confluent_kafka.KafkaException as exc:
-            raise ConnectionRefusedError(111, f"no Kafka broker answered: {exc}") from None
+            self.producer = self._new_producer()
+        if lib.logpool__kafka_metadata(self.producer, self.sink.connect_timeout_ms,
+                                       self.errbuf, len(self.errbuf)) != 0:
+            raise ConnectionRefusedError(111, "no Kafka broker answered: " + self.chain.ffi.string(
+                self.errbuf).decode(errors="replace"))
 
     def close(self):
         """A broken "connection" is librdkafka's to mend: keep the producer and its queue."""
@@ -128,93 +168,55 @@ class KafkaTransport(Transport):
     def shutdown(self):
         """The writer stops: give up what librdkafka still holds (it stays in the chain and
         is counted as abandoned), without waiting."""
-        if self.producer is not None:
-            try:
-                self.producer.purge(in_queue=True, in_flight=False)
-                self.producer.poll(0)
-            except Exception:  # noqa: BLE001 — stopping must not fail
-                pass
-            self.producer = None
+        self._drop_producer()
 
     def fileno(self):
         return -1
 
     def wait_ready(self, timeout_s):
         """Delivery reports are what we wait for: librdkafka's poll, not a socket's."""
-        self.producer.poll(timeout_s)
+        self.chain.lib.logpool__kafka_poll(self.producer, int(timeout_s * 1000))
         return False
 
     def idle(self):
         if self.producer is not None:
-            self.producer.poll(0)
+            self.chain.lib.logpool__kafka_poll(self.producer, 0)
+            self._take_reports()
 
     def take_rejection(self):
         report, self.failure_report = self.failure_report, None
         return report
 
     def write(self):
-        self.producer.poll(0)  # delivery reports
-        progress = self._release()
-        if self.inflight < WINDOW:
-            progress += self._produce()
+        lib = self.chain.lib
+        if self.faults is not None and self.inflight and self.faults.hit("kafka_fatal"):
+            lib.logpool__kafka_inject_fatal(self.producer)
+        progress = lib.logpool__kafka_write(self.producer, self.delivered, self.errbuf,
+                                            len(self.errbuf))
+        if progress < 0:
+            self.replace_producer = True
+            raise ConnectionResetError(104, "librdkafka's producer failed for good ("
+                                       + self.chain.ffi.string(self.errbuf).decode(
+                                           errors="replace")
+                                       + "); a new one resends what it held")
+        self.chain.completed += self.delivered[0]
+        self._take_reports()
         return progress
 
-    def _produce(self):
-        lib, ffi = self.chain.lib, self.chain.ffi
-        n = lib.logpool__sink_message_iov(self.chain.c, self.iov, PRODUCE_BATCH, 1 << 40,
-                                          self.inflight)
-        produced = 0
-        topic, key, iov, unpack = self.options.topic, self.key, self.iov, ffi.unpack
-        produce, report, seq = self.producer.produce, self._on_delivery, self.next_seq
-        for i in range(n):
-            entry = iov[i]
-            try:
-                produce(topic, unpack(entry.base, entry.len), key,
-                        on_delivery=functools.partial(report, seq + i))
-            except BufferError:  # librdkafka's queue is full: let it drain
-                break
-            produced += 1
-        self.states.extend(itertools.repeat(INFLIGHT, produced))
-        self.next_seq += produced
-        if produced:
-            lib.logpool__sink_count(self.chain.c, lib.LOGPOOL__WRITES, 1)
-            lib.logpool__sink_set_unacked(self.chain.c, self.inflight)
-        return produced
-
-    def _on_delivery(self, seq, err, _message=None):
-        self.states[seq - self.base_seq] = DELIVERED if err is None else FAILED
-        if err is not None:
-            kind = err.name() if hasattr(err, "name") else str(err)
+    def _take_reports(self):
+        ffi, lib = self.chain.ffi, self.chain.lib
+        while (err := lib.logpool__kafka_take_failure(self.producer)) != 0:
+            kind = ffi.string(lib.logpool__kafka_error_name(err)).decode()
             if kind not in self.failures_seen:  # logged once per kind
                 self.failures_seen.add(kind)
+                text = ffi.string(lib.logpool__kafka_error_text(err)).decode(errors="replace")
                 self.failure_report = (f"kafka {kind}", f"librdkafka gave up on a message "
-                                       f"({err}); such messages are dropped")
-
-    def _release(self):
-        """Release the finished messages at the head of the chain, in order, in runs."""
-        lib, c = self.chain.lib, self.chain.c
-        released = 0
-        states = self.states
-        while states and states[0] != INFLIGHT:
-            fate = states[0]
-            run = 0
-            while states and states[0] == fate:
-                states.popleft()
-                run += 1
-            self.base_seq += run
-            lib.logpool__sink_set_unacked(c, self.inflight)
-            lib.logpool__sink_consume_messages(
-                c, run, lib.LOGPOOL__DONE_SENT if fate == DELIVERED else lib.LOGPOOL__DONE_REJECTED)
-            if fate == DELIVERED:
-                self.chain.completed += run
-            released += run
-        return released
-
-    def _on_statistics(self, text):
-        try:
-            self.statistics = json.loads(text)
-        except ValueError:
-            pass
-
-    def _on_error(self, err):
-        pass  # connection trouble: librdkafka retries; delivery reports say what failed
+                                       f"({text}); such messages are dropped")
+        statistics = lib.logpool__kafka_take_statistics(self.producer)
+        if statistics != ffi.NULL:
+            try:
+                self.statistics = json.loads(ffi.string(statistics))
+            except ValueError:
+                pass
+            finally:
+                lib.logpool__kafka_free_statistics(statistics)

@@ -11,6 +11,7 @@ ffi.cdef [[
 struct bench_ts { long tv_sec; long tv_nsec; };
 int clock_gettime(int clk, struct bench_ts *tp);
 int bench_floor_copy(void *pool, int sink, const char *msg, size_t len);
+int bench_fresh_copy(void *pool, int sink, const char *msg, size_t len);
 void bench_percentiles(double *samples, size_t n, double *out);
 uint64_t bench_producers(void *fn, void *pool, int nsinks, int threads, size_t calls,
                          size_t len, double *samples, uint64_t *accepted);
@@ -69,7 +70,7 @@ end
 
 local function measure_mean(name, fn, p)
     for i = 1, 20000 do fn(p, 0, msg, 200) end -- warm up, JIT
-    if name ~= "floor" then lib.logpool_flush(p, 60000) end
+    if name ~= "floor" and name ~= "fresh" then lib.logpool_flush(p, 60000) end
     local bursts = math.max(1, math.floor(calls / BURST))
     local total, cpu0 = 0, cpu_ns()
     for _ = 1, bursts do
@@ -84,6 +85,7 @@ local function measure_mean(name, fn, p)
 end
 
 measure_mean("floor", bench.bench_floor_copy, pool)
+measure_mean("fresh", bench.bench_fresh_copy, pool)
 measure_mean("live", lib.log_cdata, pool)
 local dead = lib.logpool_new('{"sinks": [{"url": "unix:/nonexistent/logpool-bench.sock"}], '
                              .. '"max_buffer_length": 2147483647}')

@@ -499,6 +499,9 @@ def mean_rows(hot):
          f"{mean['live']['mean'] / floor:.2f}x", "<= 2x floor"),
         ("mean ns/call, sink down (buffer growing)", f"{mean['dead']['mean']:.1f}",
          f"floor {floor:.1f}", f"{mean['dead']['mean'] / floor:.2f}x", "<= 2x floor"),
+        ("mean ns/call, sink down, against copying into fresh memory (page faults)",
+         f"{mean['dead']['mean']:.1f}", f"fresh-memory floor {mean['fresh']['mean']:.1f}",
+         f"{mean['dead']['mean'] / mean['fresh']['mean']:.2f}x", "<= 2x floor"),
         ("process CPU per message, hot path + writer, ns", f"{mean['live']['cpu']:.0f}",
          f"floor {mean['floor']['cpu']:.0f}", "", "report it; cut it"),
     ]

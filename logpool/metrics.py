@@ -1,11 +1,16 @@
 """Prometheus exposition of a pool: the C counters (read without stopping producers) and
-the writers' histograms, through a prometheus_client custom collector.
+the writers' histograms, in the text format (0.0.4) that prometheus_client's
+generate_latest writes.
+
+Rendered here rather than by prometheus_client because this runs inside every nginx worker
+that is scraped: importing any part of prometheus_client loads its whole package (HTTP
+servers, wsgiref, urllib: about 100 modules), which added 6.4 MiB of private memory to each
+worker. tests/test_metrics.py renders the same families with prometheus_client and checks
+the bytes are identical, and parses them with its parser.
 
 Labels: `sink` carries the sink's name (its URL when unnamed). Units are in the names.
 """
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily,
-                                    GaugeMetricFamily, HistogramMetricFamily)
-from prometheus_client.exposition import generate_latest
+import math
 
 from logpool import stats as stats_mod
 from logpool.engine.histograms import WriterHistograms
@@ -49,8 +54,66 @@ DROPS = (("full", "dropped_full"), ("too_big", "dropped_too_big"),
          ("rejected", "dropped_rejected"), ("spool_full", "dropped_spool_full"))
 
 
+class Family:
+    """One metric family: what prometheus_client's *MetricFamily classes hold."""
+    __slots__ = ("name", "kind", "help", "labels", "samples")
+
+    def __init__(self, name, kind, help_text, labels):
+        self.name, self.kind, self.help, self.labels = name, kind, help_text, tuple(labels)
+        self.samples = []  # (sample name, {label: value}, value)
+
+    def add_metric(self, values, value):
+        suffix = "_total" if self.kind == "counter" else ""
+        self.samples.append((self.name + suffix, dict(zip(self.labels, values)), value))
+
+    def add_histogram(self, values, buckets, total):
+        """buckets: [(le, cumulative count)] ending with "+Inf"."""
+        labels = dict(zip(self.labels, values))
+        for le, count in buckets:
+            self.samples.append((self.name + "_bucket", {**labels, "le": le}, count))
+        self.samples.append((self.name + "_count", labels, buckets[-1][1]))
+        self.samples.append((self.name + "_sum", labels, total))
+
+
+def go_float(value):
+    """A number as Prometheus' Go parser reads it back (prometheus_client's floatToGoString)."""
+    d = float(value)
+    if math.isinf(d):
+        return "+Inf" if d > 0 else "-Inf"
+    if math.isnan(d):
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:  # Go uses an exponent sooner than Python
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def escape_label_value(text):
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def escape_help(text):
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def exposition(families):
+    """The text exposition format, as bytes."""
+    out = []
+    for fam in families:
+        name = fam.name + "_total" if fam.kind == "counter" else fam.name
+        out.append(f"# HELP {name} {escape_help(fam.help)}\n")
+        out.append(f"# TYPE {name} {fam.kind}\n")
+        for sample, labels, value in fam.samples:
+            text = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(labels.items()))
+            out.append(f"{sample}{{{text}}} {go_float(value)}\n" if text
+                       else f"{sample} {go_float(value)}\n")
+    return "".join(out).encode("utf-8")
+
+
 class PoolCollector:
-    """prometheus_client collector for one pool of this interpreter."""
+    """The metric families of one pool of this interpreter."""
 
     def __init__(self, ffi, lib, pool_ptr, cfg, writers):
         self.ffi, self.lib, self.pool, self.cfg, self.writers = ffi, lib, pool_ptr, cfg, writers
@@ -62,28 +125,27 @@ class PoolCollector:
             self.lib.logpool_stats(self.pool, sink.index, buf)
             stats.append((sink.name, stats_mod.as_dict(self.ffi, buf)))
         for metric, field, help_text in COUNTERS:
-            fam = CounterMetricFamily(f"logpool_{metric}", help_text, labels=["sink"])
+            fam = Family(f"logpool_{metric}", "counter", help_text, ["sink"])
             for name, s in stats:
                 fam.add_metric([name], s[field])
             yield fam
-        fam = CounterMetricFamily("logpool_dropped_messages",
-                                  "Messages refused by log_cdata, by reason.",
-                                  labels=["sink", "reason"])
+        fam = Family("logpool_dropped_messages", "counter",
+                     "Messages refused by log_cdata, by reason.", ["sink", "reason"])
         for name, s in stats:
             for reason, field in DROPS:
                 fam.add_metric([name, reason], s[field])
         yield fam
         for metric, field, help_text in GAUGES:
-            fam = GaugeMetricFamily(f"logpool_{metric}", help_text, labels=["sink"])
+            fam = Family(f"logpool_{metric}", "gauge", help_text, ["sink"])
             for name, s in stats:
                 fam.add_metric([name], s[field])
             yield fam
-        connects = CounterMetricFamily(
-            "logpool_collector_connects", "Successful connects, per collector of a sink "
-            "(several with failover).", labels=["sink", "collector"])
-        failures = CounterMetricFamily(
-            "logpool_collector_connect_failures", "Failed connect attempts, per collector.",
-            labels=["sink", "collector"])
+        connects = Family(
+            "logpool_collector_connects", "counter", "Successful connects, per collector of a "
+            "sink (several with failover).", ["sink", "collector"])
+        failures = Family(
+            "logpool_collector_connect_failures", "counter",
+            "Failed connect attempts, per collector.", ["sink", "collector"])
         for sink, w in zip(self.cfg.sinks, self.writers):
             for url, (ok, failed) in list(w.transport.collector_stats.items()):
                 connects.add_metric([sink.name, url], ok)
@@ -92,22 +154,22 @@ class PoolCollector:
         yield failures
         yield from kafka_families(self.cfg.sinks, self.writers)
         for metric, help_text in WriterHistograms.HELP.items():
-            fam = HistogramMetricFamily(f"logpool_{metric}", help_text, labels=["sink"])
+            fam = Family(f"logpool_{metric}", "histogram", help_text, ["sink"])
             for sink, w in zip(self.cfg.sinks, self.writers):
                 buckets, total = getattr(w.histograms, metric).snapshot()
-                fam.add_metric([sink.name], buckets, total)
+                fam.add_histogram([sink.name], buckets, total)
             yield fam
 
 
 def kafka_families(sinks, writers):
     """Gauges from librdkafka's statistics (statistics.interval.ms) of Kafka sinks."""
-    queue = GaugeMetricFamily("logpool_kafka_queue_messages",
-                              "Messages in librdkafka's producer queue.", labels=["sink"])
-    up = GaugeMetricFamily("logpool_kafka_broker_up", "1 while librdkafka's connection to a "
-                           "broker is UP.", labels=["sink", "broker"])
-    rtt = GaugeMetricFamily("logpool_kafka_broker_rtt_seconds",
-                            "Average round trip to a broker in the last statistics window.",
-                            labels=["sink", "broker"])
+    queue = Family("logpool_kafka_queue_messages", "gauge",
+                   "Messages in librdkafka's producer queue.", ["sink"])
+    up = Family("logpool_kafka_broker_up", "gauge", "1 while librdkafka's connection to a "
+                "broker is UP.", ["sink", "broker"])
+    rtt = Family("logpool_kafka_broker_rtt_seconds", "gauge",
+                 "Average round trip to a broker in the last statistics window.",
+                 ["sink", "broker"])
     for sink, w in zip(sinks, writers):
         stats = getattr(w.transport, "statistics", None)
         if not stats:
@@ -123,6 +185,4 @@ def kafka_families(sinks, writers):
 
 def render(ffi, lib, pool_ptr, cfg, writers):
     """Prometheus text exposition (bytes) of one pool."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(PoolCollector(ffi, lib, pool_ptr, cfg, writers))
-    return generate_latest(registry)
+    return exposition(PoolCollector(ffi, lib, pool_ptr, cfg, writers).collect())

@@ -354,8 +354,8 @@ def bench_sigkill_loss(tmp):
 # variable (the form README recommends).
 LINE_FROM_VARS = ('ngx.var.remote_addr .. " " .. ngx.var.request .. " " .. ngx.var.status'
                   ' .. " " .. ngx.var.body_bytes_sent .. "\\n"')
-LINE_FROM_MAP = 'ngx.var.logline .. "\\n"'
-LOGLINE_MAP = 'map $host $logline { default "$remote_addr $request $status $body_bytes_sent"; }'
+LINE_FROM_MAP = 'ngx.var.logpool_line .. "\\n"'
+LOGLINE_MAP = 'map $host $logpool_line { default "$remote_addr $request $status $body_bytes_sent"; }'
 POOL_START = """
         init_worker_by_lua_block {
             require("resty.logpool").start({ sinks = { { url = "%(url)s", name = "main" %(sink_extra)s } } })

@@ -54,7 +54,7 @@ map $host $logpool_line {{
 
 # --- and in each server {{}} (or location) whose requests you ship ---
 log_by_lua_block {{
-    require("resty.logpool").log({first}, ngx.var.logpool_line .. "\\n")
+    require("resty.logpool").log({first}, ngx.var.logpool_line)  -- framing adds the "\\n"
 }}
 """
 
@@ -85,9 +85,8 @@ def cmd_nginx_snippet(args):
     sinks = [{"url": u, "name": f"sink{i + 1}" if len(urls) > 1 else "main"}
              for i, u in enumerate(urls)]
     parse({"sinks": sinks})  # a bad --sink fails here, not in nginx
-    lua_sinks = ", ".join("{ url = %s, name = %s }" % (lua_string(s["url"]),
-                                                       lua_string(s["name"]))
-                          for s in sinks)
+    lua_sinks = ", ".join('{ url = %s, name = %s, framing = "newline" }'
+                          % (lua_string(s["url"]), lua_string(s["name"])) for s in sinks)
     print(SNIPPET.format(lua_dir=nginx_string(paths.lua_dir() + "/?.lua;;"), sinks=lua_sinks,
                          first=lua_string(sinks[0]["name"])), end="")
     return 0

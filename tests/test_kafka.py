@@ -116,8 +116,13 @@ def test_a_cluster_that_goes_away_fails_counted_and_a_new_one_delivers(cluster, 
     pool.flush(timeout=10)  # nothing left: every message has its fate
     st = pool.stats(0)
     assert st["sent_messages"] == 1000 and st["writer_errors"] == 0
-    err = capfd.readouterr().err
-    assert err.count("librdkafka gave up on a message") == 1  # once per kind
+    # The writer logs right after it released them: wait for the line, not for a race.
+    err = []
+    wait_for(lambda: err.append(capfd.readouterr().err) or
+             "librdkafka gave up on a message" in "".join(err), what="the failure logged")
+    pool.flush(timeout=10)
+    err.append(capfd.readouterr().err)
+    assert "".join(err).count("librdkafka gave up on a message") == 1  # once per kind
     second = cluster()
     other = pools({"sinks": [{"url": second.url("logs")}]})
     for i in range(300):

@@ -14,6 +14,7 @@ import time
 import pytest
 
 import logpool
+import logpool.pool  # a submodule: the package imports it lazily
 from conftest import LockedBytes, PYTHON, ROOT, message, parse_line, sock_path, wait_for
 from logpool import _binding, config as config_mod, paths
 from logpool.receiver import Receiver, server_tls_context

@@ -397,7 +397,7 @@ def worker_uss_kib(ng):
                for k in ("Private_Clean", "Private_Dirty"))
 
 
-def nginx_for(tmp, name, workers, sink, tls_sink, ca):
+def nginx_for(tmp, name, workers, sink, tls_sink, ca, prefix=""):
     http_extra, log_body = NGINX_CASES[name]
     tls = name.startswith("g_")
     fill = dict(url=tls_sink.url if tls else sink.url, path=sink.path,
@@ -416,7 +416,7 @@ def nginx_for(tmp, name, workers, sink, tls_sink, ca):
         location = /metrics {
             content_by_lua_block { require("resty.logpool").serve_metrics("logpool_metrics") }
         }"""
-    return Nginx(os.path.join(tmp, f"nginx-{workers}-{name}"), http, server, workers=workers,
+    return Nginx(os.path.join(tmp, f"{prefix}nginx-{workers}-{name}"), http, server, workers=workers,
                  package_path=False).start()
 
 
@@ -495,6 +495,99 @@ def bench_nginx_rounds(tmp, sink, tls_sink, ca, rounds, seconds, results):
                 ng.quit(timeout=60)
 
 
+NGINX_CALL_LOOP = r"""
+        location = /calls {
+            content_by_lua_block {
+                local ffi = require "ffi"
+                if not pcall(ffi.typeof, "struct bench_ts") then
+                    ffi.cdef[[ struct bench_ts { long tv_sec; long tv_nsec; };
+                               int clock_gettime(int clk, struct bench_ts *tp); ]]
+                end
+                local ts = ffi.new("struct bench_ts")
+                local function now()
+                    ffi.C.clock_gettime(1, ts)
+                    return tonumber(ts.tv_sec) * 1e9 + tonumber(ts.tv_nsec)
+                end
+                local line = string.rep("x", 80)
+                local lp = require "resty.logpool"
+                local lib = require("resty.logpool.base").load()
+                local p = lp.default()._p
+                local cases = {
+                    { "empty", function() local x = line end },
+                    { "require_log", function() require("resty.logpool").log("main", line) end },
+                    { "log_cdata", function() lib.log_cdata(p, 0, line, #line) end },
+                    { "ngx_var", function() local x = ngx.var.request end },
+                }
+                for _, c in ipairs(cases) do
+                    jit.off(c[2]) -- as log_by_lua code runs: interpreted
+                    for _ = 1, 20000 do c[2]() end
+                    local t0 = now()
+                    for _ = 1, 200000 do c[2]() end
+                    ngx.say(c[1], " ", (now() - t0) / 200000)
+                    lp.default():flush(5)
+                end
+            }
+        }"""
+
+
+def bench_nginx_calls(tmp):
+    """ns per call inside an nginx worker, from interpreted Lua as log_by_lua code runs:
+    pool:log as the snippet writes it, the bare FFI call, and one ngx.var read."""
+    sink = FastSink(tmp, "calls.sock")
+    http = (f'lua_package_path "{paths.lua_dir()}/?.lua;;";'
+            + POOL_START % dict(url=sink.url, sink_extra="", publish=""))
+    ng = Nginx(os.path.join(tmp, "nginx-calls"), http, NGINX_CALL_LOOP, workers=1,
+               package_path=False).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ng.port}/calls", timeout=120) as rs:
+            text = rs.read().decode()
+    finally:
+        ng.quit(timeout=60)
+        sink.stop()
+    return {name: float(ns) for name, ns in (line.split() for line in text.splitlines())}
+
+
+def bench_nginx_perf(tmp):
+    """Where a worker's CPU goes under wrk, sampled with perf (when the machine has it): the
+    share of the worker's main thread in liblogpool (log_cdata) and of its writer thread,
+    for the four-variable line (c) and README's form (f)."""
+    if not shutil.which("perf"):
+        return {"skipped": "perf is not installed"}
+    sink = FastSink(tmp, "perf.sock")
+    out = {}
+    try:
+        for name in ("c_build_and_ship", "f_map_ship"):
+            ng = nginx_for(tmp, name, 1, sink, None, None, prefix="perf-")
+            try:
+                wrk_rps(ng, 1)
+                worker = sorted(ng.worker_pids())[0]
+                data = os.path.join(tmp, f"perf-{name}.data")
+                load = threading.Thread(target=wrk_rps, args=(ng, 5))
+                load.start()
+                time.sleep(1)
+                rec = subprocess.run(["perf", "record", "-q", "-o", data, "-p", str(worker),
+                                      "--", "sleep", "3"], capture_output=True, text=True)
+                load.join()
+            finally:
+                ng.quit(timeout=60)
+            if rec.returncode != 0:
+                return {"skipped": f"perf record failed: {rec.stderr.strip()[:200]}"}
+            report = subprocess.run(["perf", "report", "-i", data, "--sort", "pid,dso",
+                                     "--stdio"], capture_output=True, text=True).stdout
+            main = logpool_share = writer = 0.0
+            for m in re.finditer(r"^\s+([\d.]+)%\s+(\d+):\S+\s+(\S+)", report, re.M):
+                share, tid, dso = float(m.group(1)), int(m.group(2)), m.group(3)
+                if tid == worker:
+                    main += share
+                    logpool_share += share if dso == "liblogpool.so" else 0
+                else:
+                    writer += share
+            out[name] = dict(main_pct=main, liblogpool_pct=logpool_share, writer_pct=writer)
+    finally:
+        sink.stop()
+    return out
+
+
 def bench_dead_sink_rss(tmp):
     seconds = 3 if QUICK else 10
     dead = "unix:" + os.path.join(tmp, "dead.sock")
@@ -562,6 +655,8 @@ def main():
     sigkill = bench_sigkill_loss(tmp)
     print("nginx ...", flush=True)
     nginx = bench_nginx(tmp)
+    nginx["calls"] = bench_nginx_calls(tmp)
+    nginx["perf"] = bench_nginx_perf(tmp)
     print("memory under a dead sink ...", flush=True)
     dead = bench_dead_sink_rss(tmp)
     results = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -636,6 +731,26 @@ def nginx_rows(ng):
               "f_map_ship", "c_build_and_ship", "> 1: the gain")
         if workers == 1:
             ratio("(b) build the line vs (a) no log_by_lua", "b_build_line", "a_no_log_by_lua")
+    calls = ng.get("calls")
+    if calls:
+        empty = calls["empty"]
+        rows.append(("nginx, interpreted Lua in a worker: ns per call of require(...).log, "
+                     "one ngx.var read", f"{calls['require_log'] - empty:.0f}, "
+                     f"{calls['ngx_var'] - empty:.0f}",
+                     f"bare log_cdata from Lua {calls['log_cdata'] - empty:.0f}", "", ""))
+    perf = ng.get("perf") or {}
+    if "skipped" in perf:
+        rows.append(("nginx, perf: worker CPU in logpool", perf["skipped"], "", "", ""))
+    for case, label in (("c_build_and_ship", "(c) four ngx.var reads"),
+                        ("f_map_ship", "(f) README's form")):
+        if case in perf:
+            x = perf[case]
+            rows.append((f"nginx, perf, {label}: share of the worker's CPU samples in "
+                         f"log_cdata (main thread) / in the writer thread",
+                         f"{x['liblogpool_pct']:.2f} % / {x['writer_pct']:.2f} %",
+                         f"main thread {x['main_pct']:.1f} %",
+                         f"{1 - x['liblogpool_pct'] / x['main_pct']:.3f} (C part only)",
+                         ">= 0.99"))
     one = ng["workers_1"]
     b = one["b_build_line"]
     for case, label in (("c_build_and_ship", "unix sink"),

@@ -73,6 +73,16 @@ def cluster():
         c.kill()
 
 
+def log_numbered_lines_and_flush(pool, n):
+    """Log "<i> request line" for i < n, flush; every one must be reported delivered."""
+    for i in range(n):
+        pool.log(0, b"%d request line" % i)
+    pool.flush(timeout=60)
+    st = pool.stats(0)
+    assert st["sent_messages"] == n and st["dropped_rejected"] == 0
+    return st
+
+
 @pytest.mark.parametrize("key", ["all-in-one", None])
 def test_every_message_arrives_once_in_order_per_partition(cluster, pools, key):
     c = cluster()
@@ -82,11 +92,7 @@ def test_every_message_arrives_once_in_order_per_partition(cluster, pools, key):
                              "kafka": {"compression.type": "gzip",
                                        "sticky.partitioning.linger.ms": 0}}]})
     n = 20_000
-    for i in range(n):
-        pool.log(0, b"%d request line" % i)
-    pool.flush(timeout=60)
-    st = pool.stats(0)
-    assert st["sent_messages"] == n and st["dropped_rejected"] == 0
+    st = log_numbered_lines_and_flush(pool, n)
     assert st["unacked_messages"] == 0 and st["buffered_messages"] == 0
     got = c.read("nginx", n)
     seqs = [int(v.split()[0]) for _, v in got]
@@ -143,11 +149,7 @@ def test_a_producer_that_fails_for_good_is_replaced_and_nothing_is_lost(cluster,
     pool = pools({"sinks": [{"url": c.url("fatal"), "kafka_key": "k"}],
                   "retry_interval_ms": 10, "max_retry_interval_ms": 100})
     n = 20_000
-    for i in range(n):
-        pool.log(0, b"%d request line" % i)
-    pool.flush(timeout=60)
-    st = pool.stats(0)
-    assert st["sent_messages"] == n and st["dropped_rejected"] == 0
+    st = log_numbered_lines_and_flush(pool, n)
     assert st["reconnects"] >= 2, st  # each fatal error: a new producer
     assert st["resent_messages"] > 0, st  # it held messages when it failed
     assert "failed for good" in capfd.readouterr().err

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 LIB := logpool/liblogpool.so
-DEB_PACKAGES := nginx-core libnginx-mod-http-lua luajit2 wrk libpython3.11 rsyslog rsyslog-relp \
+DEB_PACKAGES := nginx-core nginx-dev libnginx-mod-http-lua luajit2 wrk libpython3.11 rsyslog rsyslog-relp \
 	rsyslog-openssl
 C_SOURCES := include/logpool.h $(wildcard logpool/csrc/*.c logpool/csrc/*.h) build_ffi.py logpool/__init__.py
 PYTEST_ARGS ?=

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -39,24 +40,65 @@ class MockCluster:
     def read(self, topic, n, timeout=60, distinct=False):
         """(partition, value) of n messages of topic (n different values if distinct), in
         each partition's order."""
-        consumer = confluent_kafka.Consumer({
-            "bootstrap.servers": self.bootstrap, "group.id": f"test-{time.monotonic()}",
+        return TopicReader(self.bootstrap, topic).collect(n, timeout, distinct)
+
+    def reader(self, topic):
+        """Creates topic and reads it from the start in a thread of its own, from now on.
+        The mock cluster keeps only about 240,000 messages per partition and trims the
+        oldest: a test that produces for a fixed time (as fast as the machine goes) spreads
+        its messages over partitions and reads while it produces. The reader is assigned
+        the topic's partitions directly (no consumer-group join to wait for)."""
+        # A producer's metadata request creates the topic (the mock's default partitions).
+        producer = confluent_kafka.Producer({"bootstrap.servers": self.bootstrap,
+                                             "log_level": 0})
+        partitions = len(producer.list_topics(topic, timeout=30).topics[topic].partitions)
+        assert partitions > 1
+        return TopicReader(self.bootstrap, topic, partitions)
+
+
+class TopicReader(threading.Thread):
+    def __init__(self, bootstrap, topic, partitions=None):
+        super().__init__(daemon=True)
+        self.consumer = confluent_kafka.Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"test-{time.monotonic()}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0})
-        consumer.subscribe([topic])
-        got, deadline = [], time.monotonic() + timeout
+        if partitions is None:
+            self.consumer.subscribe([topic])
+        else:
+            self.consumer.assign([confluent_kafka.TopicPartition(
+                topic, p, confluent_kafka.OFFSET_BEGINNING) for p in range(partitions)])
+        self.got = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.start()
+
+    def run(self):
         try:
-            while (len(set(got) if distinct else got) < n
-                   and time.monotonic() < deadline):
-                for m in consumer.consume(1000, timeout=0.5):
-                    if m.error() is None:
-                        got.append((m.partition(), m.value()))
-            # Anything beyond n would be a duplicate: look a little longer.
-            for m in consumer.consume(1000, timeout=1):
-                if m.error() is None:
-                    got.append((m.partition(), m.value()))
+            while not self.stopping.is_set():
+                batch = [(m.partition(), m.value())
+                         for m in self.consumer.consume(1000, timeout=0.2) if m.error() is None]
+                with self.lock:
+                    self.got += batch
         finally:
-            consumer.close()
-        return got
+            self.consumer.close()
+
+    def count(self, distinct):
+        with self.lock:
+            return len(set(self.got)) if distinct else len(self.got)
+
+    def collect(self, n, timeout=60, distinct=False):
+        """What was read once n messages are in (or the timeout passed), after looking a
+        little longer: anything beyond n would be a duplicate."""
+        deadline = time.monotonic() + timeout
+        while self.count(distinct) < n and time.monotonic() < deadline:
+            self.stopping.wait(0.1)
+        settle = len(self.got) + 1
+        while self.count(False) != settle:  # one more empty second of reading
+            settle = self.count(False)
+            self.stopping.wait(1)
+        self.stopping.set()
+        self.join(timeout=15)
+        return list(self.got)
 
 
 @pytest.fixture
@@ -193,13 +235,15 @@ def test_nginx_ships_every_request_to_kafka_once_across_a_reload(cluster, tmp_pa
     from test_nginx import assert_exactly_once, logpool_conf, reload_under_load
     from logpool.tools.nginx import Nginx
     c = cluster()
-    ng = Nginx(tmp_path / "nginx", *logpool_conf(c.url("access"), 'kafka_key = "one"'),
+    ng = Nginx(tmp_path / "nginx", *logpool_conf(c.url("access"),
+                                                 'kafka = { ["sticky.partitioning.linger.ms"] = 0 }'),
                workers=2)
+    reader = c.reader("access")  # reads while nginx produces: see MockCluster.reader
     ng.start()
     try:
         ids = reload_under_load(ng, seconds=3, connections=8, reload_after=1.0)
     finally:
         ng.kill()
     assert len(ids) > 500
-    got = [v.decode().rstrip("\n") for _, v in c.read("access", len(ids))]
+    got = [v.decode().rstrip("\n") for _, v in reader.collect(len(ids))]
     assert_exactly_once(ids, got)

@@ -12,7 +12,7 @@ import time
 import zlib
 
 from logpool.errors import ConfigError
-from logpool.transports.base import IOV_BATCH
+from logpool.transports.base import IOV_BATCH, Outcome, RetryLater
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import OPTIONS as TLS_OPTIONS, TlsTransport
 
@@ -27,13 +27,12 @@ RESERVED_HEADERS = ("content-length", "content-encoding", "content-type", "trans
                     "host", "connection")
 
 
-class HttpRetry(OSError):
+class HttpRetry(RetryLater):
     """The collector asked for the batch again later (408, 429, 5xx)."""
 
     def __init__(self, status, text, retry_after=None):
-        super().__init__(errno.EAGAIN, text)
+        super().__init__(text, retry_after)
         self.status = status
-        self.retry_after = retry_after  # seconds, or None
 
 
 def check_option(where, key, value):
@@ -122,10 +121,8 @@ class HttpTransport(StreamTransport):
         super().__init__(sink, chain, faults)
         self.options = sink.transport_options
         self.conn = None
-        self.iov = chain.ffi.new("logpool__iov_t[]", IOV_BATCH * 64)
-        self.max_iov = IOV_BATCH * 64
+        self.max_messages = IOV_BATCH * 64
         self.last_headers = {}
-        self.rejected = None  # (kind, text) of the last batch refused for good, to log
         self.headers = {"Content-Type": FORMATS[self.options.http_format],
                         **self.options.http_headers}
         if self.options.http_compression != "none":
@@ -170,33 +167,20 @@ class HttpTransport(StreamTransport):
         finally:
             self.sock.settimeout(self.sink.send_timeout_ms / 1000)
 
-    def take_rejection(self):
-        rejected, self.rejected = self.rejected, None
-        return rejected
-
     def write(self):
-        lib, c = self.chain.lib, self.chain.c
         self._reopen_if_closed()
-        n = lib.logpool__sink_message_iov(c, self.iov, self.max_iov,
-                                          self.options.http_max_body_bytes, 0)
-        if n == 0:
-            return 0
-        body = self._body([self.chain.ffi.buffer(self.iov[i].base, self.iov[i].len)
-                           for i in range(n)])
-        status, text = self._request(body)
+        views = self.chain.messages(self.max_messages, self.options.http_max_body_bytes)
+        if not views:
+            return Outcome.NOTHING
+        n = len(views)
+        status, text = self._request(self._body(views))
         if 200 <= status < 300:
-            lib.logpool__sink_count(c, lib.LOGPOOL__WRITES, 1)
-            lib.logpool__sink_consume_messages(c, n, lib.LOGPOOL__DONE_SENT)
-            self.chain.completed += n
-            return n
+            return Outcome.acked(n)
         if status in RETRY_STATUSES or status >= 500:
             raise HttpRetry(status, f"HTTP {status} {text!r}; the batch of {n} is sent "
                             f"again", retry_after_seconds(self.last_headers.get("Retry-After")))
         # Refused for good (400, 401, 403, 404, 413, ...): retrying cannot help.
-        lib.logpool__sink_consume_messages(c, n, lib.LOGPOOL__DONE_REJECTED)
-        self.rejected = (f"rejected {status}", f"the collector refused a batch of {n} "
-                         f"messages for good (HTTP {status}: {text[:120]!r}); dropped")
-        return n
+        return Outcome.rejected(n, f"HTTP {status}: {text[:120]!r}")
 
     def _body(self, views):
         if self.options.http_format == "json_array":

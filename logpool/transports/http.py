@@ -133,13 +133,14 @@ class HttpTransport(StreamTransport):
     def connect(self, should_stop):
         import http.client  # imported by the sinks that use it, not by every worker
         self._should_stop = should_stop
-        super().connect(should_stop)
+        skipped = super().connect(should_stop)
         host, port, _ = self.address
         # http.client does the HTTP framing over our socket (blocking, with a deadline per
         # call: the writer is a thread of its own, and send_timeout_ms bounds a request).
         self.sock.settimeout(self.sink.send_timeout_ms / 1000)
         self.conn = http.client.HTTPConnection(host, port)
         self.conn.sock = self.sock
+        return skipped
 
     def close(self):
         if self.conn is not None:

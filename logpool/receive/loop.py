@@ -126,7 +126,7 @@ class Receiver:
     def _wake(self):
         try:
             self._wake_w.send(b"x")
-        except OSError:
+        except OSError:  # full (a wake-up is pending anyway) or closed (stopped)
             pass
 
     def snapshot(self):
@@ -335,14 +335,11 @@ class Receiver:
         return True
 
     def _interest(self, conn):
-        events = 0
         if conn.handshaking:
             events = selectors.EVENT_WRITE if conn.handshake_wants_write else selectors.EVENT_READ
         else:
-            if not conn.closing:
-                events |= selectors.EVENT_READ
-            if conn.out:
-                events |= selectors.EVENT_WRITE
+            events = (0 if conn.closing else selectors.EVENT_READ) | \
+                (selectors.EVENT_WRITE if conn.out else 0)
         if events == conn.events:
             return
         if conn.events == 0:

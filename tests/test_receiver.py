@@ -11,6 +11,7 @@ import zlib
 import pytest
 
 from conftest import PYTHON, ROOT, wait_for
+from logpool.protocols.relp import parse_frame
 
 DEADLINE_S = 10  # every wait on the receiver ends; a stall in the old receiver was 5 s+
 
@@ -202,9 +203,21 @@ def test_a_client_that_never_opens_is_hung_up_on_after_the_handshake_timeout(
     assert "1 timed out" in rp.summary
 
 
+def relp_reply(s):
+    """(txnr, command, data) of the next RELP frame from the receiver (the shared codec)."""
+    buf = bytearray()
+    while (frame := parse_frame(buf, 0)) is None:
+        data = s.recv(4096)
+        assert data, "the receiver closed the session"
+        buf += data
+    assert frame[3] == len(buf), "one frame at a time"
+    return frame[:3]
+
+
 def relp_open(s):
     s.sendall(b"1 open 0\n")
-    assert s.recv(4096).startswith(b"1 rsp ")
+    txnr, command, data = relp_reply(s)
+    assert (txnr, command) == (1, b"rsp") and data.startswith(b"200 OK")
 
 
 def http_request(s):
@@ -291,7 +304,7 @@ def test_a_relp_client_that_never_reads_replies_is_dropped_and_stalls_no_one(
         while t.is_alive():
             started = time.monotonic()
             good.sendall(b"%d syslog 4 good\n" % txnr)
-            assert good.recv(4096) == b"%d rsp 6 200 OK\n" % txnr
+            assert relp_reply(good) == (txnr, b"rsp", b"200 OK")
             slowest = max(slowest, time.monotonic() - started)
             txnr += 1
         t.join()
@@ -301,3 +314,14 @@ def test_a_relp_client_that_never_reads_replies_is_dropped_and_stalls_no_one(
     assert rp.stop() == 0
     assert "1 slow readers dropped" in rp.summary
     assert rp.lines().count(b"good") == txnr - 2
+
+
+def test_a_relp_frame_announcing_more_than_the_limit_is_refused_before_its_data(
+        receive_process):
+    rp = receive_process("relp://127.0.0.1:0", args=["--max-message-size", "4096"])
+    with connect(rp.url) as s:
+        relp_open(s)
+        s.sendall(b"2 syslog 4097 ")  # the header alone: no data follows
+        assert hung_up(s)
+    assert rp.stop() == 0
+    assert "1 oversized" in rp.summary and rp.lines() == []

@@ -250,8 +250,12 @@ class Receiver:
                 return
             sock.setblocking(False)
             if self.tls is not None:  # the handshake runs in the loop, step by step
-                sock = self.tls.wrap_socket(sock, server_side=True,
-                                            do_handshake_on_connect=False)
+                try:
+                    sock = self.tls.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+                except OSError:  # the peer is gone already
+                    sock.close()
+                    continue
             conn = Connection(sock, self.clock(), handshaking=self.tls is not None)
             conn.proto = self.protocol(self, conn)
             self.connections.add(conn)
@@ -272,12 +276,8 @@ class Receiver:
         """True once the TLS handshake is done; False while it needs more, or failed."""
         try:
             conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            conn.handshake_wants_write = False
-            self._interest(conn)
-            return False
-        except ssl.SSLWantWriteError:
-            conn.handshake_wants_write = True
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+            conn.handshake_wants_write = isinstance(exc, ssl.SSLWantWriteError)
             self._interest(conn)
             return False
         except (ssl.SSLError, OSError):

@@ -325,3 +325,22 @@ def test_a_relp_frame_announcing_more_than_the_limit_is_refused_before_its_data(
         assert hung_up(s)
     assert rp.stop() == 0
     assert "1 oversized" in rp.summary and rp.lines() == []
+
+
+def test_an_http_client_that_pipelines_without_reading_answers_is_dropped(receive_process):
+    rp = receive_process("http://127.0.0.1:0/ingest", args=["--max-reply-backlog", "65536"])
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # takes almost no answers
+    s.settimeout(DEADLINE_S)
+    s.connect(host_port(rp.url))
+    request = b"POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nh\n" * 1000
+    deadline = time.monotonic() + 60
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        while time.monotonic() < deadline:
+            s.sendall(request)
+    s.close()
+    with connect(rp.url) as good:  # the others are served as before
+        assert post(good, b"good\n")[0] == 200
+    assert rp.stop() == 0
+    assert "1 slow readers dropped" in rp.summary
+    assert rp.lines()[-1] == b"good"

@@ -1907,12 +1907,6 @@ ngx_http_logpool_init_process(ngx_cycle_t *cycle)
     }
 
     NGX_HTTP_LOGPOOL_SYM(version, "logpool_version");
-    NGX_HTTP_LOGPOOL_SYM(new_, "logpool_new");
-    NGX_HTTP_LOGPOOL_SYM(last_error, "logpool_last_error");
-    NGX_HTTP_LOGPOOL_SYM(log_cdata, "log_cdata");
-    NGX_HTTP_LOGPOOL_SYM(close, "logpool_close");
-    NGX_HTTP_LOGPOOL_SYM(free, "logpool_free");
-    NGX_HTTP_LOGPOOL_SYM(metrics, "logpool_metrics");
 
     /* The ABI is MAJOR.MINOR (0.x: the minor version too); the patch level may differ. */
     version = w->version();
@@ -1926,6 +1920,13 @@ ngx_http_logpool_init_process(ngx_cycle_t *cycle)
                       version ? version : "(null)", LOGPOOL_VERSION_STRING);
         return NGX_OK;
     }
+
+    NGX_HTTP_LOGPOOL_SYM(new_, "logpool_new");
+    NGX_HTTP_LOGPOOL_SYM(last_error, "logpool_last_error");
+    NGX_HTTP_LOGPOOL_SYM(log_cdata, "log_cdata");
+    NGX_HTTP_LOGPOOL_SYM(close, "logpool_close");
+    NGX_HTTP_LOGPOOL_SYM(free, "logpool_free");
+    NGX_HTTP_LOGPOOL_SYM(metrics, "logpool_metrics");
 
     w->pool = w->new_((const char *) mcf->pool_json.data);
     if (w->pool == NULL) {

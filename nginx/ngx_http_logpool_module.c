@@ -848,6 +848,7 @@ ngx_http_logpool_pool(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
         n = read(fd, json.data, json.len);
         ngx_close_file(fd);
+        json.data[json.len] = '\0';
 
         if (n < 0 || (size_t) n != json.len) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,

@@ -68,6 +68,20 @@ def assert_exactly_once(access_ids, got_ids):
     assert set(counts) == set(access_ids)
 
 
+def mapped_files(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        return {line.split()[-1] for line in f if "/" in line}
+
+
+def assert_library_in_workers_only(ng):
+    """The master never loads the library (nor Python): the pool must not cross a fork."""
+    lib = os.path.realpath(paths.lib_path())
+    master = mapped_files(ng.proc.pid)
+    assert lib not in master and not any("libpython" in m for m in master)
+    for pid in ng.worker_pids():
+        assert lib in mapped_files(pid)
+
+
 def assert_never_crashed(ng):
     log = ng.read_error_log()
     assert "exited on signal" not in log and "[alert]" not in log, log[-3000:]
@@ -82,6 +96,7 @@ def test_every_request_once_across_a_reload_and_a_quit_under_load(tmp_path, ngin
     ng = nginx(module_conf(pool_json(rp.url, framing=None if scheme == "http" else "newline")),
                workers=2)
     assert_plain_nginx(ng)
+    assert_library_in_workers_only(ng)
     start = time.monotonic()
     load = wrk(ng.port, seconds=3, connections=8)
     wait_until(start + 1.0)
@@ -266,6 +281,22 @@ def test_pool_file_and_sink_names_from_urls(tmp_path, nginx, receive_process):
     assert ng.quit() == 0
     rp.stop()
     assert_exactly_once(ng.access_ids(), [line.decode() for line in rp.lines()])
+
+
+def test_an_exiting_worker_gives_up_after_logpool_exit_timeout_and_says_so(tmp_path, nginx):
+    # the collector never comes up: what the workers accepted cannot be delivered
+    url = "unix:" + sock_path(tmp_path, "absent.sock")
+    ng = nginx(module_conf(pool_json(url), exit_timeout="300ms"), workers=2)
+    assert ng.requests(40) == [200] * 40
+    start = time.monotonic()
+    assert ng.quit(timeout=20) == 0
+    assert time.monotonic() - start < 10
+    log = ng.read_error_log()
+    lines = [line for line in log.splitlines()
+             if "not delivered within logpool_exit_timeout 300 ms: abandoned" in line]
+    assert 1 <= len(lines) <= 2, log[-3000:]  # one per worker that logged something
+    assert sum(int(re.search(r"logpool: (\d+) messages", line).group(1)) for line in lines) == 41
+    assert_never_crashed(ng)
 
 
 def fake_library(tmp_path, version):

@@ -17,7 +17,7 @@ NGX_GEN := build/nginx-gen
 NGX_MODULE := logpool/ngx_http_logpool_module.so
 NGX_MODULE_SOURCES := nginx/ngx_http_logpool_module.c include/logpool.h $(NGX_GEN)/ngx_http_logpool_build.h
 
-.PHONY: all build nginx-module deps system-deps test sanitize demo bench clean
+.PHONY: all build nginx-module install deps system-deps test sanitize demo bench clean
 
 all: build
 
@@ -67,6 +67,14 @@ $(NGX_MODULE): $(NGX_MODULE_SOURCES) $(NGX_BUILD)/objs/Makefile
 	mv $@.tmp $@
 
 nginx-module: deps $(NGX_MODULE)
+
+# An installation nginx's worker user can load (a Python it can read, a venv, the library built
+# for that Python, the Lua module and the nginx module); prints the nginx lines to paste.
+PREFIX ?= /opt/logpool
+INSTALL_PYTHON ?=
+install: build
+	$(PY) -m logpool.tools.install --prefix "$(PREFIX)" --source "$(CURDIR)" \
+	  --module "$(CURDIR)/$(NGX_MODULE)" $(if $(INSTALL_PYTHON),--python "$(INSTALL_PYTHON)")
 
 build: deps $(LIB) $(NGX_MODULE)
 

@@ -372,3 +372,64 @@ def test_coexists_with_a_lua_pool_in_the_same_worker(tmp_path, nginx, receive_pr
     assert_exactly_once(ids, [line.decode() for line in mod_rp.lines()])
     assert_exactly_once(["lua " + i for i in ids], [line.decode() for line in lua_rp.lines()])
     assert_never_crashed(ng)
+
+
+@pytest.fixture
+def install_prefix():
+    """A directory every user can traverse (pytest's tmp_path is 0700)."""
+    import shutil
+    import tempfile
+    prefix = tempfile.mkdtemp(prefix="logpool-install-")
+    os.chmod(prefix, 0o755)
+    yield os.path.join(prefix, "opt")
+    shutil.rmtree(prefix, ignore_errors=True)
+
+
+def worker_uids(ng):
+    uids = set()
+    for pid in ng.worker_pids():
+        with open(f"/proc/{pid}/status") as f:
+            uids.add(int(next(line for line in f if line.startswith("Uid:")).split()[1]))
+    return uids
+
+
+def test_make_install_gives_an_unprivileged_worker_user_what_it_can_load(
+        tmp_path, nginx, receive_process, install_prefix):
+    from conftest import ROOT
+    from logpool.tools.install import readable_by_all
+    out = subprocess.run(["make", "-s", "install", f"PREFIX={install_prefix}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    module = re.search(r"^load_module (\S+);$", out.stdout, re.M).group(1)
+    library = re.search(r"^logpool_library (\S+);$", out.stdout, re.M).group(1)
+    assert module.startswith(install_prefix) and library.startswith(install_prefix)
+    assert readable_by_all(module) and readable_by_all(library)
+    # unprivileged workers: nobody when the tests run as root, else this (unprivileged) user
+    user = "nobody nogroup" if os.geteuid() == 0 else None
+    expected_uid = 65534 if os.geteuid() == 0 else os.geteuid()
+
+    rp = receive_process("tcp://127.0.0.1:0")
+    ng = nginx(f"logpool_library {library};" + module_conf(pool_json(rp.url)), workers=2,
+               modules=(module,), user=user)
+    assert worker_uids(ng) == {expected_uid}
+    assert ng.requests(100) == [200] * 100
+    assert ng.quit() == 0
+    rp.stop()
+    assert_exactly_once(ng.access_ids(), [line.decode() for line in rp.lines()])
+    log = ng.read_error_log()
+    assert "[error]" not in log, log[-3000:]
+
+    # The build tree's library, when the worker user cannot read its Python: the error says
+    # which file, which uid, and what helps (not "rebuild").
+    build_libpython = subprocess.run(
+        ["ldd", paths.lib_path()], capture_output=True, text=True).stdout
+    built_against = re.search(r"libpython\S+ => (\S+)", build_libpython).group(1)
+    if user and not readable_by_all(built_against):
+        rp2 = receive_process("tcp://127.0.0.1:0", str(tmp_path / "received2.log"))
+        ng2 = nginx(module_conf(pool_json(rp2.url)), workers=1, user=user)
+        assert ng2.requests(10) == [200] * 10
+        assert ng2.quit() == 0
+        log = ng2.read_error_log()
+        line = next((l for l in log.splitlines() if "cannot start" in l), log[-3000:])
+        assert "cannot read " in line and "(running as uid 65534)" in line, line
+        assert "make install PREFIX=" in line and "rebuild" not in line, line

@@ -88,14 +88,15 @@ http {{
 
 class Nginx:
     def __init__(self, prefix, http_extra="", server_extra="", main_extra="", workers=2,
-                 wrapper=(), package_path=True, listen_opts="", modules=MODULES):
+                 wrapper=(), package_path=True, listen_opts="", modules=MODULES, user=None):
         self.prefix = str(prefix)
         self.port = free_port()
         for d in ("conf", "logs", "tmp"):
             os.makedirs(os.path.join(self.prefix, d), exist_ok=True)
         conf = CONF.format(
             load_modules="\n".join(f"load_module {m};" for m in modules),
-            user="user root root;" if os.geteuid() == 0 else "",
+            user=(f"user {user};" if user else
+                  "user root root;" if os.geteuid() == 0 else ""),
             workers=workers, main_extra=main_extra,
             package_path=(f'lua_package_path "{paths.lua_dir()}/?.lua;;";'
                           if package_path and LUA_MODULE in modules else ""),

@@ -1556,6 +1556,46 @@ ngx_http_logpool_postconfiguration(ngx_conf_t *cf)
 
 /* ---- metrics: publish and serve --------------------------------------------------- */
 
+/*
+ * A slot's lock holds the pid of its holder. Bounded: a worker killed while holding it (the
+ * copy takes microseconds) must not hang the others; its lock is taken over.
+ */
+static ngx_int_t
+ngx_http_logpool_slot_lock(ngx_http_logpool_slot_t *slot)
+{
+    ngx_uint_t          i;
+    ngx_atomic_uint_t   holder;
+
+    for (i = 0; i < 100000; i++) {
+        holder = slot->lock;
+
+        if (holder == 0) {
+            if (ngx_atomic_cmp_set(&slot->lock, 0, (ngx_atomic_uint_t) ngx_pid)) {
+                return NGX_OK;
+            }
+            continue;
+        }
+
+        if (i % 64 == 63 && kill((ngx_pid_t) holder, 0) == -1 && ngx_errno == NGX_ESRCH
+            && ngx_atomic_cmp_set(&slot->lock, holder, (ngx_atomic_uint_t) ngx_pid))
+        {
+            return NGX_OK;
+        }
+
+        ngx_sched_yield();
+    }
+
+    return NGX_BUSY;
+}
+
+
+static void
+ngx_http_logpool_slot_unlock(ngx_http_logpool_slot_t *slot)
+{
+    (void) ngx_atomic_cmp_set(&slot->lock, (ngx_atomic_uint_t) ngx_pid, 0);
+}
+
+
 static void
 ngx_http_logpool_publish(void)
 {
@@ -1605,12 +1645,14 @@ ngx_http_logpool_publish(void)
     }
 
     slot = ngx_http_logpool_slot(shm, ngx_worker);
-    ngx_spinlock(&slot->lock, 1, 2048);
+    if (ngx_http_logpool_slot_lock(slot) != NGX_OK) {
+        return; /* next time */
+    }
     ngx_memcpy((u_char *) (slot + 1), w->mbuf, len);
     slot->len = len;
     slot->pid = ngx_pid;
     slot->updated = ngx_time();
-    ngx_unlock(&slot->lock);
+    ngx_http_logpool_slot_unlock(slot);
 }
 
 
@@ -1809,14 +1851,16 @@ ngx_http_logpool_metrics_handler(ngx_http_request_t *r)
             if (slot->len == 0 || slot->updated + NGX_HTTP_LOGPOOL_STALE_SEC < now) {
                 continue;
             }
-            ngx_spinlock(&slot->lock, 1, 2048);
+            if (ngx_http_logpool_slot_lock(slot) != NGX_OK) {
+                continue;
+            }
             if (slot->len <= shm->slot_size) {
                 p = ngx_cpymem(p, (u_char *) (slot + 1), slot->len);
-                if (slot->len && p[-1] != '\n') {
-                    *p++ = '\n';
-                }
             }
-            ngx_unlock(&slot->lock);
+            ngx_http_logpool_slot_unlock(slot);
+            if (p > all && p[-1] != '\n') {
+                *p++ = '\n';
+            }
         }
 
         if (ngx_http_logpool_merge(r, all, p - all, &merged) != NGX_OK) {

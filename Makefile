@@ -17,7 +17,7 @@ NGX_GEN := build/nginx-gen
 NGX_MODULE := logpool/ngx_http_logpool_module.so
 NGX_MODULE_SOURCES := nginx/ngx_http_logpool_module.c include/logpool.h $(NGX_GEN)/ngx_http_logpool_build.h
 
-.PHONY: all build nginx-module install deps system-deps test sanitize demo bench clean
+.PHONY: all build nginx-module install sanitize-nginx deps system-deps test sanitize demo bench clean
 
 all: build
 
@@ -67,6 +67,29 @@ $(NGX_MODULE): $(NGX_MODULE_SOURCES) $(NGX_BUILD)/objs/Makefile
 	mv $@.tmp $@
 
 nginx-module: deps $(NGX_MODULE)
+
+# The module under ASan/UBSan (its own configured tree), for make sanitize-nginx.
+NGX_ASAN_BUILD := build/nginx-asan
+NGX_ASAN_MODULE := $(NGX_ASAN_BUILD)/objs/ngx_http_logpool_module.so
+NGX_SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer
+
+$(NGX_ASAN_BUILD)/objs/Makefile: nginx/config
+	rm -rf $(NGX_ASAN_BUILD) && mkdir -p build && cp -r $(NGX_SRC) $(NGX_ASAN_BUILD)
+	cd $(NGX_ASAN_BUILD) && . ./conf_flags && LOGPOOL_GEN_DIR=$(CURDIR)/$(NGX_GEN) \
+	  LOGPOOL_INCLUDE_DIR=$(CURDIR)/include \
+	  ./configure "$${NGX_CONF_FLAGS[@]}" --with-compat \
+	  --with-cc-opt="$(NGX_SANITIZE) -fno-sanitize-recover=undefined" \
+	  --with-ld-opt="$(NGX_SANITIZE)" \
+	  --add-dynamic-module=$(CURDIR)/nginx > configure.log 2>&1 \
+	  || { tail -30 configure.log; exit 1; }
+
+$(NGX_ASAN_MODULE): $(NGX_MODULE_SOURCES) $(NGX_ASAN_BUILD)/objs/Makefile
+	rm -f $(NGX_ASAN_BUILD)/objs/addon/nginx/ngx_http_logpool_module.o
+	$(MAKE) -s -C $(NGX_ASAN_BUILD) -f objs/Makefile modules
+
+sanitize-nginx: build $(NGX_ASAN_MODULE)
+	LOGPOOL_NGINX_ASAN_MODULE=$(CURDIR)/$(NGX_ASAN_MODULE) \
+	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_nginx_module.py
 
 # An installation nginx's worker user can load (a Python it can read, a venv, the library built
 # for that Python, the Lua module and the nginx module); prints the nginx lines to paste.

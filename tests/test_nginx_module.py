@@ -38,25 +38,51 @@ def module_conf(config_json, log="logpool_log main rid;", formats="", exit_timeo
     """
 
 
+# `make sanitize-nginx`: the same tests with the module built under ASan/UBSan, loaded into
+# nginx with the sanitizer runtimes preloaded; any report aborts the worker (a test fails).
+ASAN_MODULE = os.environ.get("LOGPOOL_NGINX_ASAN_MODULE")
+
+
+def module_path():
+    return ASAN_MODULE or paths.nginx_module_path()
+
+
+def sanitizer_wrapper(prefix):
+    if not ASAN_MODULE:
+        return ()
+    runtimes = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+                for lib in ("libasan.so", "libubsan.so")]
+    return ("env", "LD_PRELOAD=" + " ".join(runtimes),
+            f"ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path={prefix}/asan",
+            f"UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path={prefix}/ubsan")
+
+
 @pytest.fixture
 def nginx(tmp_path):
     started = []
 
     def start(http_extra="", server_extra="", workers=2, modules=None, run=True, **kwargs):
-        n = Nginx(tmp_path / f"nginx{len(started)}", http_extra, server_extra, workers=workers,
-                  modules=modules or native_modules(), **kwargs)
+        prefix = tmp_path / f"nginx{len(started)}"
+        modules = tuple(module_path() if m == paths.nginx_module_path() else m
+                        for m in (modules or native_modules()))
+        n = Nginx(prefix, http_extra, server_extra, workers=workers, modules=modules,
+                  wrapper=sanitizer_wrapper(prefix), **kwargs)
         started.append(n)
         return n.start() if run else n
 
     yield start
     for n in started:
         n.kill()
+    reports = [
+        str(p) for n in started for p in (tmp_path / os.path.basename(n.prefix)).glob("*san.*")]
+    assert not reports, "sanitizer reports: " + "".join(open(p).read() for p in reports)
 
 
 def assert_plain_nginx(ng):
     with open(ng.conf_path) as f:
         conf = f.read()
-    assert "ngx_http_lua_module" not in conf and paths.nginx_module_path() in conf
+    assert "ngx_http_lua_module" not in conf and module_path() in conf
 
 
 def assert_exactly_once(access_ids, got_ids):

@@ -108,6 +108,7 @@ typedef struct {
     __typeof__(logpool_free)             *free;
     __typeof__(logpool_metrics)          *metrics;
     __typeof__(logpool_version)          *version;
+    __typeof__(logpool_sink_count)       *sink_count;
     u_char                     *buf;
     size_t                      cap;
     u_char                     *mbuf;     /* metrics text, slot_size bytes */
@@ -1972,6 +1973,7 @@ ngx_http_logpool_init_process(ngx_cycle_t *cycle)
     NGX_HTTP_LOGPOOL_SYM(close, "logpool_close");
     NGX_HTTP_LOGPOOL_SYM(free, "logpool_free");
     NGX_HTTP_LOGPOOL_SYM(metrics, "logpool_metrics");
+    NGX_HTTP_LOGPOOL_SYM(sink_count, "logpool_sink_count");
 
     w->pool = w->new_((const char *) mcf->pool_json.data);
     if (w->pool == NULL) {
@@ -1980,6 +1982,17 @@ ngx_http_logpool_init_process(ngx_cycle_t *cycle)
                       "logpool: the pool of logpool_pool in %V cannot start: %s; this "
                       "worker serves without shipping logs", &mcf->pool_where,
                       err ? err : "(no message)");
+        return NGX_OK;
+    }
+
+    /* nginx -t resolved the sink names to ids from the same JSON: they must agree. */
+    if (w->sink_count(w->pool) != (int) mcf->sink_names.nelts) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
+                      "logpool: the pool of logpool_pool in %V has %d sinks, the module "
+                      "read %ui from its JSON; this worker serves without shipping logs",
+                      &mcf->pool_where, w->sink_count(w->pool), mcf->sink_names.nelts);
+        (void) w->close(w->pool, 0);
+        w->pool = NULL;
         return NGX_OK;
     }
 

@@ -325,6 +325,24 @@ def test_an_exiting_worker_gives_up_after_logpool_exit_timeout_and_says_so(tmp_p
     assert_never_crashed(ng)
 
 
+def test_with_a_spool_a_quit_while_the_collector_is_down_loses_nothing(tmp_path, nginx,
+                                                                        receive_process):
+    listen = "unix:" + sock_path(tmp_path, "late.sock")
+    config = pool_json(listen, spool_dir=str(tmp_path / "spool"))
+    first = nginx(module_conf(config, exit_timeout="200ms"), workers=2)
+    assert first.requests(300) == [200] * 300
+    assert first.quit() == 0  # the collector is down: the pools spool what they hold
+    rp = receive_process(listen)
+    second = nginx(module_conf(config), workers=2)  # the next generation delivers the spool
+    assert second.requests(10) == [200] * 10
+    ids = first.access_ids()
+    wait_for(lambda: set(ids) <= {line.decode() for line in rp.lines()}, timeout=30,
+             what="the first generation's lines from the spool")
+    assert second.quit() == 0
+    rp.stop()
+    assert_exactly_once(ids + second.access_ids(), [line.decode() for line in rp.lines()])
+
+
 def fake_library(tmp_path, version):
     src = tmp_path / "fake.c"
     src.write_text('const char *logpool_version(void) { return "%s"; }\n' % version)

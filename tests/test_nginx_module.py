@@ -239,13 +239,15 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
         location = /pid { return 200 "$pid"; }
     """
     ng = nginx(module_conf(pool_json(rp.url)), server_extra, workers=2)
-    pids = set()
+    pids = []
     # new connections until both workers have served (and logged) requests
-    wait_for(lambda: pids.add(ng.get("/pid")[1].decode()) or len(pids) == 2,
+    wait_for(lambda: pids.append(ng.get("/pid")[1].decode()) or len(set(pids)) == 2,
              what="both workers to serve")
-    assert pids == {str(p) for p in ng.worker_pids()}
+    assert set(pids) == {str(p) for p in ng.worker_pids()}
     assert ng.requests(300, connections=6) == [200] * 300
-    logged = len(ng.access_ids())
+    logged = 1 + len(pids) + 300  # the harness's readiness probe, /pid, the load
+    # a response reaches the client just before its log phase ends
+    wait_for(lambda: len(ng.access_ids()) == logged, what="the access log")
 
     def totals():
         status, body = ng.get("/metrics")

@@ -564,13 +564,14 @@ def bench_nginx_calls(tmp):
 def bench_nginx_perf(tmp):
     """Where a worker's CPU goes under wrk, sampled with perf (when the machine has it): the
     share of the worker's main thread in liblogpool (log_cdata) and of its writer thread,
-    for the four-variable line (c) and README's form (f)."""
+    for the four-variable line (c), README's form (f) and the native module (h: the module's
+    own share, formatting included, is counted with liblogpool's)."""
     if not shutil.which("perf"):
         return {"skipped": "perf is not installed"}
     sink = FastSink(tmp, "perf.sock")
     out = {}
     try:
-        for name in ("c_build_and_ship", "f_map_ship"):
+        for name in ("c_build_and_ship", "f_map_ship", "h_module_ship"):
             ng = nginx_for(tmp, name, 1, sink, None, None, prefix="perf-")
             try:
                 wrk_rps(ng, 1)
@@ -593,7 +594,8 @@ def bench_nginx_perf(tmp):
                 share, tid, dso = float(m.group(1)), int(m.group(2)), m.group(3)
                 if tid == worker:
                     main += share
-                    logpool_share += share if dso == "liblogpool.so" else 0
+                    logpool_share += share if dso in ("liblogpool.so",
+                                                      "ngx_http_logpool_module.so") else 0
                 else:
                     writer += share
             out[name] = dict(main_pct=main, liblogpool_pct=logpool_share, writer_pct=writer)
@@ -762,7 +764,8 @@ def nginx_rows(ng):
     if "skipped" in perf:
         rows.append(("nginx, perf: worker CPU in logpool", perf["skipped"], "", "", ""))
     for case, label in (("c_build_and_ship", "(c) four ngx.var reads"),
-                        ("f_map_ship", "(f) README's form")):
+                        ("f_map_ship", "(f) README's form"),
+                        ("h_module_ship", "(h) native module, formatting included")):
         if case in perf:
             x = perf[case]
             rows.append((f"nginx, perf, {label}: share of the worker's CPU samples in "

@@ -1234,6 +1234,8 @@ ngx_http_logpool_grow(u_char **pos, size_t need)
 }
 
 
+/* LOGPOOL_ESCAPING_BEGIN: plain C over u_char and ngx_cpymem only (tests compile it alone) */
+
 /* The length of the valid UTF-8 sequence at p (1-4), or 0 when it is not one. */
 static size_t
 ngx_http_logpool_utf8_len(u_char *p, u_char *end)
@@ -1267,21 +1269,52 @@ ngx_http_logpool_utf8_len(u_char *p, u_char *end)
 }
 
 
+/* Bytes that need work, one bit each (as nginx's own escaping tables): runs of the other
+ * bytes are copied whole. */
+static uint32_t  ngx_http_logpool_json_special[] = {
+    0xffffffff, /* 0x00-0x1f: control characters */
+    0x00000004, /* 0x20-0x3f: " */
+    0x10000000, /* 0x40-0x5f: \ */
+    0x00000000, /* 0x60-0x7f */
+    0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff /* 0x80-0xff: checked as UTF-8 */
+};
+
+static uint32_t  ngx_http_logpool_default_special[] = {
+    0xffffffff, /* 0x00-0x1f */
+    0x00000004, /* 0x20-0x3f: " */
+    0x10000000, /* 0x40-0x5f: \ */
+    0x80000000, /* 0x60-0x7f: DEL */
+    0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff
+};
+
+#define ngx_http_logpool_special(map, c)  ((map)[(c) >> 5] & (1U << ((c) & 0x1f)))
+
+
 /* escape=json: valid JSON string content for any bytes (invalid UTF-8 becomes \ufffd). */
 static u_char *
 ngx_http_logpool_escape_json(u_char *d, u_char *s, size_t len)
 {
     static u_char  hex[] = "0123456789abcdef";
-    u_char        *end = s + len;
+    u_char        *end = s + len, *p, c;
     size_t         n;
 
     while (s < end) {
-        u_char c = *s;
-
-        if (c >= 0x20 && c < 0x80) {
-            if (c == '"' || c == '\\') {
-                *d++ = '\\';
+        p = s;
+        while (p < end && !ngx_http_logpool_special(ngx_http_logpool_json_special, *p)) {
+            p++;
+        }
+        if (p > s) {
+            d = ngx_cpymem(d, s, p - s);
+            s = p;
+            if (s == end) {
+                break;
             }
+        }
+
+        c = *s;
+
+        if (c == '"' || c == '\\') {
+            *d++ = '\\';
             *d++ = c;
             s++;
             continue;
@@ -1322,23 +1355,32 @@ static u_char *
 ngx_http_logpool_escape_default(u_char *d, u_char *s, size_t len)
 {
     static u_char  hex[] = "0123456789ABCDEF";
-    u_char        *end = s + len;
+    u_char        *end = s + len, *p, c;
 
     while (s < end) {
-        u_char c = *s++;
-
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
-            *d++ = '\\';
-            *d++ = 'x';
-            *d++ = hex[c >> 4];
-            *d++ = hex[c & 0xf];
-        } else {
-            *d++ = c;
+        p = s;
+        while (p < end && !ngx_http_logpool_special(ngx_http_logpool_default_special, *p)) {
+            p++;
         }
+        if (p > s) {
+            d = ngx_cpymem(d, s, p - s);
+            s = p;
+            if (s == end) {
+                break;
+            }
+        }
+
+        c = *s++;
+        *d++ = '\\';
+        *d++ = 'x';
+        *d++ = hex[c >> 4];
+        *d++ = hex[c & 0xf];
     }
 
     return d;
 }
+
+/* LOGPOOL_ESCAPING_END */
 
 
 static ngx_int_t

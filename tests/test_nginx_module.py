@@ -7,11 +7,12 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import sock_path, wait_for
+from conftest import ROOT, sock_path, wait_for
 from logpool import paths
 from logpool.tools.nginx import MODULES, Nginx, NginxError, native_modules, wait_until, wrk
 
@@ -225,6 +226,84 @@ def test_json_escaping_of_hostile_requests_gives_valid_json_per_line(tmp_path, n
     # escape=default: quotes, backslashes and bytes outside 0x20-0x7e as \xXX, like access_log
     assert any(b'"x\\x22y\\x5Cz\\x01\\x1F\\x7F\\xFF\\xC3(' in line for line in plain), plain
     assert_never_crashed(ng)
+
+
+@pytest.fixture(scope="module")
+def escaping(tmp_path_factory):
+    """The module's escaping functions compiled alone (they use only u_char and ngx_cpymem),
+    under ASan/UBSan, as a library exporting escape(json, dst, src, len) -> length."""
+    source = open(os.path.join(ROOT, "nginx", "ngx_http_logpool_module.c")).read()
+    block = source[source.index("/* LOGPOOL_ESCAPING_BEGIN"):
+                   source.index("/* LOGPOOL_ESCAPING_END")]
+    tmp = tmp_path_factory.mktemp("escape")
+    (tmp / "escape.c").write_text(ESCAPE_PRELUDE + block + ESCAPE_ENTRY)
+    so = str(tmp / "escape.so")
+    subprocess.run(["gcc", "-O1", "-g", "-Wall", "-Werror", "-fsanitize=address,undefined",
+                    "-fno-sanitize-recover=undefined", "-shared", "-fPIC", "-o", so,
+                    str(tmp / "escape.c")], check=True)
+    return so
+
+
+ESCAPE_PRELUDE = r"""
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+typedef unsigned char u_char;
+#define ngx_cpymem(d, s, n) (((u_char *) memcpy(d, s, n)) + (n))
+"""
+
+ESCAPE_ENTRY = r"""
+size_t escape(int json, u_char *d, u_char *s, size_t len)
+{
+    return (size_t) ((json ? ngx_http_logpool_escape_json(d, s, len)
+                           : ngx_http_logpool_escape_default(d, s, len)) - d);
+}
+"""
+
+# Run in a child that preloads the sanitizer runtimes (an ASan library needs them first).
+ESCAPE_CHILD = r"""
+import ctypes, json, random, re, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.escape.restype = ctypes.c_size_t
+lib.escape.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+
+def escape(kind, data):
+    out = ctypes.create_string_buffer(len(data) * 6 + 1)
+    n = lib.escape(kind, out, data, len(data))
+    return out.raw[:n]
+
+rng = random.Random(23)
+alphabet = [bytes([b]) for b in range(256)] + [
+    "é".encode(), "€".encode(), "𝄞".encode(), b"\xed\xa0\x80", b"\xf4\x90\x80\x80",
+    b"\xc0\xaf", b"\xe2\x82", b"\xf0\x9f", b'"', b"\\"]
+for _ in range(20000):
+    data = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+    out = escape(1, data)
+    text = json.loads('"' + out.decode("utf-8") + '"')   # strict UTF-8, strict JSON
+    try:
+        valid = data.decode("utf-8")
+    except UnicodeDecodeError:
+        valid = None
+    if valid is not None:
+        assert text == valid, data                     # valid UTF-8 round-trips
+    else:
+        assert "\ufffd" in text, data
+    plain = escape(0, data)                            # printable ASCII, no quote
+    assert all(0x20 <= b < 0x7f for b in plain) and b'"' not in plain, data
+    undone = re.sub(rb"\\x([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), plain)
+    assert undone == data, data                        # and reversible
+print("ok")
+"""
+
+
+def test_escaping_is_valid_json_for_any_bytes_and_reversible_by_default(escaping):
+    runtimes = " ".join(subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
+                                       text=True, check=True).stdout.strip()
+                        for lib in ("libasan.so", "libubsan.so"))
+    env = dict(os.environ, LD_PRELOAD=runtimes, ASAN_OPTIONS="detect_leaks=0:abort_on_error=1")
+    out = subprocess.run([sys.executable, "-c", ESCAPE_CHILD, escaping], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stdout + out.stderr
 
 
 def metric(text, name, sink="main"):
@@ -441,7 +520,6 @@ def worker_uids(ng):
 
 def test_make_install_gives_an_unprivileged_worker_user_what_it_can_load(
         tmp_path, nginx, receive_process, install_prefix):
-    from conftest import ROOT
     from logpool.tools.install import readable_by_all
     out = subprocess.run(["make", "-s", "install", f"PREFIX={install_prefix}"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)

@@ -10,6 +10,7 @@ def cmd_paths(args):
     print(f"lib {paths.lib_path()}")
     print(f"lua {paths.lua_dir()}")
     print(f"include {paths.include_dir()}")
+    print(f"nginx_module {paths.nginx_module_path()}")
     return 0
 
 
@@ -117,7 +118,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="python -m logpool",
                                      description="logpool: ship logs out of nginx workers")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("paths", help="print where the library, the Lua module and the header are")
+    p = sub.add_parser("paths", help="print where the library, the Lua module, the header and the nginx module are")
     p.set_defaults(func=cmd_paths)
     p = sub.add_parser("receive", help="a collector writing complete messages to a file or "
                        "stdout")

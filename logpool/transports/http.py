@@ -14,13 +14,22 @@ import zlib
 from logpool.errors import ConfigError
 from logpool.transports.base import IOV_BATCH, Outcome, RetryLater
 from logpool.transports.stream import StreamTransport
+from logpool.transports.schema import Option
 from logpool.transports.tls import OPTIONS as TLS_OPTIONS, TlsTransport
 
 FORMATS = {"ndjson": "application/x-ndjson", "json_array": "application/json"}
 COMPRESSIONS = ("none", "gzip", "zstd")
 METHODS = ("POST", "PUT")
-OPTIONS = {"http_format": "ndjson", "http_headers": {}, "http_compression": "none",
-           "http_method": "POST", "http_max_body_bytes": 1024 * 1024, "http_concurrency": 1}
+OPTION_DOCS = {
+    "http_format": ("string", "ndjson", "the request body: ndjson or json_array"),
+    "http_headers": ("object", {}, "extra request headers (tokens, API keys, tenants)"),
+    "http_compression": ("string", "none", "none, gzip or zstd"),
+    "http_method": ("string", "POST", "POST or PUT"),
+    "http_max_body_bytes": ("integer", 1024 * 1024, "the largest request body, before "
+                            "compression"),
+    "http_concurrency": ("integer", 1, "requests in flight per sink (1 keeps the order)"),
+}
+OPTIONS = {k: default for k, (_, default, _) in OPTION_DOCS.items()}
 RETRY_STATUSES = (408, 429)
 # Headers logpool sets itself: a user value would contradict the body.
 RESERVED_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding",
@@ -92,14 +101,17 @@ def retry_after_seconds(value, now=None):
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _option(key, type_, default, doc):
+    return Option(key, type_, default, doc, lambda where, value: check_option(where, key, value))
+
+
+HTTP_OPTIONS = tuple(_option(k, *v) for k, v in OPTION_DOCS.items())
+
+
 class HttpTransport(StreamTransport):
     SCHEMES = ("http",)
     ADDRESS = {"http": "http"}
-    OPTIONS = OPTIONS
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        return check_option(where, key, value)
+    OPTIONS = HTTP_OPTIONS
 
     RAW_FRAMING_ONLY = "an HTTP sink frames messages by http_format (ndjson or json_array)"
 
@@ -210,13 +222,7 @@ class HttpTransport(StreamTransport):
 class HttpsTransport(HttpTransport, TlsTransport):
     SCHEMES = ("https",)
     ADDRESS = {"https": "http"}
-    OPTIONS = {**TLS_OPTIONS, **OPTIONS}
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        if key in OPTIONS:
-            return check_option(where, key, value)
-        return TlsTransport.check_option.__func__(cls, where, key, value)
+    TLS_SCHEMES = frozenset(("https",))
 
     @classmethod
     def parse_options(cls, where, scheme, address, options):

@@ -3,14 +3,12 @@ logpool.transports.base.Transport plus one line in TRANSPORTS; its config keys a
 on its class (OPTIONS, a tuple of schema.Option; TLS_SCHEMES take the TLS block too), and
 config validation asks this registry for them."""
 from logpool.transports.datagram import DatagramTransport
-from logpool.transports.http import HttpsTransport, HttpTransport
+from logpool.transports.http import HttpTransport
 from logpool.transports.kafka import KafkaTransport
-from logpool.transports.relp import RelpTlsTransport, RelpTransport
+from logpool.transports.relp import RelpTransport
 from logpool.transports.stream import StreamTransport
-from logpool.transports.tls import TlsTransport
 
-TRANSPORTS = (StreamTransport, TlsTransport, DatagramTransport, RelpTransport, RelpTlsTransport,
-              HttpTransport, HttpsTransport, KafkaTransport)
+TRANSPORTS = (StreamTransport, DatagramTransport, RelpTransport, HttpTransport, KafkaTransport)
 BY_SCHEME = {scheme: cls for cls in TRANSPORTS for scheme in cls.SCHEMES}
 
 

@@ -15,7 +15,6 @@ from logpool.errors import ConfigError
 from logpool.transports.base import IOV_BATCH, Outcome, RetryLater
 from logpool.transports.stream import StreamTransport
 from logpool.transports.schema import Option
-from logpool.transports.tls import OPTIONS as TLS_OPTIONS, TlsTransport
 
 FORMATS = {"ndjson": "application/x-ndjson", "json_array": "application/json"}
 COMPRESSIONS = ("none", "gzip", "zstd")
@@ -78,14 +77,6 @@ def check_option(where, key, value):
     return value
 
 
-class HttpOptions:
-    def __init__(self, tls, **options):
-        self.tls = tls
-        for key, default in OPTIONS.items():
-            setattr(self, key, options.get(key, default))
-        self.http_headers = dict(self.http_headers or {})
-
-
 def retry_after_seconds(value, now=None):
     """Retry-After: delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
@@ -109,8 +100,9 @@ HTTP_OPTIONS = tuple(_option(k, *v) for k, v in OPTION_DOCS.items())
 
 
 class HttpTransport(StreamTransport):
-    SCHEMES = ("http",)
-    ADDRESS = {"http": "http"}
+    SCHEMES = ("http", "https")
+    ADDRESS = {"http": "http", "https": "http"}
+    TLS_SCHEMES = frozenset(("https",))
     OPTIONS = HTTP_OPTIONS
 
     RAW_FRAMING_ONLY = "an HTTP sink frames messages by http_format (ndjson or json_array)"
@@ -124,10 +116,6 @@ class HttpTransport(StreamTransport):
                 raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is "
                                   f"larger than http_max_body_bytes {limit}")
             opts["max_message_size"] = limit
-
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        return HttpOptions(None, **options)
 
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
@@ -217,24 +205,6 @@ class HttpTransport(StreamTransport):
                                        f"{exc}") from None
         self.last_headers = response.headers
         return response.status, text[:200].decode("utf-8", "replace")
-
-
-class HttpsTransport(HttpTransport, TlsTransport):
-    SCHEMES = ("https",)
-    ADDRESS = {"https": "http"}
-    TLS_SCHEMES = frozenset(("https",))
-
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        tls = TlsTransport.parse_options.__func__(
-            cls, where, scheme, address, {k: v for k, v in options.items() if k in TLS_OPTIONS})
-        return HttpOptions(tls, **{k: v for k, v in options.items() if k in OPTIONS})
-
-    def __init__(self, sink, chain, faults=None):
-        HttpTransport.__init__(self, sink, chain, faults)
-        self.tls = sink.transport_options.tls
-        self.session = None
-        self.resumed = False
 
 
 def _gzip(body):

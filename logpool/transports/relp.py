@@ -18,7 +18,6 @@ from logpool.protocols.relp import (ACK_SUFFIX, OFFERS, TXNR_MAX, RelpError, nex
 from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
 from logpool.transports.schema import Option, int_range
 from logpool.transports.stream import StreamTransport
-from logpool.transports.tls import TlsTransport
 
 DEFAULT_WINDOW = 128
 CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
@@ -35,8 +34,9 @@ def would_block():
 
 
 class RelpTransport(StreamTransport):
-    SCHEMES = ("relp",)
-    ADDRESS = {"relp": "host_port"}
+    SCHEMES = ("relp", "relp+tls")
+    ADDRESS = {"relp": "host_port", "relp+tls": "host_port"}
+    TLS_SCHEMES = frozenset(("relp+tls",))
     OPTIONS = (Option("relp_window", "integer", DEFAULT_WINDOW, "messages sent and not yet "
                       "acknowledged, at most", int_range(1, 65536)),)
 
@@ -46,14 +46,9 @@ class RelpTransport(StreamTransport):
             raise ConfigError(f"{where}.framing: RELP frames each message itself; use raw "
                               f"(the default) or newline (one trailing newline is dropped)")
 
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        return {"relp_window": options.get("relp_window", DEFAULT_WINDOW)}
-
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
-        options = sink.transport_options or {}
-        self.window = options.get("relp_window", DEFAULT_WINDOW)
+        self.window = sink.transport_options.relp_window
         self.frames = chain.frame_buffer(max(256 * 1024, sink.max_message_size + 64))
         self.reset_session()
         self.owed_resend = 0  # messages in flight when a session broke: sent again next
@@ -304,34 +299,3 @@ class RelpTransport(StreamTransport):
             if time.monotonic() >= deadline:
                 raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out (connect_timeout_ms "
                                    f"{self.sink.connect_timeout_ms})")
-
-
-class RelpTlsTransport(RelpTransport, TlsTransport):  # noqa: the MRO: RELP over TLS
-    SCHEMES = ("relp+tls",)
-    ADDRESS = {"relp+tls": "host_port"}
-    TLS_SCHEMES = frozenset(("relp+tls",))
-
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        relp = {k: v for k, v in options.items() if k == "relp_window"}
-        tls = {k: v for k, v in options.items() if k != "relp_window"}
-        return RelpTlsOptions(tls=TlsTransport.parse_options.__func__(cls, where, scheme,
-                                                                      address, tls),
-                              relp_window=relp.get("relp_window", DEFAULT_WINDOW))
-
-    def __init__(self, sink, chain, faults=None):
-        RelpTransport.__init__(self, sink, chain, faults)
-        options = sink.transport_options
-        self.window = options.relp_window
-        self.tls = options.tls
-        self.session = None
-        self.resumed = False
-
-
-class RelpTlsOptions:
-    def __init__(self, tls, relp_window):
-        self.tls = tls
-        self.relp_window = relp_window
-
-    def get(self, key, default=None):
-        return getattr(self, key, default)

@@ -1,5 +1,7 @@
-"""tls://host:port: TCP with TLS >= 1.2 (the standard library's ssl): verification on by
-default, SNI, client certificates, session resumption across reconnects, close_notify."""
+"""The TLS block of every socket transport (tls://, relp+tls://, https://): TLS >= 1.2 with
+the standard library's ssl, verification on by default, SNI, client certificates, session
+resumption across reconnects, close_notify. The stream transport (stream.py) runs it on
+its TLS schemes; this module holds the configuration and the handshake."""
 import errno
 import select
 import time
@@ -8,7 +10,6 @@ from logpool.errors import ConfigError
 from logpool.record import Record
 from logpool.transports.base import HandshakeError, wait_io
 from logpool.transports.schema import TLS_OPTIONS, defaults
-from logpool.transports.stream import StreamTransport
 
 # In TLS 1.3 the server checks a client certificate after the client's handshake is done,
 # and sends session tickets then: wait this long for that first record, so that a refusal is
@@ -55,68 +56,6 @@ def tls_config(where, address, options):
     return TlsConfig(ca_file=opts["ca_file"], server_name=opts["server_name"],
                      cert_file=opts["cert_file"], key_file=opts["key_file"],
                      verify=opts["verify"], context=ctx)
-
-
-class TlsTransport(StreamTransport):
-    SCHEMES = ("tls",)
-    ADDRESS = {"tls": "host_port"}
-    TLS_SCHEMES = frozenset(SCHEMES)
-
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        return tls_config(where, address, options)
-
-    def __init__(self, sink, chain, faults=None):
-        super().__init__(sink, chain, faults)
-        self.tls = sink.transport_options
-        self.session = None  # reused on reconnect (TLS session resumption)
-        self.resumed = False  # the last handshake resumed a session
-
-    def announce(self):
-        if not self.tls.verify:
-            return (f"{self.sink.url}: TLS certificate verification is off (verify = false): "
-                    f"the collector's identity is not checked")
-        return None
-
-    def connect(self, should_stop):
-        skipped = super().connect(should_stop)
-        self.resumed = self.sock.session_reused
-        self.session = self.sock.session
-        return skipped
-
-    def _established(self, sock, family, should_stop, deadline):
-        sock = super()._established(sock, family, should_stop, deadline)
-        return handshake(sock, self.sink, self.tls, self.tls.server_name or self.address[0],
-                         self.session, deadline, should_stop)
-
-    def _send(self, views):
-        """No sendmsg over TLS: one chunk per call; a retry after "want write" passes the
-        same bytes again, as OpenSSL requires (pending chunks never change)."""
-        import ssl
-        try:
-            return self.sock.send(views[0])
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            raise BlockingIOError(errno.EAGAIN, "TLS: would block") from None
-
-    def peer_closed(self):
-        # Reading also takes in TLS session tickets and alerts.
-        try:
-            while (data := read_nonblocking(self.sock)) is not None:
-                if not data:
-                    return True
-        except OSError:
-            return True
-        return False
-
-    def close(self):
-        if self.sock is not None:
-            if self.sock.session is not None:
-                self.session = self.sock.session  # with the tickets that came since
-            try:  # close_notify, so the collector sees a clean end, not a truncation
-                self.sock.unwrap()
-            except (OSError, ValueError):
-                pass  # sent, or the connection is already gone: nothing to wait for
-        super().close()
 
 
 def handshake(sock, sink, tls, server_name, session, deadline, should_stop):

@@ -116,6 +116,8 @@ class Peer:
         self.lock = threading.Lock()
         self.taken = []
         self.conns = []
+        self.finished = 0  # scripts that ran to their end (or failed)
+        self.drained = []  # complete lines still queued in the kernel at close (streams)
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(64)
@@ -162,6 +164,8 @@ class Peer:
         except (PeerClosed, OSError, ssl.SSLError):
             pass
         finally:
+            with self.lock:
+                self.finished += 1
             if not self.stopping.is_set():
                 try:
                     sock.close()
@@ -181,6 +185,7 @@ class Peer:
                     conn.sock.close()
                 except OSError:  # a script closed it already
                     pass
+                self.drained += LINE.findall(bytes(conn.inbuf))
 
 
 # -- sessions played correctly, from which the hostile scripts deviate --
@@ -260,6 +265,7 @@ def then_correct(bad, good):
     """`bad` on the first connection, the correct session on later ones."""
     def script(conn):
         (bad if conn.index == 0 else good)(conn)
+    script.ends_before_second_batch = True  # (see stream_close_mid_stream)
     return script
 
 
@@ -272,6 +278,11 @@ def stream_close_mid_stream(conn):
     for _ in range(3):
         conn.peer.take([conn.read_until(LINE).group(0)])
     conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+# A stream client learns of a hang-up only when it next writes: the test lets the script
+# finish before the second batch, so that the break happens between batches.
+stream_close_mid_stream.ends_before_second_batch = True
 
 
 def stream_chatter(conn):

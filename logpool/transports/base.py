@@ -72,6 +72,58 @@ class Chain:
         """Drop the first pending message (counted in dropped_unsendable); its size."""
         return self.lib.logpool__sink_drop_message(self.c)
 
+    # -- message-level API for acknowledging transports (HTTP formats, forward) --------------
+    # (messages / ack / reject / set_unacked / count_resent: the engine's bookkeeping, so
+    # that these transports never reach the C library themselves)
+
+    def messages(self, max_count, max_bytes, skip=0):
+        """Up to max_count pending messages (the first always, then while their total stays
+        within max_bytes), after the first `skip`, as buffers over the C chunks (no copy)."""
+        out = []
+        iov = self._message_iov()
+        while len(out) < max_count:
+            room = min(len(iov), max_count - len(out))
+            left = max_bytes - sum(len(b) for b in out) if out else max_bytes
+            if out and left <= 0:
+                break
+            n = self.lib.logpool__sink_message_iov(self.c, iov, room, max(left, 1),
+                                                   skip + len(out))
+            if n <= 0:
+                break
+            got = [self.ffi.buffer(iov[i].base, iov[i].len) for i in range(n)]
+            if out and sum(len(b) for b in got[:1]) > left:
+                break
+            out += got
+            if n < room:
+                break
+        return out
+
+    def _message_iov(self):
+        if getattr(self, "_msg_iov", None) is None:
+            self._msg_iov = self.ffi.new("logpool__iov_t[]", IOV_BATCH * 64)
+        return self._msg_iov
+
+    def ack(self, n):
+        """The first n pending messages were acknowledged (sent_messages)."""
+        if n > 0:
+            self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_SENT)
+            self.completed += n
+
+    def reject(self, n, reason=""):
+        """The first n pending messages were refused for good (dropped_rejected)."""
+        if n > 0:
+            self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_REJECTED)
+
+    def set_unacked(self, n):
+        self.lib.logpool__sink_set_unacked(self.c, n)
+
+    def count_resent(self, n):
+        if n > 0:
+            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__RESENT_MESSAGES, n)
+
+    def count_write(self):
+        self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, 1)
+
 
 class Transport:
     """The interface. Class attributes declare what config accepts for the schemes a

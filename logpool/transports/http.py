@@ -267,13 +267,14 @@ class Exchange:
             raise HttpProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
         status = int(parts[1])
         reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
-        headers, total = {}, 0
+        headers, total, count = {}, 0, 0
         while True:
             line = self._line(MAX_LINE, "header line")
             total += len(line) + 2
             if not line:
                 break
-            if len(headers) >= MAX_HEADERS or total > MAX_HEADER_BYTES:
+            count += 1
+            if count > MAX_HEADERS or total > MAX_HEADER_BYTES:
                 raise HttpProtocolError(f"more than {MAX_HEADERS} headers or "
                                         f"{MAX_HEADER_BYTES} bytes of them")
             name, sep, value = line.partition(b":")

@@ -303,7 +303,8 @@ def parse(config):
         framing = _framing(f"{where}.framing", sink["framing"]) if "framing" in sink else (
             default_framing or "raw")
         transport = transports.for_scheme(scheme)
-        transport.check_sink(where, sink, opts, framing)
+        # The transport sees its own pool-wide keys as if the sink had given them.
+        transport.check_sink(where, {**transport_defaults, **sink}, opts, framing)
         # Defaults shrink to a small buffer; only values the user gave can contradict it.
         for key in ("max_message_size", "flush_limit"):
             if key not in sink and key not in config:

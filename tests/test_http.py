@@ -172,7 +172,7 @@ def test_a_batch_refused_for_good_is_dropped_counted_and_logged(scripted, pools,
     assert missing == list(range(missing[0], missing[0] + len(missing)))
     assert len(missing) == st["dropped_rejected"]
     err = capfd.readouterr().err
-    assert f"refused {st['dropped_rejected']} messages for good (HTTP {status}" in err
+    assert f"refused a batch of {st['dropped_rejected']} messages for good (HTTP {status}" in err
     assert "refused by the test" in err
     assert 'reason="rejected"' in pool.metrics()
 
@@ -335,7 +335,7 @@ def test_413_halves_the_batch_and_only_a_single_message_is_rejected(peer, pools,
     st = pool.stats(0)
     assert st["dropped_rejected"] == 1 and st["sent_messages"] == 59
     assert max(len(r.body.splitlines()) for r in server.requests) > 8  # it did split
-    assert "refused 1 messages for good (HTTP 413" in capfd.readouterr().err
+    assert "refused a batch of 1 message for good (HTTP 413" in capfd.readouterr().err
 
 
 GARBAGE = {

@@ -78,6 +78,34 @@ def test_the_engine_knows_no_socket_and_transports_know_no_engine():
             assert "logpool.engine" not in source, module
 
 
+# The transport side of the chain API: the only transport modules that call into C.
+CHAIN_API_MODULES = ("logpool.transports.base", "logpool.transports.native")
+
+
+def test_no_transport_reaches_the_c_library_but_through_the_chain_api():
+    """The engine owns delivery bookkeeping (logpool/transports/contract.py): a transport
+    reports an Outcome and uses the Chain; it never calls the C library or its ffi."""
+    reaching = re.compile(r"\b(lib|ffi)\.|\bchain\.(lib|ffi|c)\b|logpool__|_binding")
+    offenders = {}
+    for module, path in package_modules().items():
+        if module.startswith("logpool.transports") and module not in CHAIN_API_MODULES:
+            source = open(path, encoding="utf-8").read()
+            found = sorted({m.group(0) for m in reaching.finditer(source)})
+            if found:
+                offenders[module] = found
+    assert not offenders
+
+
+def test_the_contract_module_states_every_outcome_the_engine_applies():
+    from logpool.transports import contract
+    doc = contract.__doc__
+    for name in ("Outcome.wrote", "Outcome.acked", "Outcome.rejected", "Outcome.fates",
+                 "Outcome.NOTHING", "RetryLater", "Unsendable", "Stopped", "connect(",
+                 "write()", "deadline", "bounded"):
+        assert name in doc, name
+    assert set(f.value for f in contract.Fate) == {"ack", "retry", "reject"}
+
+
 def test_stats_fields_come_from_the_c_struct_and_every_copy_agrees():
     header_fields = re.findall(r"uint64_t (\w+);", HEADER[HEADER.index("typedef struct logpool_stats_s"):
                                                           HEADER.index("} logpool_stats_t;")])

@@ -40,6 +40,8 @@ enum {
     RDK_PURGE_F_NON_BLOCKING = 0x4,
     RDK_ERR_QUEUE_FULL = -184,
     RDK_ERR_FATAL = -150,
+    RDK_ERR_PURGE_QUEUE = -152,
+    RDK_ERR_PURGE_INFLIGHT = -151,
 };
 
 typedef void (*rdk_dr_msg_cb)(void *rk, const rdk_message_t *msg, void *opaque);
@@ -88,6 +90,8 @@ struct logpool__kafka_s {
     uint64_t next_seq;
     uint32_t window;    /* at most this many handed over and not reported; a power of 2 */
     uint8_t *states;    /* ring indexed by seq & (window - 1) */
+    logpool__iov_t *iov; /* produce_pending's batch, KAFKA_PRODUCE_BATCH each */
+    rdk_message_t *msgs;
     int failures[KAFKA_PENDING_FAILURES]; /* kinds of delivery failure not yet reported */
     int nfailures;
     char *statistics;   /* the latest statistics JSON not yet taken, or NULL */
@@ -129,6 +133,10 @@ static void on_delivery(void *rk, const rdk_message_t *msg, void *opaque)
     uint64_t seq = (uint64_t)(uintptr_t)msg->private_;
     if (seq - k->base_seq >= k->window)
         return; /* not ours (a producer being replaced): nothing to release */
+    if (msg->err == RDK_ERR_FATAL || msg->err == RDK_ERR_PURGE_QUEUE ||
+        msg->err == RDK_ERR_PURGE_INFLIGHT)
+        return; /* not a refusal of the message: it stays in flight, the next producer
+                 * resends it */
     k->states[seq & (k->window - 1)] = msg->err == 0 ? KAFKA_DELIVERED : KAFKA_FAILED;
     if (msg->err == 0)
         return;
@@ -173,6 +181,8 @@ logpool__kafka_t *logpool__kafka_new(logpool__sink_t *sink, const char *librdkaf
     while (ring < window)
         ring <<= 1;
     if (k == NULL || (k->states = calloc(ring, 1)) == NULL ||
+        (k->iov = calloc(KAFKA_PRODUCE_BATCH, sizeof *k->iov)) == NULL ||
+        (k->msgs = calloc(KAFKA_PRODUCE_BATCH, sizeof *k->msgs)) == NULL ||
         (key != NULL && (k->key = malloc(key_len ? key_len : 1)) == NULL)) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -209,6 +219,8 @@ logpool__kafka_t *logpool__kafka_new(logpool__sink_t *sink, const char *librdkaf
 fail:
     if (k != NULL) {
         free(k->states);
+        free(k->iov);
+        free(k->msgs);
         free(k->key);
         free(k);
     }
@@ -228,6 +240,8 @@ void logpool__kafka_destroy(logpool__kafka_t *k)
     rdk.destroy(k->rk);
     free(k->statistics);
     free(k->states);
+    free(k->iov);
+    free(k->msgs);
     free(k->key);
     free(k);
 }
@@ -284,8 +298,8 @@ static uint64_t release_reported(logpool__kafka_t *k, uint64_t *delivered)
  * released in order; a full queue stops the batch there, to be retried later. */
 static uint64_t produce_pending(logpool__kafka_t *k)
 {
-    logpool__iov_t iov[KAFKA_PRODUCE_BATCH];
-    rdk_message_t msgs[KAFKA_PRODUCE_BATCH];
+    logpool__iov_t *iov = k->iov; /* on the heap: ~350 KiB would not fit a thread's stack */
+    rdk_message_t *msgs = k->msgs;
     uint32_t inflight = (uint32_t)(k->next_seq - k->base_seq);
     uint32_t room = k->window - inflight;
     int n = logpool__sink_message_iov(k->sink, iov, room < KAFKA_PRODUCE_BATCH
@@ -311,10 +325,8 @@ static uint64_t produce_pending(logpool__kafka_t *k)
             on_delivery(k->rk, &msgs[handed], k); /* refused for good, reported in order */
     }
     k->next_seq += (uint64_t)handed;
-    if (handed > 0) {
-        logpool__sink_count(k->sink, LOGPOOL__WRITES, 1);
+    if (handed > 0) /* (the engine counts the write) */
         logpool__sink_set_unacked(k->sink, k->next_seq - k->base_seq);
-    }
     return (uint64_t)handed;
 }
 
@@ -327,9 +339,11 @@ int64_t logpool__kafka_write(logpool__kafka_t *k, uint64_t *delivered, char *err
 {
     *delivered = 0;
     rdk.poll(k->rk, 0);
+    /* Release what the cluster confirmed before looking for a fatal error: the producer
+     * that replaces this one must not resend messages already delivered. */
+    uint64_t progress = release_reported(k, delivered);
     if (rdk.fatal_error(k->rk, err, errlen) != 0)
         return -1;
-    uint64_t progress = release_reported(k, delivered);
     if (k->next_seq - k->base_seq < k->window)
         progress += produce_pending(k);
     return (int64_t)progress;

@@ -16,7 +16,8 @@ from logpool.engine.report import REPORT_INTERVAL_S, ErrorReporter, describe
 from logpool.engine.histograms import WriterHistograms
 from logpool.engine.spool import Spool
 from logpool.transports import for_scheme
-from logpool.transports.base import SLICE_S, Chain, HandshakeError, Stopped, Unsendable
+from logpool.transports.base import (SLICE_S, Chain, Fate, HandshakeError, Outcome, Stopped,
+                                    Unsendable)
 
 SPOOL_CORRUPT, SPOOL_FULL, SPOOL_WRITTEN = 0, 1, 2  # logpool__sink_spool_count
 
@@ -251,7 +252,7 @@ class SinkWriter(threading.Thread):
                     if r == lib.LOGPOOL__WAIT_STOP:
                         return
                     if r != lib.LOGPOOL__WAIT_READY:
-                        self.transport.idle()
+                        self._apply(self.transport.idle() or Outcome.NOTHING)
                         continue
                     self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
                     self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
@@ -323,7 +324,8 @@ class SinkWriter(threading.Thread):
 
     def _disconnect(self):
         if self.connected:
-            self.transport.close()
+            # A closing exchange may settle messages (RELP's last acknowledgements).
+            self._apply(self.transport.close() or Outcome.NOTHING)
             self.connected = False
             self.lib.logpool__sink_set_connected(self.c, 0)
 
@@ -353,9 +355,8 @@ class SinkWriter(threading.Thread):
         oldest_ns = self.lib.logpool__sink_batch_oldest_ns(self.c)
         stalled_since = None
         while self.chain.pending() > 0:
-            completed = self.chain.completed
             try:
-                progress = self.transport.write()
+                outcome = self.transport.write()
             except Unsendable as exc:
                 size = self.chain.drop_first()
                 self._count(self.lib.LOGPOOL__WRITE_ERRORS)
@@ -364,19 +365,46 @@ class SinkWriter(threading.Thread):
                                      f"is too large for the socket ({exc.strerror}); it was "
                                      f"dropped (dropped_unsendable)")
                 continue
-            rejected = self.transport.take_rejection()
-            if rejected is not None:
-                kind, text = rejected
-                self.reporter.report(kind, f"{self.transport.url}: {text}, counted in "
-                                     f"dropped_rejected")
-            if progress > 0:
-                if self.chain.completed > completed:  # a whole message got through
-                    self.failures = 0
+            if self._apply(outcome) > 0:  # a whole message got through
+                self.failures = 0
+            if outcome.progress > 0:
                 stalled_since = None
                 continue
             stalled_since = self._wait_for_room(stalled_since)
         self.histograms.message_processing_seconds.observe(
             (self.lib.logpool__now_ns() - oldest_ns) / 1e9)
+
+    def _apply(self, outcome):
+        """The bookkeeping of one Outcome (logpool/transports/contract.py), in the chain's
+        order. Returns how many messages were settled."""
+        chain = self.chain
+        settled = outcome.settled
+        if outcome.wrote_bytes:
+            settled += chain.consume(outcome.wrote_bytes)
+        retrying = False
+        for fate, n, reason in outcome.fates:
+            if retrying:  # behind a message sent again: these go again too (order kept)
+                chain.count_resent(n)
+                continue
+            if fate is Fate.ACK:
+                chain.ack(n)
+                settled += n
+            elif fate is Fate.REJECT:
+                chain.reject(n)
+                settled += n
+                kind = (reason or "").split(":", 1)[0][:60]  # logged once per kind
+                self.reporter.report(f"rejected {kind}".strip(),
+                                     f"{self.transport.url}: the collector refused a batch "
+                                     f"of {n} message{'s' if n != 1 else ''} for good "
+                                     f"({reason}); dropped, counted in dropped_rejected")
+            else:
+                retrying = True
+        for kind, text in outcome.reports:
+            self.reporter.report(kind, f"{self.transport.url}: {text}, counted in "
+                                 f"dropped_rejected")
+        if outcome.progress > 0 and not outcome.wrote_bytes:
+            chain.count_write()  # (consume counted the stream's)
+        return settled
 
     def _wait_for_room(self, stalled_since):
         """The peer is not reading: wait for room in slices, watching the stop flag and

@@ -14,6 +14,8 @@ import threading
 import time
 
 from logpool.errors import ConfigError
+from logpool.transports.contract import (  # noqa: F401 — the contract's names, re-exported
+    Fate, HandshakeError, Outcome, ProtocolError, RetryLater, Stopped, Unsendable)
 
 # How often a blocked connect/send looks at the stop flag: logpool_close waits for the
 # writer to notice, so this bounds how long a close can take after its own timeout.
@@ -21,44 +23,51 @@ SLICE_S = 0.05
 IOV_BATCH = 64  # chunks per sendmsg (IOV_MAX is 1024), datagrams per sendmmsg
 
 
-class Stopped(Exception):
-    """logpool_close gave up waiting: leave now."""
-
-
-class HandshakeError(OSError):
-    """The collector refused the session (a TLS handshake failed): counted apart, and not
-    retried on the name's other addresses, which would present the same certificate."""
-
-
-class Unsendable(OSError):
-    """The first pending message can never be sent on this transport (a datagram larger
-    than the socket takes): the engine drops it, counted, so it cannot wedge the sink."""
-
-
 class Chain:
-    """A sink's pending frames in C, as the writer thread sees them (only it may call
-    these): zero-copy views, consume what was written, rewind to the first incomplete
-    message."""
+    """A sink's pending messages in C, as its writer thread sees them (only that thread may
+    call these). The complete view a transport needs: zero-copy buffers over the pending
+    messages or bytes, and the calls that report their fate. The engine applies a
+    transport's Outcome through it; transports never touch the C library."""
 
     def __init__(self, ffi, lib, csink):
         self.ffi, self.lib, self.c = ffi, lib, csink
         self.iov = ffi.new("logpool__iov_t[]", IOV_BATCH)
-        self.completed = 0  # messages completely written through this view, ever
+        self.msg_iov = None  # grown on demand by messages()
+        self.completed = 0  # messages completely written or settled through this view, ever
+
+    # -- what is pending --
 
     def pending(self):
+        """Bytes pending (taken from the producers, not yet settled)."""
         return self.lib.logpool__sink_pending(self.c)
+
+    def pending_messages(self):
+        return self.lib.logpool__sink_pending_messages(self.c)
 
     def views(self, max_chunks=IOV_BATCH):
         """The pending bytes as buffers over the C chunks (no copy), in order."""
         n = self.lib.logpool__sink_iov(self.c, self.iov, max_chunks)
         return [self.ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
 
-    def consume(self, nbytes):
-        """nbytes more were written: counts the write and the messages it completed."""
-        self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, 1)
-        done = self.lib.logpool__sink_consume(self.c, nbytes)
-        self.completed += done
-        return done
+    def messages(self, max_count, max_bytes, skip=0):
+        """Buffers over whole pending messages after the first `skip` (handed over already),
+        in order: at most max_count and max_bytes in all (always at least one)."""
+        if self.msg_iov is None or len(self.msg_iov) < max_count:
+            self.msg_iov = self.ffi.new("logpool__iov_t[]", max_count)
+        n = self.lib.logpool__sink_message_iov(self.c, self.msg_iov, max_count, max_bytes, skip)
+        return [self.ffi.buffer(self.msg_iov[i].base, self.msg_iov[i].len) for i in range(n)]
+
+    def frame_buffer(self, size):
+        """C memory for frames built from the chain (relp_frames)."""
+        return self.ffi.new("char[]", size)
+
+    def relp_frames(self, out, skip, max_msgs, first_txnr):
+        """RELP "syslog" commands for up to max_msgs messages after the first `skip`, framed
+        in C into `out` (a frame_buffer). Returns (how many, a buffer over the frames)."""
+        used = self.ffi.new("size_t *")
+        n = self.lib.logpool__sink_relp_frames(self.c, out, len(out), skip, max_msgs,
+                                               first_txnr, used)
+        return n, self.ffi.buffer(out, used[0])
 
     def send_datagrams(self, fd):
         """Pending messages, one datagram each, by sendmmsg in C (consumed and counted
@@ -68,61 +77,47 @@ class Chain:
             self.completed += sent
         return sent
 
+    # -- fates (the engine's, applying an Outcome) --
+
+    def consume(self, nbytes):
+        """nbytes more of the stream were written: counts the write and the messages it
+        completed."""
+        self.count_write()
+        done = self.lib.logpool__sink_consume(self.c, nbytes)
+        self.completed += done
+        return done
+
+    def ack(self, n):
+        """The first n pending messages are acknowledged: released, counted as sent."""
+        self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_SENT)
+        self.completed += n
+
+    def reject(self, n):
+        """The first n pending messages were refused for good: released, counted in
+        dropped_rejected."""
+        self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_REJECTED)
+        self.completed += n
+
     def drop_first(self):
         """Drop the first pending message (counted in dropped_unsendable); its size."""
         return self.lib.logpool__sink_drop_message(self.c)
 
-    # -- message-level API for acknowledging transports (HTTP formats, forward) --------------
-    # (messages / ack / reject / set_unacked / count_resent: the engine's bookkeeping, so
-    # that these transports never reach the C library themselves)
-
-    def messages(self, max_count, max_bytes, skip=0):
-        """Up to max_count pending messages (the first always, then while their total stays
-        within max_bytes), after the first `skip`, as buffers over the C chunks (no copy)."""
-        out = []
-        iov = self._message_iov()
-        while len(out) < max_count:
-            room = min(len(iov), max_count - len(out))
-            left = max_bytes - sum(len(b) for b in out) if out else max_bytes
-            if out and left <= 0:
-                break
-            n = self.lib.logpool__sink_message_iov(self.c, iov, room, max(left, 1),
-                                                   skip + len(out))
-            if n <= 0:
-                break
-            got = [self.ffi.buffer(iov[i].base, iov[i].len) for i in range(n)]
-            if out and sum(len(b) for b in got[:1]) > left:
-                break
-            out += got
-            if n < room:
-                break
-        return out
-
-    def _message_iov(self):
-        if getattr(self, "_msg_iov", None) is None:
-            self._msg_iov = self.ffi.new("logpool__iov_t[]", IOV_BATCH * 64)
-        return self._msg_iov
-
-    def ack(self, n):
-        """The first n pending messages were acknowledged (sent_messages)."""
-        if n > 0:
-            self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_SENT)
-            self.completed += n
-
-    def reject(self, n, reason=""):
-        """The first n pending messages were refused for good (dropped_rejected)."""
-        if n > 0:
-            self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_REJECTED)
+    # -- gauges and counters a transport reports --
 
     def set_unacked(self, n):
         self.lib.logpool__sink_set_unacked(self.c, n)
 
+    def count_write(self, n=1):
+        self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, n)
+
     def count_resent(self, n):
-        if n > 0:
+        if n:
             self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__RESENT_MESSAGES, n)
 
-    def count_write(self):
-        self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, 1)
+    def native(self, kind):
+        """The C side of a transport that has one (e.g. "kafka"), bound to this sink."""
+        from logpool.transports.native import KINDS
+        return KINDS[kind](self.ffi, self.lib, self.c)
 
 
 class Transport:
@@ -200,11 +195,6 @@ class Transport:
         """The session broke: the next connect starts with the next collector."""
         self.current = (self.current + 1) % len(self.collectors)
 
-    def take_rejection(self):
-        """(kind, text) of messages the collector refused for good since the last call (the
-        transport dropped them, counted in dropped_rejected), to log; or None."""
-        return None
-
     def wants(self):
         """poll() events to wait for when write() made no progress."""
         return select.POLLOUT
@@ -234,9 +224,7 @@ class Transport:
         raise NotImplementedError
 
     def write(self):
-        """Write some pending frames. Returns the progress made (> 0), or 0 when the
-        connection takes nothing now (then the engine waits on fileno()). Raises OSError
-        when the connection broke, Unsendable for a message it can never send."""
+        """Send some pending messages; returns an Outcome (logpool.transports.contract)."""
         raise NotImplementedError
 
     def peer_closed(self):

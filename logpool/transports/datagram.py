@@ -6,7 +6,7 @@ import socket
 import time
 
 from logpool.errors import ConfigError
-from logpool.transports.base import Transport, Unsendable, connect_socket
+from logpool.transports.base import Outcome, Transport, Unsendable, connect_socket
 
 # The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); unix datagram
 # sockets get a send buffer that fits it.
@@ -47,10 +47,10 @@ class DatagramTransport(Transport):
     def write(self):
         sent = self.chain.send_datagrams(self.sock.fileno())  # consumed and counted in C
         if sent > 0:
-            return sent
+            return Outcome(progress=sent, settled=sent)
         err = -sent
         if err in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
-            return 0
+            return Outcome.NOTHING
         if err == errno.EMSGSIZE:
             raise Unsendable(err, os.strerror(err))
         raise OSError(err, os.strerror(err))  # ECONNREFUSED and the like: resend after backoff

@@ -44,9 +44,12 @@ import time
 import zlib
 
 from logpool.errors import ConfigError
-from logpool.transports import formats
-from logpool.transports.base import SLICE_S, Stopped, Unsendable
-from logpool.transports.formats import ACK, REJECT, RETRY, Answer, Response
+from logpool.transports.formats import FORMATS, all_options as format_options
+from logpool.transports.formats import owner as format_owner
+from logpool.transports.base import (SLICE_S, Fate, Outcome, ProtocolError, RetryLater,
+                                     Stopped, Unsendable)
+from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Response,
+                                               body_text)
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import OPTIONS as TLS_OPTIONS, TlsTransport
 
@@ -54,7 +57,7 @@ COMPRESSIONS = ("none", "gzip", "zstd")
 METHODS = ("POST", "PUT")
 OPTIONS = {"http_format": "ndjson", "http_headers": {}, "http_compression": "none",
            "http_method": "POST", "http_max_body_bytes": 1024 * 1024, "http_concurrency": 1,
-           **{opt.name: opt.default for opt in formats.all_options().values()}}
+           **{opt.name: opt.default for opt in format_options().values()}}
 RETRY_STATUSES = (408, 429)
 KEEP_STATUSES = (401, 403, 404)  # and 3xx: the configuration, not the data
 # Headers logpool sets itself: a user value would contradict the body.
@@ -66,15 +69,15 @@ MAX_LINE = 8192  # status line, each header line, each chunk-size line
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 64 * 1024
 MAX_INTERIM = 10  # 1xx responses before the final one
+MAX_BATCH = 4096  # messages per request
 
 
-class HttpRetry(OSError):
+class HttpRetry(RetryLater):
     """The collector asked for the batch again later (408, 429, 5xx, HEC code 9)."""
 
     def __init__(self, status, text, retry_after=None):
-        super().__init__(errno.EAGAIN, text)
+        super().__init__(text, retry_after)
         self.status = status
-        self.retry_after = retry_after  # seconds, or None
 
 
 class HttpKept(OSError):
@@ -82,12 +85,9 @@ class HttpKept(OSError):
     and sent again on the backoff schedule."""
 
 
-class HttpProtocolError(OSError):
+class HttpProtocolError(ProtocolError):
     """An answer the transport does not understand: the data is kept, the request sent
     again on a new connection."""
-
-    def __init__(self, text):
-        super().__init__(errno.EPROTO, text)
 
 
 def _check_header_text(where, name, text):
@@ -107,8 +107,8 @@ def _check_header_text(where, name, text):
 def check_option(where, key, value):
     def fail(what):
         raise ConfigError(f"{where}: must be {what}, got {value!r}")
-    if key == "http_format" and value not in formats.FORMATS:
-        fail(" or ".join(map(repr, formats.FORMATS)))
+    if key == "http_format" and value not in FORMATS:
+        fail(" or ".join(map(repr, FORMATS)))
     if key == "http_compression" and value not in COMPRESSIONS:
         fail(" or ".join(map(repr, COMPRESSIONS)))
     if key == "http_method" and value not in METHODS:
@@ -134,7 +134,7 @@ def check_option(where, key, value):
         except ImportError:
             raise ConfigError(f"{where}: zstd needs the zstandard package "
                               f"(pip install zstandard)") from None
-    option = formats.all_options().get(key)
+    option = format_options().get(key)
     if option is not None:
         return option.check(where, value)
     return value
@@ -147,7 +147,7 @@ class HttpOptions:
             setattr(self, key, options.get(key, default))
         self.http_headers = dict(self.http_headers or {})
         self.format_options = {name: options.get(name, opt.default)
-                               for name, opt in formats.all_options().items()}
+                               for name, opt in format_options().items()}
 
 
 def retry_after_seconds(value, now=None):
@@ -170,7 +170,7 @@ def retry_after_seconds(value, now=None):
 def generic_answer(response, count, why=""):
     """The HTTP rules every format shares (the module doc)."""
     status = response.status
-    text = formats.body_text(response)
+    text = body_text(response)
     why = why or f"HTTP {status} {response.reason[:60]!r}: {text!r}"
     if 200 <= status < 300:
         return Answer("ok")
@@ -395,12 +395,12 @@ class HttpTransport(StreamTransport):
         super().check_sink(where, sink, opts, framing)
         fmt = sink.get("http_format", "ndjson")
         for key in sink:
-            owner = formats.owner(key)
+            owner = format_owner(key)
             if owner is not None and not (owner == fmt or fmt.startswith(owner + "_")
                                           or owner.startswith(fmt)):
                 raise ConfigError(f"{where}.{key}: a key of http_format {owner!r}, and this "
                                   f"sink's http_format is {fmt!r}")
-        cls_ = formats.FORMATS.get(fmt)
+        cls_ = FORMATS.get(fmt)
         needs = getattr(cls_, "NEEDS", None)
         if needs is not None:
             import importlib
@@ -422,9 +422,8 @@ class HttpTransport(StreamTransport):
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
         self.options = sink.transport_options
-        self.encoder = formats.FORMATS[self.options.http_format](
+        self.encoder = FORMATS[self.options.http_format](
             self.options.format_options, self.address[2])
-        self.rejected = None  # (kind, text) of messages refused for good, to log
         self.extra_headers = dict(self.options.http_headers)
         if self.options.http_compression != "none":
             self.extra_headers["Content-Encoding"] = self.options.http_compression
@@ -432,8 +431,8 @@ class HttpTransport(StreamTransport):
             self.options.http_compression]
         self.limit = self.options.http_max_body_bytes
         self.batch = None  # the request in flight or to send again (frozen)
-        self.settled = {}  # chain position -> (ACK | REJECT, reason): answered ahead
-        self.on_wire = 0  # chain positions [0, on_wire) went out at least once
+        self.on_wire = 0  # the first on_wire pending messages went out at least once
+        self.items_to_retry = None  # why: a per-item answer asked for some again (backoff)
         self.count_cap = None  # after a 413: at most this many messages per request
         self._should_stop = lambda: False
         self.reusable = False
@@ -455,21 +454,17 @@ class HttpTransport(StreamTransport):
             self.close()
             self.connect(self._should_stop)
 
-    def take_rejection(self):
-        rejected, self.rejected = self.rejected, None
-        return rejected
-
     # -- a request --
 
     def _next_batch(self):
-        """The frozen batch, or a new one: the first pending messages not answered yet, as
-        many as fit in http_max_body_bytes once encoded."""
+        """The frozen batch, or a new one: the first pending messages, as many as fit in
+        http_max_body_bytes once encoded."""
         if self.batch is not None:
             return self.batch
-        max_count = min(c for c in (self.encoder.MAX_MESSAGES, self.count_cap, 1 << 20)
+        max_count = min(c for c in (self.encoder.MAX_MESSAGES, self.count_cap, MAX_BATCH)
                         if c is not None)
-        views = self.chain.messages(max_count + len(self.settled), self.limit)
-        positions = [i for i in range(len(views)) if i not in self.settled][:max_count]
+        views = self.chain.messages(max_count, self.limit)
+        positions = list(range(len(views)))
         if not positions:
             return None
         now_ns = time.time_ns()
@@ -479,10 +474,7 @@ class HttpTransport(StreamTransport):
             if len(body) <= self.limit:
                 break
             if len(positions) == 1:
-                # The engine drops the first pending message (position 0: the answered
-                # prefix is always released): what was answered ahead moves up by one.
-                self.settled = {p - 1: f for p, f in self.settled.items() if p > 0}
-                self.on_wire = max(0, self.on_wire - 1)
+                self.on_wire = max(0, self.on_wire - 1)  # the engine drops it
                 raise Unsendable(errno.EMSGSIZE, f"{len(body)} bytes once encoded, more "
                                  f"than http_max_body_bytes {self.limit}")
             keep = max(1, min(len(positions) - 1,
@@ -503,11 +495,14 @@ class HttpTransport(StreamTransport):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def write(self):
+        if self.items_to_retry is not None:  # back off before sending those items again
+            why, self.items_to_retry = self.items_to_retry, None
+            raise HttpRetry(None, why)
         while True:
             self._reopen_if_closed()
             batch = self._next_batch()
             if batch is None:
-                return 0
+                return Outcome.NOTHING
             resent = sum(1 for p in batch.positions if p < self.on_wire)
             self.chain.count_resent(resent)
             self.on_wire = max(self.on_wire, batch.positions[-1] + 1)
@@ -517,7 +512,6 @@ class HttpTransport(StreamTransport):
                                 self._should_stop, f"HTTP {self.url}")
             try:
                 exchange.send_all(self._head(batch.request, batch.body) + batch.body)
-                self.chain.count_write()
                 response = exchange.read_response(self.encoder.response_limit(count))
             except HttpProtocolError as exc:
                 self.reusable = False
@@ -532,35 +526,39 @@ class HttpTransport(StreamTransport):
                 return done
 
     def _apply(self, answer, batch, response):
-        """Settle the batch's messages by the answer. Returns the progress, or None to send
-        the (halved) batch again now; raises for a retry later."""
+        """The Outcome of the batch by the answer, or None to send the (halved) batch again
+        now; raises for a retry later."""
         count = len(batch.positions)
         kind = answer.kind
+        if kind in ("ok", "partial", "reject", "items"):
+            self.batch = None
+            self.chain.set_unacked(0)
         if kind == "ok":
-            self._settle(batch, [(ACK, "")] * count)
-            self.count_cap = None if self.count_cap is None or self.count_cap * 2 > (
-                1 << 20) else self.count_cap * 2
-            return count
+            self.on_wire = max(0, self.on_wire - count)
+            if self.count_cap is not None:
+                self.count_cap = None if self.count_cap * 2 > MAX_BATCH else self.count_cap * 2
+            return Outcome.acked(count)
         if kind == "partial":
+            self.on_wire = max(0, self.on_wire - count)
             taken = count - answer.rejected
-            self._settle(batch, [(ACK, "")] * taken + [(REJECT, answer.reason)] * answer.rejected)
-            self._note_rejected(answer.rejected, answer.reason)
-            return count
+            return Outcome.per_message([(Fate.ACK, None)] * taken +
+                                       [(Fate.REJECT, answer.reason)] * answer.rejected)
         if kind == "reject":
-            self._settle(batch, [(REJECT, answer.reason)] * count)
-            self._note_rejected(count, answer.reason)
-            return count
+            self.on_wire = max(0, self.on_wire - count)
+            return Outcome.rejected(count, answer.reason)
         if kind == "items":
-            self._settle(batch, answer.fates)
-            refused = [why for fate, why in answer.fates if fate == REJECT]
-            if refused:
-                self._note_rejected(len(refused), f"per item: {refused[0]}")
-            retry = sum(1 for fate, _ in answer.fates if fate == RETRY)
+            fates = [({ACK: Fate.ACK, RETRY: Fate.RETRY, REJECT: Fate.REJECT}[fate],
+                      why or None) for fate, why in answer.fates]
+            retry = [why for fate, why in answer.fates if fate == RETRY]
             if retry:
-                first = next(why for fate, why in answer.fates if fate == RETRY)
-                raise HttpRetry(response.status, f"{retry} of {count} items to send again "
-                                f"({first})")
-            return count
+                # The engine releases the prefix before the first retried item; that item
+                # and every later one go again (the later ones counted as resent there).
+                self.on_wire = 0
+                self.items_to_retry = (f"{len(retry)} of {count} items to send again "
+                                       f"({retry[0]})")
+            else:
+                self.on_wire = max(0, self.on_wire - count)
+            return Outcome.per_message(fates)
         if kind == "split":
             self.batch = None
             self.count_cap = max(1, count // 2)
@@ -575,32 +573,6 @@ class HttpTransport(StreamTransport):
         self.reusable = False
         raise HttpProtocolError(f"{answer.reason}; the batch of {count} is kept and sent "
                                 f"again")
-
-    def _note_rejected(self, n, reason):
-        if n:
-            self.rejected = (f"rejected {self.options.http_format}",
-                             f"the collector refused {n} messages for good ({reason[:300]}); "
-                             f"dropped")
-
-    def _settle(self, batch, fates):
-        """Record each message's fate; release the answered prefix of the chain."""
-        self.batch = None
-        for position, (fate, why) in zip(batch.positions, fates):
-            if fate != RETRY:
-                self.settled[position] = (fate, why)
-        released = 0
-        while released in self.settled:
-            fate, why = self.settled[released]
-            run = released
-            while run in self.settled and self.settled[run][0] == fate:
-                run += 1
-            (self.chain.ack if fate == ACK else
-             lambda n, w=why: self.chain.reject(n, w))(run - released)
-            released = run
-        if released:
-            self.settled = {p - released: f for p, f in self.settled.items() if p >= released}
-            self.on_wire = max(0, self.on_wire - released)
-        self.chain.set_unacked(0)
 
     def close(self):
         self.reusable = False

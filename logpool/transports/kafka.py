@@ -12,7 +12,7 @@ partitions may come back in any order). Python only configures, connects and rep
 import json
 
 from logpool.errors import ConfigError
-from logpool.transports.base import Transport
+from logpool.transports.base import Outcome, Transport
 
 # Safe defaults for logs; every librdkafka property may be overridden by the "kafka" object.
 DEFAULT_PROPERTIES = {
@@ -29,6 +29,7 @@ DEFAULT_PROPERTIES = {
 # Managed by logpool: the URL gives them, or they would break its accounting.
 RESERVED = ("bootstrap.servers", "metadata.broker.list", "on_delivery", "delivery.report.only.error",
             "error_cb", "stats_cb")
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 WINDOW = 1 << 16  # messages handed to librdkafka and not reported yet, at most
 
 
@@ -92,6 +93,27 @@ class KafkaTransport(Transport):
     RAW_FRAMING_ONLY = "a Kafka record holds exactly one message"
 
     @classmethod
+    def check_sink(cls, where, sink, opts, framing):
+        """librdkafka refuses a message (key included) above message.max.bytes: a bigger
+        max_message_size would accept lines only to drop them at send time."""
+        super().check_sink(where, sink, opts, framing)
+        properties = sink.get("kafka") if isinstance(sink.get("kafka"), dict) else {}
+        try:
+            limit = int(properties.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+        except (TypeError, ValueError):
+            return  # librdkafka names the bad value when the options are parsed
+        key = sink.get("kafka_key")
+        limit -= len(key.encode()) if isinstance(key, str) else 0
+        if opts["max_message_size"] <= limit:
+            return
+        if "max_message_size" in sink:
+            raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is larger "
+                              f"than librdkafka's message.max.bytes {limit + len(key or '')}"
+                              f"{' less the key' if key else ''}: raise kafka's "
+                              f"message.max.bytes or lower max_message_size")
+        opts["max_message_size"] = max(limit, 1)
+
+    @classmethod
     def parse_options(cls, where, scheme, address, options):
         bootstrap, topic = address
         options = {**cls.OPTIONS, **options}
@@ -111,56 +133,30 @@ class KafkaTransport(Transport):
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
         self.options = sink.transport_options
-        self.producer = None  # a logpool__kafka_t, the C side of this transport
+        self.producer = chain.native("kafka")  # the C side of this transport
         self.replace_producer = False  # librdkafka hit a fatal error
         self.failures_seen = set()
-        self.failure_report = None
-        self.errbuf = chain.ffi.new("char[]", 512)
-        self.delivered = chain.ffi.new("uint64_t *")
         self.statistics = {}  # the latest of librdkafka's statistics (JSON), for metrics
 
     @property
     def inflight(self):
-        return 0 if self.producer is None else self.chain.lib.logpool__kafka_inflight(
-            self.producer)
-
-    def _new_producer(self):
-        ffi, lib = self.chain.ffi, self.chain.lib
-        props = list(self.options.properties.items())
-        keep = [ffi.new("char[]", str(k).encode()) for k, _ in props]
-        keep += [ffi.new("char[]", property_text(v).encode()) for _, v in props]
-        names = ffi.new("const char *[]", keep[:len(props)])
-        values = ffi.new("const char *[]", keep[len(props):])
-        key = ffi.NULL if self.options.key is None else self.options.key.encode()
-        producer = lib.logpool__kafka_new(
-            self.chain.c, librdkafka_path().encode(), names, values, len(props),
-            self.options.topic.encode(), key, 0 if key == ffi.NULL else len(key), WINDOW,
-            self.errbuf, len(self.errbuf))
-        if producer == ffi.NULL:
-            raise ConnectionRefusedError(111, "librdkafka refused the producer: "
-                                         + ffi.string(self.errbuf).decode(errors="replace"))
-        return producer
-
-    def _drop_producer(self):
-        """Free the producer; what it still held stays in the chain (resent or abandoned)."""
-        if self.producer is not None:
-            self.chain.lib.logpool__sink_set_unacked(self.chain.c, 0)
-            self.chain.lib.logpool__kafka_destroy(self.producer)
-            self.producer = None
+        return self.producer.inflight
 
     def connect(self, should_stop):
-        lib = self.chain.lib
         if self.replace_producer:
             inflight = self.inflight
-            self._drop_producer()
-            lib.logpool__sink_count(self.chain.c, lib.LOGPOOL__RESENT_MESSAGES, inflight)
+            self.producer.destroy()
+            self.chain.count_resent(inflight)
             self.replace_producer = False
-        if self.producer is None:
-            self.producer = self._new_producer()
-        if lib.logpool__kafka_metadata(self.producer, self.sink.connect_timeout_ms,
-                                       self.errbuf, len(self.errbuf)) != 0:
-            raise ConnectionRefusedError(111, "no Kafka broker answered: " + self.chain.ffi.string(
-                self.errbuf).decode(errors="replace"))
+        if self.producer.handle is None:
+            props = {k: property_text(v) for k, v in self.options.properties.items()}
+            refused = self.producer.open(librdkafka_path(), props, self.options.topic,
+                                         self.options.key, WINDOW)
+            if refused is not None:
+                raise ConnectionRefusedError(111, f"librdkafka refused the producer: {refused}")
+        refused = self.producer.metadata(self.sink.connect_timeout_ms)
+        if refused is not None:
+            raise ConnectionRefusedError(111, f"no Kafka broker answered: {refused}")
 
     def close(self):
         """A broken "connection" is librdkafka's to mend: keep the producer and its queue."""
@@ -168,55 +164,45 @@ class KafkaTransport(Transport):
     def shutdown(self):
         """The writer stops: give up what librdkafka still holds (it stays in the chain and
         is counted as abandoned), without waiting."""
-        self._drop_producer()
+        self.producer.destroy()
 
     def fileno(self):
         return -1
 
     def wait_ready(self, timeout_s):
         """Delivery reports are what we wait for: librdkafka's poll, not a socket's."""
-        self.chain.lib.logpool__kafka_poll(self.producer, int(timeout_s * 1000))
+        self.producer.poll(int(timeout_s * 1000))
         return False
 
     def idle(self):
-        if self.producer is not None:
-            self.chain.lib.logpool__kafka_poll(self.producer, 0)
-            self._take_reports()
-
-    def take_rejection(self):
-        report, self.failure_report = self.failure_report, None
-        return report
+        if self.producer.handle is None:
+            return Outcome.NOTHING
+        self.producer.poll(0)
+        return Outcome(reports=self._take_reports())
 
     def write(self):
-        lib = self.chain.lib
         if self.faults is not None and self.inflight and self.faults.hit("kafka_fatal"):
-            lib.logpool__kafka_inject_fatal(self.producer)
-        progress = lib.logpool__kafka_write(self.producer, self.delivered, self.errbuf,
-                                            len(self.errbuf))
-        if progress < 0:
+            self.producer.inject_fatal()
+        progress, delivered, fatal = self.producer.step()
+        reports = self._take_reports()
+        if fatal is not None:
+            # What the cluster confirmed is released already (step does it first).
             self.replace_producer = True
-            raise ConnectionResetError(104, "librdkafka's producer failed for good ("
-                                       + self.chain.ffi.string(self.errbuf).decode(
-                                           errors="replace")
-                                       + "); a new one resends what it held")
-        self.chain.completed += self.delivered[0]
-        self._take_reports()
-        return progress
+            raise ConnectionResetError(104, f"librdkafka's producer failed for good ({fatal}); "
+                                       f"a new one resends what it held")
+        return Outcome(progress=progress, settled=delivered, reports=reports)
 
     def _take_reports(self):
-        ffi, lib = self.chain.ffi, self.chain.lib
-        while (err := lib.logpool__kafka_take_failure(self.producer)) != 0:
-            kind = ffi.string(lib.logpool__kafka_error_name(err)).decode()
+        reports = []
+        for kind, text in self.producer.failures():
             if kind not in self.failures_seen:  # logged once per kind
                 self.failures_seen.add(kind)
-                text = ffi.string(lib.logpool__kafka_error_text(err)).decode(errors="replace")
-                self.failure_report = (f"kafka {kind}", f"librdkafka gave up on a message "
-                                       f"({text}); such messages are dropped")
-        statistics = lib.logpool__kafka_take_statistics(self.producer)
-        if statistics != ffi.NULL:
+                reports.append((f"kafka {kind}", f"librdkafka gave up on a message "
+                                f"({text}); such messages are dropped"))
+        statistics = self.producer.statistics()
+        if statistics is not None:
             try:
-                self.statistics = json.loads(ffi.string(statistics))
+                self.statistics = json.loads(statistics)
             except ValueError:
                 pass
-            finally:
-                lib.logpool__kafka_free_statistics(statistics)
+        return tuple(reports)

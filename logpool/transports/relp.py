@@ -6,7 +6,7 @@ reply or a serverclose reconnects (with the engine's backoff) and resends every 
 acknowledged, in order: at-least-once delivery.
 
 Frames: TXNR SP COMMAND SP DATALEN [SP DATA] LF. Commands are framed in C straight from the
-chunks (logpool__sink_relp_frames); replies are parsed here.
+chunks (Chain.relp_frames); replies are parsed here.
 """
 import errno
 import re
@@ -14,7 +14,7 @@ import select
 import time
 
 from logpool.errors import ConfigError
-from logpool.transports.base import SLICE_S, Stopped
+from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import TlsTransport
 
@@ -27,6 +27,9 @@ ACK_SUFFIX = b" rsp 6 200 OK"
 FRAME_HEAD = re.compile(rb"(\d{1,9}) ([a-z]{1,32}) (\d{1,9})([ \n])")
 FRAME_HEAD_PREFIX = re.compile(rb"\d{0,9}( [a-z]{0,32}( \d{0,9})?)?")
 CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
+# A reply ("rsp 200 OK", an error text, an open's offers) is short: a collector announcing
+# more is broken or hostile, and is not given the memory to hold it.
+MAX_REPLY_BYTES = 64 * 1024
 
 
 def would_block():
@@ -71,11 +74,7 @@ class RelpTransport(StreamTransport):
         super().__init__(sink, chain, faults)
         options = sink.transport_options or {}
         self.window = options.get("relp_window", DEFAULT_WINDOW)
-        lib, ffi = chain.lib, chain.ffi
-        self.lib, self.ffi = lib, ffi
-        self.cap = max(256 * 1024, sink.max_message_size + 64)
-        self.frames = ffi.new("char[]", self.cap)
-        self.used = ffi.new("size_t *")
+        self.frames = chain.frame_buffer(max(256 * 1024, sink.max_message_size + 64))
         self.reset_session()
         self.owed_resend = 0  # messages in flight when a session broke: sent again next
 
@@ -85,32 +84,50 @@ class RelpTransport(StreamTransport):
         self.inflight = 0  # sent, not acknowledged: the first `inflight` pending messages
         self.oldest_txnr = 2  # txnr of the first message in flight (1 was "open")
         self.txnr = 2  # txnr of the next command
+        self.acked_ahead = set()  # txnrs acknowledged out of order, behind an unanswered one
+        self.acked = 0  # acknowledged messages not reported in an Outcome yet
+        self.broken = None  # the error that ended the session, raised once acks are out
 
     # -- session --
 
-    def connect(self, should_stop):
-        super().connect(should_stop)
+    def _established(self, sock, family, should_stop, deadline):
+        """The opening exchange is part of connecting to each collector: one that accepts
+        TCP (and TLS) but never answers the open, or refuses it, is a failed connect and
+        the next collector is tried."""
+        sock = super()._established(sock, family, should_stop, deadline)
+        self.sock = sock
         self.reset_session()
-        deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
-        self._send_all(b"1 open %d %s\n" % (len(OFFERS), OFFERS), should_stop, deadline)
-        txnr, command, data = self._read_frame(should_stop, deadline)
-        if txnr != 1 or command != b"rsp" or not data.startswith(b"200"):
-            raise RelpError(errno.EPROTO, f"RELP open refused: {command.decode()} "
-                            f"{data[:200].decode('utf-8', 'replace')!r}")
-        if b"commands=" in data and b"syslog" not in data.split(b"commands=", 1)[1]:
-            raise RelpError(errno.EPROTO, "the RELP server does not offer the syslog command")
-        self.chain.lib.logpool__sink_set_unacked(self.chain.c, 0)
+        try:
+            self._send_all(b"1 open %d %s\n" % (len(OFFERS), OFFERS), should_stop, deadline)
+            txnr, command, data = self._read_frame(should_stop, deadline)
+            if txnr != 1 or command != b"rsp" or not data.startswith(b"200"):
+                raise RelpError(errno.EPROTO, f"RELP open refused: {command.decode()} "
+                                f"{data[:200].decode('utf-8', 'replace')!r}")
+            if b"commands=" in data and b"syslog" not in data.split(b"commands=", 1)[1]:
+                raise RelpError(errno.EPROTO, "the RELP server does not offer the syslog "
+                                "command")
+        except BaseException:
+            self.sock = None
+            raise
+        self.chain.set_unacked(0)
+        return sock
 
     def close(self):
-        if self.sock is not None and self.out is None:
+        """Ends the session politely when it is healthy; returns the acknowledgements that
+        came in before the collector's answer to "close" (the engine applies them)."""
+        if self.sock is not None and self.out is None and self.broken is None:
             try:  # a polite end; the collector keeps what it acknowledged either way
                 self._close_session()
             except (OSError, ValueError):
                 pass
+        outcome = self._settled()
         self.owed_resend += self.inflight  # sent again on the next session
         self.inflight = 0
-        self.chain.lib.logpool__sink_set_unacked(self.chain.c, 0)
+        self.acked_ahead.clear()
+        self.broken = None
+        self.chain.set_unacked(0)
         super().close()
+        return outcome
 
     def _close_session(self):
         """Send "close" and wait a moment for its reply, taking the acknowledgements that
@@ -127,7 +144,7 @@ class RelpTransport(StreamTransport):
             at = self.inbuf.find(reply)
             if at == 0 or (at > 0 and self.inbuf[at - 1] == 0x0A):
                 del self.inbuf[at:]
-                self._take_acks(receive=False)
+                self._read_acks(receive=False)
                 return
 
     # -- writing and acknowledgements --
@@ -136,52 +153,60 @@ class RelpTransport(StreamTransport):
         return select.POLLOUT if self.out is not None else select.POLLIN
 
     def write(self):
-        progress = self._take_acks()
-        if self.out is None and self.inflight < self.window:
-            self._frame_more()
-        if self.out is not None:
-            progress += self._send_out()
-        return progress
+        if self.broken is not None and not self.acked:
+            raise self.broken  # after the acknowledgements that came with it were reported
+        sent = 0
+        if self.broken is None:
+            try:
+                self._read_acks()
+            except OSError as exc:
+                self.broken = exc  # raised at the next call, once these acks are applied
+            if self.broken is None and self.out is None and self.inflight < self.window:
+                self._frame_more()
+            if self.broken is None and self.out is not None:
+                sent = self._send_out()
+        return Outcome.sent(sent) + self._settled()
+
+    def _settled(self):
+        acked, self.acked = self.acked, 0
+        return Outcome.acked(acked) if acked else Outcome.NOTHING
 
     def _frame_more(self):
-        lib = self.lib
-        n = lib.logpool__sink_relp_frames(self.chain.c, self.frames, self.cap, self.inflight,
-                                          self.window - self.inflight, self.txnr, self.used)
+        # Skip what is in flight and what was acknowledged but is released by the engine
+        # only once this call's Outcome is applied.
+        n, frames = self.chain.relp_frames(self.frames, self.inflight + self.acked,
+                                           self.window - self.inflight, self.txnr)
         if n == 0:
             return
         if self.owed_resend:
             again = min(n, self.owed_resend)
             self.owed_resend -= again
-            lib.logpool__sink_count(self.chain.c, lib.LOGPOOL__RESENT_MESSAGES, again)
-        self.out = memoryview(self.ffi.buffer(self.frames, self.used[0]))
+            self.chain.count_resent(again)
+        self.out = memoryview(frames)
         self.inflight += n
         for _ in range(n):
             self.txnr = next_txnr(self.txnr)
-        lib.logpool__sink_set_unacked(self.chain.c, self.inflight)
+        self.chain.set_unacked(self.inflight)
 
     def _send_out(self):
         try:
             written = self.sock.send(self.out)
         except would_block():
             return 0
-        if written > 0:
-            self.lib.logpool__sink_count(self.chain.c, self.lib.LOGPOOL__WRITES, 1)
         self.out = self.out[written:] if written < len(self.out) else None
         return written
 
-    def _take_acks(self, receive=True):
-        """Read what the collector sent; release every acknowledged message. Returns how
-        many were acknowledged."""
+    def _read_acks(self, receive=True):
+        """Read what the collector sent and take every acknowledgement in it, in the order
+        of the replies, before any error or serverclose that follows them (those raise).
+        An acknowledgement releases the message it names once every earlier one is
+        acknowledged too; one for a txnr not in flight, or twice for one, breaks the
+        protocol."""
         if receive:
             self._recv_available()
         buf = self.inbuf
-        acked = pos = 0
         last = buf.rfind(b"\n") + 1
-        if last and self._all_acks_in_order(buf, last):
-            lines = buf.count(b"\n", 0, last)
-            acked, pos = lines, last
-            self.inflight -= lines
-            self.oldest_txnr = (self.oldest_txnr + lines - 1) % TXNR_MAX + 1
+        pos = self._in_order_prefix(buf, last)
         while pos < last:
             end = buf.find(b"\n", pos)
             if buf.endswith(ACK_SUFFIX, pos, end):  # "TXNR rsp 6 200 OK"
@@ -193,47 +218,62 @@ class RelpTransport(StreamTransport):
                     break  # a frame whose data holds a newline, not complete yet
                 txnr, command, data, pos = frame
                 if command == b"serverclose":
+                    del buf[:pos]
                     raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed "
                                                "the session (serverclose)")
                 if command != b"rsp" or not data.startswith(b"200"):
+                    del buf[:pos]
                     raise RelpError(errno.EPROTO, f"RELP reply to command {txnr}: "
                                     f"{command.decode()} "
                                     f"{data[:200].decode('utf-8', 'replace')!r}")
-            if txnr != self.oldest_txnr or self.inflight == 0:
-                raise RelpError(errno.EPROTO, f"RELP: an answer for command {txnr}, expected "
-                                f"{self.oldest_txnr}")
-            self.oldest_txnr = next_txnr(self.oldest_txnr)
-            self.inflight -= 1
-            acked += 1
+            self._ack(txnr)
         del buf[:pos]
-        if acked:  # the gauge first: consuming lets a flush return
-            self.lib.logpool__sink_set_unacked(self.chain.c, self.inflight)
-            self.lib.logpool__sink_consume_messages(self.chain.c, acked,
-                                                    self.lib.LOGPOOL__DONE_SENT)
-            self.chain.completed += acked
-        return acked
+        if len(buf) > MAX_REPLY_BYTES:
+            raise ProtocolError(f"RELP: a reply longer than {MAX_REPLY_BYTES} bytes")
 
-    def _all_acks_in_order(self, buf, last):
-        """The common case, checked in O(1) Python: every complete line up to `last` is
-        "TXNR rsp 6 200 OK", as many as are in flight at most, the first and the last
-        numbered as expected (replies come in the order of the commands)."""
+    def _ack(self, txnr):
+        offset = (txnr - self.oldest_txnr) % TXNR_MAX
+        if not 1 <= txnr <= TXNR_MAX or offset >= self.inflight or txnr in self.acked_ahead:
+            raise ProtocolError(f"RELP: an acknowledgement for command {txnr}, which is "
+                                f"{'acknowledged already' if txnr in self.acked_ahead else 'not in flight'}"
+                                f" (in flight: {self.inflight} from {self.oldest_txnr})")
+        if offset:
+            self.acked_ahead.add(txnr)
+            return
+        released = 1
+        self.oldest_txnr = next_txnr(self.oldest_txnr)
+        while self.oldest_txnr in self.acked_ahead:
+            self.acked_ahead.discard(self.oldest_txnr)
+            self.oldest_txnr = next_txnr(self.oldest_txnr)
+            released += 1
+        self.inflight -= released
+        self.acked += released
+        self.chain.set_unacked(self.inflight)  # the gauge first: releasing lets flush return
+
+    def _in_order_prefix(self, buf, last):
+        """The common case in one comparison: every complete line up to `last` is
+        "TXNR rsp 6 200 OK" for the next commands in flight, in order. Takes them and
+        returns `last`, or 0 when the replies need the careful path."""
         lines = buf.count(b"\n", 0, last)
-        if lines > self.inflight or buf.count(ACK_SUFFIX + b"\n", 0, last) != lines:
-            return False
-        last_line = buf.rfind(b"\n", 0, last - 1) + 1
-        return (self._ack_txnr(buf, 0) == self.oldest_txnr and self._ack_txnr(buf, last_line)
-                == (self.oldest_txnr + lines - 2) % TXNR_MAX + 1)
-
-    @staticmethod
-    def _ack_txnr(buf, start):
-        """The txnr of the "TXNR rsp 6 200 OK" line at start."""
-        return int(buf[start:buf.index(b" ", start)])
+        if (not lines or lines > self.inflight or self.acked_ahead
+                or self.oldest_txnr + lines - 1 > TXNR_MAX):
+            return 0
+        first = self.oldest_txnr
+        if buf[:last] != b"".join(b"%d%s\n" % (t, ACK_SUFFIX)
+                                  for t in range(first, first + lines)):
+            return 0
+        self.oldest_txnr = next_txnr(first + lines - 1)
+        self.inflight -= lines
+        self.acked += lines
+        self.chain.set_unacked(self.inflight)
+        return last
 
     def peer_closed(self):
         try:
-            self._take_acks()
-        except OSError:
-            return True
+            self._read_acks()
+        except OSError as exc:
+            self.broken = exc
+            return not self.acked
         return False
 
     # -- frames --
@@ -261,6 +301,9 @@ class RelpTransport(StreamTransport):
             raise RelpError(errno.EPROTO, f"RELP: a malformed frame header "
                             f"{bytes(buf[pos:pos + 40])!r}")
         length, start = int(m.group(3)), m.end()
+        if length > MAX_REPLY_BYTES:
+            raise ProtocolError(f"RELP: a reply announcing {length} bytes (at most "
+                                f"{MAX_REPLY_BYTES})")
         if m.group(4) == b"\n":  # "TXNR COMMAND 0\n": no data
             if length:
                 raise RelpError(errno.EPROTO, "RELP: a frame without the data it announces")

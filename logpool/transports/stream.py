@@ -4,7 +4,7 @@ import errno
 import socket
 import time
 
-from logpool.transports.base import Transport, connect_socket
+from logpool.transports.base import Outcome, Transport, connect_socket
 
 
 class StreamTransport(Transport):
@@ -30,12 +30,9 @@ class StreamTransport(Transport):
     def write(self):
         views = self.chain.views()
         try:
-            written = self._send(views)
+            return Outcome.wrote(self._send(views))
         except (BlockingIOError, InterruptedError):
-            return 0
-        if written > 0:
-            self.chain.consume(written)
-        return written
+            return Outcome.NOTHING
 
     def _send(self, views):
         if self.faults is not None:

@@ -12,7 +12,7 @@ reported with ClickHouse's exception code and follow the generic HTTP rules.
 import hashlib
 import urllib.parse
 
-from logpool.transports.formats import (Answer, Encoder, Option, Request, add_query,
+from logpool.transports.formats.common import (Answer, Encoder, Option, Request, add_query,
                                         as_object, body_text, compact, text_option)
 
 

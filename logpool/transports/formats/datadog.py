@@ -12,7 +12,7 @@ Answer: 202 (any 2xx) acknowledges; 413 halves the request; 429 and 5xx retry.
 """
 import socket
 
-from logpool.transports.formats import (Encoder, Option, Request, as_object, compact,
+from logpool.transports.formats.common import (Encoder, Option, Request, as_object, compact,
                                         record_time_ns, text_option)
 
 

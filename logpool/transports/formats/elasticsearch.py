@@ -12,7 +12,7 @@ messages), other statuses refused for good with ES's reason.
 """
 import json
 
-from logpool.transports.formats import (ACK, REJECT, RETRY, Answer, Encoder, Option, Request,
+from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option, Request,
                                         add_query, as_object, body_text, compact, text_option)
 
 # Only what is read back: keeps the answer small (about 30 bytes per item).

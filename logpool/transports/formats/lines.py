@@ -1,6 +1,6 @@
 """ndjson and json_array: the messages themselves, one per line or as a JSON array (the
 messages are sent as they are: the caller makes them JSON)."""
-from logpool.transports.formats import Encoder, Request
+from logpool.transports.formats.common import Encoder, Request
 
 
 class Ndjson(Encoder):

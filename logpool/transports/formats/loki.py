@@ -9,7 +9,7 @@ taken), otherwise the whole request.
 """
 import re
 
-from logpool.transports.formats import (Answer, Encoder, Option, Request, as_object,
+from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
                                         body_text, compact, record_time_ns, table_option)
 
 IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
@@ -44,8 +44,8 @@ class Loki(Encoder):
         found = IGNORED.findall(text)
         if found:
             ignored = min(count, sum(int(n) for n, _ in found))
-            return Answer("partial", f"Loki ignored {ignored} of {count} entries: "
+            return Answer("partial", f"Loki 400: {ignored} of {count} entries ignored: "
                           f"{body_text(response, 300)!r}", rejected=ignored)
         if any(word in text for word in REFUSED):
-            return Answer("reject", f"Loki refused the entries: {body_text(response, 300)!r}")
+            return Answer("reject", f"Loki 400: entries refused: {body_text(response, 300)!r}")
         return None

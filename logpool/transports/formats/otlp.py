@@ -13,7 +13,7 @@ for good, with the collector's error_message; an answer body that does not decod
 """
 import json
 
-from logpool.transports.formats import (Answer, Encoder, Option, Request, as_object,
+from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
                                         body_text, record_time_ns, table_option)
 
 SCOPE = "logpool"
@@ -87,7 +87,7 @@ def _partial(rejected, message, count):
     if rejected <= 0:
         return Answer("ok")
     rejected = min(int(rejected), count)
-    return Answer("partial", f"the collector rejected {rejected} of {count} log records: "
+    return Answer("partial", f"OTLP partial success: {rejected} of {count} log records rejected: "
                   f"{message[:300]!r}", rejected=rejected)
 
 

@@ -11,7 +11,7 @@ data, logged once, retried on the schedule.
 """
 import json
 
-from logpool.transports.formats import (Answer, Encoder, Option, Request, as_object,
+from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
                                         body_text, choice_option, compact, record_time_ns)
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}

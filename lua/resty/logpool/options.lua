@@ -19,9 +19,12 @@ local STRING_OPTIONS = {
     framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
     http_format = true, http_compression = true, http_method = true, kafka_key = true,
     spool_dir = true,
+    elasticsearch_index = true, elasticsearch_pipeline = true, elasticsearch_id_field = true,
+    splunk_hec_endpoint = true, clickhouse_table = true, datadog_service = true,
+    datadog_source = true, datadog_hostname = true,
 }
 local TABLE_OPTIONS = {
-    http_headers = true, kafka = true,
+    http_headers = true, kafka = true, loki_labels = true, otlp_resource_attributes = true,
 }
 
 --- options.check(where, t, level): raise for a key of the wrong type.

@@ -1,0 +1,150 @@
+"""The transport contract: what a transport may do, what it must report, and what the
+delivery engine (logpool/engine/writer.py) does with the report. This docstring is the
+reference; logpool/transports/base.py holds the shared pieces that implement it.
+
+A transport is one connection to one collector at a time, driven by one writer thread.
+
+connect(should_stop)
+    Opens a session within connect_timeout_ms: the whole opening exchange (TCP connect, TLS
+    handshake, the protocol's open such as RELP's "open", a forward HELO/PING) happens
+    inside it, per collector. A collector that accepts TCP and then hangs or refuses at any
+    step is a failed connect: the next collector of the sink's failover list is tried, and
+    the engine counts it (connect_failures, tls_handshake_failures for HandshakeError).
+    Raises OSError when no collector opened a session, Stopped when the pool closes.
+
+write() -> Outcome
+    Sends from the sink's Chain (the pending messages, oldest first) and returns one Outcome
+    describing what happened, never doing the bookkeeping itself:
+      Outcome.wrote(nbytes)         stream bytes handed to the kernel (the engine consumes
+                                    them: a message completes when its last byte is written)
+      Outcome.acked(n)              the first n pending messages are acknowledged
+      Outcome.rejected(n, reason)   the first n pending messages were refused for good
+      Outcome.fates([...])          one fate per message of the batch (ACK, RETRY, REJECT),
+                                    for backends that answer per item
+      Outcome.NOTHING               nothing could be done now (the engine waits on wants())
+    A transport whose per-message work is C (Kafka: one delivery report per message) has
+    its fates applied by that C code through the same chain calls; its Outcome says how
+    many it settled (settled=) and what to report (reports=), so the engine still logs and
+    resets its backoff.
+    The engine releases acknowledged messages as sent, rejected ones into dropped_rejected
+    (logging the reason once per kind), and counts writes, resends and failures itself. A
+    message is released only from the head of the chain, so the order never changes: when
+    a per-item answer retries a message, it and every later message of that batch are sent
+    again (later acknowledged ones are counted in resent_messages; backends that deduplicate,
+    such as Elasticsearch with an _id, drop the repeats).
+    Errors are exceptions, and every one keeps the data:
+      OSError (incl. TimeoutError)  the connection broke, timed out, or the collector said
+                                    something the transport does not understand: logged,
+                                    reconnect with backoff, resend from the first message
+                                    not acknowledged (not completely written, for streams)
+      RetryLater(after_s)           the collector asked to be asked again later (HTTP 429,
+                                    503 with Retry-After, HEC busy): honoured, capped by
+                                    max_retry_interval_ms
+      Unsendable                    the first pending message can never be sent on this
+                                    transport: the engine drops it, counted
+      Stopped                       the pool is closing: leave now
+
+Every wait on a peer has a deadline (connect_timeout_ms for the opening exchange,
+send_timeout_ms for a stalled send or an unanswered request) and looks at should_stop at
+least every SLICE_S, so close() ends it. Every size a peer announces is bounded by what the
+protocol needs (a reply line, a header block, a window of acknowledgements); a peer that
+exceeds it is a protocol error (OSError), never an allocation of its choosing.
+
+Acknowledging transports report unacknowledged messages with chain.set_unacked(n) (a gauge)
+and announce resends with chain.count_resent(n); nothing else touches counters.
+
+Options are declared once per transport as OPTIONS, a tuple of Option (name, type, default,
+one-line doc, check): config checking, the Lua option list and the docs' key tables come from
+them. TLS is an option block of any socket transport (the +tls schemes), not a subclass.
+"""
+import enum
+
+
+class Fate(enum.Enum):
+    ACK = "ack"        # the collector has it
+    RETRY = "retry"    # send it again (and everything after it)
+    REJECT = "reject"  # refused for good: dropped, counted in dropped_rejected
+
+
+class Outcome:
+    """What one write() call achieved. Use the constructors below."""
+    __slots__ = ("wrote_bytes", "progress", "fates", "settled", "reports")
+
+    def __init__(self, wrote_bytes=0, progress=0, fates=(), settled=0, reports=()):
+        self.wrote_bytes = wrote_bytes  # stream bytes to consume
+        self.progress = progress  # > 0: the connection moved (resets the stall clock)
+        self.fates = tuple(fates)  # ((Fate, count, reason or None), ...), head first
+        self.settled = settled  # messages delivered whose fate native code applied
+        self.reports = tuple(reports)  # ((kind, text), ...) refusals native code applied
+
+    @classmethod
+    def wrote(cls, nbytes):
+        return cls(wrote_bytes=nbytes, progress=nbytes) if nbytes > 0 else cls.NOTHING
+
+    @classmethod
+    def sent(cls, nbytes):
+        """Bytes went out but nothing is settled yet (an acknowledging protocol)."""
+        return cls(progress=nbytes) if nbytes > 0 else cls.NOTHING
+
+    @classmethod
+    def acked(cls, n, progress=None):
+        return cls(progress=n if progress is None else progress,
+                   fates=((Fate.ACK, n, None),) if n else ())
+
+    @classmethod
+    def rejected(cls, n, reason):
+        return cls(progress=n, fates=((Fate.REJECT, n, reason),))
+
+    @classmethod
+    def per_message(cls, fates):
+        """fates: one (Fate, reason or None) per message of the batch, in order."""
+        runs = []
+        for fate, reason in fates:
+            if runs and runs[-1][0] is fate and runs[-1][2] == reason:
+                runs[-1][1] += 1
+            else:
+                runs.append([fate, 1, reason])
+        return cls(progress=len(fates), fates=[tuple(r) for r in runs])
+
+    def __add__(self, other):
+        return Outcome(self.wrote_bytes + other.wrote_bytes, self.progress + other.progress,
+                       self.fates + other.fates, self.settled + other.settled,
+                       self.reports + other.reports)
+
+    def __repr__(self):
+        return (f"Outcome(wrote={self.wrote_bytes}, progress={self.progress}, "
+                f"fates={self.fates}, settled={self.settled}, reports={self.reports})")
+
+
+Outcome.NOTHING = Outcome()
+
+
+class Stopped(Exception):
+    """logpool_close gave up waiting: leave now."""
+
+
+class HandshakeError(OSError):
+    """The collector refused the session (a TLS handshake failed): counted apart, and not
+    retried on the name's other addresses, which would present the same certificate."""
+
+
+class Unsendable(OSError):
+    """The first pending message can never be sent on this transport (a datagram larger
+    than the socket takes): the engine drops it, counted, so it cannot wedge the sink."""
+
+
+class RetryLater(OSError):
+    """The collector asked for the data again later (after_s seconds, or None: backoff)."""
+
+    def __init__(self, text, after_s=None, errno_=11):
+        super().__init__(errno_, text)
+        self.retry_after = after_s
+
+
+class ProtocolError(OSError):
+    """The collector said something the transport does not understand or that breaks the
+    protocol's rules (an oversized reply, an acknowledgement for nothing sent): the data is
+    kept and resent on a new session."""
+
+    def __init__(self, text):
+        super().__init__(71, text)  # EPROTO

@@ -38,7 +38,8 @@ INT32_MAX = 2**31 - 1
 UNIX_PATH_MAX = 107
 URL_FORMS = ("unix:/path, unixgram:/path, tcp://host:port, tls://host:port, udp://host:port, "
              "relp://host:port, relp+tls://host:port, http://host[:port]/path, "
-             "https://host[:port]/path or kafka://host:port[,host:port...]/topic")
+             "https://host[:port]/path, kafka://host:port[,host:port...]/topic, "
+             "forward://host:port or forward+tls://host:port")
 
 
 class SinkConfig(Record):

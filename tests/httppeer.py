@@ -154,3 +154,21 @@ def peers():
 
 def elapsed(start):
     return time.monotonic() - start
+
+
+def wait_for_log(capfd, text, timeout=30.0):
+    """stderr (nginx's error log) once it holds `text`: the writer logs a refusal just after
+    it counts it, so a test that reads the counters first waits for the line."""
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen += capfd.readouterr().err
+        if text in seen or time.monotonic() >= deadline:
+            return seen
+        time.sleep(0.01)
+
+
+def assert_logged(capfd, text):
+    seen = wait_for_log(capfd, text)
+    assert text in seen, seen
+    return seen

@@ -11,6 +11,8 @@ import pytest
 
 import logpool
 from conftest import message, parse_line, wait_for
+from httppeer import (CLOSE, HANG, TRICKLE, assert_logged, interim, peers, response,
+                      wait_for_log)
 from logpool.receiver import decode_http_body, server_tls_context
 
 FAST = {"retry_interval_ms": 10, "max_retry_interval_ms": 5000, "periodic_flush_ms": 10}
@@ -171,7 +173,7 @@ def test_a_batch_refused_for_good_is_dropped_counted_and_logged(scripted, pools,
     missing = sorted(set(range(n)) - set(kept))  # exactly one batch, the refused one
     assert missing == list(range(missing[0], missing[0] + len(missing)))
     assert len(missing) == st["dropped_rejected"]
-    err = capfd.readouterr().err
+    err = wait_for_log(capfd, "refused by the test")
     assert f"refused a batch of {st['dropped_rejected']} messages for good (HTTP {status}" in err
     assert "refused by the test" in err
     assert 'reason="rejected"' in pool.metrics()
@@ -234,7 +236,6 @@ def test_decode_http_body_reads_what_the_sink_sends():
 
 # -- HTTP answers, against a scripted raw-socket collector (tests/httppeer.py) -----------------
 
-from httppeer import CLOSE, HANG, TRICKLE, interim, peers, response  # noqa: E402
 
 
 @pytest.fixture
@@ -335,7 +336,7 @@ def test_413_halves_the_batch_and_only_a_single_message_is_rejected(peer, pools,
     st = pool.stats(0)
     assert st["dropped_rejected"] == 1 and st["sent_messages"] == 59
     assert max(len(r.body.splitlines()) for r in server.requests) > 8  # it did split
-    assert "refused a batch of 1 message for good (HTTP 413" in capfd.readouterr().err
+    assert_logged(capfd, "refused a batch of 1 message for good (HTTP 413")
 
 
 GARBAGE = {
@@ -359,7 +360,7 @@ def test_an_answer_not_understood_keeps_the_data(peer, pools, capfd, garbage):
     st = pool.stats(0)
     assert st["dropped_rejected"] == 0 and st["write_errors"] == 1
     assert st["resent_messages"] == 25
-    assert "kept and sent again" in capfd.readouterr().err
+    assert_logged(capfd, "kept and sent again")
 
 
 def test_close_in_the_middle_of_the_answer_keeps_the_data(peer, pools):
@@ -384,7 +385,7 @@ def test_a_trickled_answer_is_bounded_by_send_timeout_for_the_whole_answer(peer,
     # The first answer was given up at send_timeout_ms (whatever the machine's speed, it
     # cannot end earlier: the body never completes), not held for ever.
     assert took >= 1.5
-    assert "no complete answer within send_timeout_ms" in capfd.readouterr().err
+    assert_logged(capfd, "no complete answer within send_timeout_ms")
 
 
 @pytest.mark.parametrize("hostile", ["trickle", "hang"])
@@ -457,4 +458,4 @@ def test_a_message_too_large_once_encoded_is_dropped_not_wedged(peer, pools, cap
     pool.flush(timeout=30)
     st = pool.stats(0)
     assert st["dropped_unsendable"] == 1 and st["sent_messages"] == 1
-    assert "http_max_body_bytes 1024" in capfd.readouterr().err
+    assert_logged(capfd, "http_max_body_bytes 1024")

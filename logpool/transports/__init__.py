@@ -2,6 +2,7 @@
 logpool.transports.base.Transport plus one line in TRANSPORTS; its config keys are declared
 on its class (OPTIONS), and config validation asks this registry for them."""
 from logpool.transports.datagram import DatagramTransport
+from logpool.transports.forward import ForwardTlsTransport, ForwardTransport
 from logpool.transports.http import HttpsTransport, HttpTransport
 from logpool.transports.kafka import KafkaTransport
 from logpool.transports.relp import RelpTlsTransport, RelpTransport
@@ -9,7 +10,8 @@ from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import TlsTransport
 
 TRANSPORTS = (StreamTransport, TlsTransport, DatagramTransport, RelpTransport, RelpTlsTransport,
-              HttpTransport, HttpsTransport, KafkaTransport)
+              HttpTransport, HttpsTransport, KafkaTransport, ForwardTransport,
+              ForwardTlsTransport)
 BY_SCHEME = {scheme: cls for cls in TRANSPORTS for scheme in cls.SCHEMES}
 
 

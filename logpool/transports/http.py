@@ -568,7 +568,7 @@ class HttpTransport(StreamTransport):
             raise HttpRetry(response.status, f"{answer.reason}; the batch of {count} is sent "
                             f"again", answer.retry_after)
         if kind == "keep":
-            raise HttpKept(errno.EACCES, f"{answer.reason}; the batch of {count} is sent "
+            raise HttpKept(errno.EREMOTEIO, f"{answer.reason}; the batch of {count} is sent "
                            f"again on the retry schedule")
         self.reusable = False
         raise HttpProtocolError(f"{answer.reason}; the batch of {count} is kept and sent "

@@ -113,7 +113,8 @@ def record_time_ns(doc, fallback_ns):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 if value > 1e14:  # already nanoseconds (or micro): take ns as given
                     return int(value) if value > 1e17 else int(value * 1000)
-                return int(value * 1e9) if value < 1e11 else int(value * 1e6)
+                # seconds (e.g. $msec) or milliseconds, to the microsecond (exact in a double)
+                return round(value * 1e6) * 1000 if value < 1e11 else round(value * 1e3) * 1000
             if isinstance(value, str):
                 try:
                     when = datetime.datetime.fromisoformat(value.replace(" ", "T"))

@@ -393,14 +393,14 @@ class HttpTransport(StreamTransport):
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
         super().check_sink(where, sink, opts, framing)
-        fmt = sink.get("http_format", "ndjson")
+        fmt = sink.get("http_format")  # (a pool-wide one is not seen here: not checked)
         for key in sink:
             owner = format_owner(key)
-            if owner is not None and not (owner == fmt or fmt.startswith(owner + "_")
-                                          or owner.startswith(fmt)):
+            if owner is not None and fmt is not None and not (
+                    owner == fmt or fmt.startswith(owner + "_")):
                 raise ConfigError(f"{where}.{key}: a key of http_format {owner!r}, and this "
                                   f"sink's http_format is {fmt!r}")
-        cls_ = FORMATS.get(fmt)
+        cls_ = FORMATS.get(fmt or "ndjson")
         needs = getattr(cls_, "NEEDS", None)
         if needs is not None:
             import importlib

@@ -7,8 +7,10 @@ or any path ending in ``_bulk``. Each document is the message when it is a JSON 
 indexed twice (its 409 "already exists" counts as acknowledged).
 
 Answer: 200 with ``"errors": false`` acknowledges all; ``"errors": true`` is per item: 2xx
-acknowledged, 429 and 5xx retried (later, after the others: such items are sent after later
-messages), other statuses refused for good with ES's reason.
+acknowledged, 429 and 5xx retried after backoff, other statuses refused for good with ES's
+reason. Messages are released from the head only: a retried item and every later one of the
+request go again (the later ones are counted in resent_messages; with
+elasticsearch_id_field ES answers them 409, taken as acknowledged), so the order is kept.
 """
 import json
 

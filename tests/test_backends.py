@@ -521,8 +521,9 @@ class ForwardServer:
     records, server)`: "ack", "hold" (withheld until release()), "unknown" (an ack for a
     chunk never sent), "none" (never). Optional shared-key handshake."""
 
-    def __init__(self, policy=lambda cid, records, server: "ack", shared_key=None):
+    def __init__(self, policy=lambda cid, records, server: "ack", shared_key=None, tls=None):
         self.policy = policy
+        self.tls = tls
         self.shared_key = shared_key
         self.records = []  # (tag, time ns, record), every chunk received
         self.chunks = []  # chunk ids, in arrival order
@@ -533,7 +534,8 @@ class ForwardServer:
         self.connections = 0
         self.auth_failures = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"forward://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.url = (f"forward{'+tls' if tls else ''}://127.0.0.1:"
+                    f"{self.listener.getsockname()[1]}")
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
 
@@ -557,6 +559,13 @@ class ForwardServer:
 
     def _serve(self, conn):
         from logpool.transports.forward import ping_digest
+        if self.tls is not None:
+            conn.settimeout(10)
+            try:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+            except OSError:
+                conn.close()
+                return
         conn.settimeout(0.1)
         unpacker = msgpack.Unpacker(raw=False)
         try:
@@ -727,3 +736,16 @@ def test_forward_close_ends_a_withheld_ack_within_its_timeout(forward_server):
     start = time.monotonic()
     assert pool.close(timeout=1) == 4
     assert time.monotonic() - start < 1.9
+
+
+def test_forward_over_tls_verifies_the_collector(forward_server, pools, test_ca):
+    from logpool.receiver import server_tls_context
+    server = forward_server(tls=server_tls_context(*test_ca.issue("server")))
+    pool = pools({"sinks": [{"url": server.url, "ca_file": test_ca.ca_file,
+                             "server_name": "localhost"}], **FAST})
+    log_all(pool, numbered(20))
+    assert seqs_of(server.delivered()) == list(range(20))
+    untrusted = pools({"sinks": [{"url": server.url}], **FAST})  # the system CAs: refused
+    untrusted.log(0, b"x")
+    wait_for(lambda: untrusted.stats(0)["tls_handshake_failures"] > 0, what="a refusal")
+    assert untrusted.stats(0)["sent_messages"] == 0

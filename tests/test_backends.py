@@ -106,12 +106,17 @@ class FakeElasticsearch:
 
     def __init__(self, item_status=lambda doc, attempt: None):
         self.item_status = item_status
+        self.lock = threading.Lock()
         self.stored = {}  # _id -> doc
         self.order = []  # docs stored, in order
         self.attempts = {}
         self.paths = []
 
     def __call__(self, request):
+        with self.lock:  # (several connections at once: nginx's workers)
+            return self._bulk(request)
+
+    def _bulk(self, request):
         assert request.method == "POST"
         assert request.headers["content-type"] == "application/x-ndjson"
         path, _, query = request.path.partition("?")
@@ -296,8 +301,13 @@ class FakeCollector:
         self.rejected = list(rejected)
         self.records = []
         self.resources = []
+        self.lock = threading.Lock()
 
     def __call__(self, request):
+        with self.lock:  # (several connections at once: nginx's workers)
+            return self._export(request)
+
+    def _export(self, request):
         assert (request.method, request.path) == ("POST", "/v1/logs")
         export = logs_service_pb2.ExportLogsServiceRequest()
         protobuf = request.headers["content-type"] == "application/x-protobuf"
@@ -749,3 +759,22 @@ def test_forward_over_tls_verifies_the_collector(forward_server, pools, test_ca)
     untrusted.log(0, b"x")
     wait_for(lambda: untrusted.stats(0)["tls_handshake_failures"] > 0, what="a refusal")
     assert untrusted.stats(0)["sent_messages"] == 0
+
+
+# -- a real nginx across a reload --------------------------------------------------------------
+
+from test_nginx import assert_exactly_once, logpool_conf, nginx, reload_under_load  # noqa: E402,F401
+
+
+@pytest.mark.parametrize("fmt", ["elasticsearch", "otlp"])
+def test_nginx_ships_every_request_once_across_a_reload(peer, nginx, fmt):  # noqa: F811
+    backend = FakeElasticsearch() if fmt == "elasticsearch" else FakeCollector()
+    server = peer(backend)
+    ng = nginx(*logpool_conf(server.url + "/", f'http_format = "{fmt}",'), workers=2)
+    ids = reload_under_load(ng, seconds=3, connections=8, reload_after=1.0)
+    assert len(ids) > 500
+    if fmt == "elasticsearch":
+        got = [doc["message"] for doc in backend.order]
+    else:
+        got = [record.body.string_value for record in backend.records]
+    assert_exactly_once(ids, got)

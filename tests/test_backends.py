@@ -778,3 +778,28 @@ def test_nginx_ships_every_request_once_across_a_reload(peer, nginx, fmt):  # no
     else:
         got = [record.body.string_value for record in backend.records]
     assert_exactly_once(ids, got)
+
+
+def test_nginx_lua_recipe_json_lines_carry_the_time_they_were_logged(peer, nginx):  # noqa: F811
+    # The documented recipe: one JSON object per request built in log_by_lua (with logpool's
+    # own small encoder: Debian's nginx Lua module has no cjson), its "time" the moment of
+    # logging; Loki receives that time, not the time of sending.
+    loki = FakeLoki()
+    loki.lock = threading.Lock()
+    server = peer(loki)
+    http_extra, _ = logpool_conf(server.url + "/", 'http_format = "loki",')
+    server_extra = """
+        log_by_lua_block {
+            local json = require "resty.logpool.json"
+            require("resty.logpool").log("main", json.encode{
+                time = ngx.now(), request_id = ngx.var.request_id, status = ngx.status })
+        }
+    """
+    ng = nginx(http_extra, server_extra, workers=2)
+    assert ng.requests(200, connections=4) == [200] * 200
+    assert ng.quit() == 0
+    ids = ng.access_ids()
+    got = [json.loads(line) for _, _, line in loki.entries]
+    assert_exactly_once(ids, [doc["request_id"] for doc in got])
+    assert all(ts == round(doc["time"] * 1e6) * 1000 for (_, ts, _), doc in
+               zip(loki.entries, got))

@@ -388,7 +388,8 @@ class HttpTransport(StreamTransport):
     def check_option(cls, where, key, value):
         return check_option(where, key, value)
 
-    RAW_FRAMING_ONLY = "an HTTP sink frames messages by http_format (ndjson or json_array)"
+    RAW_FRAMING_ONLY = ("an HTTP sink frames messages by http_format (ndjson, json_array "
+                        "or a backend's format)")
 
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
@@ -576,6 +577,7 @@ class HttpTransport(StreamTransport):
 
     def close(self):
         self.reusable = False
+        self.chain.set_unacked(0)  # nothing is in flight without a connection
         super().close()
 
 

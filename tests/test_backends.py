@@ -626,6 +626,10 @@ class ForwardServer:
                     self.held.clear()
                 elif what == "garbage":
                     conn.sendall(b"\xc1" * 10)
+                elif what == "huge":  # a bin announcing 4 GiB, then a steady stream
+                    conn.sendall(b"\xc6\xff\xff\xff\xff")
+                    while not self.stopping.is_set():
+                        conn.sendall(b"z" * 65536)
         except (OSError, ValueError):
             return
         finally:
@@ -713,7 +717,7 @@ def test_forward_ack_withheld_past_send_timeout_resends(forward_server, pools):
     assert st["sent_messages"] == 10 and st["resent_messages"] == 10
 
 
-@pytest.mark.parametrize("answer", ["unknown", "garbage"])
+@pytest.mark.parametrize("answer", ["unknown", "garbage", "huge"])
 def test_forward_an_ack_for_an_unknown_chunk_is_a_protocol_error(forward_server, pools,
                                                                  capfd, answer):
     server = forward_server(policy=lambda cid, records, s: answer if len(s.chunks) == 1
@@ -723,7 +727,8 @@ def test_forward_an_ack_for_an_unknown_chunk_is_a_protocol_error(forward_server,
     st = pool.stats(0)
     assert st["sent_messages"] == 5 and st["resent_messages"] == 5 and st["write_errors"] == 1
     assert seqs_of(server.delivered()) == list(range(5)) * 2
-    assert_logged(capfd, "not in flight" if answer == "unknown" else "not msgpack")
+    assert_logged(capfd, {"unknown": "not in flight", "garbage": "not msgpack",
+                          "huge": "an answer longer than 65536 bytes"}[answer])
 
 
 def test_forward_shared_key_handshake(forward_server, pools):

@@ -459,3 +459,16 @@ def test_a_message_too_large_once_encoded_is_dropped_not_wedged(peer, pools, cap
     st = pool.stats(0)
     assert st["dropped_unsendable"] == 1 and st["sent_messages"] == 1
     assert_logged(capfd, "http_max_body_bytes 1024")
+
+
+def test_a_collector_that_never_answers_fails_over_to_the_next(peer, pools):
+    # The first collector accepts and reads the request, then never answers: after
+    # send_timeout_ms the writer moves to the second, which gets everything once.
+    hung = peer(lambda request: [HANG])
+    good = peer(answering([]))
+    pool = pools({"sinks": [{"url": [hung.url + "/in", good.url + "/in"], "name": "fo"}],
+                  "send_timeout_ms": 500, **FAST})
+    log_numbered(pool, 50)
+    assert delivered(good) == list(range(50))
+    assert len(hung.requests) >= 1
+    assert pool.stats(0)["sent_messages"] == 50

@@ -808,3 +808,14 @@ def test_nginx_lua_recipe_json_lines_carry_the_time_they_were_logged(peer, nginx
     assert_exactly_once(ids, [doc["request_id"] for doc in got])
     assert all(ts == round(doc["time"] * 1e6) * 1000 for (_, ts, _), doc in
                zip(loki.entries, got))
+
+
+def test_every_backend_key_is_documented_with_its_default():
+    import os
+    from logpool.transports.forward import OPTIONS as FORWARD_OPTIONS
+    from logpool.transports.formats import all_options
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "transports.md")).read()
+    for key in [*all_options(), *FORWARD_OPTIONS]:
+        assert f"`{key}`" in docs, key
+    for name in FORMATS:
+        assert f"`{name}`" in docs or f'"{name}"' in docs, name

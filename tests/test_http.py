@@ -472,3 +472,12 @@ def test_a_collector_that_never_answers_fails_over_to_the_next(peer, pools):
     assert delivered(good) == list(range(50))
     assert len(hung.requests) >= 1
     assert pool.stats(0)["sent_messages"] == 50
+
+
+def test_header_values_with_tab_and_latin_1_are_sent_as_given(peer, pools):
+    server = peer(answering([]))
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_headers": {
+        "X-Tab": "a\tb", "X-Latin": "caf\u00e9"}}], **FAST})
+    log_numbered(pool, 1)
+    headers = server.requests[0].headers
+    assert headers["x-tab"] == "a\tb" and headers["x-latin"] == "caf\u00e9"

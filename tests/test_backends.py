@@ -819,3 +819,27 @@ def test_every_backend_key_is_documented_with_its_default():
         assert f"`{key}`" in docs, key
     for name in FORMATS:
         assert f"`{name}`" in docs or f'"{name}"' in docs, name
+
+
+def test_splunk_hec_a_refused_event_is_dropped_and_the_rest_sent_again(peer, pools, capfd):
+    # HEC processes events in order: on a blank event it answers 400 code 13 naming it
+    # (invalid-event-number); the events before it were indexed, the rest were not.
+    taken = []
+
+    def answer(request):
+        events = [json.loads(line) for line in request.body.splitlines()]
+        for i, event in enumerate(events):
+            if event["event"] == "":
+                taken.extend(e["event"] for e in events[:i])
+                return [response(400, json.dumps({"text": "Event field cannot be blank",
+                                                  "code": 13, "invalid-event-number": i}))]
+        taken.extend(e["event"] for e in events)
+        return [response(200, '{"text":"Success","code":0}')]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "splunk_hec"}],
+                  **{**FAST, "periodic_flush_ms": 300}})
+    log_all(pool, [b"a", b"b", b"\n", b"c", b"d"])  # "\n": a blank event
+    assert taken == ["a", "b", "c", "d"]  # once each, in order
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 4
+    assert_logged(capfd, "Event field cannot be blank")

@@ -555,8 +555,9 @@ class HttpTransport(StreamTransport):
                 # The engine releases the prefix before the first retried item; that item
                 # and every later one go again (the later ones counted as resent there).
                 self.on_wire = 0
-                self.items_to_retry = (f"{len(retry)} of {count} items to send again "
-                                       f"({retry[0]})")
+                if answer.backoff:
+                    self.items_to_retry = (f"{len(retry)} of {count} items to send again "
+                                           f"({retry[0]})")
             else:
                 self.on_wire = max(0, self.on_wire - count)
             return Outcome.per_message(fates)

@@ -26,11 +26,13 @@ class Answer:
     configuration is wrong, not the data: kept, logged once, retried on the schedule),
     "split" (too large: send half), "error" (an answer not understood: kept, retried)."""
 
-    __slots__ = ("kind", "reason", "fates", "rejected", "retry_after")
+    __slots__ = ("kind", "reason", "fates", "rejected", "retry_after", "backoff")
 
-    def __init__(self, kind, reason="", fates=None, rejected=0, retry_after=None):
+    def __init__(self, kind, reason="", fates=None, rejected=0, retry_after=None,
+                 backoff=True):
         self.kind, self.reason, self.fates = kind, reason, fates
         self.rejected, self.retry_after = rejected, retry_after
+        self.backoff = backoff  # "items": wait before sending the RETRY ones again
 
     def __repr__(self):
         return f"Answer({self.kind!r}, {self.reason!r}, rejected={self.rejected})"

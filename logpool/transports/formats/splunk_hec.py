@@ -5,16 +5,22 @@ http_headers: ``{"Authorization": "Splunk <token>"}``.
 event: one envelope per message, ``{"time": <record time, seconds>, "event": <the message
 as JSON when it is JSON, else the line>}``, concatenated; raw: the lines, newline-separated.
 
-Answer: 200 with ``"code": 0`` acknowledges; ``"code": 9`` (server busy) retries; 400 and
-403 (a bad token, a disabled input, a wrong index: the configuration, not the data) keep the
-data, logged once, retried on the schedule.
+Answer: 200 with ``"code": 0`` acknowledges; ``"code": 9`` (server busy) retries; 400, 401
+and 403 about the configuration (a bad token, a disabled input, a wrong index, a channel:
+codes 1-4, 7, 10, 11, 14, 16, or no code) keep the data, logged once, retried on the schedule.
+A 400 about the data (codes 5, 6, 12, 13, 15: invalid format, a blank event) names the event
+with ``invalid-event-number``: HEC took the events before it, refused it, and did not
+process the rest, so those are acknowledged, that one is refused for good
+(dropped_rejected) and the rest sent again at once.
 """
 import json
 
-from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
-                                        body_text, choice_option, compact, record_time_ns)
+from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
+                                               Request, as_object, body_text, choice_option,
+                                               compact, record_time_ns)
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
+DATA_CODES = (5, 6, 12, 13, 15)  # no data, invalid format, event required/blank, fields
 
 
 class SplunkHec(Encoder):
@@ -43,11 +49,19 @@ class SplunkHec(Encoder):
                        "\n".join(out).encode() + b"\n")
 
     def interpret(self, response, count):
-        code = None
+        code, answer = None, {}
         try:
-            code = json.loads(response.body).get("code")
+            answer = json.loads(response.body)
+            code = answer.get("code")
         except (ValueError, AttributeError):
-            pass
+            answer = {}
+        bad = answer.get("invalid-event-number")
+        if (response.status == 400 and code in DATA_CODES and isinstance(bad, int)
+                and not isinstance(bad, bool) and 0 <= bad < count):
+            why = f"HEC 400 code {code}: {str(answer.get('text', ''))[:200]!r} (event {bad})"
+            return Answer("items", why, backoff=False, fates=[(ACK, "")] * bad + [
+                (REJECT, why)] + [(RETRY, "not processed after a refused event")] * (
+                    count - bad - 1))
         if response.status in (400, 401, 403):
             return Answer("keep", f"HEC {response.status}: {body_text(response)!r} (a token, "
                           f"index or input setting; the data is kept)")

@@ -843,3 +843,24 @@ def test_splunk_hec_a_refused_event_is_dropped_and_the_rest_sent_again(peer, poo
     st = pool.stats(0)
     assert st["dropped_rejected"] == 1 and st["sent_messages"] == 4
     assert_logged(capfd, "Event field cannot be blank")
+
+
+def test_clickhouse_a_row_it_cannot_parse_is_isolated_and_dropped_alone(peer, pools, capfd):
+    rows = []
+
+    def answer(request):
+        batch = [json.loads(line) for line in request.body.splitlines()]
+        if any("bad" in r for r in batch):  # all or nothing, as an insert is
+            return [response(400, "Code: 27. DB::Exception: Cannot parse input",
+                             {"X-ClickHouse-Exception-Code": "27"})]
+        rows.extend(batch)
+        return [response(200)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "clickhouse"}],
+                  **{**FAST, "periodic_flush_ms": 300}})
+    log_all(pool, [json.dumps({"seq": i} if i != 13 else {"bad": 1}).encode()
+                   for i in range(40)])
+    assert [r["seq"] for r in rows] == [i for i in range(40) if i != 13]
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 39
+    assert_logged(capfd, "ClickHouse exception code 27")

@@ -7,7 +7,9 @@ same bytes, so ClickHouse inserts it once. That needs a Replicated*MergeTree tab
 ``non_replicated_deduplication_window`` > 0 on a plain MergeTree.
 
 Answer: 200 acknowledges unless ``X-ClickHouse-Exception-Code`` says otherwise; errors are
-reported with ClickHouse's exception code and follow the generic HTTP rules.
+reported with ClickHouse's exception code and follow the generic HTTP rules, except a 400
+(a row it cannot parse: the insert took nothing), which halves the request until the refused
+row is alone: only that row is dropped (dropped_rejected).
 """
 import hashlib
 import urllib.parse
@@ -50,4 +52,8 @@ class ClickHouse(Encoder):
         why = f"ClickHouse exception code {code}: {body_text(response, 300)!r}"
         if 200 <= response.status < 300:
             return Answer("error", why)  # an exception after the headers were sent
+        if response.status == 400:
+            # A row it cannot take (an insert is all or nothing): halve until the row that
+            # is refused is alone, so the others still go in.
+            return Answer("split", why) if count > 1 else Answer("reject", why)
         return Answer("generic", why)

@@ -686,7 +686,8 @@ def main():
                    machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                            f"{platform.platform()}",
                    quick=QUICK, hotpath=hot, scaling=scaling, throughput=throughput,
-                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows, encoders=encoders, kafka=kafka, spool=spool,
+                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows,
+                   encoders=encoders, kafka=kafka, spool=spool,
                    nginx=nginx, dead_sink=dead, seconds=time.monotonic() - started)
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

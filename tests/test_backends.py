@@ -15,7 +15,7 @@ import pytest
 
 import logpool
 import logpool.config
-from conftest import message, parse_line, wait_for
+from conftest import message, wait_for
 from httppeer import assert_logged, peers, response
 from logpool.transports.formats import FORMATS
 
@@ -768,7 +768,8 @@ def test_forward_over_tls_verifies_the_collector(forward_server, pools, test_ca)
 
 # -- a real nginx across a reload --------------------------------------------------------------
 
-from test_nginx import assert_exactly_once, logpool_conf, nginx, reload_under_load  # noqa: E402,F401
+from test_nginx import (  # noqa: E402,F401 — nginx: the fixture
+    assert_exactly_once, logpool_conf, nginx, reload_under_load)
 
 
 @pytest.mark.parametrize("fmt", ["elasticsearch", "otlp"])

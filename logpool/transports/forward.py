@@ -276,8 +276,9 @@ class ForwardTransport(StreamTransport):
     def _ack(self, chunk_id):
         ids = [c for c, _ in self.chunks]
         if chunk_id not in ids or chunk_id in self.acked_ahead:
+            state = "acknowledged already" if chunk_id in self.acked_ahead else "not in flight"
             raise ProtocolError(f"forward: an ack for chunk {chunk_id[:40]!r}, which is "
-                                f"{'acknowledged already' if chunk_id in self.acked_ahead else 'not in flight'}")
+                                f"{state}")
         self.acked_ahead.add(chunk_id)
         released = 0
         while self.chunks and self.chunks[0][0] in self.acked_ahead:

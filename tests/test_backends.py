@@ -580,17 +580,23 @@ class ForwardServer:
         unpacker = msgpack.Unpacker(raw=False)
         try:
             if self.shared_key is not None:
-                nonce = b"n0nce-1234567890"
-                conn.sendall(msgpack.packb(["HELO", {"nonce": nonce, "auth": b"",
-                                                     "keepalive": True}], use_bin_type=True))
+                # As Fluent Bit does: a random 16-byte nonce and user-auth salt packed as str
+                # (not valid UTF-8), an auth salt even when no users are configured.
+                import os
+                nonce = os.urandom(16)
+                packer = msgpack.Packer(unicode_errors="surrogateescape")
+                raw = lambda b: b.decode("utf-8", "surrogateescape")  # noqa: E731
+                conn.sendall(packer.pack(["HELO", {"nonce": raw(nonce),
+                                                   "auth": raw(os.urandom(16))}]))
                 ping = self._next(conn, unpacker)
                 _, host, salt, digest, user, password = ping
                 good = digest == ping_digest(salt, host, nonce, self.shared_key)
                 if not good:
                     self.auth_failures += 1
-                conn.sendall(msgpack.packb(["PONG", good, "" if good else "shared key mismatch",
-                                            "collector-1", ping_digest(
-                                                salt, "collector-1", nonce, self.shared_key)]))
+                conn.sendall(msgpack.packb(
+                    ["PONG", True, "", "collector-1", ping_digest(
+                        salt, "collector-1", nonce, self.shared_key)] if good else
+                    ["PONG", False, "shared_key mismatch", "", ""]))
                 if not good:
                     return
             while not self.stopping.is_set():

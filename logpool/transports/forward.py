@@ -70,15 +70,19 @@ def encode_chunk(tag, messages, chunk_id, now_ns):
 def unpacker():
     """A msgpack reader of what a forward server says, every size bounded."""
     import msgpack
+    # Fluent Bit's HELO packs a random nonce and salt as msgpack str (not valid UTF-8):
+    # surrogateescape keeps their bytes.
     return msgpack.Unpacker(max_buffer_size=MAX_REPLY_BYTES, max_str_len=MAX_REPLY_BYTES,
                             max_bin_len=MAX_REPLY_BYTES, max_array_len=16, max_map_len=16,
-                            max_ext_len=64, raw=False, strict_map_key=True)
+                            max_ext_len=64, raw=False, strict_map_key=True,
+                            unicode_errors="surrogateescape")
 
 
 def ping_digest(salt, hostname, nonce, key):
+    """sha512_hex(salt + hostname + nonce + shared_key), the forward protocol's digest."""
     h = hashlib.sha512()
     for part in (salt, hostname, nonce, key):
-        h.update(part if isinstance(part, bytes) else part.encode())
+        h.update(part if isinstance(part, bytes) else part.encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -158,21 +162,19 @@ class ForwardTransport(StreamTransport):
         nonce = helo[1].get("nonce")
         if not isinstance(nonce, (bytes, str)):
             raise ProtocolError("forward: a HELO without a nonce")
-        if helo[1].get("auth") not in (None, b"", ""):
-            raise ProtocolError("forward: the server wants user authentication (username and "
-                                "password), which logpool does not send")
         salt = os.urandom(16).hex()
         digest = ping_digest(salt, self.hostname, nonce, self.shared_key)
         import msgpack
+        # No user authentication: empty username and password digest.
         self._send_all(msgpack.packb(["PING", self.hostname, salt, digest, "", ""]),
                        should_stop, deadline)
         pong = self._read_one(should_stop, deadline, "forward PONG")
         if not isinstance(pong, list) or len(pong) != 5 or pong[0] != "PONG":
             raise ProtocolError(f"forward: expected PONG, got {str(pong)[:100]}")
         _, ok, reason, server_host, server_digest = pong
-        if ok is not True:
-            raise ConnectionRefusedError(errno.EACCES, f"forward: the server refused the "
-                                         f"shared key: {str(reason)[:200]}")
+        if ok is not True:  # a wrong key, or a server that wants users (not supported)
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"forward: the server refused "
+                                         f"the handshake: {str(reason)[:200]}")
         if not isinstance(server_host, str) or server_digest != ping_digest(
                 salt, server_host, nonce, self.shared_key):
             raise ProtocolError("forward: the server's PONG digest does not match "

@@ -718,9 +718,9 @@ def test_forward_ack_withheld_past_send_timeout_resends(forward_server, pools):
     pool = pools({"sinks": [{"url": server.url}], "send_timeout_ms": 500, **FAST})
     log_all(pool, numbered(10))
     got = seqs_of(server.delivered())
-    assert got == list(range(10)) * 2  # sent again on a new connection: at least once
+    assert got[-10:] == list(range(10))  # all sent again on a new connection, in order
     st = pool.stats(0)
-    assert st["sent_messages"] == 10 and st["resent_messages"] == 10
+    assert st["sent_messages"] == 10 and st["resent_messages"] == len(got) - 10 > 0
 
 
 @pytest.mark.parametrize("answer", ["unknown", "garbage", "huge"])
@@ -731,8 +731,10 @@ def test_forward_an_ack_for_an_unknown_chunk_is_a_protocol_error(forward_server,
     pool = pools({"sinks": [{"url": server.url}], **FAST})
     log_all(pool, numbered(5))
     st = pool.stats(0)
-    assert st["sent_messages"] == 5 and st["resent_messages"] == 5 and st["write_errors"] == 1
-    assert seqs_of(server.delivered()) == list(range(5)) * 2
+    got = seqs_of(server.delivered())
+    assert got[-5:] == list(range(5)) and sorted(set(got)) == list(range(5))
+    assert st["sent_messages"] == 5 and st["write_errors"] == 1
+    assert st["resent_messages"] == len(got) - 5 > 0  # the duplicates, all counted
     assert_logged(capfd, {"unknown": "not in flight", "garbage": "not msgpack",
                           "huge": "an answer longer than 65536 bytes"}[answer])
 

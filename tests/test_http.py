@@ -359,7 +359,7 @@ def test_an_answer_not_understood_keeps_the_data(peer, pools, capfd, garbage):
     assert delivered(server) == list(range(25))  # nothing dropped
     st = pool.stats(0)
     assert st["dropped_rejected"] == 0 and st["write_errors"] == 1
-    assert st["resent_messages"] == 25
+    assert st["resent_messages"] == len(server.requests[0].body.splitlines())  # sent again
     assert_logged(capfd, "kept and sent again")
 
 

@@ -9,8 +9,15 @@ DEB_PACKAGES := nginx-core nginx-dev libnginx-mod-http-lua luajit2 wrk libpython
 	rsyslog-openssl
 C_SOURCES := include/logpool.h $(wildcard logpool/csrc/*.c logpool/csrc/*.h) build_ffi.py logpool/__init__.py
 PYTEST_ARGS ?=
+# The native nginx module, built against the installed nginx's own sources (Debian's
+# nginx-dev ships them with conf_flags), in a copy of that tree under build/.
+NGX_SRC ?= /usr/share/nginx/src
+NGX_BUILD := build/nginx-src
+NGX_GEN := build/nginx-gen
+NGX_MODULE := logpool/ngx_http_logpool_module.so
+NGX_MODULE_SOURCES := nginx/ngx_http_logpool_module.c include/logpool.h $(NGX_GEN)/ngx_http_logpool_build.h
 
-.PHONY: all build deps system-deps test sanitize demo bench clean
+.PHONY: all build nginx-module install sanitize-nginx deps system-deps test sanitize demo bench clean
 
 all: build
 
@@ -37,7 +44,62 @@ deps: system-deps $(VENV)/.deps
 $(LIB): $(C_SOURCES) | $(VENV)/.deps
 	$(PY) build_ffi.py
 
-build: deps $(LIB)
+# Where the module dlopen()s the library: logpool/paths.py's lib path, baked in (the
+# logpool_library directive overrides it).
+$(NGX_GEN)/ngx_http_logpool_build.h: logpool/paths.py | $(VENV)/.deps
+	@mkdir -p $(NGX_GEN)
+	$(PY) -c 'import json; from logpool import paths; \
+	  print("#define NGX_HTTP_LOGPOOL_LIB " + json.dumps(paths.lib_path()))' > $@.tmp
+	mv $@.tmp $@
+
+$(NGX_BUILD)/objs/Makefile: nginx/config
+	rm -rf $(NGX_BUILD) && mkdir -p build && cp -r $(NGX_SRC) $(NGX_BUILD)
+	cd $(NGX_BUILD) && . ./conf_flags && LOGPOOL_GEN_DIR=$(CURDIR)/$(NGX_GEN) \
+	  LOGPOOL_INCLUDE_DIR=$(CURDIR)/include \
+	  ./configure "$${NGX_CONF_FLAGS[@]}" --with-compat \
+	  --add-dynamic-module=$(CURDIR)/nginx > configure.log 2>&1 \
+	  || { tail -30 configure.log; exit 1; }
+
+$(NGX_MODULE): $(NGX_MODULE_SOURCES) $(NGX_BUILD)/objs/Makefile
+	rm -f $(NGX_BUILD)/objs/addon/nginx/ngx_http_logpool_module.o
+	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules
+	cp $(NGX_BUILD)/objs/ngx_http_logpool_module.so $@.tmp
+	mv $@.tmp $@
+
+nginx-module: deps $(NGX_MODULE)
+
+# The module under ASan/UBSan (its own configured tree), for make sanitize-nginx.
+NGX_ASAN_BUILD := build/nginx-asan
+NGX_ASAN_MODULE := $(NGX_ASAN_BUILD)/objs/ngx_http_logpool_module.so
+NGX_SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer
+
+$(NGX_ASAN_BUILD)/objs/Makefile: nginx/config
+	rm -rf $(NGX_ASAN_BUILD) && mkdir -p build && cp -r $(NGX_SRC) $(NGX_ASAN_BUILD)
+	cd $(NGX_ASAN_BUILD) && . ./conf_flags && LOGPOOL_GEN_DIR=$(CURDIR)/$(NGX_GEN) \
+	  LOGPOOL_INCLUDE_DIR=$(CURDIR)/include \
+	  ./configure "$${NGX_CONF_FLAGS[@]}" --with-compat \
+	  --with-cc-opt="$(NGX_SANITIZE) -fno-sanitize-recover=undefined" \
+	  --with-ld-opt="$(NGX_SANITIZE)" \
+	  --add-dynamic-module=$(CURDIR)/nginx > configure.log 2>&1 \
+	  || { tail -30 configure.log; exit 1; }
+
+$(NGX_ASAN_MODULE): $(NGX_MODULE_SOURCES) $(NGX_ASAN_BUILD)/objs/Makefile
+	rm -f $(NGX_ASAN_BUILD)/objs/addon/nginx/ngx_http_logpool_module.o
+	$(MAKE) -s -C $(NGX_ASAN_BUILD) -f objs/Makefile modules
+
+sanitize-nginx: build $(NGX_ASAN_MODULE)
+	LOGPOOL_NGINX_ASAN_MODULE=$(CURDIR)/$(NGX_ASAN_MODULE) \
+	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_nginx_module.py
+
+# An installation nginx's worker user can load (a Python it can read, a venv, the library built
+# for that Python, the Lua module and the nginx module); prints the nginx lines to paste.
+PREFIX ?= /opt/logpool
+INSTALL_PYTHON ?=
+install: build
+	$(PY) -m logpool.tools.install --prefix "$(PREFIX)" --source "$(CURDIR)" \
+	  --module "$(CURDIR)/$(NGX_MODULE)" $(if $(INSTALL_PYTHON),--python "$(INSTALL_PYTHON)")
+
+build: deps $(LIB) $(NGX_MODULE)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -63,4 +125,4 @@ bench: build $(VENV)/.bench-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build $(LIB)
+	rm -rf build $(LIB) $(NGX_MODULE)

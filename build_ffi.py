@@ -3,9 +3,9 @@
 The declarations come from include/logpool.h and logpool/csrc/*.h (the blocks between the
 LOGPOOL_CDEF markers); this file only wires sources, flags and the Python init code.
 
-The library bakes in the interpreter it was built with (DESIGN.md trap 2): an rpath to its
-libpython, the venv's python as PyConfig.executable, the cffi version, and the directory
-holding the `logpool` package. Run it with the venv's python: `python build_ffi.py`.
+The library bakes in the interpreter it was built with (docs/architecture.md, trap 2): an
+rpath to its libpython, the venv's python as PyConfig.executable, the cffi version, and the
+directory holding the `logpool` package. Run it with the venv's python: `python build_ffi.py`.
 """
 import glob
 import importlib.util

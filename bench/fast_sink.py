@@ -11,7 +11,7 @@ import socket
 import ssl
 import sys
 
-from logpool.receiver import grow_receive_buffer
+from logpool.receive import grow_receive_buffer
 
 where = sys.argv[1]
 datagram = where.startswith("udp://")

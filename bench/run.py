@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 from logpool import paths  # noqa: E402
-from logpool.tools.nginx import Nginx  # noqa: E402
+from logpool.tools.nginx import MODULES, Nginx, native_modules  # noqa: E402
 
 BUILD = os.path.join(ROOT, "build", "bench")
 PY = sys.executable
@@ -383,6 +383,16 @@ POOL_START = """
             %(publish)s
         }
         exit_worker_by_lua_block { require("resty.logpool").stop(5) }"""
+# The native module (no Lua in the log phase), and nginx's own buffered access_log of the
+# same line: the issue's targets are (h) >= 0.97 of (a) and of (i).
+MODULE_POOL = """
+        logpool_pool '{"sinks": [{"name": "main", "url": "%(url)s", "framing": "newline"}]}';
+        logpool_exit_timeout 5s;
+        logpool_format bench '$remote_addr $request $status $body_bytes_sent';
+        logpool_log main bench;"""
+ACCESS_LOG_BUFFERED = """
+        log_format bench '$remote_addr $request $status $body_bytes_sent';
+        access_log logs/bench.log bench buffer=64k;"""
 # name: (http block extra, log_by_lua body, sink url key, metrics location)
 NGINX_CASES = {
     "a_no_log_by_lua": ("", None),
@@ -397,9 +407,12 @@ NGINX_CASES = {
     "g_map_ship_tls_metrics": (LOGLINE_MAP + "\n    lua_shared_dict logpool_metrics 1m;"
                                + POOL_START,
                                f'require("resty.logpool").log("main", {LINE_FROM_MAP})'),
+    "h_module_ship": (MODULE_POOL, None),
+    "i_access_log_buffered": (ACCESS_LOG_BUFFERED, None),
 }
-NGINX_TWO_WORKER_CASES = ("b_build_line", "c_build_and_ship", "d_logger_socket",
-                          "e_map_build_line", "f_map_ship")
+NGINX_TWO_WORKER_CASES = ("a_no_log_by_lua", "b_build_line", "c_build_and_ship", "d_logger_socket",
+                          "e_map_build_line", "f_map_ship", "h_module_ship",
+                          "i_access_log_buffered")
 VENDOR_LUA = os.path.join(HERE, "vendor", "lua-resty-logger-socket", "lib")
 
 
@@ -437,8 +450,9 @@ def nginx_for(tmp, name, workers, sink, tls_sink, ca, prefix=""):
         location = /metrics {
             content_by_lua_block { require("resty.logpool").serve_metrics("logpool_metrics") }
         }"""
+    modules = MODULES + native_modules() if name.startswith("h_") else MODULES
     return Nginx(os.path.join(tmp, f"{prefix}nginx-{workers}-{name}"), http, server, workers=workers,
-                 package_path=False).start()
+                 package_path=False, modules=modules).start()
 
 
 def wrk_rps(ng, seconds):
@@ -571,13 +585,14 @@ def bench_nginx_calls(tmp):
 def bench_nginx_perf(tmp):
     """Where a worker's CPU goes under wrk, sampled with perf (when the machine has it): the
     share of the worker's main thread in liblogpool (log_cdata) and of its writer thread,
-    for the four-variable line (c) and README's form (f)."""
+    for the four-variable line (c), README's form (f) and the native module (h: the module's
+    own share, formatting included, is counted with liblogpool's)."""
     if not shutil.which("perf"):
         return {"skipped": "perf is not installed"}
     sink = FastSink(tmp, "perf.sock")
     out = {}
     try:
-        for name in ("c_build_and_ship", "f_map_ship"):
+        for name in ("c_build_and_ship", "f_map_ship", "h_module_ship"):
             ng = nginx_for(tmp, name, 1, sink, None, None, prefix="perf-")
             try:
                 wrk_rps(ng, 1)
@@ -600,7 +615,8 @@ def bench_nginx_perf(tmp):
                 share, tid, dso = float(m.group(1)), int(m.group(2)), m.group(3)
                 if tid == worker:
                     main += share
-                    logpool_share += share if dso == "liblogpool.so" else 0
+                    logpool_share += share if dso in ("liblogpool.so",
+                                                      "ngx_http_logpool_module.so") else 0
                 else:
                     writer += share
             out[name] = dict(main_pct=main, liblogpool_pct=logpool_share, writer_pct=writer)
@@ -755,6 +771,12 @@ def nginx_rows(ng):
               "f_map_ship", "c_build_and_ship", "> 1: the gain")
         if workers == 1:
             ratio("(b) build the line vs (a) no log_by_lua", "b_build_line", "a_no_log_by_lua")
+        if "h_module_ship" in cpu:
+            # every case also writes nginx's unbuffered request-id access_log (the harness's)
+            ratio("(h) native module logpool_log vs (a) no logging beyond the harness's",
+                  "h_module_ship", "a_no_log_by_lua", ">= 0.97")
+            ratio("(h) native module vs (i) nginx's access_log buffer=64k, same line",
+                  "h_module_ship", "i_access_log_buffered", ">= 0.97")
     calls = ng.get("calls")
     if calls:
         empty = calls["empty"]
@@ -766,7 +788,8 @@ def nginx_rows(ng):
     if "skipped" in perf:
         rows.append(("nginx, perf: worker CPU in logpool", perf["skipped"], "", "", ""))
     for case, label in (("c_build_and_ship", "(c) four ngx.var reads"),
-                        ("f_map_ship", "(f) README's form")):
+                        ("f_map_ship", "(f) README's form"),
+                        ("h_module_ship", "(h) native module, formatting included")):
         if case in perf:
             x = perf[case]
             rows.append((f"nginx, perf, {label}: share of the worker's CPU samples in "

@@ -10,16 +10,17 @@ def cmd_paths(args):
     print(f"lib {paths.lib_path()}")
     print(f"lua {paths.lua_dir()}")
     print(f"include {paths.include_dir()}")
+    print(f"nginx_module {paths.nginx_module_path()}")
     return 0
 
 
 def cmd_receive(args):
-    from logpool import receiver
-    return receiver.main(args.listen, args.out, framing=args.framing, cert_file=args.cert_file,
-                         key_file=args.key_file, client_ca_file=args.client_ca_file,
-                         mode=args.mode, max_message_size=args.max_message_size,
-                         idle_timeout=args.idle_timeout,
-                         handshake_timeout=args.handshake_timeout)
+    from logpool.receive import main
+    return main(args.listen, args.out, framing=args.framing, cert_file=args.cert_file,
+                key_file=args.key_file, client_ca_file=args.client_ca_file, mode=args.mode,
+                max_message_size=args.max_message_size, idle_timeout=args.idle_timeout,
+                handshake_timeout=args.handshake_timeout,
+                max_reply_backlog=args.max_reply_backlog)
 
 
 def octal_mode(text):
@@ -112,35 +113,45 @@ def cmd_version(args):
 
 
 def build_parser():
+    from logpool.receive.options import FRAMINGS, ReceiveOptions
+    receive_defaults = ReceiveOptions()  # the receiver's options are checked there, once
     parser = argparse.ArgumentParser(prog="python -m logpool",
                                      description="logpool: ship logs out of nginx workers")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("paths", help="print where the library, the Lua module and the header are")
+    p = sub.add_parser("paths", help="print where the library, the Lua module, the header and the nginx module are")
     p.set_defaults(func=cmd_paths)
     p = sub.add_parser("receive", help="a collector writing complete messages to a file or "
                        "stdout")
     p.add_argument("--listen", required=True, help="unix:/path, unixgram:/path, "
-                   "tcp://host:port, tls://host:port, udp://host:port, relp://host:port or "
-                   "relp+tls://host:port (RELP: a message is acknowledged once written out)")
+                   "tcp://host:port, tls://host:port, udp://host:port, relp://host:port, "
+                   "relp+tls://host:port (RELP: a message is acknowledged once written out), "
+                   "http://host:port/path or https://host:port/path (answered 200 once "
+                   "written out)")
     p.add_argument("--out", help="append messages to this file (default: stdout)")
-    p.add_argument("--framing", default="newline", choices=("newline", "octet-counting", "raw"),
+    p.add_argument("--framing", default=receive_defaults.framing, choices=FRAMINGS,
                    help="how messages are delimited on the stream, and written out "
                    "(default: newline)")
-    p.add_argument("--cert-file", help="tls://: the server certificate (PEM, may hold the key)")
-    p.add_argument("--key-file", help="tls://: its private key, when not in --cert-file")
-    p.add_argument("--client-ca-file", help="tls://: require client certificates signed by "
-                   "this CA")
-    p.add_argument("--mode", type=octal_mode, default=0o660,
+    p.add_argument("--cert-file", help="tls://, relp+tls://, https://: the server certificate "
+                   "(PEM, may hold the key)")
+    p.add_argument("--key-file", help="its private key, when not in --cert-file")
+    p.add_argument("--client-ca-file", help="require client certificates signed by this CA")
+    p.add_argument("--mode", type=octal_mode, default=receive_defaults.mode,
                    help="unix:/unixgram: permissions of the socket (default 0660: owner and "
                    "group may connect). An existing path is replaced only if it is a stale "
                    "socket")
-    p.add_argument("--max-message-size", type=int, default=16 << 20,
-                   help="hang up on a connection whose unfinished message exceeds this many "
-                   "bytes (default 16 MiB)")
-    p.add_argument("--idle-timeout", type=float, default=300.0,
+    p.add_argument("--max-message-size", type=int, default=receive_defaults.max_message_size,
+                   help="the largest message: a stream's unfinished message, a RELP frame, an "
+                   "HTTP body as sent and as decoded; a peer past it is refused (default 16 MiB)")
+    p.add_argument("--idle-timeout", type=float, default=receive_defaults.idle_timeout,
                    help="hang up on a connection silent this many seconds (default 300)")
-    p.add_argument("--handshake-timeout", type=float, default=10.0,
-                   help="tls://: hang up on a client whose handshake takes longer (default 10)")
+    p.add_argument("--handshake-timeout", type=float,
+                   default=receive_defaults.handshake_timeout,
+                   help="hang up on a client whose opening (TLS handshake, RELP open, first "
+                   "HTTP request head) takes longer (default 10)")
+    p.add_argument("--max-reply-backlog", type=int,
+                   default=receive_defaults.max_reply_backlog,
+                   help="RELP, HTTP: drop a client that leaves more than this many bytes of "
+                   "replies unread (default 1 MiB)")
     p.set_defaults(func=cmd_receive)
     p = sub.add_parser("nginx-snippet", help="print the nginx.conf lines for this installation")
     p.add_argument("--sink", action="append", help="sink URL (repeatable); default "

@@ -17,6 +17,12 @@ def lib_path():
     return os.path.join(PACKAGE_DIR, "liblogpool.so")
 
 
+def nginx_module_path():
+    """Absolute path of the native nginx module ngx_http_logpool_module.so (built by
+    `make build` against the installed nginx; load it with nginx's load_module)."""
+    return os.path.join(PACKAGE_DIR, "ngx_http_logpool_module.so")
+
+
 def lua_dir():
     """Directory such that <dir>/resty/logpool.lua is the OpenResty module."""
     return _inside_or_beside("lua")

@@ -13,7 +13,8 @@ import pytest
 
 import logpool
 from logpool import _binding
-from logpool.receiver import make_receiver
+from logpool.receive import Receiver
+from logpool.receive.http import HttpProtocol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable
@@ -61,6 +62,39 @@ class LockedBytes(io.RawIOBase):
         return self.getvalue().splitlines()
 
 
+class RecordingHttp(HttpProtocol):
+    def received(self, method, target, headers):
+        self.receiver.requests.append((method, target, dict(headers)))
+
+
+class ProbedReceiver(Receiver):
+    """The shipped Receiver plus the seams tests need: every HTTP request's head
+    (`requests`), reading stopped (`pause_reading`), connections reset (`drop_connections`)."""
+    PROTOCOLS = {**Receiver.PROTOCOLS, "http": RecordingHttp, "https": RecordingHttp}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.requests = []  # (method, target, headers)
+
+    def pause_reading(self):
+        """Stop reading connections (the writers' sends then stall) until they are dropped.
+        Returns once the receiver's thread has stopped reading."""
+        def unregister_all():
+            for conn in self.connections:
+                if conn.events:
+                    self._sel.unregister(conn.sock)
+                    conn.events = 0
+        self.run_in_loop(unregister_all)
+
+    def drop_connections(self):
+        """Close every connection now, unread bytes and all (the peer gets a reset): a
+        collector that crashes, as far as its writers can tell. Returns once they are."""
+        def drop_all():
+            for conn in list(self.connections):
+                self.drop(conn)
+        self.run_in_loop(drop_all)
+
+
 @pytest.fixture
 def receiver(tmp_path):
     """A real collector on a unix socket, in a thread of this process."""
@@ -68,8 +102,8 @@ def receiver(tmp_path):
 
     def start(listen=None, **options):
         out = LockedBytes()
-        r = make_receiver(listen or "unix:" + sock_path(tmp_path, f"r{len(started)}.sock"),
-                          out, **options)
+        r = ProbedReceiver(listen or "unix:" + sock_path(tmp_path, f"r{len(started)}.sock"),
+                           out, **options)
         r.output = out
         r.start()
         started.append(r)

@@ -762,7 +762,7 @@ def test_forward_close_ends_a_withheld_ack_within_its_timeout(forward_server):
 
 
 def test_forward_over_tls_verifies_the_collector(forward_server, pools, test_ca):
-    from logpool.receiver import server_tls_context
+    from logpool.receive import server_tls_context
     server = forward_server(tls=server_tls_context(*test_ca.issue("server")))
     pool = pools({"sinks": [{"url": server.url, "ca_file": test_ca.ca_file,
                              "server_name": "localhost"}], **FAST})

@@ -13,7 +13,7 @@ import logpool
 from conftest import ReceiveProcess, luajit_binary, message, parse_line, sock_path, wait_for
 from logpool import paths
 from logpool.tools.nginx import wait_until
-from logpool.receiver import READ_SIZE
+from logpool.receive import READ_SIZE
 
 FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "flood.lua")
 

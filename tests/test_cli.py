@@ -13,10 +13,12 @@ def run_cli(*args, check=True):
                           text=True, cwd=ROOT, check=check)
 
 
-def test_paths_prints_lib_lua_and_include():
+def test_paths_prints_lib_lua_include_and_the_nginx_module():
     lines = run_cli("paths").stdout.splitlines()
-    assert [line.split(" ", 1)[0] for line in lines] == ["lib", "lua", "include"]
-    lib, lua, include = (line.split(" ", 1)[1] for line in lines)
+    assert [line.split(" ", 1)[0] for line in lines] == ["lib", "lua", "include", "nginx_module"]
+    lib, lua, include, module = (line.split(" ", 1)[1] for line in lines)
+    assert os.path.isabs(module) and os.path.isfile(module)
+    assert module.endswith("/ngx_http_logpool_module.so")
     assert os.path.isabs(lib) and os.path.isfile(lib) and lib.endswith(".so")
     assert os.path.isfile(os.path.join(lua, "resty", "logpool.lua"))
     assert os.path.isfile(os.path.join(include, "logpool.h"))

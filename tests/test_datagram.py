@@ -11,7 +11,7 @@ import pytest
 import logpool
 from conftest import sock_path, wait_for
 from logpool.transports.datagram import MAX_DATAGRAM
-from logpool.receiver import grow_receive_buffer
+from logpool.receive import grow_receive_buffer
 
 # Per datagram, the kernel charges the receive buffer far more than the payload.
 DATAGRAM_OVERHEAD = 1024

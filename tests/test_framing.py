@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import logpool
 from conftest import octet_frames, wait_for
-from logpool.receiver import FramingError, split_messages
+from logpool.receive import FramingError, split_messages
 
 
 def awkward_messages(count, seed):

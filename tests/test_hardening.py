@@ -17,7 +17,7 @@ import logpool
 import logpool.pool  # a submodule: the package imports it lazily
 from conftest import LockedBytes, PYTHON, ROOT, message, parse_line, sock_path, wait_for
 from logpool import _binding, config as config_mod, paths
-from logpool.receiver import Receiver, server_tls_context
+from logpool.receive import Receiver, server_tls_context
 
 ffi = _binding.ffi
 lib = _binding.lib()
@@ -393,17 +393,18 @@ def test_receiver_caps_a_partial_message(receiver, framing, data):
 def test_receiver_buffers_a_long_message_in_linear_time(receiver):
     # 32 MiB in 4 KiB reads: re-copying the partial message on every read (as before) is
     # 128 GiB of copying; appending in place is 32 MiB.
+    from logpool.receive.loop import Connection
+    from logpool.receive.stream import StreamProtocol
     r = receiver(max_message_size=64 << 20)
     a, b = socket.socketpair()
-    r._partial[a] = bytearray()
-    r._last_active[a] = r.clock()
+    proto = StreamProtocol(r, Connection(a, r.clock(), handshaking=False))
     piece = b"z" * 4096
     done = threading.Event()
 
     def feed():
         for _ in range(8192):
-            r._consume(a, piece)
-        r._consume(a, b"\n")
+            assert proto.feed(piece)
+        assert proto.feed(b"\n")
         done.set()
     threading.Thread(target=feed, daemon=True).start()
     assert done.wait(20), "buffering a long message is not linear"

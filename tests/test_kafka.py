@@ -247,3 +247,23 @@ def test_nginx_ships_every_request_to_kafka_once_across_a_reload(cluster, tmp_pa
     assert len(ids) > 500
     got = [v.decode().rstrip("\n") for _, v in reader.collect(len(ids))]
     assert_exactly_once(ids, got)
+
+
+def test_max_message_size_is_checked_against_librdkafkas_message_max_bytes():
+    """librdkafka refuses a record above message.max.bytes (1,000,000 by default) at send
+    time: accepting a bigger line would only drop it later."""
+    given = {"url": "kafka://h:1/t", "max_message_size": 1_048_576}
+    with pytest.raises(logpool.ConfigError) as exc:
+        logpool.config.parse({"sinks": [given]})
+    assert "message.max.bytes" in str(exc.value) and "sinks[0].max_message_size" in str(exc.value)
+    # The default is capped to what librdkafka takes (less the key), not refused.
+    sink, = logpool.config.parse({"sinks": [{"url": "kafka://h:1/t", "kafka_key": "abc"}]}).sinks
+    assert sink.max_message_size == 1_000_000 - 3
+    sink, = logpool.config.parse({"sinks": [{"url": "kafka://h:1/t",
+                                             "kafka": {"message.max.bytes": 2_000_000},
+                                             "max_message_size": 1_500_000}]}).sinks
+    assert sink.max_message_size == 1_500_000
+    # The pool-wide kafka object counts too.
+    with pytest.raises(logpool.ConfigError):
+        logpool.config.parse({"sinks": [{"url": "kafka://h:1/t", "max_message_size": 600_000}],
+                              "kafka": {"message.max.bytes": 500_000}})

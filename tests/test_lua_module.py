@@ -264,3 +264,22 @@ def test_lua_accepts_relp_urls_and_collector_lists(lua, receiver, tmp_path):
     err = caller_error(lua, "local lp = require 'resty.logpool'\n"
                             "lp.new({ sinks = { { url = { 'relp://h:1', 5 } } } })")
     assert err.startswith("caller:2:") and "sinks[1].url[2] must be a string" in err
+
+
+def test_documented_empty_table_defaults_are_objects_not_arrays(lua, receiver):
+    """http_headers = {} and kafka = {} are the documented defaults: they must reach the
+    config as JSON objects (an empty Lua table used to encode as [], a config error)."""
+    r = receiver("http://127.0.0.1:0/logs")
+    out = lua.execute(f"""
+        local lp = require 'resty.logpool'
+        local json = require 'resty.logpool.json'
+        local pool, err = lp.new({{ sinks = {{ {{ url = '{r.url}', name = 'h',
+                                                 http_headers = {{}} }} }} }})
+        if not pool then return nil, err end
+        assert(pool:log('h', 'one'))
+        local ok = pool:flush(10)
+        return ok, pool:close(5), json.encode({{ kafka = {{}} }}),
+               json.encode(setmetatable({{}}, json.array_mt))
+    """)
+    assert tuple(out) == (True, 0, '{"kafka":{}}', "[]")
+    assert r.output.lines() == [b"one"]

@@ -1,5 +1,5 @@
 """A non-Python host: the `luajit` binary, under a stripped environment, loads the library
-with plain ffi.load and the library starts Python itself (DESIGN.md traps 1-6)."""
+with plain ffi.load and the library starts Python itself (docs/architecture.md, traps 1-6)."""
 import os
 import signal
 import subprocess

@@ -130,7 +130,8 @@ def test_a_failover_list_tries_every_collector_and_resolves_names_each_time(rece
     pool.log(0, message(0, 0))
     pool.flush(timeout=30)
     assert seqs(r.output.lines()) == [0]
-    assert pool.stats(0)["connect_failures"] == 0  # one connect: the second collector worked
+    st = pool.stats(0)  # the dead collector is a failed connect; the second one worked
+    assert st["connect_failures"] == 1 and st["connects"] == 1
     assert f'collector="{dead}"' in pool.metrics()
 
 

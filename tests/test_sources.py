@@ -173,3 +173,13 @@ def test_every_option_is_documented(key):
                                os.path.join(os.path.dirname(PACKAGE), "docs")))
                            if f.endswith(".md")))
     assert f"`{key}`" in readme
+
+
+def test_every_python_package_of_the_source_tree_is_installed():
+    """pyproject lists the packages a `pip install` ships: a new subpackage missing there
+    works from the checkout and breaks `make install`."""
+    import tomllib
+    with open(os.path.join(os.path.dirname(PACKAGE), "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = {m for m, p in package_modules().items() if p.endswith("__init__.py")}
+    assert found == listed

@@ -4,7 +4,7 @@ certificates, session resumption, and resend semantics identical to TCP."""
 import pytest
 
 from conftest import message, parse_line, steady_producer, wait_for
-from logpool.receiver import server_tls_context
+from logpool.receive import server_tls_context
 from tlsca import TestCA
 
 FAST_RETRY = {"retry_interval_ms": 20, "max_retry_interval_ms": 200}

@@ -92,6 +92,18 @@ static int promote_libpython(char *err, size_t errlen)
     if (dladdr((void *)&Py_IsInitialized, &py) == 0 || py.dli_fname == NULL)
         return fail(err, errlen, "embedded Python runtime unavailable: dladdr() cannot find "
                                  "libpython");
+    if (!Py_IsInitialized() && !same_file(py.dli_fname, LOGPOOL_BUILD_LIBPYTHON) &&
+        access(LOGPOOL_BUILD_LIBPYTHON, R_OK) != 0) {
+        /* The real cause: this user cannot read the build's libpython, so the loader went
+         * on to another one. Rebuilding would not help; an installation it can read does. */
+        int e = errno;
+        return fail(err, errlen,
+                    "embedded Python runtime unavailable: cannot read %s, the libpython "
+                    "liblogpool was built against: %s (running as uid %d), so the loader took "
+                    "%s instead; install logpool where this user can read it and its Python "
+                    "(make install PREFIX=/opt/logpool)",
+                    LOGPOOL_BUILD_LIBPYTHON, strerror(e), (int)geteuid(), py.dli_fname);
+    }
     if (!Py_IsInitialized() && !same_file(py.dli_fname, LOGPOOL_BUILD_LIBPYTHON))
         return fail(err, errlen,
                     "embedded Python runtime unavailable: loaded %s but liblogpool was built "

@@ -12,11 +12,11 @@ class FaultInjector:
 
     Faults: connect_fail, connect_timeout, write_error (a random partial write, then EPIPE
     or ECONNRESET), eagain, short_write, slow_write (a few ms before the send), exception
-    (an unexpected error inside the writer, DESIGN.md trap 8), writer_crash (an error that
-    escapes the writer's loop: what a bug in the loop itself would do), resolve_delay (the
-    name resolver answers only after "resolve_delay_s" seconds: a slow DNS server) and
-    kafka_fatal (librdkafka's producer fails for good, as a broken idempotence sequence
-    would make it).
+    (an unexpected error inside the writer, docs/architecture.md trap 8), writer_crash (an
+    error that escapes the writer's loop: what a bug in the loop itself would do),
+    resolve_delay (the name resolver answers only after "resolve_delay_s" seconds: a slow
+    DNS server) and kafka_fatal (librdkafka's producer fails for good, as a broken
+    idempotence sequence would make it).
     "max_<fault>" caps how often a fault happens."""
 
     KINDS = ("connect_fail", "connect_timeout", "write_error", "eagain", "short_write",

@@ -293,7 +293,7 @@ class SinkWriter(threading.Thread):
                     raise ConnectionRefusedError(errno.ECONNREFUSED, "injected: refused")
                 if self.faults.hit("connect_timeout"):
                     raise TimeoutError(errno.ETIMEDOUT, "injected: connect timed out")
-            self.transport.connect(self._should_stop)
+            skipped = self.transport.connect(self._should_stop) or ()
         except Stopped:
             self.transport.close()
             return False
@@ -312,6 +312,12 @@ class SinkWriter(threading.Thread):
                                  f"retrying in {delay * 1000:.0f} ms")
             return True
         self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
+        for url, exc in skipped:  # collectors that failed before one opened a session
+            self._count(lib.LOGPOOL__CONNECT_FAILURES)
+            if isinstance(exc, HandshakeError):
+                self._count(lib.LOGPOOL__TLS_HANDSHAKE_FAILURES)
+            self.reporter.report("collector failed", f"{url}: {describe(exc)}; using "
+                                 f"{self.transport.url} instead")
         if getattr(self.transport, "resumed", False):
             self._count(lib.LOGPOOL__TLS_RESUMED)
         self.connected = True

@@ -16,7 +16,7 @@ import tempfile
 import time
 
 from logpool.tools.nginx import Nginx, NginxMissing, wait_for
-from logpool.receiver import Receiver
+from logpool.receive import Receiver
 
 # Each worker times its pool:log calls with a vDSO clock, and an empty pair of clock reads
 # right after (the clock's own cost, subtracted), and reports them with its counters when

@@ -1,5 +1,7 @@
 """Start and stop a real nginx (Debian's nginx-core + libnginx-mod-http-lua) in a temporary
-prefix on a free port: used by the tests, the demo and the benchmarks."""
+prefix on a free port: used by the tests, the demo and the benchmarks. `modules` chooses the
+dynamic modules it loads: the Lua module (default), or e.g. only logpool's native module
+(NATIVE_MODULES) for plain nginx."""
 import http.client
 import os
 import shutil
@@ -12,6 +14,12 @@ from logpool import paths
 
 MODULES = ("/usr/lib/nginx/modules/ndk_http_module.so",
            "/usr/lib/nginx/modules/ngx_http_lua_module.so")
+LUA_MODULE = MODULES[1]
+
+
+def native_modules():
+    """Plain nginx with logpool's own module (no Lua)."""
+    return (paths.nginx_module_path(),)
 
 
 class NginxError(RuntimeError):
@@ -22,15 +30,17 @@ class NginxMissing(RuntimeError):
     pass
 
 
-def nginx_binary():
+def nginx_binary(modules=MODULES):
     path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx")
                                      else None)
     if not path:
         raise NginxMissing("nginx is required (Debian: nginx-core libnginx-mod-http-lua; "
                            "`make deps`)")
-    for module in MODULES:
+    for module in modules:
         if not os.path.exists(module):
-            raise NginxMissing(f"{module} missing: install libnginx-mod-http-lua")
+            hint = ("`make build`" if module == paths.nginx_module_path()
+                    else "install libnginx-mod-http-lua")
+            raise NginxMissing(f"{module} missing: {hint}")
     return path
 
 
@@ -78,22 +88,24 @@ http {{
 
 class Nginx:
     def __init__(self, prefix, http_extra="", server_extra="", main_extra="", workers=2,
-                 wrapper=(), package_path=True, listen_opts=""):
+                 wrapper=(), package_path=True, listen_opts="", modules=MODULES, user=None):
         self.prefix = str(prefix)
         self.port = free_port()
         for d in ("conf", "logs", "tmp"):
             os.makedirs(os.path.join(self.prefix, d), exist_ok=True)
         conf = CONF.format(
-            load_modules="\n".join(f"load_module {m};" for m in MODULES),
-            user="user root root;" if os.geteuid() == 0 else "",
+            load_modules="\n".join(f"load_module {m};" for m in modules),
+            user=(f"user {user};" if user else
+                  "user root root;" if os.geteuid() == 0 else ""),
             workers=workers, main_extra=main_extra,
-            package_path=f'lua_package_path "{paths.lua_dir()}/?.lua;;";' if package_path else "",
+            package_path=(f'lua_package_path "{paths.lua_dir()}/?.lua;;";'
+                          if package_path and LUA_MODULE in modules else ""),
             http_extra=http_extra, port=self.port, server_extra=server_extra,
             listen_opts=f" {listen_opts}" if listen_opts else "")
         self.conf_path = os.path.join(self.prefix, "conf", "nginx.conf")
         with open(self.conf_path, "w") as f:
             f.write(conf)
-        self.cmd = [*wrapper, nginx_binary(), "-p", self.prefix + "/", "-c", self.conf_path]
+        self.cmd = [*wrapper, nginx_binary(modules), "-p", self.prefix + "/", "-c", self.conf_path]
         check = subprocess.run(self.cmd + ["-t"], capture_output=True, text=True)
         if check.returncode != 0:
             raise NginxError(f"nginx -t refused the config: {check.stderr}")

@@ -172,20 +172,23 @@ class Transport:
         return self.collectors[self.current][2]
 
     def connect_any(self, should_stop, connect_one):
-        """connect_one() against each collector in failover order, from the current one; the
-        first that works stays current. Raises the last failure when none works."""
-        last = None
+        """connect_one() (the whole opening exchange) against each collector in failover
+        order, from the current one; the first that works stays current. Returns the
+        [(url, error)] of the collectors that failed before it, for the engine to count and
+        report; raises the last failure when none works."""
+        last, skipped = None, []
         for _ in range(len(self.collectors)):
             url = self.url
             try:
                 connect_one()
                 self.collector_stats[url][0] += 1
-                return
+                return skipped
             except Stopped:
                 raise
             except OSError as exc:
                 self.collector_stats[url][1] += 1
                 self.close()
+                skipped.append((url, exc))
                 last = exc if len(self.collectors) == 1 else type(exc)(
                     exc.errno, f"{url}: {exc.strerror or exc}")
                 self.current = (self.current + 1) % len(self.collectors)
@@ -219,8 +222,9 @@ class Transport:
         return None
 
     def connect(self, should_stop):
-        """Open a connection within connect_timeout_ms. Raises OSError (HandshakeError when
-        the collector refused the session) or Stopped."""
+        """Open a session within connect_timeout_ms (the whole opening exchange). Returns
+        the [(url, error)] of collectors that failed first (failover), or None. Raises
+        OSError (HandshakeError when the collector refused the session) or Stopped."""
         raise NotImplementedError
 
     def write(self):

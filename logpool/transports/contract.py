@@ -137,6 +137,8 @@ class RetryLater(OSError):
     """The collector asked for the data again later (after_s seconds, or None: backoff)."""
 
     def __init__(self, text, after_s=None, errno_=11):
+        if isinstance(text, int):  # OSError's (errno, text), as failover re-raises it
+            text, errno_, after_s = after_s, text, None
         super().__init__(errno_, text)
         self.retry_after = after_s
 
@@ -146,5 +148,5 @@ class ProtocolError(OSError):
     protocol's rules (an oversized reply, an acknowledgement for nothing sent): the data is
     kept and resent on a new session."""
 
-    def __init__(self, text):
-        super().__init__(71, text)  # EPROTO
+    def __init__(self, *args):
+        super().__init__(*((71,) + args if len(args) == 1 else args))  # EPROTO

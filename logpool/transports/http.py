@@ -442,8 +442,9 @@ class HttpTransport(StreamTransport):
 
     def connect(self, should_stop):
         self._should_stop = should_stop
-        super().connect(should_stop)
+        skipped = super().connect(should_stop)
         self.reusable = True
+        return skipped
 
     def peer_closed(self):
         return False  # an idle keep-alive connection the server closed is reopened in write
@@ -612,8 +613,9 @@ class HttpsTransport(HttpTransport, TlsTransport):
 
     def connect(self, should_stop):
         self._should_stop = should_stop
-        TlsTransport.connect(self, should_stop)
+        skipped = TlsTransport.connect(self, should_stop)
         self.reusable = True
+        return skipped
 
 
 def _gzip(body):

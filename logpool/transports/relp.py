@@ -9,23 +9,17 @@ Frames: TXNR SP COMMAND SP DATALEN [SP DATA] LF. Commands are framed in C straig
 chunks (Chain.relp_frames); replies are parsed here.
 """
 import errno
-import re
 import select
 import time
 
 from logpool.errors import ConfigError
+from logpool.protocols.relp import (ACK_SUFFIX, OFFERS, TXNR_MAX, RelpError, next_txnr,
+                                    parse_frame)
 from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import TlsTransport
 
-TXNR_MAX = 999_999_999
 DEFAULT_WINDOW = 128
-OFFERS = (b"relp_version=0\nrelp_software=logpool,0.1.0,https://github.com/logpool/logpool\n"
-          b"commands=syslog")
-ACK_SUFFIX = b" rsp 6 200 OK"
-# TXNR SP COMMAND SP DATALEN (SP DATA | LF): the header of a frame, and any start of one.
-FRAME_HEAD = re.compile(rb"(\d{1,9}) ([a-z]{1,32}) (\d{1,9})([ \n])")
-FRAME_HEAD_PREFIX = re.compile(rb"\d{0,9}( [a-z]{0,32}( \d{0,9})?)?")
 CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
 # A reply ("rsp 200 OK", an error text, an open's offers) is short: a collector announcing
 # more is broken or hostile, and is not given the memory to hold it.
@@ -37,14 +31,6 @@ def would_block():
     relp+tls sink exists: plain workers never import ssl)."""
     import ssl
     return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class RelpError(OSError):
-    """The collector refused a command or broke the protocol: reconnect and resend."""
-
-
-def next_txnr(txnr):
-    return 1 if txnr == TXNR_MAX else txnr + 1
 
 
 class RelpTransport(StreamTransport):
@@ -293,27 +279,9 @@ class RelpTransport(StreamTransport):
 
     @staticmethod
     def _parse_frame(buf, pos):
-        """(txnr, command, data, next pos) of the frame at pos, or None if incomplete."""
-        m = FRAME_HEAD.match(buf, pos)
-        if m is None:
-            if FRAME_HEAD_PREFIX.fullmatch(buf, pos, min(len(buf), pos + 64)):
-                return None  # the header is still arriving
-            raise RelpError(errno.EPROTO, f"RELP: a malformed frame header "
-                            f"{bytes(buf[pos:pos + 40])!r}")
-        length, start = int(m.group(3)), m.end()
-        if length > MAX_REPLY_BYTES:
-            raise ProtocolError(f"RELP: a reply announcing {length} bytes (at most "
-                                f"{MAX_REPLY_BYTES})")
-        if m.group(4) == b"\n":  # "TXNR COMMAND 0\n": no data
-            if length:
-                raise RelpError(errno.EPROTO, "RELP: a frame without the data it announces")
-            return int(m.group(1)), m.group(2), b"", start
-        end = start + length
-        if len(buf) <= end:
-            return None
-        if buf[end] != 0x0A:
-            raise RelpError(errno.EPROTO, "RELP: a frame without its trailer")
-        return int(m.group(1)), m.group(2), bytes(buf[start:end]), end + 1
+        """(txnr, command, data, next pos) of the frame at pos, or None if incomplete; a
+        reply announcing more than MAX_REPLY_BYTES is a protocol error before its data."""
+        return parse_frame(buf, pos, MAX_REPLY_BYTES)
 
     def _read_frame(self, should_stop, deadline):
         while True:

@@ -12,7 +12,7 @@ class StreamTransport(Transport):
     ADDRESS = {"unix": "path", "tcp": "host_port"}
 
     def connect(self, should_stop):
-        self.connect_any(should_stop, lambda: self._connect_one(should_stop))
+        return self.connect_any(should_stop, lambda: self._connect_one(should_stop))
 
     def _connect_one(self, should_stop):
         deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000

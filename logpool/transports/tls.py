@@ -92,9 +92,10 @@ class TlsTransport(StreamTransport):
         return None
 
     def connect(self, should_stop):
-        super().connect(should_stop)
+        skipped = super().connect(should_stop)
         self.resumed = self.sock.session_reused
         self.session = self.sock.session
+        return skipped
 
     def _established(self, sock, family, should_stop, deadline):
         sock = super()._established(sock, family, should_stop, deadline)

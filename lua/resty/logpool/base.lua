@@ -95,8 +95,8 @@ _M.STATS_FIELDS = {
     "spool_writes", "spool_replayed", "spool_corrupt",
 }
 
--- The library handle lives in this upvalue for the life of the worker (DESIGN.md trap 6;
--- the library also pins itself with RTLD_NODELETE).
+-- The library handle lives in this upvalue for the life of the worker (docs/architecture.md,
+-- trap 6; the library also pins itself with RTLD_NODELETE).
 local lib, lib_loaded_from
 
 -- The library relative to this file (resty/logpool/base.lua): an installed package has

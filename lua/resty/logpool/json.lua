@@ -11,6 +11,13 @@ local type = type
 
 local _M = { _VERSION = "0.1.0" }
 
+-- An empty Lua table is ambiguous. In a pool config every table-valued option
+-- (http_headers, kafka, loki_labels, ...) is an object, and an empty list is always an
+-- error, so {} encodes as an object; setmetatable({}, json.array_mt) forces "[]".
+_M.array_mt = {}
+local array_mt = _M.array_mt
+local getmetatable = getmetatable
+
 local function json_string(s)
     return '"' .. s:gsub('[%c"\\]', function(c)
         if c == '"' then return '\\"' end
@@ -34,7 +41,7 @@ function _M.encode(v)
     elseif t == "boolean" then
         return tostring(v)
     elseif t == "table" then
-        if #v > 0 or next(v) == nil then
+        if #v > 0 or (next(v) == nil and getmetatable(v) == array_mt) then
             local parts = {}
             for i, item in ipairs(v) do
                 parts[i] = _M.encode(item)

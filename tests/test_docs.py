@@ -1,0 +1,141 @@
+"""The docs a newcomer reads point at things that exist: every relative link in README.md and
+docs/*.md (and the heading it names), every repository file a doc names in backticks, every
+test a doc cites as `file.py::test_name`, and every `file.lua:LINE` an error-log example
+shows."""
+import glob
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT)
+                              for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+SKIP_DIRS = {".git", ".venv", "__pycache__", "node_modules"}
+EXTENSIONS = (".py", ".md", ".c", ".h", ".lua", ".toml", ".so", ".sh", ".cfg")
+LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+CODE = re.compile(r"`([^`\n]+)`")
+LUA_LINE = re.compile(r"\[lua\] ([\w/]+\.lua):(\d+):")  # as nginx's error log shows it
+
+
+def repository_files():
+    out = []
+    for dirpath, dirnames, files in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        out += [os.path.relpath(os.path.join(dirpath, f), ROOT) for f in files]
+    return out
+
+
+FILES = set(repository_files())
+DIRS = {os.path.dirname(f)[:i] for f in FILES for i in range(len(os.path.dirname(f)) + 1)
+        if i == len(os.path.dirname(f)) or os.path.dirname(f)[i] == "/"} - {""}
+
+
+def text_outside_code_blocks(path):
+    out, fenced = [], False
+    for line in open(os.path.join(ROOT, path), encoding="utf-8"):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            out.append(line)
+    return "".join(out)
+
+
+def slug(heading):
+    """GitHub's anchor for a heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(path):
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text_outside_code_blocks(path),
+                                                   re.M)}
+
+
+def find(name):
+    """The repository file (or directory) a doc means by `name`: a path from the root, or
+    the tail of one (`csrc/pool.c`, `resty/logpool/base.lua`), or a bare file name."""
+    name = name.rstrip("/")
+    return [f for f in FILES | DIRS if f == name or f.endswith("/" + name)] if "/" in name \
+        else [f for f in FILES if os.path.basename(f) == name]
+
+
+
+def named_paths(text):
+    """(path, test or None) for every backticked token that names a repository file."""
+    for m in CODE.finditer(text):
+        token = m.group(1).strip()
+        token = re.sub(r"^(\S+\.\w+): .*", r"\1", token)  # `logpool/x.py: SomeClass`
+        path, _, test = token.partition("::")
+        if (re.search(r"[\s…*?<>{}$=,'\"()|#@]|://", path) or path.startswith(("/", "~", "-",
+                                                                                  "."))):
+            continue
+        if path.endswith(EXTENSIONS) or (path.endswith("/") and "/" in path[:-1]):
+            yield path, test or None
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_relative_link_exists(doc):
+    base = os.path.dirname(os.path.join(ROOT, doc))
+    missing = []
+    for m in LINK.finditer(text_outside_code_blocks(doc)):
+        target = m.group(1)
+        if re.match(r"[a-z]+:", target):
+            continue  # http:, https:, mailto:
+        path, _, anchor = target.partition("#")
+        full = os.path.normpath(os.path.join(base, path)) if path else \
+            os.path.join(ROOT, doc)
+        if not os.path.exists(full):
+            missing.append(target)
+        elif anchor and full.endswith(".md") and anchor not in anchors(os.path.relpath(full,
+                                                                                      ROOT)):
+            missing.append(target + " (no such heading)")
+    assert not missing, f"{doc}: links to nothing: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_file_and_test_a_doc_names_exists(doc):
+    missing = []
+    for path, test in named_paths(open(os.path.join(ROOT, doc), encoding="utf-8").read()):
+        found = find(path)
+        if not found:
+            missing.append(path)
+            continue
+        if test and not test.startswith("…"):
+            prefix = test.rstrip("…")
+            exact = not test.endswith("…")
+            source = "".join(open(os.path.join(ROOT, f), encoding="utf-8").read()
+                             for f in found if f.endswith(".py"))
+            pattern = rf"^def {re.escape(prefix)}" + (r"\(" if exact else "")
+            if not re.search(pattern, source, re.M):
+                missing.append(f"{path}::{test}")
+    assert not missing, f"{doc} names files or tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_lua_line_numbers_in_log_examples_point_at_a_log_call(doc):
+    for m in LUA_LINE.finditer(open(os.path.join(ROOT, doc), encoding="utf-8").read()):
+        name, line = m.group(1), int(m.group(2))
+        found = [f for f in find(name) if f.startswith("lua/")]
+        assert found, f"{doc}: {m.group(0)}: no such Lua file"
+        lines = open(os.path.join(ROOT, found[0]), encoding="utf-8").read().splitlines()
+        assert line <= len(lines) and "ngx.log" in lines[line - 1], \
+            f"{doc}: {m.group(0)} is not where the Lua module logs (line {line}: " \
+            f"{lines[line - 1].strip() if line <= len(lines) else 'past the end'!r})"
+
+
+def test_the_checks_see_what_they_check():
+    """The patterns above find the links and names they are meant to (a check that matches
+    nothing passes vacuously)."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert "docs/architecture.md" in {m.group(1).partition("#")[0]
+                                      for m in LINK.finditer(readme)}
+    arch = open(os.path.join(ROOT, "docs", "architecture.md"), encoding="utf-8").read()
+    named = list(named_paths(arch))
+    assert ("logpool/csrc/hotpath.c", None) in named
+    assert len({test for _, test in named if test}) >= 8  # the traps' tests
+    assert find("nonexistent/file.py") == [] and find("csrc/pool.c")
+    assert "the-eight-embedding-traps" in anchors("docs/architecture.md")
+    assert "bench/vendor" in DIRS
+    assert LUA_LINE.search(open(os.path.join(ROOT, "docs", "operating.md"),
+                                encoding="utf-8").read())

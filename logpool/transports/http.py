@@ -40,14 +40,15 @@ interrupted by the stop flag).
 """
 import errno
 import select
+import sys
 import time
 import zlib
 
 from logpool.errors import ConfigError
-from logpool.transports.formats import FORMATS, all_options as format_options
-from logpool.transports.formats import owner as format_owner
 from logpool.transports.base import (SLICE_S, Fate, Outcome, ProtocolError, RetryLater,
                                      Stopped, Unsendable)
+from logpool.transports.formats import FORMATS, all_options as format_options
+from logpool.transports.formats import owner as format_owner
 from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Response,
                                                body_text)
 from logpool.transports.stream import StreamTransport
@@ -189,7 +190,11 @@ def generic_answer(response, count, why=""):
 # -- the bounded HTTP/1.1 response reader ------------------------------------------------------
 
 def _would_block():
-    import ssl
+    """The exceptions of a non-blocking socket with nothing to do now. ssl's only when it is
+    loaded (an https sink exists): plain-HTTP workers never import it."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None:
+        return (BlockingIOError, InterruptedError)
     return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -223,8 +228,7 @@ class Exchange:
             try:
                 sent = self.sock.send(view)
             except blocked as exc:
-                import ssl
-                self._wait(select.POLLIN if isinstance(exc, ssl.SSLWantReadError)
+                self._wait(select.POLLIN if type(exc).__name__ == "SSLWantReadError"
                            else select.POLLOUT)
                 continue
             view = view[sent:]

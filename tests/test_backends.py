@@ -799,7 +799,6 @@ def test_nginx_lua_recipe_json_lines_carry_the_time_they_were_logged(peer, nginx
     # own small encoder: Debian's nginx Lua module has no cjson), its "time" the moment of
     # logging; Loki receives that time, not the time of sending.
     loki = FakeLoki()
-    loki.lock = threading.Lock()
     server = peer(loki)
     http_extra, _ = logpool_conf(server.url + "/", 'http_format = "loki",')
     server_extra = """
@@ -873,3 +872,45 @@ def test_clickhouse_a_row_it_cannot_parse_is_isolated_and_dropped_alone(peer, po
     st = pool.stats(0)
     assert st["dropped_rejected"] == 1 and st["sent_messages"] == 39
     assert_logged(capfd, "ClickHouse exception code 27")
+
+
+@pytest.fixture
+def native_nginx(tmp_path):
+    """A real nginx with the native module (no Lua)."""
+    from logpool.tools.nginx import Nginx, native_modules
+    started = []
+
+    def start(http_extra, workers=2):
+        n = Nginx(tmp_path / f"native{len(started)}", http_extra, "", workers=workers,
+                  modules=native_modules())
+        started.append(n)
+        return n.start()
+
+    yield start
+    for n in started:
+        n.kill()
+
+
+def test_native_module_json_format_reaches_loki_with_the_time_it_was_logged(peer,
+                                                                            native_nginx):
+    # The recipe without Lua: one logpool_format with escape=json builds the JSON object;
+    # its "time" ($msec) is the moment nginx logged the request.
+    loki = FakeLoki()
+    server = peer(loki)
+    pool = json.dumps({"sinks": [{"name": "main", "url": server.url + "/",
+                                  "http_format": "loki",
+                                  "loki_labels": {"job": "nginx", "host": "edge-1"}}],
+                       "periodic_flush_ms": 50})
+    ng = native_nginx(f"""
+        logpool_pool '{pool}';
+        logpool_format json escape=json
+            '{{"time":$msec,"request_id":"$request_id","uri":"$uri","status":$status}}';
+        logpool_log main json;
+    """)
+    assert ng.requests(100, connections=4) == [200] * 100
+    assert ng.quit() == 0
+    got = [(ts, json.loads(line)) for _, ts, line in loki.entries]
+    assert_exactly_once(ng.access_ids(), [doc["request_id"] for _, doc in got])
+    assert all(ts == round(doc["time"] * 1e6) * 1000 for ts, doc in got)
+    assert {json.dumps(labels) for labels, _, _ in loki.entries} == {
+        json.dumps({"job": "nginx", "host": "edge-1"})}

@@ -107,6 +107,12 @@ def cmd_top(args):
         return 0
 
 
+def cmd_config_reference(args):
+    from logpool import reference
+    print(reference.markdown(), end="")
+    return 0
+
+
 def cmd_version(args):
     print(logpool.__version__)
     return 0
@@ -169,6 +175,9 @@ def build_parser():
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
     p.add_argument("--once", action="store_true", help="print one table and exit")
     p.set_defaults(func=cmd_top)
+    p = sub.add_parser("config-reference", help="print the configuration reference "
+                       "(every key, its type, default and meaning) as Markdown")
+    p.set_defaults(func=cmd_config_reference)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(func=cmd_version)
     return parser

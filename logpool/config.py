@@ -13,33 +13,46 @@ import socket
 from logpool import transports
 from logpool.errors import ConfigError
 from logpool.record import Record
+from logpool.transports.schema import Option, defaults
 
 # Options valid at the top level and per sink (a sink's value wins). Units are in the name.
-SINK_OPTIONS = {
-    "flush_limit": 65536,
-    "periodic_flush_ms": 100,
-    "max_buffer_length": 16 * 1024 * 1024,
-    "max_message_size": 1024 * 1024,
-    "connect_timeout_ms": 1000,
-    "send_timeout_ms": 5000,
-    "retry_interval_ms": 100,
-    "max_retry_interval_ms": 5000,
-}
+SINK_SCHEMA = (
+    Option("flush_limit", "integer", 65536, "bytes buffered that wake the writer at once"),
+    Option("periodic_flush_ms", "integer", 100, "longest time an accepted byte waits before "
+           "the writer sends it"),
+    Option("max_buffer_length", "integer", 16 * 1024 * 1024, "bytes accepted but not yet "
+           "written, per sink; above it (and a full spool) log returns EFULL"),
+    Option("max_message_size", "integer", 1024 * 1024, "larger messages get ETOOBIG "
+           "(defaults shrink to max_buffer_length and to what the transport carries)"),
+    Option("connect_timeout_ms", "integer", 1000, "one connect attempt: name resolution and "
+           "the whole opening exchange (TLS, the protocol's open)"),
+    Option("send_timeout_ms", "integer", 5000, "a connection that takes no byte (or answers "
+           "nothing) for this long is dropped and retried"),
+    Option("retry_interval_ms", "integer", 100, "first reconnect delay; doubles per "
+           "consecutive failure (jitter: 50-100 % of it)"),
+    Option("max_retry_interval_ms", "integer", 5000, "cap of the reconnect delay"),
+)
+SINK_OPTIONS = defaults(SINK_SCHEMA)
+FRAMING_OPTION = Option("framing", "string", "raw", "raw (bytes as given), newline (appends "
+                        "\\n when missing) or octet-counting (RFC 6587, stream sinks only)")
 # The disk spool (top level or per sink): spool_dir enables it.
-SPOOL_OPTIONS = {"spool_dir": None, "max_spool_bytes": 1 << 30}
-POOL_ONLY_OPTIONS = {
-    # How long the process-exit fallback (no logpool_close before exit) waits for delivery.
-    "exit_flush_timeout_ms": 1000,
-}
+SPOOL_SCHEMA = (
+    Option("spool_dir", "string or null", None, "enables the disk spool: each sink spools "
+           "under spool_dir/NAME (its name, escaped); must be writable by the worker user only"),
+    Option("max_spool_bytes", "integer", 1 << 30, "per sink: the most its spool holds"),
+)
+SPOOL_OPTIONS = defaults(SPOOL_SCHEMA)
+POOL_ONLY_SCHEMA = (
+    Option("exit_flush_timeout_ms", "integer", 1000, "top level only: how long the "
+           "process-exit fallback (no logpool_close before exit) waits for delivery"),
+)
+POOL_ONLY_OPTIONS = defaults(POOL_ONLY_SCHEMA)
 # Framing of each message on the wire, applied by log_cdata (values: the C enum).
 FRAMINGS = {"raw": 0, "newline": 1, "octet-counting": 2}
 INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
-URL_FORMS = ("unix:/path, unixgram:/path, tcp://host:port, tls://host:port, udp://host:port, "
-             "relp://host:port, relp+tls://host:port, http://host[:port]/path, "
-             "https://host[:port]/path, kafka://host:port[,host:port...]/topic, "
-             "forward://host:port or forward+tls://host:port")
+URL_FORMS = transports.url_forms()
 
 
 class SinkConfig(Record):
@@ -358,19 +371,18 @@ def _urls(where, url):
 def _transport_options(where, sink, scheme, address, transport, defaults):
     """The transport's own keys: the pool-wide ones apply to the sinks whose transport takes
     them; a sink naming a key its transport does not take is an error."""
-    own = transport.OPTIONS
+    own = {o.name: o for o in transport.options_for(scheme)}
     for key in transports.all_options():
         if key in sink and key not in own:
-            takers = " and ".join(f"{cls.SCHEMES[0]}://" for cls in transports.TRANSPORTS
-                                  if key in cls.OPTIONS)
+            takers = " and ".join(f"{s}://" for s in transports.takers(key))
             raise ConfigError(f"{where}.{key}: only {takers} sinks take this option (this sink "
                               f"is {scheme})")
     if not own:
         return None
     merged = {}
-    for key in own:
+    for key, option in own.items():
         if key in sink:
-            merged[key] = transport.check_option(f"{where}.{key}", key, sink[key])
+            merged[key] = option.validate(f"{where}.{key}", sink[key])
         elif key in defaults:
-            merged[key] = transport.check_option(key, key, defaults[key])
+            merged[key] = option.validate(key, defaults[key])
     return transport.parse_options(where, scheme, address, merged)

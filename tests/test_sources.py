@@ -2,13 +2,14 @@
 struct, the package version from one attribute); what must be repeated in another language
 is held equal here."""
 import ast
+import collections
 import os
 import re
 
 import pytest
 
 import logpool
-from logpool import _binding, config, errors, metrics, paths, stats, transports
+from logpool import _binding, config, errors, metrics, paths, reference, stats, transports
 
 PACKAGE = os.path.dirname(os.path.abspath(logpool.__file__))
 HEADER = open(paths.header_path(), encoding="utf-8").read()
@@ -152,17 +153,21 @@ def lua_option_set(name):
 
 
 def test_the_lua_option_checks_cover_exactly_the_config_keys():
-    transport_keys = transports.all_options()
-    numbers = set(config.SINK_OPTIONS) | set(config.POOL_ONLY_OPTIONS) | {"max_spool_bytes"} | {
-        k for k, v in transport_keys.items() if type(v) is int}
-    strings = {"framing", "spool_dir"} | {k for k, v in transport_keys.items()
-                             if v is None or isinstance(v, str)}
-    tables = {k for k, v in transport_keys.items() if isinstance(v, dict)}
-    booleans = {k for k, v in transport_keys.items() if isinstance(v, bool)}
-    assert lua_option_set("NUMBER_OPTIONS") == numbers
-    assert lua_option_set("STRING_OPTIONS") == strings
-    assert lua_option_set("TABLE_OPTIONS") == tables
-    assert booleans == {"verify"} and 'k == "verify" and "boolean"' in LUA_OPTIONS
+    """options.lua's type lists are the option schemas' types, key for key."""
+    from logpool.transports.schema import TYPES
+    wanted = collections.defaultdict(set)
+    for option in reference.all_options():
+        wanted[TYPES[option.type]].add(option.name)
+    assert lua_option_set("NUMBER_OPTIONS") == wanted["number"]
+    assert lua_option_set("STRING_OPTIONS") == wanted["string"]
+    assert lua_option_set("TABLE_OPTIONS") == wanted["table"]
+    assert lua_option_set("BOOLEAN_OPTIONS") == wanted["boolean"]
+
+
+def test_the_configuration_reference_is_generated_from_the_schemas():
+    path = os.path.join(os.path.dirname(PACKAGE), "docs", "configuration.md")
+    assert open(path, encoding="utf-8").read() == reference.markdown(), \
+        "regenerate: python -m logpool config-reference > docs/configuration.md"
 
 
 @pytest.mark.parametrize("key", sorted(set(config.SINK_OPTIONS) | {"framing"}))

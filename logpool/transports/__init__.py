@@ -1,6 +1,7 @@
 """Transports, chosen by URL scheme. A new transport is one module implementing
 logpool.transports.base.Transport plus one line in TRANSPORTS; its config keys are declared
-on its class (OPTIONS), and config validation asks this registry for them."""
+on its class (OPTIONS, a tuple of schema.Option; TLS_SCHEMES take the TLS block too), and
+config validation asks this registry for them."""
 from logpool.transports.datagram import DatagramTransport
 from logpool.transports.forward import ForwardTlsTransport, ForwardTransport
 from logpool.transports.http import HttpsTransport, HttpTransport
@@ -22,5 +23,22 @@ def for_scheme(scheme):
 
 def all_options():
     """Every transport-specific key (valid at the top level: applies to the sinks whose
-    transport takes it)."""
-    return {key: default for cls in TRANSPORTS for key, default in cls.OPTIONS.items()}
+    transport takes it), name -> schema.Option."""
+    return {o.name: o for cls in TRANSPORTS for scheme in cls.SCHEMES
+            for o in cls.options_for(scheme)}
+
+
+def takers(key):
+    """The URL schemes whose sinks take a transport key."""
+    return [scheme for cls in TRANSPORTS for scheme in cls.SCHEMES
+            if any(o.name == key for o in cls.options_for(scheme))]
+
+
+ADDRESS_FORMS = {"path": "{s}:/path", "host_port": "{s}://host:port",
+                 "http": "{s}://host[:port]/path", "kafka": "{s}://host:port[,host:port...]/topic"}
+
+
+def url_forms():
+    """Every URL form a sink takes, from the transports' declarations, for error messages."""
+    forms = [ADDRESS_FORMS[cls.ADDRESS[s]].format(s=s) for cls in TRANSPORTS for s in cls.SCHEMES]
+    return ", ".join(forms[:-1]) + " or " + forms[-1]

@@ -14,6 +14,7 @@ import threading
 import time
 
 from logpool.errors import ConfigError
+from logpool.transports.schema import TLS_OPTIONS
 from logpool.transports.contract import (  # noqa: F401 — the contract's names, re-exported
     Fate, HandshakeError, Outcome, ProtocolError, RetryLater, Stopped, Unsendable)
 
@@ -128,16 +129,17 @@ class Transport:
     SCHEMES = ()
     ADDRESS = {}  # scheme -> "path" (unix:/path) or "host_port" (scheme://host:port)
     SOCKET_TYPE = socket.SOCK_STREAM
-    OPTIONS = {}  # key -> default: valid at the top level and per sink of these schemes
+    OPTIONS = ()  # schema.Option: valid at the top level and per sink of these schemes
+    TLS_SCHEMES = frozenset()  # schemes of this transport that speak TLS (take TLS_OPTIONS)
     UNIT = "message"  # what one message travels as, in error reports
     FAILOVER = True  # a sink may list several collectors
     STALLS = True  # no progress for send_timeout_ms means the connection is broken
     IDLE_TICK_MS = -1  # > 0: call idle() this often while there is nothing to send
 
     @classmethod
-    def check_option(cls, where, key, value):
-        """One of OPTIONS, checked (raise ConfigError); returns the value to use."""
-        return value
+    def options_for(cls, scheme):
+        """The Options a sink of this scheme takes."""
+        return cls.OPTIONS + (TLS_OPTIONS if scheme in cls.TLS_SCHEMES else ())
 
     RAW_FRAMING_ONLY = None  # why, for transports that frame each message themselves
 

@@ -33,6 +33,7 @@ from collections import deque
 from logpool.errors import ConfigError
 from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
 from logpool.transports.formats.common import as_object, record_time_ns
+from logpool.transports.schema import Option, defaults, int_range, non_empty
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import TlsTransport
 
@@ -40,8 +41,22 @@ DEFAULT_WINDOW = 8
 CHUNK_BYTES = 1024 * 1024  # messages per chunk total at most this (one larger goes alone)
 CHUNK_MESSAGES = 4096
 MAX_REPLY_BYTES = 64 * 1024  # an ack, a HELO or a PONG is small
-OPTIONS = {"forward_tag": "logpool", "forward_shared_key": None,
-           "forward_window": DEFAULT_WINDOW}
+FORWARD_OPTIONS = (
+    Option("forward_tag", "string", "logpool", "the tag of every record",
+           lambda where, value: _tag(where, value)),
+    Option("forward_shared_key", "string or null", None, "the collector's shared key: "
+           "enables the HELO/PING/PONG handshake", lambda w, v: v if v is None else
+           non_empty(w, v), default_doc="none: no handshake"),
+    Option("forward_window", "integer", DEFAULT_WINDOW, "chunks sent and not yet "
+           "acknowledged, at most", int_range(1, 1024)),
+)
+OPTIONS = defaults(FORWARD_OPTIONS)
+
+
+def _tag(where, value):
+    if not value or len(value) > 1024:
+        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+    return value
 
 
 def would_block():
@@ -89,21 +104,7 @@ def ping_digest(salt, hostname, nonce, key):
 class ForwardTransport(StreamTransport):
     SCHEMES = ("forward",)
     ADDRESS = {"forward": "host_port"}
-    OPTIONS = OPTIONS
-    UNIT = "message"
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        if key == "forward_window":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
-                raise ConfigError(f"{where}: must be an integer from 1 to 1024, got {value!r}")
-        elif key == "forward_tag":
-            if not isinstance(value, str) or not value or len(value) > 1024:
-                raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-        elif key == "forward_shared_key":
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-        return value
+    OPTIONS = FORWARD_OPTIONS
 
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
@@ -341,13 +342,7 @@ class ForwardOptions:
 class ForwardTlsTransport(ForwardTransport, TlsTransport):  # the MRO: forward over TLS
     SCHEMES = ("forward+tls",)
     ADDRESS = {"forward+tls": "host_port"}
-    OPTIONS = {**TlsTransport.OPTIONS, **OPTIONS}
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        if key in OPTIONS:
-            return ForwardTransport.check_option.__func__(cls, where, key, value)
-        return TlsTransport.check_option.__func__(cls, where, key, value)
+    TLS_SCHEMES = frozenset(("forward+tls",))
 
     @classmethod
     def parse_options(cls, where, scheme, address, options):

@@ -51,14 +51,24 @@ from logpool.transports.formats import FORMATS, all_options as format_options
 from logpool.transports.formats import owner as format_owner
 from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Response,
                                                body_text)
+from logpool.transports.schema import Option, defaults
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import OPTIONS as TLS_OPTIONS, TlsTransport
 
 COMPRESSIONS = ("none", "gzip", "zstd")
 METHODS = ("POST", "PUT")
-OPTIONS = {"http_format": "ndjson", "http_headers": {}, "http_compression": "none",
-           "http_method": "POST", "http_max_body_bytes": 1024 * 1024, "http_concurrency": 1,
-           **{opt.name: opt.default for opt in format_options().values()}}
+OPTION_DOCS = {
+    "http_format": ("string", "ndjson", "the request body: ndjson, json_array, or a backend's "
+                    "API: elasticsearch, loki, otlp, otlp_json, splunk_hec, clickhouse, "
+                    "datadog"),
+    "http_headers": ("object", {}, "extra request headers (tokens, API keys, tenants); "
+                     "values Latin-1 without control characters"),
+    "http_compression": ("string", "none", "none, gzip or zstd"),
+    "http_method": ("string", "POST", "POST or PUT"),
+    "http_max_body_bytes": ("integer", 1024 * 1024, "the largest request body on the wire "
+                            "(framing and compression included)"),
+    "http_concurrency": ("integer", 1, "requests in flight per sink (1 keeps the order)"),
+}
 RETRY_STATUSES = (408, 429)
 KEEP_STATUSES = (401, 403, 404)  # and 3xx: the configuration, not the data
 # Headers logpool sets itself: a user value would contradict the body.
@@ -106,6 +116,7 @@ def _check_header_text(where, name, text):
 
 
 def check_option(where, key, value):
+    """One of OPTION_DOCS' keys, checked (the formats' keys check themselves)."""
     def fail(what):
         raise ConfigError(f"{where}: must be {what}, got {value!r}")
     if key == "http_format" and value not in FORMATS:
@@ -135,10 +146,17 @@ def check_option(where, key, value):
         except ImportError:
             raise ConfigError(f"{where}: zstd needs the zstandard package "
                               f"(pip install zstandard)") from None
-    option = format_options().get(key)
-    if option is not None:
-        return option.check(where, value)
     return value
+
+
+def _option(key, type_, default, doc):
+    return Option(key, type_, default, doc, lambda where, value: check_option(where, key, value))
+
+
+# The HTTP keys, then every format's (<format>_<field>): one tuple, shared by http and https.
+HTTP_OPTIONS = (tuple(_option(k, *v) for k, v in OPTION_DOCS.items())
+                + tuple(format_options().values()))
+OPTIONS = defaults(HTTP_OPTIONS)
 
 
 class HttpOptions:
@@ -386,11 +404,7 @@ class Batch:
 class HttpTransport(StreamTransport):
     SCHEMES = ("http",)
     ADDRESS = {"http": "http"}
-    OPTIONS = OPTIONS
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        return check_option(where, key, value)
+    OPTIONS = HTTP_OPTIONS
 
     RAW_FRAMING_ONLY = ("an HTTP sink frames messages by http_format (ndjson, json_array "
                         "or a backend's format)")
@@ -590,13 +604,7 @@ class HttpTransport(StreamTransport):
 class HttpsTransport(HttpTransport, TlsTransport):
     SCHEMES = ("https",)
     ADDRESS = {"https": "http"}
-    OPTIONS = {**TLS_OPTIONS, **OPTIONS}
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        if key in OPTIONS:
-            return check_option(where, key, value)
-        return TlsTransport.check_option.__func__(cls, where, key, value)
+    TLS_SCHEMES = frozenset(("https",))
 
     @classmethod
     def parse_options(cls, where, scheme, address, options):

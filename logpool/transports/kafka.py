@@ -13,6 +13,7 @@ import json
 
 from logpool.errors import ConfigError
 from logpool.transports.base import Outcome, Transport
+from logpool.transports.schema import Option, defaults
 
 # Safe defaults for logs; every librdkafka property may be overridden by the "kafka" object.
 DEFAULT_PROPERTIES = {
@@ -81,14 +82,15 @@ class KafkaOptions:
 class KafkaTransport(Transport):
     SCHEMES = ("kafka",)
     ADDRESS = {"kafka": "kafka"}
-    OPTIONS = {"kafka": {}, "kafka_key": None}
+    OPTIONS = (
+        Option("kafka", "object", {}, "librdkafka properties (strings, numbers, booleans) over "
+               "logpool's defaults", lambda w, v: check_option(w, "kafka", v)),
+        Option("kafka_key", "string or null", None, "every message's key; null lets "
+               "librdkafka spread messages over partitions"),
+    )
     FAILOVER = False  # one URL names every bootstrap broker
     STALLS = False  # waiting on a cluster is librdkafka's business, not a broken connection
     IDLE_TICK_MS = 500  # serve librdkafka's callbacks (statistics, errors) while idle
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        return check_option(where, key, value)
 
     RAW_FRAMING_ONLY = "a Kafka record holds exactly one message"
 
@@ -116,7 +118,7 @@ class KafkaTransport(Transport):
     @classmethod
     def parse_options(cls, where, scheme, address, options):
         bootstrap, topic = address
-        options = {**cls.OPTIONS, **options}
+        options = {**defaults(cls.OPTIONS), **options}
         properties = dict(options["kafka"])
         try:
             import confluent_kafka

@@ -16,6 +16,7 @@ from logpool.errors import ConfigError
 from logpool.protocols.relp import (ACK_SUFFIX, OFFERS, TXNR_MAX, RelpError, next_txnr,
                                     parse_frame)
 from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
+from logpool.transports.schema import Option, int_range
 from logpool.transports.stream import StreamTransport
 from logpool.transports.tls import TlsTransport
 
@@ -36,15 +37,8 @@ def would_block():
 class RelpTransport(StreamTransport):
     SCHEMES = ("relp",)
     ADDRESS = {"relp": "host_port"}
-    OPTIONS = {"relp_window": DEFAULT_WINDOW}
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        if key == "relp_window":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65536:
-                raise ConfigError(f"{where}: must be an integer from 1 to 65536, got {value!r}")
-            return value
-        return super().check_option(where, key, value)
+    OPTIONS = (Option("relp_window", "integer", DEFAULT_WINDOW, "messages sent and not yet "
+                      "acknowledged, at most", int_range(1, 65536)),)
 
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
@@ -315,18 +309,12 @@ class RelpTransport(StreamTransport):
 class RelpTlsTransport(RelpTransport, TlsTransport):  # noqa: the MRO: RELP over TLS
     SCHEMES = ("relp+tls",)
     ADDRESS = {"relp+tls": "host_port"}
-    OPTIONS = {**TlsTransport.OPTIONS, **RelpTransport.OPTIONS}
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        if key in RelpTransport.OPTIONS:
-            return RelpTransport.check_option.__func__(cls, where, key, value)
-        return TlsTransport.check_option.__func__(cls, where, key, value)
+    TLS_SCHEMES = frozenset(("relp+tls",))
 
     @classmethod
     def parse_options(cls, where, scheme, address, options):
-        relp = {k: v for k, v in options.items() if k in RelpTransport.OPTIONS}
-        tls = {k: v for k, v in options.items() if k not in RelpTransport.OPTIONS}
+        relp = {k: v for k, v in options.items() if k == "relp_window"}
+        tls = {k: v for k, v in options.items() if k != "relp_window"}
         return RelpTlsOptions(tls=TlsTransport.parse_options.__func__(cls, where, scheme,
                                                                       address, tls),
                               relp_window=relp.get("relp_window", DEFAULT_WINDOW))

@@ -7,14 +7,14 @@ import time
 from logpool.errors import ConfigError
 from logpool.record import Record
 from logpool.transports.base import HandshakeError, wait_io
+from logpool.transports.schema import TLS_OPTIONS, defaults
 from logpool.transports.stream import StreamTransport
 
 # In TLS 1.3 the server checks a client certificate after the client's handshake is done,
 # and sends session tickets then: wait this long for that first record, so that a refusal is
 # a handshake failure (not a batch written into a dead connection) and the ticket is kept.
 TLS13_FIRST_RECORD_S = 0.25
-OPTIONS = {"ca_file": None, "server_name": None, "cert_file": None, "key_file": None,
-           "verify": True}
+OPTIONS = defaults(TLS_OPTIONS)
 
 
 class TlsConfig(Record):
@@ -22,15 +22,6 @@ class TlsConfig(Record):
                  "server_name",  # None: each collector's host
                  "cert_file", "key_file", "verify",
                  "context")  # ssl.SSLContext, built (and so checked) when the config is parsed
-
-
-def _check_tls_option(where, key, value):
-    if key == "verify":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: must be true or false, got {value!r}")
-    elif not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-    return value
 
 
 def client_context(where, ca_file=None, cert_file=None, key_file=None, verify=True):
@@ -69,11 +60,7 @@ def tls_config(where, address, options):
 class TlsTransport(StreamTransport):
     SCHEMES = ("tls",)
     ADDRESS = {"tls": "host_port"}
-    OPTIONS = OPTIONS
-
-    @classmethod
-    def check_option(cls, where, key, value):
-        return _check_tls_option(where, key, value)
+    TLS_SCHEMES = frozenset(SCHEMES)
 
     @classmethod
     def parse_options(cls, where, scheme, address, options):

@@ -4,6 +4,8 @@ import datetime
 import json
 from collections import namedtuple
 
+from logpool.transports.schema import Option  # noqa: F401 — the formats' keys are Options
+
 Request = namedtuple("Request", "path headers body")
 Response = namedtuple("Response", "status reason headers body")  # headers: lower-case keys
 
@@ -12,9 +14,6 @@ TIME_FIELDS = ("@timestamp", "timestamp", "time", "ts")
 RESPONSE_LIMIT = 64 * 1024  # bytes of a response body kept (the rest is discarded)
 
 
-class Option(namedtuple("Option", "name type default doc check")):
-    """One key of a format: its type ("string", "number", "table", "boolean"), default,
-    one-line doc, and check(where, value) -> value (raise ConfigError)."""
 
 
 class Answer:

@@ -26,8 +26,8 @@ class Datadog(Encoder):
                text_option(None, "a string")),
         Option("datadog_source", "string", "nginx", "the ddsource attribute",
                text_option(None, "a string")),
-        Option("datadog_hostname", "string", None, "the hostname attribute (default: this "
-               "host's name)", text_option(None, "a string", True)),
+        Option("datadog_hostname", "string or null", None, "the hostname attribute",
+               text_option(None, "a string", True), default_doc="this host's name"),
     )
 
     def __init__(self, options, url_path):

@@ -27,13 +27,13 @@ class Elasticsearch(Encoder):
     STANDARD_PATH = "/_bulk"
     JSON_NEEDED = True
     OPTIONS = (
-        Option("elasticsearch_index", "string", None, "index (or data stream) of the "
-               "documents; default: the index in the URL path (.../<index>/_bulk), else "
-               "\"logpool\"", text_option(r"[^\s\"\\/*?<>|,#:]+", "an index name", True)),
-        Option("elasticsearch_pipeline", "string", None, "ingest pipeline of the documents",
-               text_option(r"[^\s\"]+", "a pipeline name", True)),
-        Option("elasticsearch_id_field", "string", None, "a document field whose value is "
-               "its _id (idempotent retries)", text_option(None, "a field name", True)),
+        Option("elasticsearch_index", "string or null", None, "index (or data stream) of the "
+               "documents", text_option(r"[^\s\"\\/*?<>|,#:]+", "an index name", True),
+               default_doc="the index in the URL path (.../<index>/_bulk), else \"logpool\""),
+        Option("elasticsearch_pipeline", "string or null", None, "ingest pipeline of the "
+               "documents", text_option(r"[^\s\"]+", "a pipeline name", True)),
+        Option("elasticsearch_id_field", "string or null", None, "a document field whose "
+               "value is its _id (idempotent retries)", text_option(None, "a field name", True)),
     )
 
     def __init__(self, options, url_path):

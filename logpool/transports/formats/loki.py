@@ -20,7 +20,7 @@ class Loki(Encoder):
     NAME = "loki"
     STANDARD_PATH = "/loki/api/v1/push"
     OPTIONS = (
-        Option("loki_labels", "table", {"job": "logpool"}, "stream labels (name: value)",
+        Option("loki_labels", "object", {"job": "logpool"}, "stream labels (name: value)",
                table_option(r"[a-zA-Z_][a-zA-Z0-9_]*", "an object of label names "
                             "([a-zA-Z_][a-zA-Z0-9_]*) to strings")),
     )

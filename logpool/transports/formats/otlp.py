@@ -24,7 +24,7 @@ def _check_attributes(where, value):
 
 
 OPTIONS = (
-    Option("otlp_resource_attributes", "table", {"service.name": "logpool"},
+    Option("otlp_resource_attributes", "object", {"service.name": "logpool"},
            "resource attributes (name: string value) of every record", _check_attributes),
 )
 

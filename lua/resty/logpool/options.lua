@@ -27,12 +27,15 @@ local STRING_OPTIONS = {
 local TABLE_OPTIONS = {
     http_headers = true, kafka = true, loki_labels = true, otlp_resource_attributes = true,
 }
+local BOOLEAN_OPTIONS = {
+    verify = true,
+}
 
 --- options.check(where, t, level): raise for a key of the wrong type.
 function _M.check(where, t, level)
     for k, v in pairs(t) do
         local want = NUMBER_OPTIONS[k] and "number" or STRING_OPTIONS[k] and "string"
-                     or TABLE_OPTIONS[k] and "table" or k == "verify" and "boolean"
+                     or TABLE_OPTIONS[k] and "table" or BOOLEAN_OPTIONS[k] and "boolean"
         if want and type(v) ~= want then
             error(format("bad config: %s%s must be a %s, got %s", where, k, want, type(v)),
                   level + 1)

@@ -229,6 +229,27 @@ def bench_http(tmp):
     return rows
 
 
+def bench_encoders():
+    """Each http_format's encoder (logpool/transports/formats) on varied access-log lines,
+    in requests of 1000 messages: MB/s of log data encoded, against ndjson in the same run
+    (the encoders run in the writer thread: this is their ceiling per sink)."""
+    from logpool.transports.formats import FORMATS
+    lines = sample_access_log().splitlines(keepends=True)
+    options = {o.name: o.default for cls in FORMATS.values() for o in cls.OPTIONS}
+    rows, rounds = [], (2 if QUICK else 5)
+    for name, cls in FORMATS.items():
+        encoder = cls(options, "/")
+        best = None
+        for _ in range(rounds):
+            start = time.perf_counter()
+            for i in range(0, len(lines), 1000):
+                encoder.encode(lines[i:i + 1000], time.time_ns())
+            took = time.perf_counter() - start
+            best = took if best is None else min(best, took)
+        rows.append(dict(format=name, mb_s=sum(map(len, lines)) / best / 1e6))
+    return rows
+
+
 def bench_kafka(tmp):
     """200 B messages into librdkafka's mock cluster (3 brokers, in a helper process): logpool
     from luajit against confluent-kafka's own produce loop in Python (the ceiling a user would
@@ -663,6 +684,8 @@ def main():
     relp = bench_relp(tmp)
     print("http ...", flush=True)
     http_rows = bench_http(tmp)
+    print("encoders ...", flush=True)
+    encoders = bench_encoders()
     print("kafka ...", flush=True)
     kafka = bench_kafka(tmp)
     print("spool ...", flush=True)
@@ -679,7 +702,8 @@ def main():
                    machine=f"{platform.machine()}, {os.cpu_count()} cores, "
                            f"{platform.platform()}",
                    quick=QUICK, hotpath=hot, scaling=scaling, throughput=throughput,
-                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows, kafka=kafka, spool=spool,
+                   transports=transports, relp=relp, sigkill=sigkill, http=http_rows,
+                   encoders=encoders, kafka=kafka, spool=spool,
                    nginx=nginx, dead_sink=dead, seconds=time.monotonic() - started)
     with open(os.path.join(HERE, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -834,6 +858,12 @@ def rows_of(r):
                          f"access-log lines)", f"{x['mb_s']:.0f} ({x['ratio']:.1f}x)",
                          f"tcp {http_tcp['mb_s']:.0f}", f"{x['mb_s'] / http_tcp['mb_s']:.2f}",
                          ""))
+    nd = next((x for x in r.get("encoders", ()) if x["format"] == "ndjson"), None)
+    for x in r.get("encoders", ()):
+        if x["format"] != "ndjson":
+            rows.append((f"http_format {x['format']}: encoder MB/s of log data (512 B lines)",
+                         f"{x['mb_s']:.0f}", f"ndjson {nd['mb_s']:.0f}",
+                         f"{x['mb_s'] / nd['mb_s']:.2f}", ""))
     if r.get("kafka"):
         lp, py = (next(x for x in r["kafka"] if x["case"] == c) for c in ("logpool", "python"))
         rows.append(("kafka mock cluster 200 B: messages/s (MB/s)",

@@ -29,6 +29,7 @@ import peers
 TRANSPORTS = {  # scheme -> protocol of tests/peers, TLS or not
     "tcp": ("stream", False), "tls": ("tls", True), "relp": ("relp", False),
     "relp+tls": ("relp", True), "http": ("http", False), "https": ("http", True),
+    "forward": ("forward", False), "forward+tls": ("forward", True),
 }
 N = 200
 CLOSE_SLACK_S = 2.0  # close(t) may take t plus this (the writer's slices, thread joins)
@@ -65,7 +66,7 @@ def sink_options(scheme, test_ca):
             "max_retry_interval_ms": 200, "periodic_flush_ms": 50}
     if scheme in ("tcp", "tls"):
         opts["framing"] = "newline"
-    if scheme in ("tls", "relp+tls", "https"):
+    if scheme in ("tls", "relp+tls", "https", "forward+tls"):
         opts["ca_file"] = test_ca.ca_file
     return opts
 

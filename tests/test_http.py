@@ -11,6 +11,8 @@ import pytest
 
 import logpool
 from conftest import message, parse_line, wait_for
+from httppeer import (CLOSE, HANG, TRICKLE, assert_logged, interim, peers, response,
+                      wait_for_log)
 from logpool.receive import decode_http_body, server_tls_context
 
 FAST = {"retry_interval_ms": 10, "max_retry_interval_ms": 5000, "periodic_flush_ms": 10}
@@ -157,7 +159,7 @@ def test_retry_after_as_an_http_date_is_capped_by_max_retry_interval(scripted, p
     assert seqs(server.kept) == list(range(5))
 
 
-@pytest.mark.parametrize("status", [400, 413])
+@pytest.mark.parametrize("status", [400, 422])
 def test_a_batch_refused_for_good_is_dropped_counted_and_logged(scripted, pools, capfd,
                                                                 status):
     server = scripted([200, status])
@@ -171,7 +173,7 @@ def test_a_batch_refused_for_good_is_dropped_counted_and_logged(scripted, pools,
     missing = sorted(set(range(n)) - set(kept))  # exactly one batch, the refused one
     assert missing == list(range(missing[0], missing[0] + len(missing)))
     assert len(missing) == st["dropped_rejected"]
-    err = capfd.readouterr().err
+    err = wait_for_log(capfd, "refused by the test")
     assert f"refused a batch of {st['dropped_rejected']} messages for good (HTTP {status}" in err
     assert "refused by the test" in err
     assert 'reason="rejected"' in pool.metrics()
@@ -205,6 +207,13 @@ def test_https_verifies_and_presents_a_client_certificate(receiver, pools, test_
     ({"url": "http://h/x", "http_method": "GET"}, "http_method: must be 'POST' or 'PUT'"),
     ({"url": "http://h/x", "http_headers": {"Content-Type": "x"}}, "set by logpool"),
     ({"url": "http://h/x", "http_headers": {"X-A": "a\r\nX-B: b"}}, "not a valid header"),
+    ({"url": "http://h/x", "http_headers": {"X-Token": "caf\u00e9\u20ac"}},
+     "http_headers: header 'X-Token': its value is not Latin-1"),
+    ({"url": "http://h/x", "http_headers": {"X-Token": "a\0b"}},
+     "http_headers: header 'X-Token': its value holds a control character"),
+    ({"url": "http://h/x", "http_headers": {"X-Token": "a\x01b"}},
+     "http_headers: header 'X-Token': its value holds a control character"),
+    ({"url": "http://h/x", "http_headers": {"X-Tok\u00e9n": "a"}}, "not a valid header name"),
     ({"url": "http://h/x", "http_concurrency": 4}, "http_concurrency: must be 1"),
     ({"url": "http://user:pw@h/x"}, "no credentials"),
     ({"url": "http://h/x", "framing": "newline"}, "frames messages by http_format"),
@@ -224,3 +233,252 @@ def test_decode_http_body_reads_what_the_sink_sends():
     assert decode_http_body(b'[{"a": 1}, 2]', "", "application/json") == [b'{"a": 1}', b"2"]
     with pytest.raises(ValueError):
         decode_http_body(b"[1, oops]", "", "application/json")
+
+
+# -- HTTP answers, against a scripted raw-socket collector (tests/httppeer.py) -----------------
+
+
+
+@pytest.fixture
+def peer():
+    made, make = peers()
+    yield make
+    for p in made:
+        p.close()
+
+
+def lines_of(requests):
+    """The messages an ndjson collector took, from the requests it answered 2xx."""
+    return [line for r in requests for line in r.body.splitlines()]
+
+
+def answering(first, then=None):
+    """An answer function: the steps of `first` (a list of step lists) for the first
+    requests, then `then` (default 200) for every later one."""
+    script = list(first)
+    lock = threading.Lock()
+    ok = then or [response(200)]
+
+    def answer(request):
+        with lock:
+            steps = script.pop(0) if script else ok
+        request_ok = steps is ok or steps[-1:] == [response(200)]
+        answer.ok.append(request_ok)
+        return steps
+    answer.ok = []
+    return answer
+
+
+def delivered(server):
+    """Messages of the requests answered 200, in order."""
+    return seqs([line for r, ok in zip(list(server.requests), server.answer.ok) if ok
+                 for line in r.body.splitlines()])
+
+
+def test_interim_1xx_answers_are_skipped_not_taken_as_the_answer(peer, pools):
+    # 103 Early Hints and 100 Continue before a 500: the 500 is the answer (retried), then
+    # interim answers before the 200s. Taking a 1xx as final would count the batch wrongly.
+    early = interim(103, {"Link": "</style.css>; rel=preload"}) + interim(100)
+    server = peer(answering([[early + response(500)]], then=[early + response(200)]))
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_max_body_bytes": 4096}], **FAST})
+    log_numbered(pool, 100)
+    assert delivered(server) == list(range(100))
+    st = pool.stats(0)
+    assert st["sent_messages"] == 100 and st["dropped_rejected"] == 0
+    assert st["write_errors"] == 1  # the 500, and only it
+
+
+@pytest.mark.parametrize("status", [301, 302, 401, 403, 404])
+def test_configuration_answers_keep_the_data_log_once_and_retry(peer, pools, capfd, status):
+    refusals = 4
+    server = peer(answering([[response(status, "not here", {"Location": "/elsewhere"})]]
+                            * refusals))
+    pool = pools({"sinks": [{"url": server.url + "/in"}], **FAST})
+    log_numbered(pool, 20)
+    assert delivered(server) == list(range(20))  # kept through every refusal
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == 20
+    assert st["write_errors"] == refusals
+    err = capfd.readouterr().err
+    assert err.count(f"HTTP {status}") == 1, err  # once, not per retry
+    assert "the data is kept" in err
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503, 504])
+def test_retry_statuses_send_the_same_batch_again(peer, pools, status):
+    server = peer(answering([[response(status, headers={"Retry-After": "0"})]] * 2))
+    pool = pools({"sinks": [{"url": server.url + "/in"}], **FAST})
+    log_numbered(pool, 30)
+    assert delivered(server) == list(range(30))
+    first, second = server.requests[0].body, server.requests[1].body
+    assert first == second  # the same batch, byte for byte
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 0 and st["resent_messages"] >= 2 * len(
+        first.splitlines())
+
+
+def test_413_halves_the_batch_and_only_a_single_message_is_rejected(peer, pools, capfd):
+    # The collector takes at most 8 messages per request, and never the "poison" one.
+    def answer(request):
+        lines = request.body.splitlines()
+        ok = len(lines) <= 8 and not any(b"poison" in line for line in lines)
+        answer.ok.append(ok)
+        return [response(200) if ok else response(413, "Payload Too Large")]
+    answer.ok = []
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/in"}], **{**FAST,
+                                                             "periodic_flush_ms": 1000}})
+    for i in range(60):
+        pool.log(0, message(0, i) if i != 37 else b"poison\n")
+    pool.flush(timeout=60)
+    got = seqs([line for r, ok in zip(server.requests, answer.ok) if ok
+                for line in r.body.splitlines()])
+    assert got == [i for i in range(60) if i != 37]  # in order, once each
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 59
+    assert max(len(r.body.splitlines()) for r in server.requests) > 8  # it did split
+    assert_logged(capfd, "refused a batch of 1 message for good (HTTP 413")
+
+
+GARBAGE = {
+    "garbage-status-line": b"HTPT/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    "status-line-oversized": b"HTTP/1.1 200 " + b"O" * 20000 + b"\r\n\r\n",
+    "header-oversized": b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+    "too-many-headers": b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 500 + b"\r\n",
+    "bad-content-length": b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\n",
+    "bad-chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "status-999": b"HTTP/1.1 999 What\r\nContent-Length: 0\r\n\r\n",
+    "interim-forever": b"HTTP/1.1 103 Early\r\n\r\n" * 50,
+}
+
+
+@pytest.mark.parametrize("garbage", sorted(GARBAGE))
+def test_an_answer_not_understood_keeps_the_data(peer, pools, capfd, garbage):
+    server = peer(answering([[GARBAGE[garbage], CLOSE]]))
+    pool = pools({"sinks": [{"url": server.url + "/in"}], **FAST})
+    log_numbered(pool, 25)
+    assert delivered(server) == list(range(25))  # nothing dropped
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 0 and st["write_errors"] == 1
+    assert st["resent_messages"] == len(server.requests[0].body.splitlines())  # sent again
+    assert_logged(capfd, "kept and sent again")
+
+
+def test_close_in_the_middle_of_the_answer_keeps_the_data(peer, pools):
+    server = peer(answering([[b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf", CLOSE]]))
+    pool = pools({"sinks": [{"url": server.url + "/in"}], **FAST})
+    log_numbered(pool, 10)
+    assert delivered(server) == list(range(10))
+    assert pool.stats(0)["write_errors"] == 1
+
+
+def test_a_trickled_answer_is_bounded_by_send_timeout_for_the_whole_answer(peer, pools,
+                                                                          capfd):
+    # One byte every 0.5 s of a 1 MB body: each recv returns in time, the answer never ends.
+    trickle = [b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", TRICKLE]
+    server = peer(answering([trickle]))
+    pool = pools({"sinks": [{"url": server.url + "/in"}], "send_timeout_ms": 1500, **FAST})
+    start = time.monotonic()
+    log_numbered(pool, 10)
+    took = time.monotonic() - start
+    assert delivered(server) == list(range(10))
+    assert len(server.requests) == 2
+    # The first answer was given up at send_timeout_ms (whatever the machine's speed, it
+    # cannot end earlier: the body never completes), not held for ever.
+    assert took >= 1.5
+    assert_logged(capfd, "no complete answer within send_timeout_ms")
+
+
+@pytest.mark.parametrize("hostile", ["trickle", "hang"])
+def test_close_ends_a_wait_on_a_hostile_collector_within_its_timeout(peer, hostile):
+    steps = [b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", TRICKLE] if (
+        hostile == "trickle") else [HANG]
+    server = peer(lambda request: steps)
+    before = set(threading.enumerate())
+    pool = logpool.Pool({"sinks": [{"url": server.url + "/in"}], "send_timeout_ms": 60000,
+                         **FAST})
+    for i in range(5):
+        pool.log(0, message(0, i))
+    wait_for(lambda: server.requests, what="the request")
+    writers = [t for t in set(threading.enumerate()) - before
+               if t.name.startswith("logpool-writer")]
+    assert writers
+    start = time.monotonic()
+    abandoned = pool.close(timeout=1)
+    took = time.monotonic() - start
+    assert abandoned == 5
+    assert 0.9 <= took < 1.9, took  # its timeout plus a small constant, not send_timeout_ms
+    for t in writers:  # the writer leaves (its last step after close returned): no leak
+        t.join(timeout=0.5)
+        assert not t.is_alive()
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "until-close"])
+def test_an_oversized_answer_body_is_not_read_beyond_the_limit(peer, pools, framing):
+    # 200 with a body announced (or streamed) far beyond what is kept: the transport takes
+    # the 200, reads at most its limit, and closes that connection instead of reading on.
+    head = {"content-length": b"HTTP/1.1 200 OK\r\nContent-Length: 50000000000\r\n\r\n",
+            "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"FFFFFFFF\r\n",
+            "until-close": b"HTTP/1.1 200 OK\r\n\r\n"}[framing]
+    server = peer(answering([[head + b"y" * (256 * 1024), HANG]]))
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_max_body_bytes": 2048}],
+                  "send_timeout_ms": 60000, **FAST})
+    log_numbered(pool, 200)
+    assert seqs(lines_of(server.requests)) == list(range(200))  # each once: all were 200
+    st = pool.stats(0)
+    assert st["sent_messages"] == 200 and st["write_errors"] == 0 and st["resent_messages"] == 0
+    assert server.connections >= 2  # the first connection was given up, not drained
+
+
+@pytest.mark.parametrize("fmt, compression", [("ndjson", "none"), ("json_array", "none"),
+                                              ("json_array", "gzip"), ("loki", "none"),
+                                              ("elasticsearch", "zstd")])
+def test_http_max_body_bytes_holds_on_the_wire(peer, pools, fmt, compression):
+    server = peer(lambda request: [response(200, '{"errors": false}')
+                                   if fmt == "elasticsearch" else response(204)])
+    limit = 1024
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": fmt,
+                             "http_compression": compression, "http_max_body_bytes": limit}],
+                  **{**FAST, "periodic_flush_ms": 500}})
+    for i in range(300):
+        pool.log(0, message(0, i, size=i % 200))
+    pool.flush(timeout=60)
+    assert pool.stats(0)["sent_messages"] == 300
+    assert max(r.raw_length for r in server.requests) <= limit  # on the wire
+    if compression == "none":  # (compressed, the messages total at most the limit)
+        assert max(r.raw_length for r in server.requests) > limit // 2  # and used
+
+
+def test_a_message_too_large_once_encoded_is_dropped_not_wedged(peer, pools, capfd):
+    server = peer(lambda request: [response(200)])
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_format": "json_array",
+                             "http_max_body_bytes": 1024}], **FAST})
+    pool.log(0, b"x" * 1024)  # fits max_message_size (1024), not "[" + it + "]"
+    pool.log(0, message(0, 1))
+    pool.flush(timeout=30)
+    st = pool.stats(0)
+    assert st["dropped_unsendable"] == 1 and st["sent_messages"] == 1
+    assert_logged(capfd, "http_max_body_bytes 1024")
+
+
+def test_a_collector_that_never_answers_fails_over_to_the_next(peer, pools):
+    # The first collector accepts and reads the request, then never answers: after
+    # send_timeout_ms the writer moves to the second, which gets everything once.
+    hung = peer(lambda request: [HANG])
+    good = peer(answering([]))
+    pool = pools({"sinks": [{"url": [hung.url + "/in", good.url + "/in"], "name": "fo"}],
+                  "send_timeout_ms": 500, **FAST})
+    log_numbered(pool, 50)
+    assert delivered(good) == list(range(50))
+    assert len(hung.requests) >= 1
+    assert pool.stats(0)["sent_messages"] == 50
+
+
+def test_header_values_with_tab_and_latin_1_are_sent_as_given(peer, pools):
+    server = peer(answering([]))
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_headers": {
+        "X-Tab": "a\tb", "X-Latin": "caf\u00e9"}}], **FAST})
+    log_numbered(pool, 1)
+    headers = server.requests[0].headers
+    assert headers["x-tab"] == "a\tb" and headers["x-latin"] == "caf\u00e9"

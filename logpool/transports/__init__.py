@@ -3,12 +3,14 @@ logpool.transports.base.Transport plus one line in TRANSPORTS; its config keys a
 on its class (OPTIONS, a tuple of schema.Option; TLS_SCHEMES take the TLS block too), and
 config validation asks this registry for them."""
 from logpool.transports.datagram import DatagramTransport
+from logpool.transports.forward import ForwardTransport
 from logpool.transports.http import HttpTransport
 from logpool.transports.kafka import KafkaTransport
 from logpool.transports.relp import RelpTransport
 from logpool.transports.stream import StreamTransport
 
-TRANSPORTS = (StreamTransport, DatagramTransport, RelpTransport, HttpTransport, KafkaTransport)
+TRANSPORTS = (StreamTransport, DatagramTransport, RelpTransport, HttpTransport, KafkaTransport,
+              ForwardTransport)
 BY_SCHEME = {scheme: cls for cls in TRANSPORTS for scheme in cls.SCHEMES}
 
 

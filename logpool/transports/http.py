@@ -1,49 +1,121 @@
 """http://host[:port]/path and https://host[:port]/path: batches of messages as HTTP request
-bodies (NDJSON or a JSON array, optionally gzip or zstd), one request in flight per sink on
-one kept-alive connection. A 2xx acknowledges the batch (its messages count as sent); 408,
-429, 5xx, a reset or a timeout retry the same batch after backoff (honouring Retry-After);
-any other 4xx refuses it for good: dropped, counted in dropped_rejected, logged.
+bodies, in the body format of ``http_format`` (logpool/transports/formats: ndjson,
+json_array and the backends' own), optionally gzip or zstd, one request in flight per sink on
+one kept-alive connection.
 
-The HTTP framing is the standard library's http.client, over the socket the transport
-connects itself (bounded name resolution, TLS like tls://).
+What an answer means (every format; a format may refine it, e.g. per item):
+
+- 1xx interim responses (100 Continue, 103 Early Hints) are skipped: the final answer follows;
+- 2xx acknowledges the request's messages (sent_messages);
+- 3xx, 401, 403, 404: the configuration is wrong, not the data: kept, logged (rate-limited:
+  once, not per retry), retried on the backoff schedule;
+- 408, 429, 5xx: retried after backoff, honouring Retry-After (capped by
+  max_retry_interval_ms);
+- 413: the request is sent again with half its messages; a single message answered 413 is
+  refused for good (dropped_rejected);
+- any other 4xx: refused for good (dropped_rejected), logged with the collector's reason;
+- an answer the transport does not understand (a garbage status line, oversized status line
+  or headers, a body it cannot parse where it needs one) is an error that keeps the data:
+  logged, the connection closed, the request sent again. It is never a drop.
+
+Every wait on the collector has a deadline: a request and its whole answer take at most
+send_timeout_ms (not per read: a collector trickling one byte at a time cannot hold the
+writer), and the pool's stop flag ends any wait within base.SLICE_S. Every size the collector
+announces is bounded: status line and each header line 8 KiB, 100 headers, 64 KiB of headers,
+at most 10 interim responses, and a body is read up to a small limit per format (64 KiB by
+default): the rest is not read, the connection is closed instead.
+
+http_max_body_bytes bounds the request body as it goes on the wire: framing (brackets,
+commas, newlines, the backend's envelope) and compression included. The messages of one
+request also total at most http_max_body_bytes before encoding. A single message that does
+not fit once encoded can never be sent: it is dropped (dropped_unsendable), logged.
+
+Retried requests are byte-identical (the batch boundary is frozen once sent, the fallback
+record time too): deduplicating backends (ClickHouse's token, Elasticsearch's _id) see the
+same request. Messages that may have reached the collector before a retry are counted in
+resent_messages.
+
+The HTTP/1.1 framing is this module's own small reader (http.client cannot be bounded nor
+interrupted by the stop flag).
 """
 import errno
+import select
+import sys
 import time
 import zlib
 
 from logpool.errors import ConfigError
-from logpool.transports.base import IOV_BATCH, Outcome, RetryLater
+from logpool.transports.base import (SLICE_S, Fate, Outcome, ProtocolError, RetryLater,
+                                     Stopped, Unsendable)
+from logpool.transports.formats import FORMATS, all_options as format_options
+from logpool.transports.formats import owner as format_owner
+from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Response,
+                                               body_text)
+from logpool.transports.schema import Option, defaults
 from logpool.transports.stream import StreamTransport
-from logpool.transports.schema import Option
 
-FORMATS = {"ndjson": "application/x-ndjson", "json_array": "application/json"}
 COMPRESSIONS = ("none", "gzip", "zstd")
 METHODS = ("POST", "PUT")
 OPTION_DOCS = {
-    "http_format": ("string", "ndjson", "the request body: ndjson or json_array"),
-    "http_headers": ("object", {}, "extra request headers (tokens, API keys, tenants)"),
+    "http_format": ("string", "ndjson", "the request body: ndjson, json_array, or a backend's "
+                    "API: elasticsearch, loki, otlp, otlp_json, splunk_hec, clickhouse, "
+                    "datadog"),
+    "http_headers": ("object", {}, "extra request headers (tokens, API keys, tenants); "
+                     "values Latin-1 without control characters"),
     "http_compression": ("string", "none", "none, gzip or zstd"),
     "http_method": ("string", "POST", "POST or PUT"),
-    "http_max_body_bytes": ("integer", 1024 * 1024, "the largest request body, before "
-                            "compression"),
+    "http_max_body_bytes": ("integer", 1024 * 1024, "the largest request body on the wire "
+                            "(framing and compression included)"),
     "http_concurrency": ("integer", 1, "requests in flight per sink (1 keeps the order)"),
 }
-OPTIONS = {k: default for k, (_, default, _) in OPTION_DOCS.items()}
 RETRY_STATUSES = (408, 429)
+KEEP_STATUSES = (401, 403, 404)  # and 3xx: the configuration, not the data
 # Headers logpool sets itself: a user value would contradict the body.
 RESERVED_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding",
                     "host", "connection")
 
+# Bounds of what the collector may send.
+MAX_LINE = 8192  # status line, each header line, each chunk-size line
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 64 * 1024
+MAX_INTERIM = 10  # 1xx responses before the final one
+MAX_BATCH = 4096  # messages per request
+
 
 class HttpRetry(RetryLater):
-    """The collector asked for the batch again later (408, 429, 5xx)."""
+    """The collector asked for the batch again later (408, 429, 5xx, HEC code 9)."""
 
     def __init__(self, status, text, retry_after=None):
         super().__init__(text, retry_after)
         self.status = status
 
 
+class HttpKept(OSError):
+    """An answer that says the configuration is wrong (3xx, 401, 403, 404): the data is kept
+    and sent again on the backoff schedule."""
+
+
+class HttpProtocolError(ProtocolError):
+    """An answer the transport does not understand: the data is kept, the request sent
+    again on a new connection."""
+
+
+def _check_header_text(where, name, text):
+    if not name or any(c in name for c in ":\r\n \t\0") or not name.isascii() or not all(
+            33 <= ord(c) <= 126 for c in name):
+        raise ConfigError(f"{where}: header name {name!r} is not a valid header name")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigError(f"{where}: header {name!r}: its value is not Latin-1 text (HTTP/1.1 "
+                          f"header values are bytes 0x20-0xFF and TAB)") from None
+    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
+        raise ConfigError(f"{where}: header {name!r}: its value holds a control character "
+                          f"(CR, LF, NUL, ...): not a valid header line")
+
+
 def check_option(where, key, value):
+    """One of OPTION_DOCS' keys, checked (the formats' keys check themselves)."""
     def fail(what):
         raise ConfigError(f"{where}: must be {what}, got {value!r}")
     if key == "http_format" and value not in FORMATS:
@@ -63,8 +135,7 @@ def check_option(where, key, value):
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
             fail("an object of header names to string values")
         for name, text in value.items():
-            if not name or any(c in name for c in ":\r\n ") or "\r" in text or "\n" in text:
-                raise ConfigError(f"{where}: header {name!r} is not a valid header line")
+            _check_header_text(where, name, text)
             if name.lower() in RESERVED_HEADERS:
                 raise ConfigError(f"{where}: {name} is set by logpool from http_format and "
                                   f"http_compression")
@@ -77,6 +148,26 @@ def check_option(where, key, value):
     return value
 
 
+def _option(key, type_, default, doc):
+    return Option(key, type_, default, doc, lambda where, value: check_option(where, key, value))
+
+
+# The HTTP keys, then every format's (<format>_<field>): one tuple, shared by http and https.
+HTTP_OPTIONS = (tuple(_option(k, *v) for k, v in OPTION_DOCS.items())
+                + tuple(format_options().values()))
+OPTIONS = defaults(HTTP_OPTIONS)
+
+
+class HttpOptions:
+    def __init__(self, tls, **options):
+        self.tls = tls
+        for key, default in OPTIONS.items():
+            setattr(self, key, options.get(key, default))
+        self.http_headers = dict(self.http_headers or {})
+        self.format_options = {name: options.get(name, opt.default)
+                               for name, opt in format_options().items()}
+
+
 def retry_after_seconds(value, now=None):
     """Retry-After: delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
@@ -87,16 +178,226 @@ def retry_after_seconds(value, now=None):
     import email.utils
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _option(key, type_, default, doc):
-    return Option(key, type_, default, doc, lambda where, value: check_option(where, key, value))
+def generic_answer(response, count, why=""):
+    """The HTTP rules every format shares (the module doc)."""
+    status = response.status
+    text = body_text(response)
+    why = why or f"HTTP {status} {response.reason[:60]!r}: {text!r}"
+    if 200 <= status < 300:
+        return Answer("ok")
+    if 300 <= status < 400 or status in KEEP_STATUSES:
+        return Answer("keep", f"{why}; the data is kept (check the URL and credentials)")
+    if status in RETRY_STATUSES or 500 <= status < 600:
+        return Answer("retry", why, retry_after=retry_after_seconds(
+            response.headers.get("retry-after")))
+    if status == 413:
+        return Answer("split", why) if count > 1 else Answer("reject", why)
+    if 400 <= status < 500:
+        return Answer("reject", why)
+    return Answer("error", f"an HTTP status not understood: {why}")
 
 
-HTTP_OPTIONS = tuple(_option(k, *v) for k, v in OPTION_DOCS.items())
+# -- the bounded HTTP/1.1 response reader ------------------------------------------------------
+
+def _would_block():
+    """The exceptions of a non-blocking socket with nothing to do now. ssl's only when it is
+    loaded (an https sink exists): plain-HTTP workers never import it."""
+    ssl = sys.modules.get("ssl")
+    if ssl is None:
+        return (BlockingIOError, InterruptedError)
+    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class Exchange:
+    """One request and its answer on a connected non-blocking socket (plain or TLS), every
+    wait bounded by `deadline` (monotonic) and the stop flag."""
+
+    def __init__(self, sock, deadline, should_stop, what):
+        self.sock, self.deadline, self.should_stop, self.what = sock, deadline, should_stop, what
+        self.buf = bytearray()
+        self.closed = False  # the peer ended the connection
+        self.reusable = True
+
+    def _wait(self, events):
+        poller = select.poll()
+        poller.register(self.sock, events)
+        while True:
+            if self.should_stop():
+                raise Stopped()
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(errno.ETIMEDOUT, f"{self.what}: no complete answer within "
+                                   f"send_timeout_ms")
+            if poller.poll(min(SLICE_S, left) * 1000):
+                return
+
+    def send_all(self, data):
+        view = memoryview(data)
+        blocked = _would_block()
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except blocked as exc:
+                self._wait(select.POLLIN if type(exc).__name__ == "SSLWantReadError"
+                           else select.POLLOUT)
+                continue
+            view = view[sent:]
+
+    def _fill(self):
+        """Read what is there (waiting for it); False at EOF."""
+        blocked = _would_block()
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except blocked:
+                self._wait(select.POLLIN)
+                continue
+            if not data:
+                self.closed = True
+                return False
+            self.buf += data
+            return True
+
+    def _line(self, limit, what):
+        while True:
+            end = self.buf.find(b"\n")
+            if end >= 0:
+                if end + 1 > limit:
+                    raise HttpProtocolError(f"{what} longer than {limit} bytes")
+                line = bytes(self.buf[:end + 1])
+                del self.buf[:end + 1]
+                return line.rstrip(b"\r\n")
+            if len(self.buf) > limit:
+                raise HttpProtocolError(f"{what} longer than {limit} bytes")
+            if not self._fill():
+                raise ConnectionResetError(errno.ECONNRESET, f"the collector closed the "
+                                           f"connection in the middle of the answer ({what})")
+
+    def _head(self):
+        line = self._line(MAX_LINE, "status line")
+        parts = line.split(b" ", 2)
+        if (len(parts) < 2 or parts[0] not in (b"HTTP/1.1", b"HTTP/1.0")
+                or len(parts[1]) != 3 or not parts[1].isdigit()):
+            raise HttpProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
+        status = int(parts[1])
+        reason = parts[2].decode("latin-1") if len(parts) > 2 else ""
+        headers, total, count = {}, 0, 0
+        while True:
+            line = self._line(MAX_LINE, "header line")
+            total += len(line) + 2
+            if not line:
+                break
+            count += 1
+            if count > MAX_HEADERS or total > MAX_HEADER_BYTES:
+                raise HttpProtocolError(f"more than {MAX_HEADERS} headers or "
+                                        f"{MAX_HEADER_BYTES} bytes of them")
+            name, sep, value = line.partition(b":")
+            if not sep or not name or name != name.strip():
+                raise HttpProtocolError(f"a malformed header line: {line[:80]!r}")
+            key = name.decode("latin-1").lower()
+            value = value.strip().decode("latin-1")
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        return parts[0], status, reason, headers
+
+    def read_response(self, body_limit, head_request=False):
+        """The final Response (1xx skipped); at most body_limit bytes of its body are kept:
+        beyond that the connection is marked not reusable instead of reading on."""
+        for _ in range(MAX_INTERIM + 1):
+            version, status, reason, headers = self._head()
+            if 100 <= status < 200 and status != 101:
+                continue  # an interim answer (100 Continue, 103 Early Hints)
+            break
+        else:
+            raise HttpProtocolError(f"more than {MAX_INTERIM} interim (1xx) answers")
+        if status == 101:
+            raise HttpProtocolError("the collector switched protocols (101)")
+        connection = headers.get("connection", "").lower()
+        if "close" in connection or (version == b"HTTP/1.0" and "keep-alive" not in connection):
+            self.reusable = False
+        body = b""
+        if not (head_request or status in (204, 304)):
+            body = self._body(headers, body_limit)
+        return Response(status, reason, headers, body)
+
+    def _body(self, headers, limit):
+        encoding = headers.get("transfer-encoding", "").lower()
+        if encoding:
+            if encoding.rsplit(",", 1)[-1].strip() != "chunked":
+                raise HttpProtocolError(f"a body in transfer-encoding {encoding!r}")
+            return self._chunked(limit)
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit() or len(length) > 18:
+                raise HttpProtocolError(f"a Content-Length not understood: {length[:40]!r}")
+            return self._exact(int(length), limit)
+        self.reusable = False  # the body ends when the connection does
+        out = bytearray()
+        while len(self.buf) < limit and self._fill():
+            pass
+        out += self.buf[:limit]
+        return bytes(out)
+
+    def _exact(self, length, limit):
+        keep = min(length, limit)
+        while len(self.buf) < keep:
+            if not self._fill():
+                raise ConnectionResetError(errno.ECONNRESET, "the collector closed the "
+                                           "connection in the middle of the answer's body")
+        body = bytes(self.buf[:keep])
+        if length > limit:
+            self.reusable = False  # the rest is not read: this connection is done
+        else:
+            del self.buf[:keep]
+        return body
+
+    def _chunked(self, limit):
+        out = bytearray()
+        while True:
+            line = self._line(MAX_LINE, "chunk size line")
+            size_text = line.split(b";", 1)[0].strip()
+            try:
+                size = int(size_text, 16)
+            except ValueError:
+                raise HttpProtocolError(f"a chunk size not understood: {line[:40]!r}") from None
+            if size == 0:
+                for _ in range(MAX_HEADERS + 1):  # trailers
+                    if not self._line(MAX_LINE, "trailer line"):
+                        return bytes(out)
+                raise HttpProtocolError("too many trailer lines")
+            if len(out) + size > limit:
+                need = limit - len(out)
+                while len(self.buf) < need and self._fill():
+                    pass
+                out += self.buf[:need]
+                self.reusable = False
+                return bytes(out)
+            while len(self.buf) < size + 2:
+                if not self._fill():
+                    raise ConnectionResetError(errno.ECONNRESET, "the collector closed the "
+                                               "connection in the middle of a chunk")
+            out += self.buf[:size]
+            if self.buf[size:size + 2] != b"\r\n":
+                raise HttpProtocolError("a chunk without its CRLF")
+            del self.buf[:size + 2]
+
+
+# -- the transport ------------------------------------------------------------------------------
+
+class Batch:
+    """A request as sent (frozen until its messages are released): positions in the chain
+    (relative to its first pending message) of the messages it carries, and its bytes."""
+
+    __slots__ = ("positions", "request", "body")
+
+    def __init__(self, positions, request, body):
+        self.positions, self.request, self.body = positions, request, body
 
 
 class HttpTransport(StreamTransport):
@@ -105,11 +406,27 @@ class HttpTransport(StreamTransport):
     TLS_SCHEMES = frozenset(("https",))
     OPTIONS = HTTP_OPTIONS
 
-    RAW_FRAMING_ONLY = "an HTTP sink frames messages by http_format (ndjson or json_array)"
+    RAW_FRAMING_ONLY = ("an HTTP sink frames messages by http_format (ndjson, json_array "
+                        "or a backend's format)")
 
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
         super().check_sink(where, sink, opts, framing)
+        fmt = sink.get("http_format")  # (a pool-wide one is not seen here: not checked)
+        for key in sink:
+            owner = format_owner(key)
+            if owner is not None and fmt is not None and not (
+                    owner == fmt or fmt.startswith(owner + "_")):
+                raise ConfigError(f"{where}.{key}: a key of http_format {owner!r}, and this "
+                                  f"sink's http_format is {fmt!r}")
+        cls_ = FORMATS.get(fmt or "ndjson")
+        needs = getattr(cls_, "NEEDS", None)
+        if needs is not None:
+            import importlib
+            try:
+                importlib.import_module(needs[0])
+            except ImportError:
+                raise ConfigError(f"{where}.http_format: {fmt} needs {needs[1]}") from None
         limit = sink.get("http_max_body_bytes", OPTIONS["http_max_body_bytes"])
         if isinstance(limit, int) and opts["max_message_size"] > limit:
             if "max_message_size" in sink:
@@ -117,37 +434,36 @@ class HttpTransport(StreamTransport):
                                   f"larger than http_max_body_bytes {limit}")
             opts["max_message_size"] = limit
 
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        parsed = super().parse_options(where, scheme, address, options)  # the TLS block
+        return HttpOptions(parsed.tls, **parsed.own)
+
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
         self.options = sink.transport_options
-        self.conn = None
-        self.max_messages = IOV_BATCH * 64
-        self.last_headers = {}
-        self.headers = {"Content-Type": FORMATS[self.options.http_format],
-                        **self.options.http_headers}
+        self.encoder = FORMATS[self.options.http_format](
+            self.options.format_options, self.address[2])
+        self.extra_headers = dict(self.options.http_headers)
         if self.options.http_compression != "none":
-            self.headers["Content-Encoding"] = self.options.http_compression
+            self.extra_headers["Content-Encoding"] = self.options.http_compression
         self.compress = {"none": None, "gzip": _gzip, "zstd": _zstd()}[
             self.options.http_compression]
+        self.limit = self.options.http_max_body_bytes
+        self.batch = None  # the request in flight or to send again (frozen)
+        self.on_wire = 0  # the first on_wire pending messages went out at least once
+        self.items_to_retry = None  # why: a per-item answer asked for some again (backoff)
+        self.count_cap = None  # after a 413: at most this many messages per request
+        self._should_stop = lambda: False
+        self.reusable = False
+
+    # -- connection --
 
     def connect(self, should_stop):
-        import http.client  # imported by the sinks that use it, not by every worker
         self._should_stop = should_stop
         skipped = super().connect(should_stop)
-        host, port, _ = self.address
-        # http.client does the HTTP framing over our socket (blocking, with a deadline per
-        # call: the writer is a thread of its own, and send_timeout_ms bounds a request).
-        self.sock.settimeout(self.sink.send_timeout_ms / 1000)
-        self.conn = http.client.HTTPConnection(host, port)
-        self.conn.sock = self.sock
+        self.reusable = True
         return skipped
-
-    def close(self):
-        if self.conn is not None:
-            self.conn.sock = None  # the socket is closed below, once
-            self.conn.close()
-            self.conn = None
-        super().close()
 
     def peer_closed(self):
         return False  # an idle keep-alive connection the server closed is reopened in write
@@ -155,56 +471,135 @@ class HttpTransport(StreamTransport):
     def _reopen_if_closed(self):
         """Servers close idle keep-alive connections (and some close after every response):
         that is not an error, just open a new one."""
-        if self.conn is None or self.conn.sock is None or self._idle_closed():
+        if self.sock is None or not self.reusable or StreamTransport.peer_closed(self):
             self.close()
             self.connect(self._should_stop)
 
-    def _idle_closed(self):
-        """Did the server close the idle connection? Checked without blocking (a socket
-        with a timeout would wait for data even with MSG_DONTWAIT)."""
-        self.sock.setblocking(False)
-        try:
-            return super().peer_closed()
-        finally:
-            self.sock.settimeout(self.sink.send_timeout_ms / 1000)
+    # -- a request --
+
+    def _next_batch(self):
+        """The frozen batch, or a new one: the first pending messages, as many as fit in
+        http_max_body_bytes once encoded."""
+        if self.batch is not None:
+            return self.batch
+        max_count = min(c for c in (self.encoder.MAX_MESSAGES, self.count_cap, MAX_BATCH)
+                        if c is not None)
+        views = self.chain.messages(max_count, self.limit)
+        positions = list(range(len(views)))
+        if not positions:
+            return None
+        now_ns = time.time_ns()
+        while True:
+            request = self.encoder.encode([views[i] for i in positions], now_ns)
+            body = self.compress(request.body) if self.compress else request.body
+            if len(body) <= self.limit:
+                break
+            if len(positions) == 1:
+                self.on_wire = max(0, self.on_wire - 1)  # the engine drops it
+                raise Unsendable(errno.EMSGSIZE, f"{len(body)} bytes once encoded, more "
+                                 f"than http_max_body_bytes {self.limit}")
+            keep = max(1, min(len(positions) - 1,
+                              len(positions) * self.limit // len(body) - 1))
+            positions = positions[:keep]
+        self.batch = Batch(positions, request, body)
+        return self.batch
+
+    def _head(self, request, body):
+        host, port, _ = self.address
+        default_port = 443 if self.sink.scheme == "https" else 80
+        host_header = (f"[{host}]" if ":" in host else host) + (
+            "" if port == default_port else f":{port}")
+        headers = {"Host": host_header, **request.headers, **self.extra_headers,
+                   "Content-Length": str(len(body))}
+        lines = [f"{self.options.http_method} {request.path} HTTP/1.1"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     def write(self):
-        self._reopen_if_closed()
-        views = self.chain.messages(self.max_messages, self.options.http_max_body_bytes)
-        if not views:
-            return Outcome.NOTHING
-        n = len(views)
-        status, text = self._request(self._body(views))
-        if 200 <= status < 300:
-            return Outcome.acked(n)
-        if status in RETRY_STATUSES or status >= 500:
-            raise HttpRetry(status, f"HTTP {status} {text!r}; the batch of {n} is sent "
-                            f"again", retry_after_seconds(self.last_headers.get("Retry-After")))
-        # Refused for good (400, 401, 403, 404, 413, ...): retrying cannot help.
-        return Outcome.rejected(n, f"HTTP {status}: {text[:120]!r}")
+        if self.items_to_retry is not None:  # back off before sending those items again
+            why, self.items_to_retry = self.items_to_retry, None
+            raise HttpRetry(None, why)
+        while True:
+            self._reopen_if_closed()
+            batch = self._next_batch()
+            if batch is None:
+                return Outcome.NOTHING
+            resent = sum(1 for p in batch.positions if p < self.on_wire)
+            self.chain.count_resent(resent)
+            self.on_wire = max(self.on_wire, batch.positions[-1] + 1)
+            self.chain.set_unacked(len(batch.positions))
+            count = len(batch.positions)
+            exchange = Exchange(self.sock, time.monotonic() + self.sink.send_timeout_ms / 1000,
+                                self._should_stop, f"HTTP {self.url}")
+            try:
+                exchange.send_all(self._head(batch.request, batch.body) + batch.body)
+                response = exchange.read_response(self.encoder.response_limit(count))
+            except HttpProtocolError as exc:
+                self.reusable = False
+                raise HttpProtocolError(f"an answer not understood ({exc.strerror}); the "
+                                        f"batch of {count} is kept and sent again") from None
+            self.reusable = exchange.reusable and not exchange.closed
+            answer = self.encoder.interpret(response, count)
+            if answer is None or answer.kind == "generic":
+                answer = generic_answer(response, count, answer.reason if answer else "")
+            done = self._apply(answer, batch, response)
+            if done is not None:
+                return done
 
-    def _body(self, views):
-        if self.options.http_format == "json_array":
-            body = b"[" + b",".join(bytes(v).rstrip(b"\n") for v in views) + b"]"
-        else:
-            lines = (bytes(v) for v in views)
-            body = b"".join(m if m.endswith(b"\n") else m + b"\n" for m in lines)
-        return self.compress(body) if self.compress else body
+    def _apply(self, answer, batch, response):
+        """The Outcome of the batch by the answer, or None to send the (halved) batch again
+        now; raises for a retry later."""
+        count = len(batch.positions)
+        kind = answer.kind
+        if kind in ("ok", "partial", "reject", "items"):
+            self.batch = None
+            self.chain.set_unacked(0)
+        if kind == "ok":
+            self.on_wire = max(0, self.on_wire - count)
+            if self.count_cap is not None:
+                self.count_cap = None if self.count_cap * 2 > MAX_BATCH else self.count_cap * 2
+            return Outcome.acked(count)
+        if kind == "partial":
+            self.on_wire = max(0, self.on_wire - count)
+            taken = count - answer.rejected
+            return Outcome.per_message([(Fate.ACK, None)] * taken +
+                                       [(Fate.REJECT, answer.reason)] * answer.rejected)
+        if kind == "reject":
+            self.on_wire = max(0, self.on_wire - count)
+            return Outcome.rejected(count, answer.reason)
+        if kind == "items":
+            fates = [({ACK: Fate.ACK, RETRY: Fate.RETRY, REJECT: Fate.REJECT}[fate],
+                      why or None) for fate, why in answer.fates]
+            retry = [why for fate, why in answer.fates if fate == RETRY]
+            if retry:
+                # The engine releases the prefix before the first retried item; that item
+                # and every later one go again (the later ones counted as resent there).
+                self.on_wire = 0
+                if answer.backoff:
+                    self.items_to_retry = (f"{len(retry)} of {count} items to send again "
+                                           f"({retry[0]})")
+            else:
+                self.on_wire = max(0, self.on_wire - count)
+            return Outcome.per_message(fates)
+        if kind == "split":
+            self.batch = None
+            self.count_cap = max(1, count // 2)
+            return None
+        # Otherwise the batch stays frozen: the same request goes again.
+        if kind == "retry":
+            raise HttpRetry(response.status, f"{answer.reason}; the batch of {count} is sent "
+                            f"again", answer.retry_after)
+        if kind == "keep":
+            raise HttpKept(errno.EREMOTEIO, f"{answer.reason}; the batch of {count} is sent "
+                           f"again on the retry schedule")
+        self.reusable = False
+        raise HttpProtocolError(f"{answer.reason}; the batch of {count} is kept and sent "
+                                f"again")
 
-    def _request(self, body):
-        import http.client
-        _, _, path = self.address
-        try:
-            self.conn.request(self.options.http_method, path, body=body, headers=self.headers)
-            response = self.conn.getresponse()
-            text = response.read(4096)
-            while response.read(65536):
-                pass  # drain, so the connection stays usable
-        except http.client.HTTPException as exc:
-            raise ConnectionResetError(errno.ECONNRESET, f"HTTP: {type(exc).__name__}: "
-                                       f"{exc}") from None
-        self.last_headers = response.headers
-        return response.status, text[:200].decode("utf-8", "replace")
+    def close(self):
+        self.reusable = False
+        self.chain.set_unacked(0)  # nothing is in flight without a connection
+        super().close()
 
 
 def _gzip(body):
@@ -218,4 +613,3 @@ def _zstd():
     except ImportError:
         return None
     return zstandard.ZstdCompressor(level=3).compress
-

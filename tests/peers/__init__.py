@@ -386,6 +386,89 @@ def http_early_hints_then_ok(conn):
                   b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
 
 
+# -- Fluent forward (forward://): PackedForward chunks, {"ack": chunk id} answers --
+
+def forward_read(conn):
+    """The next msgpack object the client sent (a PackedForward message)."""
+    import msgpack
+    if not hasattr(conn, "unpacker"):
+        conn.unpacker = msgpack.Unpacker(raw=False)
+    while True:
+        for obj in conn.unpacker:
+            return obj
+        if not conn.recv_some():
+            raise ConnectionResetError("the client went away")
+        conn.unpacker.feed(bytes(conn.inbuf))
+        conn.inbuf.clear()
+
+
+def forward_buffered(conn):
+    """Further messages already received, without waiting."""
+    out = []
+    for obj in getattr(conn, "unpacker", ()):
+        out.append(obj)
+    return out
+
+
+def forward_chunk(message):
+    """(chunk id, the lines it carries) of a PackedForward message."""
+    import msgpack
+    tag, entries, option = message
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(entries)
+    records = [record["message"].encode() + b"\n" for _, record in unpacker]
+    assert option["size"] == len(records)
+    return option["chunk"], records
+
+
+def forward_ack(chunk_id):
+    import msgpack
+    return msgpack.packb({"ack": chunk_id})
+
+
+def forward_session(conn, order=None):
+    """A forward collector: acknowledges each chunk once it holds it. `order` reorders the
+    acknowledgements of the chunks read together."""
+    while True:
+        batch = [forward_read(conn)] + forward_buffered(conn)
+        acks = []
+        for message in batch:
+            chunk_id, lines = forward_chunk(message)
+            conn.peer.take(lines)
+            acks.append(forward_ack(chunk_id))
+        conn.send(b"".join(order(acks) if order else acks))
+
+
+def forward_then(reply):
+    """Reads a chunk (without taking it), then `reply(conn, chunk id)`."""
+    def script(conn):
+        chunk_id, _ = forward_chunk(forward_read(conn))
+        reply(conn, chunk_id)
+    return script
+
+
+def forward_acks_duplicated(conn):
+    chunk_id, lines = forward_chunk(forward_read(conn))
+    conn.peer.take(lines)
+    conn.send(forward_ack(chunk_id) * 2)
+    conn.hang()
+
+
+def forward_half_ack(conn, chunk_id):
+    conn.send(forward_ack(chunk_id)[:5])
+    conn.sock.close()
+
+
+def forward_huge(conn, chunk_id):
+    conn.send(b"\xc6\xff\xff\xff\xff")  # a bin announcing 4 GiB
+    conn.trickle(b"x" * 1000)
+
+
+def forward_garbage(conn, chunk_id):
+    conn.send(b"\xc1" * 16)  # never used in msgpack
+    conn.hang()
+
+
 def hang_before_tls(conn):
     """Accepts TCP and never answers, not even the TLS handshake."""
     conn.hang()
@@ -422,6 +505,18 @@ PROTOCOLS = {
         "ack for an unknown txnr": (relp_ack_unknown, False),
         "acks with serverclose": (relp_serverclose_with_acks, False),
         "refuse then accept": (then_correct(close_now, relp_session), True),
+    }),
+    "forward": (forward_session, {
+        "never answer": (forward_then(lambda c, chunk: c.hang()), False),
+        "trickle": (forward_then(lambda c, chunk: c.trickle(forward_ack(chunk))), False),
+        "huge announced size": (forward_then(forward_huge), False),
+        "close mid-reply": (forward_then(forward_half_ack), False),
+        "answer garbage": (forward_then(forward_garbage), False),
+        "acks out of order": (lambda c: forward_session(c, order=_reverse), True),
+        "acks duplicated": (forward_acks_duplicated, False),
+        "ack for an unknown chunk": (forward_then(
+            lambda c, chunk: (c.send(forward_ack("never-sent")), c.hang())), False),
+        "refuse then accept": (then_correct(close_now, forward_session), True),
     }),
     "http": (http_session, {
         "never answer": (http_then(lambda c: c.hang()), False),

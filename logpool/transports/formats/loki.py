@@ -1,0 +1,51 @@
+"""loki: Grafana Loki's push API, JSON (``POST /loki/api/v1/push``).
+
+One stream per request with the labels of ``loki_labels`` (default ``{"job": "logpool"}``);
+each line is the message, its timestamp the record time (see the package doc).
+
+Answer: 2xx (204) acknowledges; a 400 naming entries out of order or too old counts them as
+refused for good with Loki's reason: "total ignored: N out of M" counts N (the rest were
+taken), otherwise the whole request.
+"""
+import re
+
+from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
+                                        body_text, compact, record_time_ns, table_option)
+
+IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
+REFUSED = ("out of order", "too old", "too far behind", "greater than", "ignored")
+
+
+class Loki(Encoder):
+    NAME = "loki"
+    STANDARD_PATH = "/loki/api/v1/push"
+    OPTIONS = (
+        Option("loki_labels", "object", {"job": "logpool"}, "stream labels (name: value)",
+               table_option(r"[a-zA-Z_][a-zA-Z0-9_]*", "an object of label names "
+                            "([a-zA-Z_][a-zA-Z0-9_]*) to strings")),
+    )
+
+    def __init__(self, options, url_path):
+        super().__init__(options, url_path)
+        self.labels = options["loki_labels"] or {"job": "logpool"}
+
+    def encode(self, messages, now_ns):
+        values = []
+        for m in messages:
+            doc, text = as_object(m)
+            values.append([str(record_time_ns(doc, now_ns)), text])
+        body = compact({"streams": [{"stream": self.labels, "values": values}]}).encode()
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
+
+    def interpret(self, response, count):
+        if response.status != 400:
+            return None
+        text = response.body.decode("utf-8", "replace")
+        found = IGNORED.findall(text)
+        if found:
+            ignored = min(count, sum(int(n) for n, _ in found))
+            return Answer("partial", f"Loki 400: {ignored} of {count} entries ignored: "
+                          f"{body_text(response, 300)!r}", rejected=ignored)
+        if any(word in text for word in REFUSED):
+            return Answer("reject", f"Loki 400: entries refused: {body_text(response, 300)!r}")
+        return None

@@ -1,0 +1,74 @@
+"""splunk_hec: Splunk's HTTP Event Collector (``POST /services/collector/event``, or
+``/services/collector/raw`` with ``splunk_hec_endpoint`` raw). The token goes in
+http_headers: ``{"Authorization": "Splunk <token>"}``.
+
+event: one envelope per message, ``{"time": <record time, seconds>, "event": <the message
+as JSON when it is JSON, else the line>}``, concatenated; raw: the lines, newline-separated.
+
+Answer: 200 with ``"code": 0`` acknowledges; ``"code": 9`` (server busy) retries; 400, 401
+and 403 about the configuration (a bad token, a disabled input, a wrong index, a channel:
+codes 1-4, 7, 10, 11, 14, 16, or no code) keep the data, logged once, retried on the schedule.
+A 400 about the data (codes 5, 6, 12, 13, 15: invalid format, a blank event) names the event
+with ``invalid-event-number``: HEC took the events before it, refused it, and did not
+process the rest, so those are acknowledged, that one is refused for good
+(dropped_rejected) and the rest sent again at once.
+"""
+import json
+
+from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
+                                               Request, as_object, body_text, choice_option,
+                                               compact, record_time_ns)
+
+PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
+DATA_CODES = (5, 6, 12, 13, 15)  # no data, invalid format, event required/blank, fields
+
+
+class SplunkHec(Encoder):
+    NAME = "splunk_hec"
+    OPTIONS = (
+        Option("splunk_hec_endpoint", "string", "event", "event (JSON envelopes) or raw "
+               "(lines)", choice_option("event", "raw")),
+    )
+
+    def __init__(self, options, url_path):
+        self.STANDARD_PATH = PATHS[options["splunk_hec_endpoint"]]
+        super().__init__(options, url_path)
+        self.raw = options["splunk_hec_endpoint"] == "raw"
+
+    def encode(self, messages, now_ns):
+        if self.raw:
+            body = b"".join(m if m.endswith(b"\n") else m + b"\n" for m in map(bytes, messages))
+            return Request(self.path, {"Content-Type": "text/plain"}, body)
+        out = []
+        for m in messages:
+            doc, text = as_object(m)
+            seconds = record_time_ns(doc, now_ns) / 1e9
+            out.append(compact({"time": round(seconds, 3),
+                                "event": doc if doc is not None else text}))
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
+                       "\n".join(out).encode() + b"\n")
+
+    def interpret(self, response, count):
+        code, answer = None, {}
+        try:
+            answer = json.loads(response.body)
+            code = answer.get("code")
+        except (ValueError, AttributeError):
+            answer = {}
+        bad = answer.get("invalid-event-number")
+        if (response.status == 400 and code in DATA_CODES and isinstance(bad, int)
+                and not isinstance(bad, bool) and 0 <= bad < count):
+            why = f"HEC 400 code {code}: {str(answer.get('text', ''))[:200]!r} (event {bad})"
+            return Answer("items", why, backoff=False, fates=[(ACK, "")] * bad + [
+                (REJECT, why)] + [(RETRY, "not processed after a refused event")] * (
+                    count - bad - 1))
+        if response.status in (400, 401, 403):
+            return Answer("keep", f"HEC {response.status}: {body_text(response)!r} (a token, "
+                          f"index or input setting; the data is kept)")
+        if code == 9:
+            return Answer("retry", f"HEC server busy (code 9): {body_text(response)!r}")
+        if 200 <= response.status < 300:
+            if code == 0:
+                return Answer("ok")
+            return Answer("error", f"an HEC answer without code 0: {body_text(response)!r}")
+        return None

@@ -1,0 +1,340 @@
+"""forward://host:port and forward+tls://host:port: Fluent's forward protocol (Fluentd
+in_forward, Fluent Bit's forward input, Vector's fluent source), with acknowledgements.
+
+Messages travel in PackedForward mode: ``[tag, entries, {"size": n, "chunk": id}]`` where
+entries is the concatenation of msgpack ``[EventTime, record]`` pairs and id a unique
+base64 chunk id; the server answers ``{"ack": id}`` once it has taken the chunk, and only
+then are the chunk's messages released (counted as sent). Up to forward_window chunks are
+in flight (like RELP's window); a broken session, an answer not understood, an ack for a
+chunk not in flight, or no progress for send_timeout_ms reconnects (with the engine's
+backoff) and resends every message not acknowledged, in order: at-least-once delivery
+(resends counted in resent_messages).
+
+Records: the message when it is a JSON object, else ``{"message": "<line>"}``; the time is
+the record time of logpool.transports.formats (a time field of the message, else when the
+chunk was framed).
+
+forward_shared_key: the optional handshake (HELO from the server, PING with
+sha512(salt + hostname + nonce + key), PONG checked the same way) happens inside connect, so a
+collector that refuses or never answers it is a failed connect and the next collector is
+tried. Everything the server sends is bounded (MAX_REPLY_BYTES per msgpack object, small
+containers only): anything else is a protocol error.
+"""
+import base64
+import errno
+import hashlib
+import os
+import select
+import socket
+import struct
+import time
+from collections import deque
+
+from logpool.errors import ConfigError
+from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
+from logpool.transports.formats.common import as_object, record_time_ns
+from logpool.transports.schema import Option, defaults, int_range, non_empty
+from logpool.transports.stream import StreamTransport
+
+DEFAULT_WINDOW = 8
+CHUNK_BYTES = 1024 * 1024  # messages per chunk total at most this (one larger goes alone)
+CHUNK_MESSAGES = 4096
+MAX_REPLY_BYTES = 64 * 1024  # an ack, a HELO or a PONG is small
+FORWARD_OPTIONS = (
+    Option("forward_tag", "string", "logpool", "the tag of every record",
+           lambda where, value: _tag(where, value)),
+    Option("forward_shared_key", "string or null", None, "the collector's shared key: "
+           "enables the HELO/PING/PONG handshake", lambda w, v: v if v is None else
+           non_empty(w, v), default_doc="none: no handshake"),
+    Option("forward_window", "integer", DEFAULT_WINDOW, "chunks sent and not yet "
+           "acknowledged, at most", int_range(1, 1024)),
+)
+OPTIONS = defaults(FORWARD_OPTIONS)
+
+
+def _tag(where, value):
+    if not value or len(value) > 1024:
+        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def would_block():
+    import ssl
+    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+def event_time(ns):
+    """Fluent's EventTime: msgpack ext type 0, seconds and nanoseconds, big-endian."""
+    import msgpack
+    return msgpack.ExtType(0, struct.pack(">II", ns // 10**9, ns % 10**9))
+
+
+def encode_chunk(tag, messages, chunk_id, now_ns):
+    """One PackedForward message (bytes) carrying `messages` as chunk `chunk_id`."""
+    import msgpack
+    packer = msgpack.Packer(use_bin_type=True)
+    entries = bytearray()
+    for m in messages:
+        doc, text = as_object(m)
+        record = doc if doc is not None else {"message": text}
+        entries += packer.pack([event_time(record_time_ns(doc, now_ns)), record])
+    return packer.pack([tag, bytes(entries), {"size": len(messages), "chunk": chunk_id}])
+
+
+def unpacker():
+    """A msgpack reader of what a forward server says, every size bounded."""
+    import msgpack
+    # Fluent Bit's HELO packs a random nonce and salt as msgpack str (not valid UTF-8):
+    # surrogateescape keeps their bytes.
+    return msgpack.Unpacker(max_buffer_size=MAX_REPLY_BYTES, max_str_len=MAX_REPLY_BYTES,
+                            max_bin_len=MAX_REPLY_BYTES, max_array_len=16, max_map_len=16,
+                            max_ext_len=64, raw=False, strict_map_key=True,
+                            unicode_errors="surrogateescape")
+
+
+def ping_digest(salt, hostname, nonce, key):
+    """sha512_hex(salt + hostname + nonce + shared_key), the forward protocol's digest."""
+    h = hashlib.sha512()
+    for part in (salt, hostname, nonce, key):
+        h.update(part if isinstance(part, bytes) else part.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+class ForwardTransport(StreamTransport):
+    SCHEMES = ("forward", "forward+tls")
+    ADDRESS = {"forward": "host_port", "forward+tls": "host_port"}
+    TLS_SCHEMES = frozenset(("forward+tls",))
+    OPTIONS = FORWARD_OPTIONS
+
+    @classmethod
+    def check_sink(cls, where, sink, opts, framing):
+        if framing != "raw":
+            raise ConfigError(f"{where}.framing: forward frames each message itself (a msgpack "
+                              f"record); leave framing raw")
+        try:
+            import msgpack  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{where}.url: forward:// needs the msgpack package (pip "
+                              f"install msgpack, or logpool[forward])") from None
+
+    @classmethod
+    def parse_options(cls, where, scheme, address, options):
+        parsed = super().parse_options(where, scheme, address, options)  # the TLS block
+        return ForwardOptions(parsed.tls, **parsed.own)
+
+    def __init__(self, sink, chain, faults=None):
+        super().__init__(sink, chain, faults)
+        options = sink.transport_options or ForwardOptions(None)
+        self.tag = options.forward_tag
+        self.shared_key = options.forward_shared_key
+        self.window = options.forward_window
+        self.hostname = socket.gethostname()
+        self.owed_resend = 0  # messages in flight when a session broke: sent again next
+        self.reset_session()
+
+    def reset_session(self):
+        self.reader = unpacker()
+        self.out = None  # memoryview of a chunk not completely written yet
+        self.chunks = deque()  # (chunk id, messages) in flight, oldest first
+        self.inflight = 0  # messages in the chunks in flight
+        self.acked_ahead = set()  # chunk ids acknowledged behind an unanswered one
+        self.acked = 0  # acknowledged messages not reported in an Outcome yet
+        self.broken = None  # the error that ended the session, raised once acks are out
+
+    # -- session --
+
+    def _established(self, sock, family, should_stop, deadline):
+        sock = super()._established(sock, family, should_stop, deadline)
+        self.sock = sock
+        self.reset_session()
+        try:
+            if self.shared_key is not None:
+                self._handshake(should_stop, deadline)
+        except BaseException:
+            self.sock = None
+            raise
+        self.chain.set_unacked(0)
+        return sock
+
+    def _handshake(self, should_stop, deadline):
+        helo = self._read_one(should_stop, deadline, "forward HELO")
+        if (not isinstance(helo, list) or len(helo) != 2 or helo[0] != "HELO"
+                or not isinstance(helo[1], dict)):
+            raise ProtocolError(f"forward: expected HELO, got {str(helo)[:100]}")
+        nonce = helo[1].get("nonce")
+        if not isinstance(nonce, (bytes, str)):
+            raise ProtocolError("forward: a HELO without a nonce")
+        salt = os.urandom(16).hex()
+        digest = ping_digest(salt, self.hostname, nonce, self.shared_key)
+        import msgpack
+        # No user authentication: empty username and password digest.
+        self._send_all(msgpack.packb(["PING", self.hostname, salt, digest, "", ""]),
+                       should_stop, deadline)
+        pong = self._read_one(should_stop, deadline, "forward PONG")
+        if not isinstance(pong, list) or len(pong) != 5 or pong[0] != "PONG":
+            raise ProtocolError(f"forward: expected PONG, got {str(pong)[:100]}")
+        _, ok, reason, server_host, server_digest = pong
+        if ok is not True:  # a wrong key, or a server that wants users (not supported)
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"forward: the server refused "
+                                         f"the handshake: {str(reason)[:200]}")
+        if not isinstance(server_host, str) or server_digest != ping_digest(
+                salt, server_host, nonce, self.shared_key):
+            raise ProtocolError("forward: the server's PONG digest does not match "
+                                "forward_shared_key")
+
+    def close(self):
+        outcome = self._settled()
+        self.owed_resend += self.inflight  # sent again on the next session
+        self.inflight = 0
+        self.chunks.clear()
+        self.acked_ahead.clear()
+        self.broken = None
+        self.chain.set_unacked(0)
+        super().close()
+        return outcome
+
+    # -- writing and acknowledgements --
+
+    def wants(self):
+        return select.POLLOUT if self.out is not None else select.POLLIN
+
+    def write(self):
+        if self.broken is not None and not self.acked:
+            raise self.broken  # after the acknowledgements that came with it were reported
+        sent = 0
+        if self.broken is None:
+            try:
+                self._read_acks()
+            except OSError as exc:
+                self.broken = exc
+            if self.broken is None and self.out is None and len(self.chunks) < self.window:
+                self._chunk_more()
+            if self.broken is None and self.out is not None:
+                sent = self._send_out()
+        return Outcome.sent(sent) + self._settled()
+
+    def _settled(self):
+        acked, self.acked = self.acked, 0
+        return Outcome.acked(acked) if acked else Outcome.NOTHING
+
+    def _chunk_more(self):
+        views = self.chain.messages(CHUNK_MESSAGES, CHUNK_BYTES, self.inflight + self.acked)
+        if not views:
+            return
+        n = len(views)
+        if self.owed_resend:
+            again = min(n, self.owed_resend)
+            self.owed_resend -= again
+            self.chain.count_resent(again)
+        chunk_id = base64.b64encode(os.urandom(16)).decode()
+        self.out = memoryview(encode_chunk(self.tag, views, chunk_id, time.time_ns()))
+        self.chunks.append((chunk_id, n))
+        self.inflight += n
+        self.chain.set_unacked(self.inflight)
+
+    def _send_out(self):
+        try:
+            written = self.sock.send(self.out)
+        except would_block():
+            return 0
+        self.out = self.out[written:] if written < len(self.out) else None
+        return written
+
+    def _recv_available(self):
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except would_block():
+                return
+            if not data:
+                raise ConnectionResetError(errno.ECONNRESET, "the forward server closed "
+                                           "the connection")
+            self._feed(data)
+            if len(data) < 65536:
+                return
+
+    def _feed(self, data):
+        import msgpack
+        try:
+            self.reader.feed(data)
+        except msgpack.BufferFull:
+            raise ProtocolError(f"forward: an answer longer than {MAX_REPLY_BYTES} bytes") \
+                from None
+
+    def _answers(self):
+        import msgpack
+        try:
+            yield from self.reader
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise ProtocolError(f"forward: an answer that is not msgpack within bounds "
+                                f"({type(exc).__name__}: {exc})") from None
+
+    def _read_acks(self):
+        self._recv_available()
+        for answer in self._answers():
+            if not isinstance(answer, dict) or not isinstance(answer.get("ack"), str):
+                raise ProtocolError(f"forward: an answer that is not an ack: "
+                                    f"{str(answer)[:100]}")
+            self._ack(answer["ack"])
+
+    def _ack(self, chunk_id):
+        ids = [c for c, _ in self.chunks]
+        if chunk_id not in ids or chunk_id in self.acked_ahead:
+            state = "acknowledged already" if chunk_id in self.acked_ahead else "not in flight"
+            raise ProtocolError(f"forward: an ack for chunk {chunk_id[:40]!r}, which is "
+                                f"{state}")
+        self.acked_ahead.add(chunk_id)
+        released = 0
+        while self.chunks and self.chunks[0][0] in self.acked_ahead:
+            cid, n = self.chunks.popleft()
+            self.acked_ahead.discard(cid)
+            released += n
+        if released:
+            self.inflight -= released
+            self.acked += released
+            self.chain.set_unacked(self.inflight)
+
+    def peer_closed(self):
+        try:
+            self._read_acks()
+        except OSError as exc:
+            self.broken = exc
+            return not self.acked
+        return False
+
+    # -- the opening exchange --
+
+    def _read_one(self, should_stop, deadline, what):
+        while True:
+            for answer in self._answers():
+                return answer
+            self._wait(select.POLLIN, should_stop, deadline, what)
+            self._recv_available()
+
+    def _send_all(self, data, should_stop, deadline):
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except would_block():
+                self._wait(select.POLLOUT, should_stop, deadline, "forward handshake")
+
+    def _wait(self, events, should_stop, deadline, what):
+        poller = select.poll()
+        poller.register(self.sock, events)
+        while not poller.poll(SLICE_S * 1000):
+            if should_stop():
+                raise Stopped()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out (connect_timeout_ms "
+                                   f"{self.sink.connect_timeout_ms})")
+
+
+class ForwardOptions:
+    def __init__(self, tls, **options):
+        self.tls = tls
+        for key, default in OPTIONS.items():
+            setattr(self, key, options.get(key, default))
+
+    def get(self, key, default=None):
+        return getattr(self, key, default)

@@ -188,3 +188,51 @@ def test_every_python_package_of_the_source_tree_is_installed():
         listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
     found = {m for m, p in package_modules().items() if p.endswith("__init__.py")}
     assert found == listed
+
+
+CSRC = os.path.join(PACKAGE, "csrc")
+C_DEFINITION = re.compile(r"^(static\s+)?(?:[A-Za-z_][\w \*]*?[\s\*])?(logpool_\w+|log_cdata)"
+                          r"\s*\(([^;{]*)\)\s*\{", re.M)
+
+
+def c_sources():
+    """{file: its text without comments} of the C core."""
+    return {f: re.sub(r"/\*.*?\*/", "", open(os.path.join(CSRC, f), encoding="utf-8").read(),
+                      flags=re.S)
+            for f in sorted(os.listdir(CSRC)) if f.endswith(".c")}
+
+
+def test_no_call_circles_between_the_c_files():
+    """Each concern is one file and calls flow one way (pool -> chain -> hot path ->
+    process, never back): a circle means two files share one concern."""
+    sources = c_sources()
+    owner = {m.group(2): f for f, src in sources.items() for m in C_DEFINITION.finditer(src)}
+    graph = {f: {owner[m.group(1)] for m in re.finditer(r"\b(logpool_\w+|log_cdata)\s*\(", src)
+                 if owner.get(m.group(1), f) != f}
+             for f, src in sources.items()}
+    state = {}
+
+    def visit(f, trail):
+        if state.get(f) == "done":
+            return
+        assert state.get(f) != "open", "call circle: " + " -> ".join(trail + [f])
+        state[f] = "open"
+        for g in sorted(graph[f]):
+            visit(g, trail + [f])
+        state[f] = "done"
+
+    for f in graph:
+        visit(f, [])
+
+
+def test_every_c_function_has_one_declaration_in_a_header():
+    headers = "\n".join(open(os.path.join(d, f), encoding="utf-8").read()
+                        for d in (CSRC, paths.include_dir()) for f in os.listdir(d)
+                        if f.endswith(".h"))
+    for f, src in c_sources().items():
+        assert not re.search(r"^\s+extern\b", src, re.M), f"{f}: a declaration inside a body"
+        for m in C_DEFINITION.finditer(src):
+            if m.group(1):  # static: the file's own
+                continue
+            declared = re.findall(r"\b%s\s*\([^;{)]*\)\s*;" % m.group(2), headers)
+            assert len(declared) == 1, f"{m.group(2)} ({f}) declared {len(declared)} times"

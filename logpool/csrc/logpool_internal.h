@@ -131,6 +131,7 @@ int logpool__kafka_inject_fatal(logpool__kafka_t *k);
 
 /* Implemented in runtime.c (needs Python.h), used by logpool.c. */
 int logpool__runtime_start(char *err, size_t errlen);
+void logpool__runtime_forget_pool(logpool_t *pool);
 unsigned logpool__fork_generation(void);
 void *logpool__gil_release(void);
 void logpool__gil_restore(void *tstate);

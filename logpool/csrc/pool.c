@@ -3,6 +3,7 @@
  * metrics, codes and version. log_cdata lives in hotpath.c.
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
+#include "embedding.h"
 
 #include <limits.h>
 #include <signal.h>
@@ -140,7 +141,6 @@ LOGPOOL_API logpool_t *logpool_new(const char *config_json)
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     logpool__set_error(LOGPOOL_OK, "");
-    extern void *logpool__py_start(const char *config_json);
     logpool_t *pool = logpool__py_start(config_json);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (pool == NULL) {
@@ -174,7 +174,6 @@ LOGPOOL_API int logpool_metrics(logpool_t *pool, char *buf, size_t len)
         return LOGPOOL_EINVAL;
     if (logpool__pool_inherited(pool))
         return LOGPOOL_ECLOSED;
-    extern int logpool__py_metrics(void *pool, char *buf, size_t len);
     int n = logpool__py_metrics(pool, buf, len);
     return n >= 0 ? n : LOGPOOL_ERUNTIME;
 }
@@ -342,7 +341,71 @@ LOGPOOL_API void logpool_free(logpool_t *pool)
             return; /* a writer may still touch it: leaking is the safe choice */
     }
     /* The writers, histograms and TLS contexts the Python side keeps for this pool. */
-    extern void logpool__runtime_forget_pool(logpool_t *pool);
     logpool__runtime_forget_pool(pool);
     pool_destroy(pool);
+}
+
+/* -- the registry of open pools: the exit fallback (cffi never runs Py_Finalize, so
+ *    nothing else would flush pools still open at exit) -- */
+
+static pthread_mutex_t open_pools_lock = PTHREAD_MUTEX_INITIALIZER;
+static logpool_t *open_pools;
+static int atexit_registered;
+
+/* In a forked child: the parent's pools are not this process's to close at exit (their
+ * close returns early here, the exit fallback would spin on them). */
+static void forget_pools_after_fork(void)
+{
+    pthread_mutex_init(&open_pools_lock, NULL);
+    open_pools = NULL;
+}
+
+static void close_all_at_exit(void)
+{
+    logpool__close_all(-1);
+}
+
+/* Called by the Python side once the writers run: from now on the pool is visible to
+ * logpool__close_all (the exit fallback). */
+void logpool__pool_register(logpool_t *pool)
+{
+    pthread_mutex_lock(&open_pools_lock);
+    pool->next_open = open_pools;
+    open_pools = pool;
+    if (!atexit_registered) {
+        atexit_registered = 1;
+        atexit(close_all_at_exit);
+        pthread_atfork(NULL, NULL, forget_pools_after_fork);
+    }
+    pthread_mutex_unlock(&open_pools_lock);
+}
+
+void logpool__pool_unregister(logpool_t *pool)
+{
+    pthread_mutex_lock(&open_pools_lock);
+    for (logpool_t **p = &open_pools; *p != NULL; p = &(*p)->next_open) {
+        if (*p == pool) {
+            *p = pool->next_open;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&open_pools_lock);
+}
+
+int logpool__close_all(int timeout_ms)
+{
+    int closed = 0;
+    for (;;) {
+        pthread_mutex_lock(&open_pools_lock);
+        logpool_t *pool = open_pools;
+        pthread_mutex_unlock(&open_pools_lock);
+        if (pool == NULL)
+            return closed;
+        int t = timeout_ms >= 0 ? timeout_ms : pool->exit_flush_timeout_ms;
+        int abandoned = logpool_close(pool, t); /* unregisters it */
+        if (abandoned > 0)
+            fprintf(stderr, "logpool: process exit: %d accepted messages abandoned after "
+                            "%d ms\n", abandoned, t);
+        closed++;
+    }
 }

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "embedding.h"
 #include "logpool_internal.h"
 
 #ifndef LOGPOOL_BUILD_EXECUTABLE
@@ -259,6 +260,5 @@ void logpool__runtime_forget_pool(logpool_t *pool)
     if (runtime_state != 1 || runtime_generation != logpool__fork_generation() ||
         !Py_IsInitialized() || _Py_IsFinalizing())
         return;
-    extern void logpool__py_forget(void *pool);
     logpool__py_forget(pool);
 }

@@ -348,3 +348,97 @@ def test_relp_over_tls_to_rsyslog_with_a_test_ca(rsyslogs, pools, test_ca):
     pool.flush(timeout=30)
     assert seqs(rs.messages()) == list(range(500))
     assert pool.stats(0)["tls_handshake_failures"] == 0
+
+
+# -- what a collector says at the edges of a session (tests/peers plays it) --
+
+def relp_pool(pools, peer, **options):
+    return pools({"sinks": [{"url": peer.url("relp"), "name": "edge"}], **FAST, **options})
+
+
+def test_a_malformed_acknowledgement_is_a_protocol_error_not_a_writer_crash(pools, capfd):
+    import peers
+
+    def malformed_then_correct(conn):
+        if conn.index:
+            return peers.relp_session(conn)
+        peers.relp_open(conn)
+        peers.relp_frame(conn)
+        conn.send(b"x rsp 6 200 OK\n")
+        conn.hang()
+
+    peer = peers.Peer(malformed_then_correct)
+    try:
+        pool = relp_pool(pools, peer)
+        pool.log(0, message(0, 0))
+        pool.flush(timeout=30)
+        st = pool.stats(0)
+    finally:
+        peer.close()
+    assert st["writer_errors"] == 0 and st["write_errors"] == 1, st
+    assert "malformed reply" in capfd.readouterr().err
+    assert [parse_line(m)[1] for m in peer.taken] == [0]
+
+
+def test_acknowledgements_that_come_with_the_end_of_the_connection_are_taken(pools):
+    """The collector acknowledges a whole window and closes in the same breath (a restart
+    at the worst moment): what it acknowledged is released, not resent. The replies fill
+    exactly 64 KiB, so the reads that take them meet the end of the stream at once."""
+    import peers
+    n = 3000
+
+    def ack_all_then_close(conn):
+        if conn.index:
+            return peers.relp_session(conn)
+        peers.relp_open(conn)
+        frames = [peers.relp_frame(conn) for _ in range(n)]
+        acks = b"".join(b"%d rsp 6 200 OK\n" % t for t, _, _ in frames[:-1])
+        # The last reply's text pads the whole to 64 KiB: "TXNR rsp LEN TEXT\n".
+        room = 65536 - len(acks) - len(b"%d rsp  \n" % frames[-1][0])
+        size = next(x for x in (room - d for d in range(1, 7)) if len(str(x)) == room - x)
+        text = b"200 OK".ljust(size)
+        reply = acks + b"%d rsp %d %s\n" % (frames[-1][0], len(text), text)
+        assert len(reply) == 65536, len(reply)
+        conn.peer.take([data + b"\n" for _, _, data in frames])
+        conn.send(reply)
+        conn.sock.shutdown(socket.SHUT_RDWR)
+
+    peer = peers.Peer(ack_all_then_close)
+    try:
+        pool = relp_pool(pools, peer, relp_window=4096, flush_limit=1 << 20,
+                         periodic_flush_ms=200)
+        for seq in range(n):
+            pool.log(0, message(0, seq))
+        pool.flush(timeout=30)
+        st = pool.stats(0)
+    finally:
+        peer.close()
+    assert st["sent_messages"] == n and st["resent_messages"] == 0, st
+    assert sorted(parse_line(m)[1] for m in peer.taken) == list(range(n))
+
+
+def test_acknowledgements_that_come_while_closing_are_not_abandoned(pools):
+    """close() ends the session with RELP's "close": acknowledgements the collector sends
+    before it answers (or instead of answering) are delivered messages, not abandoned."""
+    import peers
+
+    def late_acks_no_close_reply(conn):
+        peers.relp_open(conn)
+        frames = [peers.relp_frame(conn) for _ in range(3)]
+        command = peers.relp_frame(conn)  # "close": only now the acknowledgements
+        assert command[1] == b"close"
+        conn.peer.take([data + b"\n" for _, _, data in frames])
+        conn.send(b"".join(b"%d rsp 6 200 OK\n" % t for t, _, _ in frames))
+        conn.hang()
+
+    peer = peers.Peer(late_acks_no_close_reply)
+    try:
+        pool = relp_pool(pools, peer)
+        for seq in range(3):
+            pool.log(0, message(0, seq))
+        wait_for(lambda: pool.stats(0)["unacked_messages"] == 3, what="three in flight")
+        abandoned = pool.close(timeout=5)
+        st = pool.stats(0)
+    finally:
+        peer.close()
+    assert abandoned == 0 and st["sent_messages"] == 3 and st["abandoned_messages"] == 0, st

@@ -54,6 +54,7 @@ class RelpTransport(StreamTransport):
         self.owed_resend = 0  # messages in flight when a session broke: sent again next
 
     def reset_session(self):
+        self.peer_gone = False
         self.inbuf = bytearray()
         self.out = None  # memoryview of frames not completely written yet
         self.inflight = 0  # sent, not acknowledged: the first `inflight` pending messages
@@ -62,6 +63,7 @@ class RelpTransport(StreamTransport):
         self.acked_ahead = set()  # txnrs acknowledged out of order, behind an unanswered one
         self.acked = 0  # acknowledged messages not reported in an Outcome yet
         self.broken = None  # the error that ended the session, raised once acks are out
+        self.peer_gone = False  # the collector closed the connection (EOF read)
 
     # -- session --
 
@@ -106,26 +108,41 @@ class RelpTransport(StreamTransport):
 
     def _close_session(self):
         """Send "close" and wait a moment for its reply, taking the acknowledgements that
-        come before it (the collector answers everything it took, then the close)."""
+        come before it (the collector answers everything it took, then the close); those
+        that came are taken however the wait ends (the reply, the deadline, EOF)."""
         close_txnr = self.txnr
-        self.sock.send(b"%d close 0\n" % close_txnr)
         reply = b"%d rsp 0\n" % close_txnr
         deadline = time.monotonic() + CLOSE_REPLY_S
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        while time.monotonic() < deadline:
-            if poller.poll(SLICE_S * 1000):
-                self._recv_available()
-            at = self.inbuf.find(reply)
-            if at == 0 or (at > 0 and self.inbuf[at - 1] == 0x0A):
-                del self.inbuf[at:]
+        try:
+            self.sock.send(b"%d close 0\n" % close_txnr)
+            while time.monotonic() < deadline and not self.peer_gone:
+                if poller.poll(SLICE_S * 1000):
+                    self._recv_available()
+                at = self.inbuf.find(reply)
+                if at == 0 or (at > 0 and self.inbuf[at - 1] == 0x0A):
+                    del self.inbuf[at:]
+                    return
+        finally:
+            self.peer_gone = False  # (the end of a session being closed anyway)
+            try:
                 self._read_acks(receive=False)
-                return
+            except (OSError, ValueError):
+                pass  # what follows the acknowledgements does not matter at close
 
     # -- writing and acknowledgements --
 
     def wants(self):
         return select.POLLOUT if self.out is not None else select.POLLIN
+
+    def wait_ready(self, timeout_s):
+        """A hang-up is reported by the next write(), after the acknowledgements that came
+        before it are read and taken."""
+        poller = select.poll()
+        poller.register(self.sock, self.wants())
+        poller.poll(timeout_s * 1000)
+        return False
 
     def write(self):
         if self.broken is not None and not self.acked:
@@ -185,7 +202,10 @@ class RelpTransport(StreamTransport):
         while pos < last:
             end = buf.find(b"\n", pos)
             if buf.endswith(ACK_SUFFIX, pos, end):  # "TXNR rsp 6 200 OK"
-                txnr = int(buf[pos:end - len(ACK_SUFFIX)])
+                number = bytes(buf[pos:end - len(ACK_SUFFIX)])
+                if not (number.isdigit() and number.isascii() and len(number) <= 9):
+                    raise ProtocolError(f"RELP: a malformed reply {bytes(buf[pos:end])[:60]!r}")
+                txnr = int(number)
                 pos = end + 1
             else:
                 frame = self._parse_frame(buf, pos)
@@ -205,6 +225,9 @@ class RelpTransport(StreamTransport):
         del buf[:pos]
         if len(buf) > MAX_REPLY_BYTES:
             raise ProtocolError(f"RELP: a reply longer than {MAX_REPLY_BYTES} bytes")
+        if self.peer_gone:
+            raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed the "
+                                       "connection")
 
     def _ack(self, txnr):
         offset = (txnr - self.oldest_txnr) % TXNR_MAX
@@ -259,9 +282,9 @@ class RelpTransport(StreamTransport):
                 data = self.sock.recv(65536)
             except would_block():
                 return
-            if not data:
-                raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed the "
-                                           "connection")
+            if not data:  # raised once what came before the end is parsed
+                self.peer_gone = True
+                return
             self.inbuf += data
             if len(data) < 65536:
                 return
@@ -279,6 +302,9 @@ class RelpTransport(StreamTransport):
                 txnr, command, data, pos = frame
                 del self.inbuf[:pos]
                 return txnr, command, data
+            if self.peer_gone:
+                raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed the "
+                                           "connection")
             self._wait(select.POLLIN, should_stop, deadline, "RELP open")
             self._recv_available()
 

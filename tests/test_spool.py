@@ -54,8 +54,8 @@ def test_twenty_buffers_into_a_dead_sink_are_spooled_then_delivered_once_in_orde
     r = receiver(url)  # the collector comes back; a new pool (a restarted process)
     again = logpool.Pool(config)
     try:
-        assert again.stats(0)["spooled_messages"] == n  # adopted before Pool() returned
-        again.flush(timeout=60)
+        again.flush(timeout=60)  # waits for what the writer adopts, too
+        assert again.stats(0)["sent_messages"] == n  # adopted by the writer, then sent
         wait_for(lambda: r.snapshot().messages >= n, what="the receiver reading it all")
         assert seqs(r.output.lines()) == list(range(n))  # once each, in order
         st = again.stats(0)
@@ -117,10 +117,10 @@ def test_a_process_sigkilled_mid_spill_leaves_a_spool_the_next_pool_delivers(tmp
     r = receiver(url)
     pool = logpool.Pool(config)
     try:
-        spooled = pool.stats(0)["spooled_messages"]
-        assert spooled > 20000
+        pool.flush(timeout=60)  # the writer adopts, then delivers
+        spooled = pool.stats(0)["spool_replayed"]
+        assert spooled > 20000 and pool.stats(0)["sent_messages"] == spooled
         assert pool.stats(0)["spool_corrupt"] == 1  # the torn record: skipped, counted
-        pool.flush(timeout=60)
         wait_for(lambda: r.snapshot().messages >= spooled, what="the receiver reading it all")
         got = [int(line.split()[0]) for line in r.output.lines()]
         assert got == list(range(spooled))  # every whole record, in order, nothing garbled

@@ -16,7 +16,8 @@
     XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)         \
     XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable) XX(unacked_messages)  \
     XX(resent_messages) XX(dropped_rejected) XX(spooled_bytes) XX(spooled_messages)         \
-    XX(dropped_spool_full) XX(spool_writes) XX(spool_replayed) XX(spool_corrupt)
+    XX(dropped_spool_full) XX(spool_writes) XX(spool_replayed) XX(spool_corrupt)         \
+    XX(spool_bad_entries) XX(dropped_spool_replay)
 
 /* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
 #define COUNT_FIELD(f) +1
@@ -68,7 +69,7 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
         }
         uint64_t now = logpool__now_ns();
         uint64_t wake_at = user_deadline;
-        if (mode == LOGPOOL__WAIT_FOR_STOP && s->spill_bytes > 0 &&
+        if (mode == LOGPOOL__WAIT_FOR_STOP && s->spill_bytes > 0 && /* not ..._NO_SPILL */
             s->chain_bytes >= s->spill_bytes) {
             result = LOGPOOL__WAIT_SPILL;
             break;
@@ -189,6 +190,8 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             m++;
         done_msgs += m - s->pend_msg;
         done_bytes += msg_start(c, m) - msg_start(c, s->pend_msg);
+        if (c->replay)
+            ATOMIC_SUB(&s->replay_inflight, msg_start(c, m) - msg_start(c, s->pend_msg));
         s->pend_msg = m;
         if (s->pend_off == c->used) {
             s->pend_head = c->next;
@@ -288,6 +291,8 @@ void logpool__sink_writer_exit(logpool__sink_t *s)
     ATOMIC_STORE(&s->st.buffered_bytes, 0);
     ATOMIC_STORE(&s->st.buffered_messages, 0);
     ATOMIC_STORE(&s->st.connected, 0);
+    ATOMIC_STORE(&s->replay_inflight, 0);
+    s->adopting = 0;
     s->writer_exited = 1;
     pthread_cond_broadcast(&s->progress);
     pthread_mutex_unlock(&s->lock);

@@ -39,7 +39,7 @@ static int write_all(int fd, struct iovec *iov, int n, int64_t *at)
     return 0;
 }
 
-enum { SPOOL_CORRUPT = 0, SPOOL_FULL = 1, SPOOL_WRITTEN = 2 };
+enum { SPOOL_CORRUPT = 0, SPOOL_FULL = 1, SPOOL_WRITTEN = 2, SPOOL_BAD_ENTRY = 3 };
 
 /* Move the producer chain to the spill list (writer only). Returns its bytes. */
 size_t logpool__sink_spill_take(logpool__sink_t *s)
@@ -79,8 +79,10 @@ void logpool__sink_spill_done(logpool__sink_t *s, uint64_t spooled)
 }
 
 /* Records read back from the spool, oldest first, become the writer's pending list (which
- * must be empty): data holds nmsgs frames ending at ends[i]. Returns 0 or LOGPOOL_EFULL
- * (no memory). */
+ * must be empty): data holds nmsgs frames ending at ends[i]. They are not charged to the
+ * producers' max_buffer_length (nor to the chain's memory): producers get EFULL only when
+ * memory and spool are both full, never because a replay is in flight. Returns 0 or
+ * LOGPOOL_EFULL (no memory). */
 int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
                          const uint32_t *ends, uint32_t nmsgs)
 {
@@ -94,10 +96,9 @@ int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
     for (uint32_t i = 0; i < nmsgs; i++)
         chunk_ends(c)[-1 - (long)i] = ends[i];
     c->nmsgs = nmsgs;
-    c->room_charged = chunk_room(c);
-    pthread_mutex_lock(&s->lock);
-    s->memory += c->cap;
-    pthread_mutex_unlock(&s->lock);
+    c->room_charged = 0;
+    c->replay = 1;
+    ATOMIC_STORE(&s->replay_inflight, len);
     s->pend_head = s->pend_tail = c;
     s->pend_off = 0;
     s->pend_msg = 0;
@@ -129,6 +130,38 @@ void logpool__sink_spool_count(logpool__sink_t *s, int what, uint64_t n)
         ATOMIC_ADD(&s->st.dropped_spool_full, n);
     else if (what == SPOOL_WRITTEN)
         ATOMIC_ADD(&s->st.spool_writes, n);
+    else if (what == SPOOL_BAD_ENTRY)
+        ATOMIC_ADD(&s->st.spool_bad_entries, n);
+}
+
+/* Spooled records that will never be sent (behind a corrupt record found at replay, or too
+ * large for the sink's max_message_size now) leave the spooled gauges for
+ * dropped_spool_replay, which flush counts as done; reframed_bytes corrects spooled_bytes for
+ * records re-framed at replay (their new size minus their old). */
+void logpool__sink_spool_settle(logpool__sink_t *s, uint64_t dropped_msgs,
+                                uint64_t dropped_bytes, int64_t reframed_bytes)
+{
+    ATOMIC_SUB(&s->st.spooled_bytes, dropped_bytes);
+    ATOMIC_ADD(&s->st.spooled_bytes, (uint64_t)reframed_bytes);
+    ATOMIC_SUB(&s->st.spooled_messages, dropped_msgs);
+    if (dropped_msgs > 0) {
+        __atomic_fetch_add(&s->st.dropped_spool_replay, dropped_msgs, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&s->progress_waiters, __ATOMIC_SEQ_CST) > 0) {
+            pthread_mutex_lock(&s->lock);
+            pthread_cond_broadcast(&s->progress);
+            pthread_mutex_unlock(&s->lock);
+        }
+    }
+}
+
+/* Set before the writer starts, cleared once it adopted what earlier processes spooled. */
+void logpool__sink_set_adopting(logpool__sink_t *s, int adopting)
+{
+    pthread_mutex_lock(&s->lock);
+    s->adopting = adopting;
+    if (!adopting)
+        pthread_cond_broadcast(&s->progress);
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* The spool could not take the spill list: put it back in front of the producer chain (it

@@ -82,11 +82,14 @@ def _owner_ok(st):
 
 
 class Spool:
-    """Owned by one writer thread. report(kind, text) writes an error-log line. framing and
+    """Owned by one writer thread. report(kind, text) writes an error-log line (rate-limited
+    per kind), emit(text) one that is not (each skipped entry is said once). framing and
     max_message_size are the sink's (recorded in new segments, checked at replay)."""
 
-    def __init__(self, directory, max_bytes, report, framing=0, max_message_size=None):
+    def __init__(self, directory, max_bytes, report, framing=0, max_message_size=None,
+                 emit=None):
         self.dir, self.max_bytes, self.report = directory, max_bytes, report
+        self.emit = emit or (lambda text: report("spool entry skipped", text))
         self.framing, self.max_message_size = framing, max_message_size
         self.segment_bytes = min(SEGMENT_BYTES, max(MIN_SEGMENT_BYTES, max_bytes // 4))
         self.segments = []  # oldest first
@@ -181,7 +184,7 @@ class Spool:
             try:
                 segment = self._adopt_one(name)
             except OSError as exc:
-                self._skip(name, exc.strerror or str(exc), move=True)
+                self._skip(name, f"{exc.strerror or exc} (uid {os.geteuid()})", move=True)
                 continue
             if segment is not None:
                 msgs, size = msgs + segment.msgs, size + segment.bytes
@@ -242,7 +245,8 @@ class Spool:
         except FileNotFoundError:
             return segment.start
         except OSError as exc:
-            self._skip(name + ".done", exc.strerror or str(exc), move=True, resend=True)
+            self._skip(name + ".done", f"{exc.strerror or exc} (uid {os.geteuid()})", move=True,
+                       resend=True)
             return segment.start
         try:
             st = os.fstat(fd)
@@ -288,7 +292,7 @@ class Spool:
         self.skipped.add(name)
         self.bad_found += 1
         where = os.path.join(self.dir, name)
-        text = f"{where}: {why} (uid {os.geteuid()}); skipped, counted in spool_bad_entries"
+        text = f"spool entry skipped: {where}: {why}; counted in spool_bad_entries"
         if move:
             try:
                 os.rename(name, name + ".bad", src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
@@ -297,7 +301,7 @@ class Spool:
                 pass
         if resend:
             text += "; its segment is sent again from its start"
-        self.report("spool entry skipped", text)
+        self.emit(text)
 
     def _remove_stale_tmp(self, name):
         try:

@@ -140,7 +140,7 @@ class SinkWriter(threading.Thread):
         try:
             self.spool = Spool(self.sink.spool_dir, self.sink.max_spool_bytes,
                                self.reporter.report, self.sink.framing_code,
-                               self.sink.max_message_size)
+                               self.sink.max_message_size, self.reporter.emit)
             self._adopt()
         except Exception as exc:  # noqa: BLE001 — the sink carries on in memory, said once
             self.reporter.report("spool unavailable", f"{self.sink.spool_dir}: {describe(exc)}")
@@ -234,20 +234,8 @@ class SinkWriter(threading.Thread):
             if pending and self.replaying:
                 # Records read back and not delivered: still in their segment file.
                 lib.logpool__sink_consume_messages(c, pending, lib.LOGPOOL__DONE_SPOOLED)
-            elif pending:
-                lib.logpool__sink_rewind(c)
-                frames, skip = [], 0
-                while (n := lib.logpool__sink_message_iov(c, self.spill_iov, 1024, 1 << 62,
-                                                          skip)) > 0:
-                    frames += [self.ffi.buffer(self.spill_iov[i].base, self.spill_iov[i].len)
-                               for i in range(n)]
-                    skip += n
-                if self.spool.append(frames, front=True):
-                    lib.logpool__sink_spool_count(c, SPOOL_WRITTEN, len(frames))
-                    lib.logpool__sink_consume_messages(c, len(frames),
-                                                       lib.LOGPOOL__DONE_SPOOLED)
-                else:
-                    lib.logpool__sink_spool_count(c, SPOOL_FULL, len(frames))
+            elif pending and not self._spool_pending():
+                lib.logpool__sink_spool_count(c, SPOOL_FULL, pending)
             st = self.ffi.new("logpool_stats_t *")
             lib.logpool__sink_stats(c, st)  # the chain: what is buffered beyond the pending
             in_chain = st.buffered_messages - lib.logpool__sink_pending_messages(c)
@@ -255,6 +243,28 @@ class SinkWriter(threading.Thread):
                 lib.logpool__sink_spool_count(c, SPOOL_FULL, in_chain)
         finally:
             self.spool.close()
+
+    def _spool_pending(self):
+        """The writer's pending list (taken from the producers, not read back from the
+        spool) to a segment in front of the others: it is older than anything spooled since.
+        Done at exit, and when a connection broke with a batch pending (otherwise that batch
+        could hold most of max_buffer_length for the whole outage while the spool is empty).
+        True when written or nothing to write."""
+        lib, c = self.lib, self.c
+        if self.replaying or lib.logpool__sink_pending_messages(c) == 0:
+            return True
+        lib.logpool__sink_rewind(c)
+        frames, skip = [], 0
+        while (n := lib.logpool__sink_message_iov(c, self.spill_iov, 1024, 1 << 62,
+                                                  skip)) > 0:
+            frames += [self.ffi.buffer(self.spill_iov[i].base, self.spill_iov[i].len)
+                       for i in range(n)]
+            skip += n
+        if not self.spool.append(frames, front=True):
+            return False
+        lib.logpool__sink_spool_count(c, SPOOL_WRITTEN, len(frames))
+        lib.logpool__sink_consume_messages(c, len(frames), lib.LOGPOOL__DONE_SPOOLED)
+        return True
 
     def _should_stop(self):
         lib = self.lib
@@ -339,6 +349,8 @@ class SinkWriter(threading.Thread):
         self._report_drops()
         now = time.monotonic()
         if now < self.next_attempt:
+            if self._may_spill() and not self._spool_pending():
+                self.spill_blocked_until = now + self.backoff.compute(max(1, self.failures))
             return not self._wait_for_stop(self.next_attempt - now)
         started = time.monotonic()
         lib = self.lib

@@ -364,10 +364,11 @@ def test_bad_spool_entries_are_skipped_counted_logged_once_and_every_sink_starts
 def test_a_full_spool_with_the_sink_down_does_not_spin_the_writer(tmp_path):
     import resource
     pool = logpool.Pool(spool_config("unix:" + sock_path(tmp_path, "down.sock"),
-                                     tmp_path / "spool", max_spool_bytes=64 * 1024))
+                                     tmp_path / "spool", max_spool_bytes=128 * 1024))
     try:
-        full, i = 0, 0
+        full, i, deadline = 0, 0, time.monotonic() + 30
         while full < 50 or pool.stats(0)["spooled_messages"] == 0:  # memory and spool full
+            assert time.monotonic() < deadline, "memory and spool never filled up"
             i += 1
             try:
                 pool.log(0, message(0, i, length=100))
@@ -643,3 +644,38 @@ def test_nginx_reload_during_an_outage_delivers_every_line_once_without_another_
           f"back, {len(ids) - len(during)} after; all delivered once, the outage's "
           f"{drained:.2f} s after the collector's return")
     assert drained < 5, f"the outage took {drained:.1f} s to arrive after the collector's return"
+
+
+def test_nginx_worker_sigkilled_mid_spill_loses_at_most_its_memory(tmp_path, receive_process):
+    from test_nginx import logpool_conf
+    from logpool.tools.nginx import Nginx, wrk
+    path = sock_path(tmp_path, "after.sock")
+    spool, max_buffer = tmp_path / "spool", 262144
+    conf = logpool_conf("unix:" + path, f'spool_dir = "{spool}", max_buffer_length = {max_buffer}')
+    ng = Nginx(tmp_path / "nginx", *conf, workers=2)
+    ng.start()
+    rp = None
+    try:
+        load = wrk(ng.port, seconds=2, connections=8)
+        wait_for(lambda: segments(spool, "main"), what="the workers spilling")
+        victim = min(ng.worker_pids())
+        os.kill(victim, signal.SIGKILL)  # mid-spill: its segments become orphans at once
+        output, _ = load.communicate(timeout=60)
+        wait_for(lambda: len(ng.worker_pids()) == 2 and victim not in ng.worker_pids(),
+                 what="the master replacing the worker")
+        rp = receive_process("unix:" + path)
+        wait_for(lambda: not segments(spool, "main"), timeout=60, what="the spool delivered")
+        assert ng.quit() == 0  # the live workers deliver what they hold
+    finally:
+        ng.kill()
+        if rp is not None:
+            rp.stop()
+    ids = ng.access_ids()
+    got = [line.decode() for line in rp.lines()]
+    assert len(got) == len(set(got)), "a line arrived twice"
+    missing = set(ids) - set(got)
+    frame = len(ids[0]) + 1  # a request id and its newline
+    print(f"worker SIGKILLed mid-spill: {len(ids)} lines logged, {len(missing)} lost "
+          f"({len(missing) * frame} bytes; its max_buffer_length is {max_buffer})")
+    assert len(missing) * frame <= max_buffer  # only what was in the killed worker's memory
+    assert set(got) <= set(ids)

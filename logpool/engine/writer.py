@@ -349,7 +349,9 @@ class SinkWriter(threading.Thread):
         self._report_drops()
         now = time.monotonic()
         if now < self.next_attempt:
-            if self._may_spill() and not self._spool_pending():
+            # (Not while a transport still holds some of them: librdkafka keeps its queue.)
+            if (self._may_spill() and not getattr(self.transport, "inflight", 0)
+                    and not self._spool_pending()):
                 self.spill_blocked_until = now + self.backoff.compute(max(1, self.failures))
             return not self._wait_for_stop(self.next_attempt - now)
         started = time.monotonic()

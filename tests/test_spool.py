@@ -469,6 +469,8 @@ def test_delivered_records_leave_the_disk_and_the_spool_stays_within_max_spool_b
             wait_for(lambda: seg_bytes(spool) == 0, timeout=10,
                      what="delivered records to leave the disk")
             r.stop()
+        print(f"6 outages, {n * 100} bytes logged: at most {most} bytes of segments on disk "
+              f"(max_spool_bytes {limit}), 0 once delivered")
         assert pool.stats(0)["spool_writes"] > 6000 and most <= limit
     finally:
         pool.close(0)

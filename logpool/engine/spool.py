@@ -508,15 +508,21 @@ class Spool:
             return
         tmp = f"{segment.name}.done.tmp"
         try:
-            os.unlink(tmp, dir_fd=self.dfd)  # whatever is there, a symlink included
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_FILE, 0o600, dir_fd=self.dfd)
-        try:
-            os.write(fd, str(offset).encode())
-        finally:
-            os.close(fd)
-        os.rename(tmp, segment.name + ".done", src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
+            try:
+                os.unlink(tmp, dir_fd=self.dfd)  # whatever is there, a symlink included
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | O_FILE, 0o600,
+                         dir_fd=self.dfd)
+            try:
+                os.write(fd, str(offset).encode())
+            finally:
+                os.close(fd)
+            os.rename(tmp, segment.name + ".done", src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
+        except OSError as exc:  # a full disk: delivery goes on; a restart may resend more
+            self.report("spool progress not saved", f"{segment.path}.done: "
+                        f"{exc.strerror or exc} (uid {os.geteuid()}); a process that takes "
+                        f"this segment over later resends from the last saved position")
 
     def _unlink(self, segment):
         for name in (segment.name, segment.name + ".done"):

@@ -160,7 +160,11 @@ class SinkWriter(threading.Thread):
 
     def _maybe_adopt(self):
         if self.spool is not None and time.monotonic() >= self.next_rescan:
-            self._adopt()
+            try:
+                self._adopt()
+            except Exception as exc:  # noqa: BLE001 — never break a connection over it
+                self.reporter.report("spool rescan failed", f"{self.sink.spool_dir}: "
+                                     f"{describe(exc)}; trying again in {RESCAN_S:.0f} s")
 
     def _spill(self):
         """Move the producer chain to the spool (oldest memory stays first: the pending list

@@ -6,6 +6,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 import logpool
 from conftest import PYTHON, ROOT, message, parse_line, sock_path, wait_for
 
@@ -256,14 +258,35 @@ def seg_bytes(spool_dir, sink="app"):
     return sum(os.path.getsize(os.path.join(d, s)) for s in segments(spool_dir, sink))
 
 
+EXITING = """
+import logpool, time, zlib
+pool = logpool.Pool({config!r})
+for i in range({n}):
+    payload = b"x" * 80
+    while True:
+        try:
+            pool.log(0, b"0 %d %08x %s\\n" % (i, zlib.crc32(payload), payload))
+            break
+        except logpool.BufferFull:
+            time.sleep(0.001)
+assert pool.close(0) == 0
+"""
+
+
+@pytest.mark.parametrize("exiting", ["a pool in this process", "another process"])
 def test_a_live_pool_adopts_what_a_pool_that_exits_later_left_in_order_once_within_5_s(
-        tmp_path, receiver):
+        tmp_path, receiver, exiting):
     url = "unix:" + sock_path(tmp_path, "live.sock")
     spool = tmp_path / "spool"
     live = logpool.Pool(spool_config(url, spool))  # the new generation, started first
     try:
         live.flush(timeout=30)
-        spooled_by_a_pool_that_exits(url, spool, 0, 3000)  # the old one exits: orphans
+        if exiting == "another process":  # the old one exits: its segments are orphans
+            script = EXITING.format(config=spool_config(url, spool), n=3000)
+            subprocess.run([PYTHON, "-c", script], cwd=ROOT, check=True, timeout=120,
+                           stderr=subprocess.DEVNULL)
+        else:
+            spooled_by_a_pool_that_exits(url, spool, 0, 3000)
         assert segments(spool)
         r = receiver(url)  # the collector comes back; no new pool, no restart
         back = time.monotonic()
@@ -361,13 +384,18 @@ def test_bad_spool_entries_are_skipped_counted_logged_once_and_every_sink_starts
     assert capfd.readouterr().err.count("spool entry skipped") == 1
 
 
-def test_a_full_spool_with_the_sink_down_does_not_spin_the_writer(tmp_path):
+@pytest.mark.parametrize("spool", ["full", "unusable"])
+def test_a_full_or_unusable_spool_with_the_sink_down_does_not_spin_the_writer(tmp_path, spool):
     import resource
+    spool_dir = tmp_path / "spool"
+    if spool == "unusable":
+        (tmp_path / "a-file").write_text("not a directory")
+        spool_dir = tmp_path / "a-file" / "spool"
     pool = logpool.Pool(spool_config("unix:" + sock_path(tmp_path, "down.sock"),
-                                     tmp_path / "spool", max_spool_bytes=128 * 1024))
+                                     spool_dir, max_spool_bytes=128 * 1024))
     try:
         full, i, deadline = 0, 0, time.monotonic() + 30
-        while full < 50 or pool.stats(0)["spooled_messages"] == 0:  # memory and spool full
+        while full < 50 or (spool == "full" and pool.stats(0)["spooled_messages"] == 0):
             assert time.monotonic() < deadline, "memory and spool never filled up"
             i += 1
             try:

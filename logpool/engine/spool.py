@@ -161,10 +161,11 @@ class Spool:
 
     # -- adoption --
 
-    def adopt(self):
+    def adopt(self, should_stop=None):
         """Take over segments no live process owns (at start, then every RESCAN_S). Returns
         (messages, frame bytes) adopted; torn records and bad entries found are added to
-        corrupt_found and bad_found."""
+        corrupt_found and bad_found. should_stop() is asked between segments (a big spool
+        takes a while to read; close must not wait for all of it)."""
         msgs = size = 0
         if not self.enabled:
             return 0, 0
@@ -181,6 +182,8 @@ class Spool:
                 continue
             if not name.endswith(".seg") or name in owned or name in self.skipped:
                 continue
+            if should_stop is not None and should_stop():
+                break
             try:
                 segment = self._adopt_one(name)
             except OSError as exc:

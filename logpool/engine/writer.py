@@ -153,7 +153,7 @@ class SinkWriter(threading.Thread):
         self.next_rescan = time.monotonic() + RESCAN_S
         if self.spool is None or not self.spool.enabled:
             return
-        msgs, nbytes = self.spool.adopt()
+        msgs, nbytes = self.spool.adopt(self._should_stop)
         if msgs:
             self.lib.logpool__sink_adopted(self.c, msgs, nbytes)
         self._count_spool_findings()

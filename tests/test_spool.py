@@ -511,10 +511,10 @@ def test_adoption_runs_in_the_writer_and_flush_right_after_start_waits_for_it(
     spooled_by_a_pool_that_exits("unix:" + sock_path(tmp_path, "x.sock"), spool, 0, 2000)
     release, adopting, real_adopt = threading.Event(), threading.Event(), spool_module.Spool.adopt
 
-    def slow_adopt(self):  # a big spool takes a while to read
+    def slow_adopt(self, *args):  # a big spool takes a while to read
         adopting.set()
         release.wait(60)
-        return real_adopt(self)
+        return real_adopt(self, *args)
     monkeypatch.setattr(spool_module.Spool, "adopt", slow_adopt)
     r = receiver()
     pools, flushed = [], threading.Event()
@@ -523,7 +523,8 @@ def test_adoption_runs_in_the_writer_and_flush_right_after_start_waits_for_it(
     starter.start()
     try:
         wait_for(lambda: pools, timeout=20, what="Pool() to return while adoption runs")
-        assert adopting.is_set() and pools[0].stats(0)["accepted_messages"] == 0
+        wait_for(adopting.is_set, what="the writer adopting")
+        assert pools[0].stats(0)["accepted_messages"] == 0
         flusher = threading.Thread(target=lambda: (pools[0].flush(timeout=60), flushed.set()))
         flusher.start()
         assert not flushed.wait(0.2)  # flush waits for the adoption (not a sync: a check)

@@ -176,7 +176,7 @@ static uint32_t msg_start(const chunk_t *c, uint32_t m)
  * recycle finished chunks. */
 size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
 {
-    uint64_t done_msgs = 0, done_bytes = 0;
+    uint64_t done_msgs = 0, done_bytes = 0, replay_done = 0;
     while (nbytes > 0 && s->pend_head != NULL) {
         chunk_t *c = s->pend_head;
         size_t step = c->used - s->pend_off;
@@ -191,7 +191,7 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
         done_msgs += m - s->pend_msg;
         done_bytes += msg_start(c, m) - msg_start(c, s->pend_msg);
         if (c->replay)
-            ATOMIC_SUB(&s->replay_inflight, msg_start(c, m) - msg_start(c, s->pend_msg));
+            replay_done += msg_start(c, m) - msg_start(c, s->pend_msg);
         s->pend_msg = m;
         if (s->pend_off == c->used) {
             s->pend_head = c->next;
@@ -205,8 +205,14 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
         }
     }
     if (done_msgs > 0) {
+        if (replay_done > 0) /* producers read both under the lock: never a spurious EFULL */
+            pthread_mutex_lock(&s->lock);
         ATOMIC_SUB(&s->st.buffered_bytes, done_bytes);
         ATOMIC_SUB(&s->st.buffered_messages, done_msgs);
+        if (replay_done > 0) {
+            ATOMIC_SUB(&s->replay_inflight, replay_done);
+            pthread_mutex_unlock(&s->lock);
+        }
         if (sent == LOGPOOL__DONE_SENT) {
             ATOMIC_ADD(&s->st.sent_bytes, done_bytes);
             __atomic_fetch_add(&s->st.sent_messages, done_msgs, __ATOMIC_SEQ_CST);

@@ -40,9 +40,8 @@ void logpool__chain_free(chunk_t *c)
  * are recycled; oversized ones are not. */
 void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
 {
-    if (c->replay) { /* never charged to memory; its bytes leave buffered_bytes as sent */
+    if (c->replay) { /* never charged to memory; replay_inflight is settled as it is sent */
         c->replay = 0;
-        ATOMIC_STORE(&s->replay_inflight, 0);
     } else {
         s->memory -= c->used + END_SLOT * c->nmsgs + c->room_charged;
     }

@@ -98,13 +98,15 @@ int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
     c->nmsgs = nmsgs;
     c->room_charged = 0;
     c->replay = 1;
-    ATOMIC_STORE(&s->replay_inflight, len);
     s->pend_head = s->pend_tail = c;
     s->pend_off = 0;
     s->pend_msg = 0;
     s->pend_bytes = len;
     s->batch_oldest_ns = logpool__now_ns();
+    pthread_mutex_lock(&s->lock); /* producers read both under it */
     ATOMIC_ADD(&s->st.buffered_bytes, len);
+    ATOMIC_STORE(&s->replay_inflight, len);
+    pthread_mutex_unlock(&s->lock);
     ATOMIC_ADD(&s->st.buffered_messages, nmsgs);
     ATOMIC_SUB(&s->st.spooled_bytes, len);
     ATOMIC_SUB(&s->st.spooled_messages, nmsgs);

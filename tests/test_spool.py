@@ -637,6 +637,47 @@ def test_corruption_found_while_replaying_does_not_leave_messages_spooled_for_ev
         pool.close(5)
 
 
+def test_a_pool_closed_mid_replay_leaves_the_rest_to_the_next_one_each_message_once(
+        tmp_path, receiver):
+    spool = tmp_path / "spool"
+    n = 30000  # a few replay batches
+    spooled_by_a_pool_that_exits("unix:" + sock_path(tmp_path, "x.sock"), spool, 0, n)
+    r = receiver()
+    first = logpool.Pool(spool_config(r.url, spool))
+    wait_for(lambda: first.stats(0)["sent_messages"] > 0, what="the replay under way")
+    assert first.close(0) == 0  # stops between (or inside) batches: nothing abandoned
+    sent = first.stats(0)["sent_messages"]
+    second = logpool.Pool(spool_config(r.url, spool))
+    try:
+        second.flush(timeout=60)
+        wait_for(lambda: r.snapshot().messages >= n, what="the receiver reading it all")
+        assert seqs(r.output.lines()) == list(range(n))  # once each, in order
+        assert sent + second.stats(0)["sent_messages"] == n
+    finally:
+        second.close(5)
+
+
+def test_a_writer_stopping_inside_a_replay_batch_saves_how_far_it_got(tmp_path):
+    from logpool.engine.spool import Spool
+    said = []
+    d = tmp_path / "spool" / "app"
+    old = Spool(str(d), 1 << 20, lambda kind, text: said.append(text), 0, 4096)
+    frames = [message(0, i, length=2000 if i % 3 == 1 else 100) for i in range(30)]
+    assert old.append(frames)
+    old.close()
+    reader = Spool(str(d), 1 << 20, lambda kind, text: said.append(text), 0, 1000)
+    assert reader.adopt() == (30, sum(len(f) for f in frames))
+    data, ends, count = reader.next_batch()  # every third one no longer fits: dropped
+    assert count == 20 and reader.lost[0] == 10
+    reader.batch_partial(5)  # messages 0, 2, 3, 5, 6 delivered (1 and 4 dropped)
+    reader.close()
+    again = Spool(str(d), 1 << 20, lambda kind, text: said.append(text), 0, 4096)
+    assert again.adopt()[0] == 23  # 7 records behind the saved position
+    data, ends, count = again.next_batch()
+    assert seqs(data.splitlines()) == list(range(7, 30)) and said == []
+    again.close()
+
+
 def test_nginx_reload_during_an_outage_delivers_every_line_once_without_another_reload(
         tmp_path, receive_process):
     from test_nginx import assert_exactly_once, logpool_conf

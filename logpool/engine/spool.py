@@ -95,6 +95,7 @@ class Spool:
         self.segments = []  # oldest first
         self.current = None  # the segment appended to
         self.batch = None  # (segment, offset after the batch, records, their bytes on disk)
+        self.batch_records = ((), ())  # the batch's record lengths, the records kept
         self.corrupt_found = 0  # torn or corrupt records met while reading back
         self.bad_found = 0  # directory entries skipped (not regular, not ours, unreadable)
         self.lost = [0, 0, 0]  # dropped at replay: messages, bytes; re-framing's byte delta
@@ -431,7 +432,9 @@ class Spool:
                 self._release(segment)
                 continue
             self.batch = (segment, segment.done + pos, len(frames), disk_bytes)
-            frames = self._fit(segment, frames)
+            lengths = [len(f) for f in frames]
+            frames, kept = self._fit(segment, frames)
+            self.batch_records = (lengths, kept)
             if not frames:  # every record of this batch dropped: on to the next ones
                 self.batch_done()
                 continue
@@ -477,15 +480,16 @@ class Spool:
         segment.bytes -= lost_bytes
 
     def _fit(self, segment, frames):
-        """frames as the sink frames them now: re-framed when the segment was written with
-        another framing, dropped (counted in self.lost) when larger than max_message_size."""
+        """(frames as the sink frames them now, the index of each one's record): re-framed
+        when the segment was written with another framing, dropped (counted in self.lost)
+        when larger than max_message_size."""
         framing = self.framing if segment.framing is None else segment.framing
         limit = self.max_message_size
         if framing == self.framing and (limit is None or (
                 segment.max_message_size and segment.max_message_size <= limit)):
-            return frames  # written with the sink's framing and limit: as they are
-        fitted = []
-        for frame in frames:
+            return frames, range(len(frames))  # written the sink's way: as they are
+        fitted, kept = [], []
+        for i, frame in enumerate(frames):
             new = frame if framing == self.framing else _frame(_unframe(frame, framing),
                                                               self.framing)
             if limit is not None and len(new) > limit:
@@ -494,7 +498,21 @@ class Spool:
                 continue
             self.lost[2] += len(new) - len(frame)
             fitted.append(new)
-        return fitted
+            kept.append(i)
+        return fitted, kept
+
+    def batch_partial(self, sent):
+        """Of the last batch only the first `sent` frames were delivered (the writer stops
+        mid-batch): remember that much, so that whoever takes the segment over resends only
+        the rest."""
+        if self.batch is None or sent <= 0:
+            return
+        segment = self.batch[0]
+        lengths, kept = self.batch_records
+        upto = kept[min(sent, len(kept)) - 1] + 1  # records up to the last one delivered
+        self.batch = (segment, segment.done + sum(RECORD.size + n for n in lengths[:upto]),
+                      upto, sum(lengths[:upto]))
+        self.batch_done()
 
     def batch_done(self):
         """The last batch is delivered (or was dropped whole): remember it on disk; remove a

@@ -40,6 +40,7 @@ class SinkWriter(threading.Thread):
         self.histograms = WriterHistograms()
         self.spool = None  # opened by the writer thread: logpool_new never touches the disk
         self.replaying = False  # the pending list holds records read back from the spool
+        self.replay_count = 0  # messages in that batch
         self.next_rescan = 0.0  # when to look for segments other processes left
         self.spill_blocked_until = 0.0  # the spool was full: no spill attempt before this
         self.spill_iov = ffi.new("logpool__iov_t[]", 1024)  # pending messages, at exit
@@ -202,7 +203,7 @@ class SinkWriter(threading.Thread):
         ends_c = self.ffi.new("uint32_t[]", ends)
         if self.lib.logpool__sink_inject(self.c, data, len(data), ends_c, count) != 0:
             return False
-        self.replaying = True
+        self.replaying, self.replay_count = True, count
         return True
 
     def _count_spool_findings(self):
@@ -236,7 +237,9 @@ class SinkWriter(threading.Thread):
         try:
             pending = lib.logpool__sink_pending_messages(c)
             if pending and self.replaying:
-                # Records read back and not delivered: still in their segment file.
+                # Records read back and not delivered: still in their segment file, behind
+                # what of the batch was delivered (saved, so nobody sends that again).
+                self.spool.batch_partial(self.replay_count - pending)
                 lib.logpool__sink_consume_messages(c, pending, lib.LOGPOOL__DONE_SPOOLED)
             elif pending and not self._spool_pending():
                 lib.logpool__sink_spool_count(c, SPOOL_FULL, pending)
@@ -307,6 +310,9 @@ class SinkWriter(threading.Thread):
                         return
                     continue
                 self._maybe_adopt()
+                if self.chain.pending() == 0 and self.spool is not None and \
+                        self.spool.has_records() and self._should_stop():
+                    return  # a long replay must not hold up close: the rest stays spooled
                 if self.chain.pending() == 0 and self._replay_next():
                     pass  # spooled records go before what is in memory
                 elif self.chain.pending() == 0:

@@ -99,6 +99,8 @@ void logpool__sink_spool_count(logpool__sink_t *sink, int what, uint64_t n);
 void logpool__sink_spool_settle(logpool__sink_t *sink, uint64_t dropped_msgs,
                                 uint64_t dropped_bytes, int64_t reframed_bytes);
 void logpool__sink_set_adopting(logpool__sink_t *sink, int adopting);
+int logpool__spool_scan(int fd, int64_t start, uint64_t *nmsgs, uint64_t *nbytes,
+                        int64_t *end);
 void logpool__sink_spill_undo(logpool__sink_t *sink);
 uint32_t logpool__sink_pending_messages(logpool__sink_t *sink);
 int64_t logpool__sink_spill_write(logpool__sink_t *sink, int fd, int64_t offset,

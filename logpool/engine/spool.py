@@ -87,8 +87,11 @@ class Spool:
     max_message_size are the sink's (recorded in new segments, checked at replay)."""
 
     def __init__(self, directory, max_bytes, report, framing=0, max_message_size=None,
-                 emit=None):
+                 emit=None, scan=None):
         self.dir, self.max_bytes, self.report = directory, max_bytes, report
+        # scan(fd, start) -> (messages, frame bytes, readable end, torn): the writer passes
+        # the C one (logpool__spool_scan, GIL released); _scan is its Python twin.
+        self.scan = scan or self._scan
         self.emit = emit or (lambda text: report("spool entry skipped", text))
         self.framing, self.max_message_size = framing, max_message_size
         self.segment_bytes = min(SEGMENT_BYTES, max(MIN_SEGMENT_BYTES, max_bytes // 4))
@@ -220,7 +223,7 @@ class Spool:
                 return None
             segment = self._read_header(name, fd)
             segment.done = self._read_done(name, segment)
-            segment.msgs, segment.bytes, segment.end, torn = self._scan(fd, segment.done)
+            segment.msgs, segment.bytes, segment.end, torn = self.scan(fd, segment.done)
             self.corrupt_found += torn
             fd = None  # the segment owns it now
             if segment.done >= segment.end:

@@ -7,6 +7,7 @@ transport makes connections, Backoff is the retry policy, SinkWriter is the loop
 connected" has one state: ``self.connected`` is False and the transport holds no socket.
 """
 import errno
+import os
 import threading
 import time
 
@@ -141,12 +142,20 @@ class SinkWriter(threading.Thread):
         try:
             self.spool = Spool(self.sink.spool_dir, self.sink.max_spool_bytes,
                                self.reporter.report, self.sink.framing_code,
-                               self.sink.max_message_size, self.reporter.emit)
+                               self.sink.max_message_size, self.reporter.emit, self._scan)
             self._adopt()
         except Exception as exc:  # noqa: BLE001 — the sink carries on in memory, said once
             self.reporter.report("spool unavailable", f"{self.sink.spool_dir}: {describe(exc)}")
         finally:
             self.lib.logpool__sink_set_adopting(self.c, 0)
+
+    def _scan(self, fd, start):
+        """Spool.scan in C, with the GIL released: (messages, bytes, end, torn)."""
+        counts, end = self.ffi.new("uint64_t[2]"), self.ffi.new("int64_t *")
+        r = self.lib.logpool__spool_scan(fd, start, counts, counts + 1, end)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        return counts[0], counts[1], end[0], r
 
     def _adopt(self):
         """Take over segments no live process owns: at start, then every RESCAN_S (an old

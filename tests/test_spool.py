@@ -463,6 +463,24 @@ def test_spooled_frames_follow_a_framing_change_and_a_smaller_max_message_size(
     assert capfd.readouterr().err.count("counted in dropped_spool_replay") == 1
 
 
+def test_a_relp_sink_never_wedges_on_spooled_records_larger_than_its_max_message_size(
+        tmp_path, receiver):
+    spool = tmp_path / "spool"
+    old = logpool.Pool(spool_config("unix:" + sock_path(tmp_path, "dead.sock"), spool))
+    for i in range(200):  # every fourth one larger than the RELP sink takes now
+        log_patiently(old, message(0, i, length=2000 if i % 4 == 3 else 100))
+    assert old.close(0) == 0
+    r = receiver("relp://127.0.0.1:0")
+    pool = logpool.Pool(spool_config(r.url, spool, max_message_size=1000))
+    try:
+        pool.flush(timeout=30)  # acknowledged: all there when flush returns
+        assert seqs(r.output.lines()) == [i for i in range(200) if i % 4 != 3]
+        st = pool.stats(0)
+        assert st["dropped_spool_replay"] == 50 and st["sent_messages"] == 150
+    finally:
+        pool.close(5)
+
+
 def test_segments_of_the_first_format_without_a_header_still_replay(tmp_path, receiver):
     import struct
     import zlib

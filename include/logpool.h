@@ -91,6 +91,10 @@ typedef struct logpool_stats_s {
     uint64_t spool_writes;        /* messages written to the spool */
     uint64_t spool_replayed;      /* messages read back from the spool to be sent */
     uint64_t spool_corrupt;       /* spool records skipped: torn or failing their CRC */
+    uint64_t spool_bad_entries;   /* spool directory entries skipped: not a regular file, not
+                                     ours, unreadable, a garbage progress file (logged once) */
+    uint64_t dropped_spool_replay; /* spooled messages dropped at replay: behind a corrupt
+                                     record, or larger than the sink's max_message_size now */
 } logpool_stats_t;
 
 /* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first

@@ -92,6 +92,8 @@ def _start_pool(ffi, lib, cfg):
     try:
         for w in writers:
             lib.logpool__sink_writer_started(w.c)
+            if w.sink.spool_dir is not None:  # flush waits until the writer adopted the spool
+                lib.logpool__sink_set_adopting(w.c, 1)
             try:
                 w.start()
             except BaseException:

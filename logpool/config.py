@@ -340,12 +340,18 @@ def parse(config):
                                     sink.get(key, config.get(key, default)))
                  for key, default in SPOOL_OPTIONS.items()}
         if spool["spool_dir"] is not None:  # each sink spools under its own name
-            spool["spool_dir"] = os.path.join(spool["spool_dir"],
-                                              urllib.parse.quote(name, safe=""))
+            spool["spool_dir"] = os.path.join(spool["spool_dir"], spool_component(name))
         parsed.append(SinkConfig(index=i, url=urls[0], name=name, scheme=scheme, **spool,
                                  address=address, collectors=collectors, framing=framing,
                                  transport_options=transport_options, **opts))
     return PoolConfig(sinks=tuple(parsed), exit_flush_timeout_ms=exit_ms)
+
+
+def spool_component(name):
+    """A sink name as one safe path component: percent-quoted ("/" and NUL included), and
+    "." and ".." (which quoting leaves alone) with their dots quoted too."""
+    quoted = urllib.parse.quote(name, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def _spool_option(where, key, value):

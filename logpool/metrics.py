@@ -37,6 +37,9 @@ COUNTERS = (
     ("spool_replayed", "spool_replayed", "Messages read back from the disk spool to be sent."),
     ("spool_corrupt", "spool_corrupt",
      "Spool records skipped: torn (a process died writing them) or failing their CRC."),
+    ("spool_bad_entries", "spool_bad_entries",
+     "Spool directory entries skipped: not a regular file, not ours, unreadable, or a garbage "
+     "progress file."),
     ("resent_messages", "resent_messages",
      "Messages sent again after a broken session (RELP: their acknowledgement was lost)."),
 )
@@ -51,7 +54,8 @@ GAUGES = (
 )
 DROPS = (("full", "dropped_full"), ("too_big", "dropped_too_big"),
          ("closed", "dropped_closed"), ("unsendable", "dropped_unsendable"),
-         ("rejected", "dropped_rejected"), ("spool_full", "dropped_spool_full"))
+         ("rejected", "dropped_rejected"), ("spool_full", "dropped_spool_full"),
+         ("spool_replay", "dropped_spool_replay"))
 
 
 class Family:

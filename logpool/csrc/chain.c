@@ -16,7 +16,8 @@
     XX(connected) XX(buffered_messages) XX(writes) XX(resent_bytes) XX(writer_errors)         \
     XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable) XX(unacked_messages)  \
     XX(resent_messages) XX(dropped_rejected) XX(spooled_bytes) XX(spooled_messages)         \
-    XX(dropped_spool_full) XX(spool_writes) XX(spool_replayed) XX(spool_corrupt)
+    XX(dropped_spool_full) XX(spool_writes) XX(spool_replayed) XX(spool_corrupt)         \
+    XX(spool_bad_entries) XX(dropped_spool_replay)
 
 /* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
 #define COUNT_FIELD(f) +1
@@ -68,7 +69,7 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
         }
         uint64_t now = logpool__now_ns();
         uint64_t wake_at = user_deadline;
-        if (mode == LOGPOOL__WAIT_FOR_STOP && s->spill_bytes > 0 &&
+        if (mode == LOGPOOL__WAIT_FOR_STOP && s->spill_bytes > 0 && /* not ..._NO_SPILL */
             s->chain_bytes >= s->spill_bytes) {
             result = LOGPOOL__WAIT_SPILL;
             break;
@@ -175,7 +176,7 @@ static uint32_t msg_start(const chunk_t *c, uint32_t m)
  * recycle finished chunks. */
 size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
 {
-    uint64_t done_msgs = 0, done_bytes = 0;
+    uint64_t done_msgs = 0, done_bytes = 0, replay_done = 0;
     while (nbytes > 0 && s->pend_head != NULL) {
         chunk_t *c = s->pend_head;
         size_t step = c->used - s->pend_off;
@@ -189,6 +190,8 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             m++;
         done_msgs += m - s->pend_msg;
         done_bytes += msg_start(c, m) - msg_start(c, s->pend_msg);
+        if (c->replay)
+            replay_done += msg_start(c, m) - msg_start(c, s->pend_msg);
         s->pend_msg = m;
         if (s->pend_off == c->used) {
             s->pend_head = c->next;
@@ -202,8 +205,14 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
         }
     }
     if (done_msgs > 0) {
+        if (replay_done > 0) /* producers read both under the lock: never a spurious EFULL */
+            pthread_mutex_lock(&s->lock);
         ATOMIC_SUB(&s->st.buffered_bytes, done_bytes);
         ATOMIC_SUB(&s->st.buffered_messages, done_msgs);
+        if (replay_done > 0) {
+            ATOMIC_SUB(&s->replay_inflight, replay_done);
+            pthread_mutex_unlock(&s->lock);
+        }
         if (sent == LOGPOOL__DONE_SENT) {
             ATOMIC_ADD(&s->st.sent_bytes, done_bytes);
             __atomic_fetch_add(&s->st.sent_messages, done_msgs, __ATOMIC_SEQ_CST);
@@ -288,6 +297,8 @@ void logpool__sink_writer_exit(logpool__sink_t *s)
     ATOMIC_STORE(&s->st.buffered_bytes, 0);
     ATOMIC_STORE(&s->st.buffered_messages, 0);
     ATOMIC_STORE(&s->st.connected, 0);
+    ATOMIC_STORE(&s->replay_inflight, 0);
+    s->adopting = 0;
     s->writer_exited = 1;
     pthread_cond_broadcast(&s->progress);
     pthread_mutex_unlock(&s->lock);

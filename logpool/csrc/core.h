@@ -46,6 +46,7 @@ typedef struct chunk_s {
     size_t used;
     size_t room_charged; /* unfilled room charged to the sink's memory when it was retired */
     uint32_t nmsgs;
+    uint32_t replay; /* records read back from the spool: not charged to the sink's memory */
     char data[];
 } chunk_t;
 
@@ -101,6 +102,11 @@ struct logpool__sink_s {
     int writer_running;
     int writer_exited;
     int progress_waiters; /* seq_cst atomics: read by the writer without the lock */
+    int adopting; /* the writer is still taking over what earlier processes spooled: flush
+                   * waits for it, so that what it adopts counts as accepted before the call */
+    /* Bytes of records read back from the spool still on the writer's pending list (also in
+     * buffered_bytes): replay is not charged to max_buffer_length. Atomic. */
+    uint64_t replay_inflight;
 
     /* Writer side: only the sink's writer thread touches these. */
     chunk_t *spill_head; /* the producer chain taken for the spool: writer only */
@@ -165,7 +171,8 @@ static inline uint64_t logpool__sink_unsent(logpool__sink_t *s)
     uint64_t accepted = ATOMIC_LOAD(&s->st.accepted_messages);
     uint64_t done = ATOMIC_LOAD(&s->st.sent_messages) + ATOMIC_LOAD(&s->st.dropped_unsendable) +
                     ATOMIC_LOAD(&s->st.dropped_rejected) + ATOMIC_LOAD(&s->st.abandoned_messages) +
-                    ATOMIC_LOAD(&s->st.spooled_messages);
+                    ATOMIC_LOAD(&s->st.spooled_messages) +
+                    ATOMIC_LOAD(&s->st.dropped_spool_replay);
     return accepted > done ? accepted - done : 0;
 }
 

@@ -18,6 +18,7 @@ chunk_t *logpool__chunk_new(size_t cap)
     c->used = 0;
     c->room_charged = 0;
     c->nmsgs = 0;
+    c->replay = 0;
     return c;
 }
 
@@ -39,7 +40,11 @@ void logpool__chain_free(chunk_t *c)
  * are recycled; oversized ones are not. */
 void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
 {
-    s->memory -= c->used + END_SLOT * c->nmsgs + c->room_charged;
+    if (c->replay) { /* never charged to memory; replay_inflight is settled as it is sent */
+        c->replay = 0;
+    } else {
+        s->memory -= c->used + END_SLOT * c->nmsgs + c->room_charged;
+    }
     if (c->cap == s->chunk_size && s->free_count < FREE_CHUNKS_KEPT) {
         c->used = 0;
         c->room_charged = 0;
@@ -152,7 +157,12 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
         return LOGPOOL_ECLOSED;
     }
     chunk_t *c;
-    if (ATOMIC_LOAD(&s->st.buffered_bytes) + frame > s->max_buffer_length ||
+    /* Records replayed from the spool are buffered too, but not the producers' share: a
+     * replay never makes producers' messages EFULL. */
+    uint64_t buffered = ATOMIC_LOAD(&s->st.buffered_bytes);
+    uint64_t replay = ATOMIC_LOAD(&s->replay_inflight);
+    buffered = buffered > replay ? buffered - replay : 0;
+    if (buffered + frame > s->max_buffer_length ||
         s->memory + frame + END_SLOT > s->max_memory ||
         (c = tail_with_room_locked(s, frame)) == NULL) {
         pthread_mutex_unlock(&s->lock);

@@ -46,7 +46,8 @@ enum logpool__wait_result {
 
 enum logpool__wait_mode {
     LOGPOOL__WAIT_FOR_BATCH = 0,
-    LOGPOOL__WAIT_FOR_STOP = 1
+    LOGPOOL__WAIT_FOR_STOP = 1,
+    LOGPOOL__WAIT_FOR_STOP_NO_SPILL = 2 /* the spool cannot take a spill now: stop only */
 };
 
 /* What became of messages the writer releases from its chain. */
@@ -95,6 +96,11 @@ int logpool__sink_inject(logpool__sink_t *sink, const char *data, size_t len,
                          const uint32_t *ends, uint32_t nmsgs);
 void logpool__sink_adopted(logpool__sink_t *sink, uint64_t nmsgs, uint64_t nbytes);
 void logpool__sink_spool_count(logpool__sink_t *sink, int what, uint64_t n);
+void logpool__sink_spool_settle(logpool__sink_t *sink, uint64_t dropped_msgs,
+                                uint64_t dropped_bytes, int64_t reframed_bytes);
+void logpool__sink_set_adopting(logpool__sink_t *sink, int adopting);
+int logpool__spool_scan(int fd, int64_t start, uint64_t *nmsgs, uint64_t *nbytes,
+                        int64_t *end);
 void logpool__sink_spill_undo(logpool__sink_t *sink);
 uint32_t logpool__sink_pending_messages(logpool__sink_t *sink);
 int64_t logpool__sink_spill_write(logpool__sink_t *sink, int fd, int64_t offset,

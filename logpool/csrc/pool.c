@@ -184,7 +184,8 @@ static int sink_all_sent(logpool__sink_t *s, uint64_t target)
 {
     return __atomic_load_n(&s->st.sent_messages, __ATOMIC_SEQ_CST) +
            __atomic_load_n(&s->st.dropped_unsendable, __ATOMIC_SEQ_CST) +
-           __atomic_load_n(&s->st.dropped_rejected, __ATOMIC_SEQ_CST) >= target;
+           __atomic_load_n(&s->st.dropped_rejected, __ATOMIC_SEQ_CST) +
+           __atomic_load_n(&s->st.dropped_spool_replay, __ATOMIC_SEQ_CST) >= target;
 }
 
 /* Wait until every message the sink accepted so far is written, or the deadline. */
@@ -192,6 +193,16 @@ static int sink_drain(logpool__sink_t *s, uint64_t deadline_ns)
 {
     int rc = LOGPOOL_OK;
     pthread_mutex_lock(&s->lock);
+    /* What the writer adopts from the spool at start was accepted before any call. */
+    while (s->adopting && s->writer_running && !s->writer_exited) {
+        __atomic_fetch_add(&s->progress_waiters, 1, __ATOMIC_SEQ_CST);
+        int r = logpool__cond_wait_until(&s->progress, &s->lock, deadline_ns);
+        __atomic_fetch_sub(&s->progress_waiters, 1, __ATOMIC_SEQ_CST);
+        if (r == ETIMEDOUT && s->adopting) {
+            pthread_mutex_unlock(&s->lock);
+            return LOGPOOL_ETIMEDOUT;
+        }
+    }
     uint64_t target = ATOMIC_LOAD(&s->st.accepted_messages);
     if (!sink_all_sent(s, target)) {
         s->flush_requested = 1;

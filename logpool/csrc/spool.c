@@ -9,7 +9,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 /* pwritev until all of iov is written at *at (advanced). 0, or -1 with errno. */
 static int write_all(int fd, struct iovec *iov, int n, int64_t *at)
@@ -39,7 +41,7 @@ static int write_all(int fd, struct iovec *iov, int n, int64_t *at)
     return 0;
 }
 
-enum { SPOOL_CORRUPT = 0, SPOOL_FULL = 1, SPOOL_WRITTEN = 2 };
+enum { SPOOL_CORRUPT = 0, SPOOL_FULL = 1, SPOOL_WRITTEN = 2, SPOOL_BAD_ENTRY = 3 };
 
 /* Move the producer chain to the spill list (writer only). Returns its bytes. */
 size_t logpool__sink_spill_take(logpool__sink_t *s)
@@ -79,8 +81,10 @@ void logpool__sink_spill_done(logpool__sink_t *s, uint64_t spooled)
 }
 
 /* Records read back from the spool, oldest first, become the writer's pending list (which
- * must be empty): data holds nmsgs frames ending at ends[i]. Returns 0 or LOGPOOL_EFULL
- * (no memory). */
+ * must be empty): data holds nmsgs frames ending at ends[i]. They are not charged to the
+ * producers' max_buffer_length (nor to the chain's memory): producers get EFULL only when
+ * memory and spool are both full, never because a replay is in flight. Returns 0 or
+ * LOGPOOL_EFULL (no memory). */
 int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
                          const uint32_t *ends, uint32_t nmsgs)
 {
@@ -94,16 +98,17 @@ int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
     for (uint32_t i = 0; i < nmsgs; i++)
         chunk_ends(c)[-1 - (long)i] = ends[i];
     c->nmsgs = nmsgs;
-    c->room_charged = chunk_room(c);
-    pthread_mutex_lock(&s->lock);
-    s->memory += c->cap;
-    pthread_mutex_unlock(&s->lock);
+    c->room_charged = 0;
+    c->replay = 1;
     s->pend_head = s->pend_tail = c;
     s->pend_off = 0;
     s->pend_msg = 0;
     s->pend_bytes = len;
     s->batch_oldest_ns = logpool__now_ns();
+    pthread_mutex_lock(&s->lock); /* producers read both under it */
     ATOMIC_ADD(&s->st.buffered_bytes, len);
+    ATOMIC_STORE(&s->replay_inflight, len);
+    pthread_mutex_unlock(&s->lock);
     ATOMIC_ADD(&s->st.buffered_messages, nmsgs);
     ATOMIC_SUB(&s->st.spooled_bytes, len);
     ATOMIC_SUB(&s->st.spooled_messages, nmsgs);
@@ -129,6 +134,38 @@ void logpool__sink_spool_count(logpool__sink_t *s, int what, uint64_t n)
         ATOMIC_ADD(&s->st.dropped_spool_full, n);
     else if (what == SPOOL_WRITTEN)
         ATOMIC_ADD(&s->st.spool_writes, n);
+    else if (what == SPOOL_BAD_ENTRY)
+        ATOMIC_ADD(&s->st.spool_bad_entries, n);
+}
+
+/* Spooled records that will never be sent (behind a corrupt record found at replay, or too
+ * large for the sink's max_message_size now) leave the spooled gauges for
+ * dropped_spool_replay, which flush counts as done; reframed_bytes corrects spooled_bytes for
+ * records re-framed at replay (their new size minus their old). */
+void logpool__sink_spool_settle(logpool__sink_t *s, uint64_t dropped_msgs,
+                                uint64_t dropped_bytes, int64_t reframed_bytes)
+{
+    ATOMIC_SUB(&s->st.spooled_bytes, dropped_bytes);
+    ATOMIC_ADD(&s->st.spooled_bytes, (uint64_t)reframed_bytes);
+    ATOMIC_SUB(&s->st.spooled_messages, dropped_msgs);
+    if (dropped_msgs > 0) {
+        __atomic_fetch_add(&s->st.dropped_spool_replay, dropped_msgs, __ATOMIC_SEQ_CST);
+        if (__atomic_load_n(&s->progress_waiters, __ATOMIC_SEQ_CST) > 0) {
+            pthread_mutex_lock(&s->lock);
+            pthread_cond_broadcast(&s->progress);
+            pthread_mutex_unlock(&s->lock);
+        }
+    }
+}
+
+/* Set before the writer starts, cleared once it adopted what earlier processes spooled. */
+void logpool__sink_set_adopting(logpool__sink_t *s, int adopting)
+{
+    pthread_mutex_lock(&s->lock);
+    s->adopting = adopting;
+    if (!adopting)
+        pthread_cond_broadcast(&s->progress);
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* The spool could not take the spill list: put it back in front of the producer chain (it
@@ -231,4 +268,88 @@ int64_t logpool__sink_spill_write(logpool__sink_t *s, int fd, int64_t offset, ui
         return -errno;
     *nmsgs = (uint32_t)msgs;
     return at - offset;
+}
+
+#define SCAN_BLOCK (4u << 20)
+
+/* Walk the spool records of fd from offset start to the end of the file (adoption): the
+ * whole, intact records (*nmsgs, their frame bytes *nbytes) and where the readable part ends
+ * (*end). Returns 1 when it ends at a torn or corrupt record, 0 at the end of the file, or
+ * -errno. In C with the GIL released (cffi): a GiB of small records costs about a second,
+ * not a Python loop per record. */
+int logpool__spool_scan(int fd, int64_t start, uint64_t *nmsgs, uint64_t *nbytes,
+                        int64_t *end)
+{
+    pthread_once(&crc_once, crc_init);
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    int64_t size = (int64_t)st.st_size, pos = start;
+    uint64_t msgs = 0, bytes = 0;
+    size_t cap = SCAN_BLOCK;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        return -ENOMEM;
+    int64_t buf_at = start;
+    size_t buf_len = 0;
+    int torn = 0;
+    while (pos < size) {
+        size_t rel = (size_t)(pos - buf_at);
+        uint32_t head[2];
+        if (rel + 8 > buf_len) { /* refill from pos */
+            ssize_t r = pread(fd, buf, cap, (off_t)pos);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                free(buf);
+                return -errno;
+            }
+            buf_at = pos, buf_len = (size_t)r, rel = 0;
+            if (buf_len < 8) {
+                torn = 1;
+                break;
+            }
+        }
+        memcpy(head, buf + rel, 8); /* little endian, as written */
+        uint64_t length = head[0];
+        if ((int64_t)length > size - pos - 8) {
+            torn = 1;
+            break;
+        }
+        if (rel + 8 + length > buf_len) { /* the record runs past the block: read it whole */
+            if (8 + length > cap) {
+                char *bigger = realloc(buf, 8 + length);
+                if (bigger == NULL) {
+                    free(buf);
+                    return -ENOMEM;
+                }
+                buf = bigger;
+                cap = 8 + length;
+            }
+            ssize_t r = pread(fd, buf, cap, (off_t)pos);
+            if (r < 0) {
+                if (errno == EINTR)
+                    continue;
+                free(buf);
+                return -errno;
+            }
+            buf_at = pos, buf_len = (size_t)r, rel = 0;
+            if (buf_len < 8 + length) {
+                torn = 1;
+                break;
+            }
+        }
+        if (crc32_of(buf + rel + 8, (size_t)length) != head[1]) {
+            torn = 1;
+            break;
+        }
+        pos += 8 + (int64_t)length;
+        msgs++;
+        bytes += length;
+    }
+    free(buf);
+    *nmsgs = msgs;
+    *nbytes = bytes;
+    *end = pos;
+    return torn;
 }

@@ -7,6 +7,7 @@ transport makes connections, Backoff is the retry policy, SinkWriter is the loop
 connected" has one state: ``self.connected`` is False and the transport holds no socket.
 """
 import errno
+import os
 import threading
 import time
 
@@ -14,12 +15,12 @@ from logpool.engine.backoff import Backoff
 from logpool.engine.faults import FaultInjector, InjectedCrash
 from logpool.engine.report import REPORT_INTERVAL_S, ErrorReporter, describe
 from logpool.engine.histograms import WriterHistograms
-from logpool.engine.spool import Spool
+from logpool.engine.spool import RESCAN_S, Spool
 from logpool.transports import for_scheme
 from logpool.transports.base import (SLICE_S, Chain, Fate, HandshakeError, Outcome, Stopped,
                                     Unsendable)
 
-SPOOL_CORRUPT, SPOOL_FULL, SPOOL_WRITTEN = 0, 1, 2  # logpool__sink_spool_count
+SPOOL_CORRUPT, SPOOL_FULL, SPOOL_WRITTEN, SPOOL_BAD_ENTRY = 0, 1, 2, 3  # ..._spool_count
 
 
 class SinkWriter(threading.Thread):
@@ -39,13 +40,12 @@ class SinkWriter(threading.Thread):
         self.chain = Chain(ffi, lib, csink)
         self.transport = for_scheme(sink.scheme)(sink, self.chain, self.faults)
         self.histograms = WriterHistograms()
-        self.spool = None
+        self.spool = None  # opened by the writer thread: logpool_new never touches the disk
         self.replaying = False  # the pending list holds records read back from the spool
+        self.replay_count = 0  # messages in that batch
+        self.next_rescan = 0.0  # when to look for segments other processes left
+        self.spill_blocked_until = 0.0  # the spool was full: no spill attempt before this
         self.spill_iov = ffi.new("logpool__iov_t[]", 1024)  # pending messages, at exit
-        if sink.spool_dir is not None:
-            # Adopted before logpool_new returns, so that stats and flush count what an
-            # earlier process left (reading it costs about a second per GiB at start).
-            self._open_spool()
 
     def _count(self, counter, n=1):
         self.lib.logpool__sink_count(self.c, counter, n)
@@ -54,6 +54,8 @@ class SinkWriter(threading.Thread):
 
     def run(self):
         try:
+            if self.sink.spool_dir is not None:
+                self._open_spool()
             announcement = self.transport.announce()
             if announcement:
                 self.reporter.emit(announcement)
@@ -109,7 +111,7 @@ class SinkWriter(threading.Thread):
         abandoned = st.abandoned_messages + (
             st.accepted_messages - st.sent_messages - st.dropped_unsendable
             - st.dropped_rejected - st.abandoned_messages - st.spooled_messages
-            if final else 0)
+            - st.dropped_spool_replay if final else 0)
         current = (st.dropped_full, st.dropped_too_big, st.dropped_closed, abandoned,
                    st.dropped_unsendable)
         delta = [a - b for a, b in zip(current, self._drops_reported)]
@@ -136,15 +138,44 @@ class SinkWriter(threading.Thread):
     # -- the disk spool --
 
     def _open_spool(self):
-        self.spool = Spool(self.sink.spool_dir, self.sink.max_spool_bytes, self.reporter.report)
-        msgs, nbytes, corrupt = self.spool.adopt()
+        """Open the spool and adopt what earlier processes left, in this thread (reading it
+        costs about a second per GiB; logpool_new does not wait for it, flush does)."""
+        try:
+            self.spool = Spool(self.sink.spool_dir, self.sink.max_spool_bytes,
+                               self.reporter.report, self.sink.framing_code,
+                               self.sink.max_message_size, self.reporter.emit, self._scan)
+            self._adopt()
+        except Exception as exc:  # noqa: BLE001 — the sink carries on in memory, said once
+            self.reporter.report("spool unavailable", f"{self.sink.spool_dir}: {describe(exc)}")
+        finally:
+            self.lib.logpool__sink_set_adopting(self.c, 0)
+
+    def _scan(self, fd, start):
+        """Spool.scan in C, with the GIL released: (messages, bytes, end, torn)."""
+        counts, end = self.ffi.new("uint64_t[2]"), self.ffi.new("int64_t *")
+        r = self.lib.logpool__spool_scan(fd, start, counts, counts + 1, end)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        return counts[0], counts[1], end[0], r
+
+    def _adopt(self):
+        """Take over segments no live process owns: at start, then every RESCAN_S (an old
+        generation of workers leaves its segments when it exits, e.g. at a reload)."""
+        self.next_rescan = time.monotonic() + RESCAN_S
+        if self.spool is None or not self.spool.enabled:
+            return
+        msgs, nbytes = self.spool.adopt(self._should_stop)
         if msgs:
             self.lib.logpool__sink_adopted(self.c, msgs, nbytes)
-        if corrupt:
-            self.lib.logpool__sink_spool_count(self.c, SPOOL_CORRUPT, corrupt)
-            self.reporter.report("spool torn records", f"{corrupt} torn or corrupt records "
-                                 f"skipped in {self.sink.spool_dir} (a process died while "
-                                 f"writing them); counted in spool_corrupt")
+        self._count_spool_findings()
+
+    def _maybe_adopt(self):
+        if self.spool is not None and time.monotonic() >= self.next_rescan:
+            try:
+                self._adopt()
+            except Exception as exc:  # noqa: BLE001 — never break a connection over it
+                self.reporter.report("spool rescan failed", f"{self.sink.spool_dir}: "
+                                     f"{describe(exc)}; trying again in {RESCAN_S:.0f} s")
 
     def _spill(self):
         """Move the producer chain to the spool (oldest memory stays first: the pending list
@@ -153,35 +184,61 @@ class SinkWriter(threading.Thread):
         if self.spool is None or not self.spool.enabled or lib.logpool__sink_spill_take(c) == 0:
             return True
         written = self.ffi.new("uint32_t *")
-        if self.spool.append_with(
-                lambda fd, offset, room: lib.logpool__sink_spill_write(c, fd, offset, room,
-                                                                       written)):
+
+        def write(fd, offset, room):
+            n = lib.logpool__sink_spill_write(c, fd, offset, room, written)
+            return n, (written[0] if n >= 0 else 0)
+        if self.spool.append_with(write):
             lib.logpool__sink_spill_done(c, written[0])
             return True
         lib.logpool__sink_spill_undo(c)  # the spool is full: memory holds it, EFULL next
+        # Nothing frees room but a delivered batch: no new attempt before the retry
+        # schedule's next step (or that delivery), so a full spool never spins the writer.
+        self.spill_blocked_until = time.monotonic() + self.backoff.compute(max(1, self.failures))
         return False
+
+    def _may_spill(self):
+        return (self.spool is not None and self.spool.enabled
+                and time.monotonic() >= self.spill_blocked_until)
 
     def _replay_next(self):
         """Put the oldest spooled records on the (empty) pending list. True if it did."""
         if self.spool is None or not self.spool.has_records():
             return False
         batch = self.spool.next_batch()
-        self._count_corrupt()
+        self._count_spool_findings()
         if batch is None:
             return False
         data, ends, count = batch
         ends_c = self.ffi.new("uint32_t[]", ends)
         if self.lib.logpool__sink_inject(self.c, data, len(data), ends_c, count) != 0:
             return False
-        self.replaying = True
+        self.replaying, self.replay_count = True, count
         return True
 
-    def _count_corrupt(self):
-        if self.spool.corrupt_found:
-            found, self.spool.corrupt_found = self.spool.corrupt_found, 0
-            self.lib.logpool__sink_spool_count(self.c, SPOOL_CORRUPT, found)
+    def _count_spool_findings(self):
+        """Move what the spool found (torn records, bad entries, records dropped at replay)
+        into the sink's counters; the spool logged bad entries itself, once each."""
+        spool, lib = self.spool, self.lib
+        if spool.corrupt_found:
+            found, spool.corrupt_found = spool.corrupt_found, 0
+            lib.logpool__sink_spool_count(self.c, SPOOL_CORRUPT, found)
             self.reporter.report("spool torn records", f"{found} torn or corrupt records "
-                                 f"skipped in {self.sink.spool_dir}; counted in spool_corrupt")
+                                 f"skipped in {self.sink.spool_dir} (a process died while "
+                                 f"writing them, or the file was damaged); counted in "
+                                 f"spool_corrupt")
+        if spool.bad_found:
+            found, spool.bad_found = spool.bad_found, 0
+            lib.logpool__sink_spool_count(self.c, SPOOL_BAD_ENTRY, found)
+        if any(spool.lost):
+            (msgs, nbytes, reframed), spool.lost = spool.lost, [0, 0, 0]
+            lib.logpool__sink_spool_settle(self.c, msgs, nbytes, reframed)
+            if msgs:
+                self.reporter.report("spooled messages dropped", f"{msgs} spooled messages "
+                                     f"dropped at replay from {self.sink.spool_dir}: behind a "
+                                     f"corrupt record, or larger than max_message_size "
+                                     f"{self.sink.max_message_size} now; counted in "
+                                     f"dropped_spool_replay")
 
     def _spool_at_exit(self):
         """At close, what is still in memory goes to the spool rather than being abandoned:
@@ -190,22 +247,12 @@ class SinkWriter(threading.Thread):
         try:
             pending = lib.logpool__sink_pending_messages(c)
             if pending and self.replaying:
-                # Records read back and not delivered: still in their segment file.
+                # Records read back and not delivered: still in their segment file, behind
+                # what of the batch was delivered (saved, so nobody sends that again).
+                self.spool.batch_partial(self.replay_count - pending)
                 lib.logpool__sink_consume_messages(c, pending, lib.LOGPOOL__DONE_SPOOLED)
-            elif pending:
-                lib.logpool__sink_rewind(c)
-                frames, skip = [], 0
-                while (n := lib.logpool__sink_message_iov(c, self.spill_iov, 1024, 1 << 62,
-                                                          skip)) > 0:
-                    frames += [self.ffi.buffer(self.spill_iov[i].base, self.spill_iov[i].len)
-                               for i in range(n)]
-                    skip += n
-                if self.spool.append(frames, front=True):
-                    lib.logpool__sink_spool_count(c, SPOOL_WRITTEN, len(frames))
-                    lib.logpool__sink_consume_messages(c, len(frames),
-                                                       lib.LOGPOOL__DONE_SPOOLED)
-                else:
-                    lib.logpool__sink_spool_count(c, SPOOL_FULL, len(frames))
+            elif pending and not self._spool_pending():
+                lib.logpool__sink_spool_count(c, SPOOL_FULL, pending)
             st = self.ffi.new("logpool_stats_t *")
             lib.logpool__sink_stats(c, st)  # the chain: what is buffered beyond the pending
             in_chain = st.buffered_messages - lib.logpool__sink_pending_messages(c)
@@ -214,24 +261,53 @@ class SinkWriter(threading.Thread):
         finally:
             self.spool.close()
 
+    def _spool_pending(self):
+        """The writer's pending list (taken from the producers, not read back from the
+        spool) to a segment in front of the others: it is older than anything spooled since.
+        Done at exit, and when a connection broke with a batch pending (otherwise that batch
+        could hold most of max_buffer_length for the whole outage while the spool is empty).
+        True when written or nothing to write."""
+        lib, c = self.lib, self.c
+        if self.replaying or lib.logpool__sink_pending_messages(c) == 0:
+            return True
+        lib.logpool__sink_rewind(c)
+        frames, skip = [], 0
+        while (n := lib.logpool__sink_message_iov(c, self.spill_iov, 1024, 1 << 62,
+                                                  skip)) > 0:
+            frames += [self.ffi.buffer(self.spill_iov[i].base, self.spill_iov[i].len)
+                       for i in range(n)]
+            skip += n
+        if not self.spool.append(frames, front=True):
+            return False
+        lib.logpool__sink_spool_count(c, SPOOL_WRITTEN, len(frames))
+        lib.logpool__sink_consume_messages(c, len(frames), lib.LOGPOOL__DONE_SPOOLED)
+        return True
+
     def _should_stop(self):
         lib = self.lib
         return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP, 0) == lib.LOGPOOL__WAIT_STOP
 
     def _wait_for_stop(self, seconds):
         """Sleep up to `seconds` unless the pool stops first (True then); spill to the spool
-        meanwhile whenever producers pass the spill mark."""
+        meanwhile whenever producers pass the spill mark (unless the spool was just found
+        full), and look for orphaned segments every RESCAN_S."""
         lib = self.lib
         deadline = time.monotonic() + seconds
         while True:
-            left = deadline - time.monotonic()
-            r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP,
-                                       max(1, int(left * 1000)))
+            now = time.monotonic()
+            wake = deadline
+            if self.spool is not None:
+                wake = min(wake, self.next_rescan)
+                if now < self.spill_blocked_until:
+                    wake = min(wake, self.spill_blocked_until)
+            mode = lib.LOGPOOL__WAIT_FOR_STOP if self._may_spill() else \
+                lib.LOGPOOL__WAIT_FOR_STOP_NO_SPILL
+            r = lib.logpool__sink_wait(self.c, mode, max(1, int((wake - now) * 1000)))
             if r == lib.LOGPOOL__WAIT_STOP:
                 return True
-            if r != lib.LOGPOOL__WAIT_SPILL:
-                return False
-            self._spill()
+            if r == lib.LOGPOOL__WAIT_SPILL:
+                self._spill()
+            self._maybe_adopt()
             if time.monotonic() >= deadline:
                 return False
 
@@ -243,16 +319,24 @@ class SinkWriter(threading.Thread):
                     if not self._connect_when_due():
                         return
                     continue
+                self._maybe_adopt()
+                if self.chain.pending() == 0 and self.spool is not None and \
+                        self.spool.has_records() and self._should_stop():
+                    return  # a long replay must not hold up close: the rest stays spooled
                 if self.chain.pending() == 0 and self._replay_next():
                     pass  # spooled records go before what is in memory
                 elif self.chain.pending() == 0:
                     waited = time.monotonic()
-                    r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH,
-                                               self.transport.IDLE_TICK_MS)
+                    tick = self.transport.IDLE_TICK_MS
+                    if self.spool is not None:  # wake up for the next look at the spool
+                        rescan = max(1, int((self.next_rescan - waited) * 1000))
+                        tick = rescan if tick <= 0 else min(tick, rescan)
+                    r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_BATCH, tick)
                     if r == lib.LOGPOOL__WAIT_STOP:
                         return
                     if r != lib.LOGPOOL__WAIT_READY:
-                        self._apply(self.transport.idle() or Outcome.NOTHING)
+                        if self.transport.IDLE_TICK_MS > 0:
+                            self._apply(self.transport.idle() or Outcome.NOTHING)
                         continue
                     self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
                     self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
@@ -265,6 +349,7 @@ class SinkWriter(threading.Thread):
                 if self.replaying:
                     self.replaying = False
                     self.spool.batch_done()
+                    self.spill_blocked_until = 0.0  # room in the spool again
             except Stopped:
                 return
             except OSError as exc:
@@ -284,6 +369,10 @@ class SinkWriter(threading.Thread):
         self._report_drops()
         now = time.monotonic()
         if now < self.next_attempt:
+            # (Not while a transport still holds some of them: librdkafka keeps its queue.)
+            if (self._may_spill() and not getattr(self.transport, "inflight", 0)
+                    and not self._spool_pending()):
+                self.spill_blocked_until = now + self.backoff.compute(max(1, self.failures))
             return not self._wait_for_stop(self.next_attempt - now)
         started = time.monotonic()
         lib = self.lib
@@ -423,7 +512,7 @@ class SinkWriter(threading.Thread):
             raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
                                f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
         self._report_drops()
-        if (self.spool is not None and self.lib.logpool__sink_wait(
+        if (self._may_spill() and self.lib.logpool__sink_wait(
                 self.c, self.lib.LOGPOOL__WAIT_FOR_STOP, 0) == self.lib.LOGPOOL__WAIT_SPILL):
             self._spill()  # the collector is stalled and producers passed the spill mark
         if self.transport.wait_ready(SLICE_S):

@@ -61,6 +61,8 @@ typedef struct logpool_stats_s {
     uint64_t spool_writes;
     uint64_t spool_replayed;
     uint64_t spool_corrupt;
+    uint64_t spool_bad_entries;
+    uint64_t dropped_spool_replay;
 } logpool_stats_t;
 
 logpool_t *logpool_new(const char *config_json);
@@ -92,7 +94,8 @@ _M.STATS_FIELDS = {
     "resent_bytes", "writer_errors", "tls_handshake_failures", "tls_resumed",
     "dropped_unsendable", "unacked_messages", "resent_messages",
     "dropped_rejected", "spooled_bytes", "spooled_messages", "dropped_spool_full",
-    "spool_writes", "spool_replayed", "spool_corrupt",
+    "spool_writes", "spool_replayed", "spool_corrupt", "spool_bad_entries",
+    "dropped_spool_replay",
 }
 
 -- The library handle lives in this upvalue for the life of the worker (docs/architecture.md,

@@ -20,7 +20,8 @@ def cmd_receive(args):
                 key_file=args.key_file, client_ca_file=args.client_ca_file, mode=args.mode,
                 max_message_size=args.max_message_size, idle_timeout=args.idle_timeout,
                 handshake_timeout=args.handshake_timeout,
-                max_reply_backlog=args.max_reply_backlog)
+                max_reply_backlog=args.max_reply_backlog,
+                max_connections=args.max_connections)
 
 
 def octal_mode(text):
@@ -152,12 +153,18 @@ def build_parser():
                    help="hang up on a connection silent this many seconds (default 300)")
     p.add_argument("--handshake-timeout", type=float,
                    default=receive_defaults.handshake_timeout,
-                   help="hang up on a client whose opening (TLS handshake, RELP open, first "
-                   "HTTP request head) takes longer (default 10)")
+                   help="hang up on a client whose opening (TLS handshake, RELP open, an "
+                   "HTTP request head: the first, and the next after each answer) takes "
+                   "longer (default 10)")
     p.add_argument("--max-reply-backlog", type=int,
                    default=receive_defaults.max_reply_backlog,
                    help="RELP, HTTP: drop a client that leaves more than this many bytes of "
                    "replies unread (default 1 MiB)")
+    p.add_argument("--max-connections", type=int, default=receive_defaults.max_connections,
+                   help="connections held at once; when full, a new one replaces the oldest "
+                   "that never sent a byte (else the one silent longest, if silent "
+                   "--handshake-timeout), or is closed (default 1024, fewer when the "
+                   "descriptor limit, RLIMIT_NOFILE, leaves less)")
     p.set_defaults(func=cmd_receive)
     p = sub.add_parser("nginx-snippet", help="print the nginx.conf lines for this installation")
     p.add_argument("--sink", action="append", help="sink URL (repeatable); default "

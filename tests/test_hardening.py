@@ -315,9 +315,11 @@ def test_receiver_out_of_descriptors_keeps_serving_and_recovers(tmp_path):
     def low_fd_limit():
         resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
     with open(log, "w") as err:
+        # --max-connections past the descriptors (the default stays below them): the
+        # receiver must survive running out all the same.
         proc = subprocess.Popen([PYTHON, "-m", "logpool", "receive", "--listen", "unix:" + path,
-                                 "--out", str(out)], stderr=err, cwd=ROOT,
-                                preexec_fn=low_fd_limit)
+                                 "--out", str(out), "--max-connections", "64"], stderr=err,
+                                cwd=ROOT, preexec_fn=low_fd_limit)
     clients = []
     try:
         wait_for(lambda: "listening on" in log.read_text(), what="the receiver")

@@ -1,6 +1,9 @@
 """`logpool receive` against hostile clients: each test runs a real `python -m logpool
 receive` process and talks to it over real sockets, as a broken or malicious peer would."""
 import http.client
+import re
+import resource
+import signal
 import socket
 import ssl
 import subprocess
@@ -10,7 +13,7 @@ import zlib
 
 import pytest
 
-from conftest import PYTHON, ROOT, wait_for
+from conftest import PYTHON, ROOT, ReceiveProcess, wait_for
 from logpool.protocols.relp import parse_frame
 
 DEADLINE_S = 10  # every wait on the receiver ends; a stall in the old receiver was 5 s+
@@ -244,7 +247,8 @@ def test_a_silent_client_is_hung_up_on_after_the_idle_timeout(receive_process, l
 def test_options_are_checked_the_same_way_for_every_protocol(tmp_path):
     for listen in ("tcp://127.0.0.1:0", "relp://127.0.0.1:0", "http://127.0.0.1:0/x"):
         for bad in (["--idle-timeout", "0"], ["--handshake-timeout", "nan"],
-                    ["--max-message-size", "0"], ["--max-reply-backlog", "10"]):
+                    ["--max-message-size", "0"], ["--max-reply-backlog", "10"],
+                    ["--max-connections", "0"]):
             result = subprocess.run([PYTHON, "-m", "logpool", "receive", "--listen", listen,
                                      "--out", str(tmp_path / "o"), *bad], cwd=ROOT,
                                     capture_output=True, text=True, timeout=30)
@@ -344,3 +348,198 @@ def test_an_http_client_that_pipelines_without_reading_answers_is_dropped(receiv
     assert rp.stop() == 0
     assert "1 slow readers dropped" in rp.summary
     assert rp.lines()[-1] == b"good"
+
+
+# -- a hostile request costs its own connection, never the collector ------------------------
+
+def test_a_json_array_nested_too_deep_is_refused_with_400_and_the_collector_serves_on(
+        receive_process):
+    rp = receive_process("http://127.0.0.1:0/ingest")
+    with connect(rp.url) as s:
+        status, _ = post(s, b"[" * 200_000 + b"]" * 200_000,
+                         headers=["Content-Type: application/json"])
+        assert status == 400
+    with connect(rp.url) as s:
+        assert post(s, b'[{"a":1}]', headers=["Content-Type: application/json"])[0] == 200
+    assert rp.stop() == 0
+    assert rp.lines() == [b'{"a":1}']
+
+
+@pytest.mark.parametrize("target", [b"//[x", b"http://[::1/ingest"])
+def test_a_request_target_that_is_not_a_url_is_answered_400(receive_process, target):
+    rp = receive_process("http://127.0.0.1:0/ingest")
+    with connect(rp.url) as s:
+        s.sendall(b"POST %s HTTP/1.1\r\nContent-Length: 4\r\n\r\nabc\n" % target)
+        assert read_response(s)[0] == 400
+        assert hung_up(s)
+    with connect(rp.url) as s:
+        assert post(s, b"good\n")[0] == 200
+    assert rp.stop() == 0
+    assert rp.lines() == [b"good"]
+
+
+def test_an_unexpected_error_in_one_connection_drops_it_and_no_other(receiver):
+    from logpool.receive.stream import StreamProtocol
+
+    class Broken(StreamProtocol):  # a bug that only this peer's bytes reach
+        def feed(self, data):
+            if b"boom" in data:
+                raise RuntimeError("a bug in a protocol handler")
+            return super().feed(data)
+
+    r = receiver("tcp://127.0.0.1:0")
+    r.protocol = Broken
+    with connect(r.url) as good, connect(r.url) as bad:
+        good.sendall(b"before\n")
+        wait_for(lambda: r.output.lines() == [b"before"], timeout=DEADLINE_S,
+                 what="the good client's first line")
+        bad.sendall(b"boom\n")
+        assert hung_up(bad)  # only the connection that hit the bug
+        bad.close()
+        with connect(r.url) as bad2:
+            bad2.sendall(b"boom again\n")
+            assert hung_up(bad2)
+        good.sendall(b"after\n")
+        wait_for(lambda: r.output.lines() == [b"before", b"after"], timeout=DEADLINE_S,
+                 what="the good client served after the errors")
+    assert r.snapshot().internal_errors == 2
+    assert r._thread.is_alive()
+
+
+def test_a_gzip_body_of_many_members_is_refused_and_stalls_no_one(receive_process):
+    import gzip
+    rp = receive_process("http://127.0.0.1:0/ingest")
+    member = gzip.compress(b"", mtime=0)
+    body = member * (((16 << 20) - 1) // len(member))  # quadratic: minutes of CPU before
+    with connect(rp.url) as hostile:
+        hostile.sendall(b"POST /ingest HTTP/1.1\r\nContent-Encoding: gzip\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        with connect(rp.url) as good:  # served while (or after) the body is looked at
+            assert post(good, b"good\n")[0] == 200
+        assert read_response(hostile)[0] == 400
+    with connect(rp.url) as s:  # a few members are fine
+        gz = gzip.compress(b"a\n", mtime=0) + member + gzip.compress(b"b\n", mtime=0)
+        assert post(s, gz, headers=["Content-Encoding: gzip"])[0] == 200
+    assert rp.stop() == 0
+    assert rp.lines() == [b"good", b"a", b"b"]
+
+
+# -- RELP: nothing before "open" -------------------------------------------------------------
+
+@pytest.mark.parametrize("first", [b"7 syslog 5 hello\n8 syslog 5 world\n",
+                                   b"7 syslog 5 hello\n1 open 0\n8 syslog 5 world\n"])
+def test_relp_commands_before_open_are_refused_with_500_and_the_session_closed(
+        receive_process, first):
+    rp = receive_process("relp://127.0.0.1:0")
+    with connect(rp.url) as s:
+        s.sendall(first)
+        reply = b""
+        while data := s.recv(4096):  # everything until the receiver closes the session
+            reply += data
+    assert reply.startswith(b"7 rsp ") and b" 500 " in reply and b"200 OK" not in reply
+    with connect(rp.url) as s:  # an opened session is served as before
+        relp_open(s)
+        s.sendall(b"2 syslog 4 good\n")
+        assert relp_reply(s) == (2, b"rsp", b"200 OK")
+    assert rp.stop() == 0
+    assert rp.lines() == [b"good"]
+
+
+# -- descriptors: silent peers cannot lock senders out ---------------------------------------
+
+def limited_receiver(listen, out_path, limits):
+    """`logpool receive` (a conftest.ReceiveProcess) under resource limits: [(RLIMIT_*,
+    soft)]. Its stderr is a pipe, which no RLIMIT_FSIZE limits."""
+    def preexec():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not a signal, past FSIZE
+        for which, soft in limits:
+            resource.setrlimit(which, (soft, resource.getrlimit(which)[1]))
+    rp = ReceiveProcess.__new__(ReceiveProcess)
+    rp.listen, rp.out_path = listen, str(out_path)
+    rp.proc = subprocess.Popen([PYTHON, "-m", "logpool", "receive", "--listen", listen,
+                                "--out", str(out_path)], stderr=subprocess.PIPE, text=True,
+                               cwd=ROOT, preexec_fn=preexec)
+    line = rp.proc.stderr.readline()
+    assert "listening on" in line, line + rp.proc.stderr.read()
+    rp.url = line.rsplit(" ", 1)[1].strip()
+    return rp
+
+
+def test_silent_connections_cannot_lock_a_sender_out_under_a_low_descriptor_limit(tmp_path):
+    out = tmp_path / "out.log"
+    rp = limited_receiver("tcp://127.0.0.1:0", out, [(resource.RLIMIT_NOFILE, 48)])
+    silent = []
+    try:
+        silent = [connect(rp.url) for _ in range(60)]  # more than the descriptors it has
+        with connect(rp.url) as good:
+            good.sendall(b"a line from a well-behaved sender\n")
+            wait_for(lambda: out.exists() and b"well-behaved" in out.read_bytes(),
+                     timeout=DEADLINE_S, what="the sender's line, with silent peers around")
+        assert rp.proc.poll() is None
+    finally:
+        for c in silent:
+            c.close()
+        rp.stop()
+    assert "accept failed" not in rp.summary, rp.summary  # room was made in time
+    assert re.search(r"[1-9]\d* evicted", rp.summary), rp.summary
+
+
+def test_max_connections_evicts_the_silent_before_the_active(receive_process):
+    rp = receive_process("tcp://127.0.0.1:0", args=["--max-connections", "3"])
+    with connect(rp.url) as active:
+        active.sendall(b"active 1\n")
+        wait_for(lambda: rp.lines() == [b"active 1"], timeout=DEADLINE_S, what="line 1")
+        silent = [connect(rp.url) for _ in range(2)]  # now full: active + 2 silent
+        with connect(rp.url) as sender:  # evicts the oldest silent one, not `active`
+            assert hung_up(silent[0])
+            sender.sendall(b"sender\n")
+            wait_for(lambda: b"sender" in rp.lines(), timeout=DEADLINE_S, what="sender")
+            active.sendall(b"active 2\n")
+            wait_for(lambda: b"active 2" in rp.lines(), timeout=DEADLINE_S, what="line 2")
+        for c in silent:
+            c.close()
+    assert rp.stop() == 0
+    assert "1 evicted" in rp.summary
+
+
+def test_an_idle_keep_alive_http_connection_gets_the_handshake_timeout_for_its_next_head(
+        receive_process):
+    rp = receive_process("http://127.0.0.1:0/ingest",
+                         args=["--handshake-timeout", "0.5", "--idle-timeout", "60"])
+    with connect(rp.url) as s:
+        assert post(s, b"x\n")[0] == 200
+        s.sendall(b"POST /ingest HTTP/1.1\r\n")  # the next head, never finished
+        assert hung_up(s)  # long before the idle timeout
+    assert rp.stop() == 0
+    assert "1 timed out" in rp.summary and rp.lines() == [b"x"]
+
+
+# -- the output: refused bytes are not written later -----------------------------------------
+
+def test_a_message_the_output_refused_is_written_once_when_the_sender_resends(tmp_path):
+    """The disk fills (RLIMIT_FSIZE here), the RELP sender gets an error and resends once
+    there is room: the output holds each message once and no piece of the refused one."""
+    out = tmp_path / "out.log"
+    first, second = b"a" * 60, b"b" * 80
+    rp = limited_receiver("relp://127.0.0.1:0", out, [(resource.RLIMIT_FSIZE, 100)])
+    try:
+        with connect(rp.url) as s:
+            relp_open(s)
+            s.sendall(b"2 syslog 60 %s\n" % first)
+            assert relp_reply(s) == (2, b"rsp", b"200 OK")
+            s.sendall(b"3 syslog 80 %s\n" % second)  # 39 of its 81 bytes would fit
+            txnr, _, data = relp_reply(s)
+            assert txnr == 3 and data.startswith(b"500")
+            assert hung_up(s)
+        resource.prlimit(rp.proc.pid, resource.RLIMIT_FSIZE,
+                         (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # room again
+        with connect(rp.url) as s:
+            relp_open(s)
+            s.sendall(b"2 syslog 80 %s\n" % second)  # the resend
+            assert relp_reply(s) == (2, b"rsp", b"200 OK")
+            s.sendall(b"3 close 0\n")
+            assert relp_reply(s)[:2] == (3, b"rsp")
+        assert out.read_bytes() == first + b"\n" + second + b"\n"
+    finally:
+        rp.stop()
+    assert "1 write errors" in rp.summary

@@ -3,6 +3,8 @@
     listen.py   claiming the address (stale unix sockets, modes), TLS context
     options.py  the options and limits (one place, every protocol), the counters
     loop.py     the selector loop: accept, TLS handshakes, reads, bounded replies, deadlines
+    connection.py  one peer's state; which one makes room at max_connections
+    output.py   the output: whole unbuffered writes, nothing of a refused one kept
     framing.py  message boundaries on streams (newline, octet-counting, raw)
     stream.py   unix/tcp/tls streams and udp/unixgram datagrams
     relp.py     RELP (codec shared with the client: logpool.protocols.relp)

@@ -6,8 +6,42 @@ import json
 import zlib
 
 
+MAX_GZIP_MEMBERS = 1000  # a sender gzips a body once; a few concatenated members are fine
+GZIP_FEED = 1 << 16  # input given to zlib at a time: what it copies as unused_data is bounded
+
+
 class BodyTooLarge(ValueError):
     """The body decodes to more than the limit."""
+
+
+def _gunzip(body, limit):
+    """gzip members one after another, walked by offset in slices of at most GZIP_FEED
+    bytes: linear time (zlib copies the input it did not use, so feeding it the rest of the
+    body at each member would be quadratic), and at most MAX_GZIP_MEMBERS members."""
+    out, size, pos, members = [], 0, 0, 0
+    view = memoryview(body)
+    try:
+        while pos < len(view):
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                raise ValueError(f"cannot decode the body: more than {MAX_GZIP_MEMBERS} "
+                                 f"gzip members")
+            d = zlib.decompressobj(47)  # 47: a gzip or zlib header
+            while not d.eof:
+                piece = view[pos:pos + GZIP_FEED]
+                if not piece:
+                    raise ValueError("cannot decode the body: a truncated gzip stream")
+                chunk = d.decompress(piece, limit + 1 - size)
+                size += len(chunk)
+                out.append(chunk)
+                if size > limit:  # also when max_length stopped it: nothing more is inflated
+                    raise BodyTooLarge(f"the body decodes to more than {limit} bytes")
+                pos += len(piece) - len(d.unused_data)
+    except zlib.error as exc:
+        raise ValueError(f"cannot decode the body: {exc}") from None
+    finally:
+        view.release()
+    return b"".join(out)
 
 
 def decompress(body, encoding, limit):
@@ -17,22 +51,7 @@ def decompress(body, encoding, limit):
     if encoding in ("", "identity"):
         return body
     if encoding == "gzip":
-        out, rest = [], body
-        size = 0
-        try:
-            while rest:  # gzip members, one after another
-                d = zlib.decompressobj(47)  # 47: a gzip or zlib header
-                chunk = d.decompress(rest, limit + 1 - size)
-                size += len(chunk)
-                out.append(chunk)
-                if size > limit:
-                    raise BodyTooLarge(f"the body decodes to more than {limit} bytes")
-                if not d.eof:
-                    raise ValueError("cannot decode the body: a truncated gzip stream")
-                rest = d.unused_data
-        except zlib.error as exc:
-            raise ValueError(f"cannot decode the body: {exc}") from None
-        return b"".join(out)
+        return _gunzip(body, limit)
     if encoding == "zstd":
         try:
             import zstandard
@@ -92,6 +111,8 @@ def split_json_array(body):
         return out
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError too
         raise ValueError(f"not a JSON array: {exc}") from None
+    except RecursionError:  # the decoder's nesting bound (the interpreter's recursion limit)
+        raise ValueError("not a JSON array: nested too deeply") from None
 
 
 def decode_http_body(body, encoding, content_type, limit=16 << 20):

@@ -10,8 +10,8 @@ from logpool.receive.loop import Receiver
 def main(listen, out_path=None, cert_file=None, key_file=None, client_ca_file=None,
          **options):
     """options: those of ReceiveOptions (framing, mode, max_message_size, idle_timeout,
-    handshake_timeout, max_reply_backlog). Returns the exit status."""
-    out = open(out_path, "ab") if out_path else sys.stdout.buffer
+    handshake_timeout, max_reply_backlog, max_connections). Returns the exit status."""
+    out = open(out_path, "ab", buffering=0) if out_path else sys.stdout.buffer
     try:
         tls = server_tls_context(cert_file, key_file, client_ca_file) if cert_file else None
         receiver = Receiver(listen, out, tls=tls, **options)
@@ -27,7 +27,9 @@ def main(listen, out_path=None, cert_file=None, key_file=None, client_ca_file=No
     print(f"logpool receive: stopped: {s.connections} connections, {s.messages} messages, "
           f"{s.bytes} bytes, {s.torn} torn messages dropped, {s.oversized} oversized, "
           f"{s.timeouts} timed out, {s.accept_errors} accept errors, {s.framing_errors} "
-          f"refused, {s.slow_readers} slow readers dropped, {s.write_errors} write errors",
+          f"refused, {s.slow_readers} slow readers dropped, {s.write_errors} write errors, "
+          f"{s.evicted} evicted and {s.turned_away} turned away (max connections "
+          f"{receiver.max_connections}), {s.internal_errors} internal errors",
           file=sys.stderr, flush=True)
     if out_path:
         try:

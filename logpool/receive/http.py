@@ -8,8 +8,9 @@ inflated. Another path is answered 404; a body whose length is not given 411; a 
 coding other than chunked 501. An error answer closes the connection.
 
 Runs in the receiver's loop like every protocol: its answers go to the connection's bounded
-output buffer, its deadlines (handshake_timeout until the first request head is in,
-idle_timeout between reads) are the loop's."""
+output buffer, its deadlines (handshake_timeout until the first request head is in, and
+again from each answer until the next head is in; idle_timeout between reads) are the
+loop's."""
 import re
 import urllib.parse
 
@@ -141,7 +142,11 @@ class HttpProtocol:
                       else "keep-alive" in connection)
         if method not in ("POST", "PUT"):
             raise HttpError(405, f"{method}: only POST and PUT carry messages")
-        if urllib.parse.urlsplit(target).path != self.path:
+        try:
+            path = urllib.parse.urlsplit(target).path
+        except ValueError:  # "//[x": not a URL
+            raise HttpError(400, "the request target is not a URL") from None
+        if path != self.path:
             raise HttpError(404, f"messages go to {self.path}")
         coding, length = lower.get("transfer-encoding"), lower.get("content-length")
         if coding is not None:
@@ -191,6 +196,8 @@ class HttpProtocol:
             return
         receiver.count(messages=len(messages), bytes=sum(map(len, messages)), reads=1)
         self._respond(200, close=not keep_alive)
+        if keep_alive:  # the next request head has handshake_timeout from now, like the first
+            receiver.reopening(self.conn)
 
     def _respond(self, status, text=b"", close=False):
         head = f"HTTP/1.1 {status} {REASONS[status]}\r\n"

@@ -4,9 +4,14 @@ The loop owns the listening socket and the connections: it accepts, runs each TL
 handshake step by step (never inside accept()), reads, hands the bytes to the connection's
 protocol (stream, relp or http), and sends the protocol's replies from a bounded
 per-connection buffer, so that no peer (silent, trickling, never reading) holds up another.
-Deadlines: a connection must finish its opening (TLS handshake, RELP open, first HTTP
-request head) within handshake_timeout and may stay silent idle_timeout; a peer whose
-unread replies pass max_reply_backlog is dropped.
+Deadlines: a connection must finish its opening (TLS handshake, RELP open, an HTTP
+request head: the first, and each after an answer on a kept-alive connection) within
+handshake_timeout and may stay silent idle_timeout; a peer whose unread replies pass
+max_reply_backlog is dropped. A plain stream has no opening: logpool's writers connect
+before they have a message and may stay quiet for long; silent peers are bounded by
+max_connections instead (a new connection takes the place of one that never sent a byte).
+An unexpected error while serving one connection (a bug) drops that connection, is counted
+and logged once; the others are served on.
 
 Stopping is graceful: the listener closes, and for unix sockets each connection is shut
 down for reading and then drained, so every byte the kernel accepted from a writer is
@@ -20,13 +25,15 @@ import select
 import selectors
 import socket
 import ssl
-import sys
 import threading
 import time
+import traceback
 
+from logpool.receive.connection import Connection, make_room_victim
 from logpool.receive.http import HttpProtocol
 from logpool.receive.listen import address_of, listen_socket
 from logpool.receive.options import ReceiveOptions, ReceiverStats
+from logpool.receive.output import Output, log
 from logpool.receive.relp import RelpProtocol
 from logpool.receive.stream import StreamProtocol
 
@@ -36,28 +43,6 @@ ACCEPT_RETRY_S = 0.5  # out of descriptors: accept again this often (or when one
 TLS_SCHEMES = ("tls", "relp+tls", "https")
 WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 _WAKE, _LISTENER = "wake", "listener"
-
-
-class Connection:
-    """One accepted peer: its socket, its protocol's state, its unsent replies."""
-
-    def __init__(self, sock, now, handshaking):
-        self.sock = sock
-        self.proto = None
-        self.out = bytearray()  # replies not sent yet
-        self.accepted_at = self.active_at = now
-        self.handshaking = handshaking
-        self.handshake_wants_write = False
-        self.opening = True  # the protocol's opening exchange is not done yet
-        self.closing = False  # hang up once the replies are sent
-        self.events = 0
-        self.alive = True
-
-    def reply(self, data):
-        self.out += data
-
-    def close_after_replies(self):
-        self.closing = True
 
 
 class Receiver:
@@ -81,6 +66,8 @@ class Receiver:
         self.datagram = self.sock.type == socket.SOCK_DGRAM
         self.url = address_of(self.scheme, self.sock, self.path)
         self.out = out
+        self.output = Output(out, self._write_failed)
+        self.max_connections = self.options.connection_limit()
         self.stats = ReceiverStats()
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
@@ -94,8 +81,7 @@ class Receiver:
         self.connections = set()
         self._accept_paused_at = None
         self._swept_at = clock()
-        self._dirty = False
-        self._write_error_reported = False
+        self._reported = set()  # what was logged once: "write", "internal", "full"
 
     # -- lifecycle --
 
@@ -141,58 +127,52 @@ class Receiver:
     # -- the output --
 
     def write(self, data):
-        """Append to the output (flushed by the loop soon; see commit)."""
-        try:
-            self.out.write(data)
-        except (OSError, ValueError) as exc:
-            self._write_failed(exc)
-            return False
-        self._dirty = True
-        return True
+        """Write whole messages out (no buffer: see output.py); False when the output
+        refused them, and then nothing of them is kept."""
+        return self.output.write(data)
 
-    def commit(self, data):
-        """Write and flush before acknowledging: False when the output refused it."""
-        if not self.write(data):
-            return False
-        return self._flush_out()
-
-    def _flush_out(self):
-        self._dirty = False
-        try:
-            self.out.flush()
-        except (OSError, ValueError) as exc:
-            self._write_failed(exc)
-            return False
-        return True
+    commit = write  # written is committed: an acknowledgement may follow
 
     def _write_failed(self, exc):
         self.count(write_errors=1)
-        if not self._write_error_reported:
-            self._write_error_reported = True
-            print(f"logpool receive: cannot write the output: {exc}; nothing more is "
-                  f"acknowledged until it can", file=sys.stderr, flush=True)
+        self._log_once("write", f"cannot write the output: {exc}; nothing more is "
+                       f"acknowledged until it can")
+
+    def _log_once(self, what, text):
+        if what not in self._reported:
+            self._reported.add(what)
+            log(text)
 
     # -- the loop --
 
     def serve_forever(self):
-        try:
-            while not self._stopping:
-                if self._dirty:
-                    self._flush_out()  # readers of the file see lines as they arrive
-                self._housekeeping()
-                for key, events in self._sel.select(timeout=self._select_timeout()):
-                    if key.data is _WAKE:
-                        self._run_actions()
-                    elif key.data is _LISTENER:
-                        if self.datagram:
-                            self.protocol.read_datagrams(self)
-                        else:
-                            self._accept()
-                    elif key.data.alive:
+        while not self._stopping:
+            self._housekeeping()
+            for key, events in self._sel.select(timeout=self._select_timeout()):
+                if key.data is _WAKE:
+                    self._run_actions()
+                elif key.data is _LISTENER:
+                    if self.datagram:
+                        self.protocol.read_datagrams(self)
+                    else:
+                        self._accept()
+                elif key.data.alive:
+                    try:
                         self._service(key.data, events)
-            self._shutdown()
-        finally:
-            self._flush_out()
+                    except Exception as exc:  # noqa: BLE001 — one peer never ends the loop
+                        self._internal_error(key.data, exc)
+        self._shutdown()
+
+    def _internal_error(self, conn, exc):
+        """A bug met while serving conn: drop conn only; count it, log the first one."""
+        self.count(internal_errors=1)
+        self._log_once("internal", "internal error serving a connection (dropped; still "
+                       "serving the others; logged once):\n" + "".join(
+                           traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        try:
+            self.drop(conn)  # its descriptor is closed before its protocol is asked anything
+        except Exception:  # noqa: BLE001
+            pass
 
     def _run_actions(self):
         try:
@@ -243,11 +223,14 @@ class Receiver:
                 self.count(accept_errors=1)
                 if self.stats.accept_errors == 1 or exc.errno not in (errno.EMFILE,
                                                                       errno.ENFILE):
-                    print(f"logpool receive: accept failed: {exc}; still serving, accepting "
-                          f"again when descriptors free up", file=sys.stderr, flush=True)
+                    log(f"accept failed: {exc}; still serving, accepting again when "
+                        f"descriptors free up")
                 self._sel.unregister(self.sock)
                 self._accept_paused_at = self.clock()
                 return
+            if len(self.connections) >= self.max_connections and not self._make_room():
+                sock.close()  # full of senders heard from lately: this one waits its turn
+                continue
             sock.setblocking(False)
             if self.tls is not None:  # the handshake runs in the loop, step by step
                 try:
@@ -261,6 +244,24 @@ class Receiver:
             self.connections.add(conn)
             self._interest(conn)
             self.count(connections=1)
+
+    def _make_room(self):
+        """At max_connections: drop the connection a new one replaces (True), or count the
+        new one turned away (False)."""
+        victim = make_room_victim(self.connections, self.clock(),
+                                  self.options.handshake_timeout)
+        self._log_once("full", f"{self.max_connections} connections (--max-connections): "
+                       f"new ones replace silent ones, or are closed")
+        if victim is None:
+            self.count(turned_away=1)
+            return False
+        self.count(evicted=1)
+        self.drop(victim)
+        return True
+
+    def reopening(self, conn):
+        """conn waits for a new opening (HTTP: the next request head): a new deadline."""
+        conn.opening, conn.accepted_at = True, self.clock()
 
     def _service(self, conn, events):
         if conn.handshaking and not self._handshake(conn):
@@ -304,7 +305,7 @@ class Receiver:
             if not data:
                 self.drop(conn)
                 return False
-            conn.active_at = self.clock()
+            conn.active_at, conn.heard = self.clock(), True
             if not conn.proto.feed(data):
                 self.drop(conn)
                 return False
@@ -356,14 +357,13 @@ class Receiver:
             return
         conn.alive = False
         self.connections.discard(conn)
-        if conn.proto.torn():
-            self.count(torn=1)
         if conn.events:
             self._sel.unregister(conn.sock)
             conn.events = 0
         conn.sock.close()
-        self._flush_out()
-        self._resume_accepting()  # a descriptor is free again
+        self._resume_accepting()
+        if conn.proto is not None and conn.proto.torn():
+            self.count(torn=1)  # a descriptor is free again
 
     def _shutdown(self):
         if self._accept_paused_at is None:

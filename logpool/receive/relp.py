@@ -5,6 +5,9 @@ the reply loses nothing the sender let go of. When the output refuses a write, t
 command not written is answered with an error and the session is closed: the sender keeps
 every message not acknowledged and resends it.
 
+A command before "open" is answered "500" and the session closed: a RELP session starts
+with "open" (its offers), and nothing is taken before it.
+
 Replies go to the connection's bounded output buffer (the loop sends them when the peer
 takes them); the codec is logpool.protocols.relp, the one the client uses."""
 import errno
@@ -23,6 +26,7 @@ class RelpProtocol:
         self.framing = receiver.framing
         self.limit = receiver.options.max_message_size
         self.buf = bytearray()
+        self.opened = False  # "open" answered: commands are taken from then on
 
     def torn(self):
         return False  # an unacknowledged message is resent by the client, never lost
@@ -73,7 +77,7 @@ class RelpProtocol:
         try:
             while True:
                 m = FRAME_HEAD.match(buf, pos)
-                if m is not None and m.group(2) == b"syslog" and newline:
+                if m is not None and m.group(2) == b"syslog" and newline and self.opened:
                     start = m.end()
                     end = start + int(m.group(3))
                     if end - start > self.limit:
@@ -93,12 +97,18 @@ class RelpProtocol:
                     acks.append((int(run[0]), OK.join(run) + OK, True))
                     run = []
                 txnr, command, data, pos = frame
+                if not self.opened and command != b"open":
+                    # a session starts with "open": refuse, and close
+                    self.receiver.count(framing_errors=1)
+                    acks.append((txnr, rsp(txnr, b"500 the session is not open"), False))
+                    close = True
+                    break
                 if command == b"syslog":
                     pieces.append(frame_message(self.framing, data))
                     count, size = count + 1, size + len(data)
                     acks.append((txnr, rsp(txnr, b"200 OK"), True))
                 elif command == b"open":
-                    self.conn.opening = False
+                    self.conn.opening, self.opened = False, True
                     acks.append((txnr, rsp(txnr, b"200 OK\n" +
                                            open_offers(b"logpool-receive")), False))
                 elif command == b"close":

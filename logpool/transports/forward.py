@@ -31,10 +31,10 @@ import time
 from collections import deque
 
 from logpool.errors import ConfigError
-from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
+from logpool.transports.base import ProtocolError
 from logpool.transports.formats.common import as_object, record_time_ns
 from logpool.transports.schema import Option, defaults, int_range, non_empty
-from logpool.transports.stream import StreamTransport
+from logpool.transports.session import AcknowledgedTransport
 
 DEFAULT_WINDOW = 8
 CHUNK_BYTES = 1024 * 1024  # messages per chunk total at most this (one larger goes alone)
@@ -56,11 +56,6 @@ def _tag(where, value):
     if not value or len(value) > 1024:
         raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
     return value
-
-
-def would_block():
-    import ssl
-    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 def event_time(ns):
@@ -100,7 +95,8 @@ def ping_digest(salt, hostname, nonce, key):
     return h.hexdigest()
 
 
-class ForwardTransport(StreamTransport):
+class ForwardTransport(AcknowledgedTransport):
+    PROTOCOL = "forward"
     SCHEMES = ("forward", "forward+tls")
     ADDRESS = {"forward": "host_port", "forward+tls": "host_port"}
     TLS_SCHEMES = frozenset(("forward+tls",))
@@ -123,23 +119,18 @@ class ForwardTransport(StreamTransport):
         return ForwardOptions(parsed.tls, **parsed.own)
 
     def __init__(self, sink, chain, faults=None):
-        super().__init__(sink, chain, faults)
         options = sink.transport_options or ForwardOptions(None)
         self.tag = options.forward_tag
         self.shared_key = options.forward_shared_key
         self.window = options.forward_window
         self.hostname = socket.gethostname()
-        self.owed_resend = 0  # messages in flight when a session broke: sent again next
-        self.reset_session()
+        super().__init__(sink, chain, faults)
 
     def reset_session(self):
+        super().reset_session()
         self.reader = unpacker()
-        self.out = None  # memoryview of a chunk not completely written yet
         self.chunks = deque()  # (chunk id, messages) in flight, oldest first
-        self.inflight = 0  # messages in the chunks in flight
         self.acked_ahead = set()  # chunk ids acknowledged behind an unanswered one
-        self.acked = 0  # acknowledged messages not reported in an Outcome yet
-        self.broken = None  # the error that ended the session, raised once acks are out
 
     # -- session --
 
@@ -169,7 +160,7 @@ class ForwardTransport(StreamTransport):
         import msgpack
         # No user authentication: empty username and password digest.
         self._send_all(msgpack.packb(["PING", self.hostname, salt, digest, "", ""]),
-                       should_stop, deadline)
+                       should_stop, deadline, "forward handshake")
         pong = self._read_one(should_stop, deadline, "forward PONG")
         if not isinstance(pong, list) or len(pong) != 5 or pong[0] != "PONG":
             raise ProtocolError(f"forward: expected PONG, got {str(pong)[:100]}")
@@ -183,75 +174,24 @@ class ForwardTransport(StreamTransport):
                                 "forward_shared_key")
 
     def close(self):
-        outcome = self._settled()
-        self.owed_resend += self.inflight  # sent again on the next session
-        self.inflight = 0
         self.chunks.clear()
         self.acked_ahead.clear()
-        self.broken = None
-        self.chain.set_unacked(0)
-        super().close()
-        return outcome
+        return super().close()
 
     # -- writing and acknowledgements --
 
-    def wants(self):
-        return select.POLLOUT if self.out is not None else select.POLLIN
+    def _window_open(self):
+        return len(self.chunks) < self.window
 
-    def write(self):
-        if self.broken is not None and not self.acked:
-            raise self.broken  # after the acknowledgements that came with it were reported
-        sent = 0
-        if self.broken is None:
-            try:
-                self._read_acks()
-            except OSError as exc:
-                self.broken = exc
-            if self.broken is None and self.out is None and len(self.chunks) < self.window:
-                self._chunk_more()
-            if self.broken is None and self.out is not None:
-                sent = self._send_out()
-        return Outcome.sent(sent) + self._settled()
-
-    def _settled(self):
-        acked, self.acked = self.acked, 0
-        return Outcome.acked(acked) if acked else Outcome.NOTHING
-
-    def _chunk_more(self):
+    def _frame_more(self):
         views = self.chain.messages(CHUNK_MESSAGES, CHUNK_BYTES, self.inflight + self.acked)
         if not views:
             return
         n = len(views)
-        if self.owed_resend:
-            again = min(n, self.owed_resend)
-            self.owed_resend -= again
-            self.chain.count_resent(again)
         chunk_id = base64.b64encode(os.urandom(16)).decode()
         self.out = memoryview(encode_chunk(self.tag, views, chunk_id, time.time_ns()))
         self.chunks.append((chunk_id, n))
-        self.inflight += n
-        self.chain.set_unacked(self.inflight)
-
-    def _send_out(self):
-        try:
-            written = self.sock.send(self.out)
-        except would_block():
-            return 0
-        self.out = self.out[written:] if written < len(self.out) else None
-        return written
-
-    def _recv_available(self):
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except would_block():
-                return
-            if not data:
-                raise ConnectionResetError(errno.ECONNRESET, "the forward server closed "
-                                           "the connection")
-            self._feed(data)
-            if len(data) < 65536:
-                return
+        self._sending(n)
 
     def _feed(self, data):
         import msgpack
@@ -269,13 +209,15 @@ class ForwardTransport(StreamTransport):
             raise ProtocolError(f"forward: an answer that is not msgpack within bounds "
                                 f"({type(exc).__name__}: {exc})") from None
 
-    def _read_acks(self):
-        self._recv_available()
+    def _read_acks(self, receive=True):
+        if receive:
+            self._recv_available()
         for answer in self._answers():
             if not isinstance(answer, dict) or not isinstance(answer.get("ack"), str):
                 raise ProtocolError(f"forward: an answer that is not an ack: "
                                     f"{str(answer)[:100]}")
             self._ack(answer["ack"])
+        self._raise_if_gone()
 
     def _ack(self, chunk_id):
         ids = [c for c, _ in self.chunks]
@@ -290,17 +232,7 @@ class ForwardTransport(StreamTransport):
             self.acked_ahead.discard(cid)
             released += n
         if released:
-            self.inflight -= released
-            self.acked += released
-            self.chain.set_unacked(self.inflight)
-
-    def peer_closed(self):
-        try:
-            self._read_acks()
-        except OSError as exc:
-            self.broken = exc
-            return not self.acked
-        return False
+            self._release(released)
 
     # -- the opening exchange --
 
@@ -308,26 +240,9 @@ class ForwardTransport(StreamTransport):
         while True:
             for answer in self._answers():
                 return answer
+            self._raise_if_gone()
             self._wait(select.POLLIN, should_stop, deadline, what)
             self._recv_available()
-
-    def _send_all(self, data, should_stop, deadline):
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.sock.send(view):]
-            except would_block():
-                self._wait(select.POLLOUT, should_stop, deadline, "forward handshake")
-
-    def _wait(self, events, should_stop, deadline, what):
-        poller = select.poll()
-        poller.register(self.sock, events)
-        while not poller.poll(SLICE_S * 1000):
-            if should_stop():
-                raise Stopped()
-            if time.monotonic() >= deadline:
-                raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out (connect_timeout_ms "
-                                   f"{self.sink.connect_timeout_ms})")
 
 
 class ForwardOptions:

@@ -15,9 +15,9 @@ import time
 from logpool.errors import ConfigError
 from logpool.protocols.relp import (ACK_SUFFIX, OFFERS, TXNR_MAX, RelpError, next_txnr,
                                     parse_frame)
-from logpool.transports.base import SLICE_S, Outcome, ProtocolError, Stopped
+from logpool.transports.base import SLICE_S, ProtocolError
 from logpool.transports.schema import Option, int_range
-from logpool.transports.stream import StreamTransport
+from logpool.transports.session import AcknowledgedTransport
 
 DEFAULT_WINDOW = 128
 CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
@@ -26,14 +26,8 @@ CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last
 MAX_REPLY_BYTES = 64 * 1024
 
 
-def would_block():
-    """The exceptions of a non-blocking socket with nothing to do now (ssl's only once a
-    relp+tls sink exists: plain workers never import ssl)."""
-    import ssl
-    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class RelpTransport(StreamTransport):
+class RelpTransport(AcknowledgedTransport):
+    PROTOCOL = "RELP"
     SCHEMES = ("relp", "relp+tls")
     ADDRESS = {"relp": "host_port", "relp+tls": "host_port"}
     TLS_SCHEMES = frozenset(("relp+tls",))
@@ -47,23 +41,16 @@ class RelpTransport(StreamTransport):
                               f"(the default) or newline (one trailing newline is dropped)")
 
     def __init__(self, sink, chain, faults=None):
-        super().__init__(sink, chain, faults)
         self.window = sink.transport_options.relp_window
         self.frames = chain.frame_buffer(max(256 * 1024, sink.max_message_size + 64))
-        self.reset_session()
-        self.owed_resend = 0  # messages in flight when a session broke: sent again next
+        super().__init__(sink, chain, faults)
 
     def reset_session(self):
-        self.peer_gone = False
+        super().reset_session()
         self.inbuf = bytearray()
-        self.out = None  # memoryview of frames not completely written yet
-        self.inflight = 0  # sent, not acknowledged: the first `inflight` pending messages
         self.oldest_txnr = 2  # txnr of the first message in flight (1 was "open")
         self.txnr = 2  # txnr of the next command
         self.acked_ahead = set()  # txnrs acknowledged out of order, behind an unanswered one
-        self.acked = 0  # acknowledged messages not reported in an Outcome yet
-        self.broken = None  # the error that ended the session, raised once acks are out
-        self.peer_gone = False  # the collector closed the connection (EOF read)
 
     # -- session --
 
@@ -75,7 +62,8 @@ class RelpTransport(StreamTransport):
         self.sock = sock
         self.reset_session()
         try:
-            self._send_all(b"1 open %d %s\n" % (len(OFFERS), OFFERS), should_stop, deadline)
+            self._send_all(b"1 open %d %s\n" % (len(OFFERS), OFFERS), should_stop, deadline,
+                           "RELP open")
             txnr, command, data = self._read_frame(should_stop, deadline)
             if txnr != 1 or command != b"rsp" or not data.startswith(b"200"):
                 raise RelpError(errno.EPROTO, f"RELP open refused: {command.decode()} "
@@ -97,14 +85,8 @@ class RelpTransport(StreamTransport):
                 self._close_session()
             except (OSError, ValueError):
                 pass
-        outcome = self._settled()
-        self.owed_resend += self.inflight  # sent again on the next session
-        self.inflight = 0
         self.acked_ahead.clear()
-        self.broken = None
-        self.chain.set_unacked(0)
-        super().close()
-        return outcome
+        return super().close()
 
     def _close_session(self):
         """Send "close" and wait a moment for its reply, taking the acknowledgements that
@@ -133,35 +115,8 @@ class RelpTransport(StreamTransport):
 
     # -- writing and acknowledgements --
 
-    def wants(self):
-        return select.POLLOUT if self.out is not None else select.POLLIN
-
-    def wait_ready(self, timeout_s):
-        """A hang-up is reported by the next write(), after the acknowledgements that came
-        before it are read and taken."""
-        poller = select.poll()
-        poller.register(self.sock, self.wants())
-        poller.poll(timeout_s * 1000)
-        return False
-
-    def write(self):
-        if self.broken is not None and not self.acked:
-            raise self.broken  # after the acknowledgements that came with it were reported
-        sent = 0
-        if self.broken is None:
-            try:
-                self._read_acks()
-            except OSError as exc:
-                self.broken = exc  # raised at the next call, once these acks are applied
-            if self.broken is None and self.out is None and self.inflight < self.window:
-                self._frame_more()
-            if self.broken is None and self.out is not None:
-                sent = self._send_out()
-        return Outcome.sent(sent) + self._settled()
-
-    def _settled(self):
-        acked, self.acked = self.acked, 0
-        return Outcome.acked(acked) if acked else Outcome.NOTHING
+    def _window_open(self):
+        return self.inflight < self.window
 
     def _frame_more(self):
         # Skip what is in flight and what was acknowledged but is released by the engine
@@ -170,23 +125,10 @@ class RelpTransport(StreamTransport):
                                            self.window - self.inflight, self.txnr)
         if n == 0:
             return
-        if self.owed_resend:
-            again = min(n, self.owed_resend)
-            self.owed_resend -= again
-            self.chain.count_resent(again)
         self.out = memoryview(frames)
-        self.inflight += n
         for _ in range(n):
             self.txnr = next_txnr(self.txnr)
-        self.chain.set_unacked(self.inflight)
-
-    def _send_out(self):
-        try:
-            written = self.sock.send(self.out)
-        except would_block():
-            return 0
-        self.out = self.out[written:] if written < len(self.out) else None
-        return written
+        self._sending(n)
 
     def _read_acks(self, receive=True):
         """Read what the collector sent and take every acknowledgement in it, in the order
@@ -225,9 +167,7 @@ class RelpTransport(StreamTransport):
         del buf[:pos]
         if len(buf) > MAX_REPLY_BYTES:
             raise ProtocolError(f"RELP: a reply longer than {MAX_REPLY_BYTES} bytes")
-        if self.peer_gone:
-            raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed the "
-                                       "connection")
+        self._raise_if_gone()
 
     def _ack(self, txnr):
         offset = (txnr - self.oldest_txnr) % TXNR_MAX
@@ -244,9 +184,7 @@ class RelpTransport(StreamTransport):
             self.acked_ahead.discard(self.oldest_txnr)
             self.oldest_txnr = next_txnr(self.oldest_txnr)
             released += 1
-        self.inflight -= released
-        self.acked += released
-        self.chain.set_unacked(self.inflight)  # the gauge first: releasing lets flush return
+        self._release(released)
 
     def _in_order_prefix(self, buf, last):
         """The common case in one comparison: every complete line up to `last` is
@@ -261,33 +199,13 @@ class RelpTransport(StreamTransport):
                                   for t in range(first, first + lines)):
             return 0
         self.oldest_txnr = next_txnr(first + lines - 1)
-        self.inflight -= lines
-        self.acked += lines
-        self.chain.set_unacked(self.inflight)
+        self._release(lines)
         return last
-
-    def peer_closed(self):
-        try:
-            self._read_acks()
-        except OSError as exc:
-            self.broken = exc
-            return not self.acked
-        return False
 
     # -- frames --
 
-    def _recv_available(self):
-        while True:
-            try:
-                data = self.sock.recv(65536)
-            except would_block():
-                return
-            if not data:  # raised once what came before the end is parsed
-                self.peer_gone = True
-                return
-            self.inbuf += data
-            if len(data) < 65536:
-                return
+    def _feed(self, data):
+        self.inbuf += data
 
     @staticmethod
     def _parse_frame(buf, pos):
@@ -302,26 +220,6 @@ class RelpTransport(StreamTransport):
                 txnr, command, data, pos = frame
                 del self.inbuf[:pos]
                 return txnr, command, data
-            if self.peer_gone:
-                raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed the "
-                                           "connection")
+            self._raise_if_gone()
             self._wait(select.POLLIN, should_stop, deadline, "RELP open")
             self._recv_available()
-
-    def _send_all(self, data, should_stop, deadline):
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.sock.send(view):]
-            except would_block():
-                self._wait(select.POLLOUT, should_stop, deadline, "RELP open")
-
-    def _wait(self, events, should_stop, deadline, what):
-        poller = select.poll()
-        poller.register(self.sock, events)
-        while not poller.poll(SLICE_S * 1000):
-            if should_stop():
-                raise Stopped()
-            if time.monotonic() >= deadline:
-                raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out (connect_timeout_ms "
-                                   f"{self.sink.connect_timeout_ms})")

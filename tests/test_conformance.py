@@ -161,10 +161,49 @@ def test_close_ends_every_wait_on_a_hostile_collector(scheme, step, tls_server, 
     assert abandoned >= 0
 
 
+# Kafka has no failover list (one URL names every bootstrap broker) and acknowledges through
+# librdkafka: a broker that misbehaves is played by the same scripted peers, alone.
+KAFKA_STEPS = {
+    "never answer": lambda c: c.hang(),
+    "close mid-reply": peers.close_after_first_request,
+    "answer garbage": peers.garbage_after_first_request,
+}
+
+
+def kafka_cells():
+    return [("kafka", step) for step in KAFKA_STEPS]
+
+
+@pytest.mark.parametrize("step", list(KAFKA_STEPS))
+def test_a_kafka_broker_that_misbehaves_costs_a_bounded_wait(step, capfd):
+    """A bootstrap broker that hangs, closes mid-reply or answers garbage: a counted connect
+    failure, nothing lost (abandoned at close and counted), close(t) within t plus a small
+    constant even with a long connect_timeout_ms, one log line per kind."""
+    hostile = peers.Peer(KAFKA_STEPS[step])
+    try:
+        pool = logpool.Pool({"sinks": [{"url": f"kafka://127.0.0.1:{hostile.port}/t",
+                                        "name": "broker"}],
+                             "connect_timeout_ms": 60_000, "retry_interval_ms": 20,
+                             "max_retry_interval_ms": 200})
+        for seq in range(N):
+            pool.log(0, message(0, seq))
+        wait_for(lambda: hostile.connections >= 1, what="librdkafka reached the broker")
+        started = time.monotonic()
+        abandoned = pool.close(timeout=0.5)
+        took = time.monotonic() - started
+        st = pool.stats(0)
+    finally:
+        hostile.close()
+    assert took < 0.5 + CLOSE_SLACK_S, took
+    assert abandoned == N and st["sent_messages"] == 0 and st["accepted_messages"] == N, st
+    reports = [line for line in capfd.readouterr().err.splitlines() if "(broker)" in line]
+    assert len(reports) <= REPORT_LINES_MAX, "\n".join(reports)
+
+
 def render_matrix(results):
-    schemes = list(TRANSPORTS)
+    schemes = list(TRANSPORTS) + ["kafka"]
     steps = sorted({step for _, (proto, _) in TRANSPORTS.items()
-                    for step in peers.PROTOCOLS[proto][1]})
+                    for step in peers.PROTOCOLS[proto][1]} | set(KAFKA_STEPS))
     head = "| step | " + " | ".join(schemes) + " |"
     rows = [head, "|" + "---|" * (len(schemes) + 1)]
     for step in steps:
@@ -190,13 +229,15 @@ def test_the_documented_matrix_is_the_one_that_runs():
     failing cell fails the suite)."""
     _, m = documented_matrix()
     assert m is not None, "docs/guarantees.md has no conformance matrix"
-    expected = render_matrix({cell: "pass" for cell in cells()})
+    expected = render_matrix({**{cell: "pass" for cell in cells()},
+                              **{cell: "pass (alone)" for cell in kafka_cells()}})
     assert m.group(1) == expected, "regenerate: python tests/test_conformance.py"
 
 
 if __name__ == "__main__":  # rewrite the matrix in docs/guarantees.md
     text, m = documented_matrix()
-    table = render_matrix({cell: "pass" for cell in cells()})
+    table = render_matrix({**{cell: "pass" for cell in cells()},
+                           **{cell: "pass (alone)" for cell in kafka_cells()}})
     block = f"{MATRIX_START}\n{table}\n{MATRIX_END}"
     text = text[:m.start()] + block + text[m.end():] if m else text.rstrip() + "\n\n" + block + "\n"
     open(GUARANTEES, "w", encoding="utf-8").write(text)

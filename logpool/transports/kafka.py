@@ -10,9 +10,10 @@ releases finished messages from the head of the chain in order (reports of diffe
 partitions may come back in any order). Python only configures, connects and reports.
 """
 import json
+import time
 
 from logpool.errors import ConfigError
-from logpool.transports.base import Outcome, Transport
+from logpool.transports.base import SLICE_S, Outcome, Stopped, Transport
 from logpool.transports.schema import Option, defaults
 
 # Safe defaults for logs; every librdkafka property may be overridden by the "kafka" object.
@@ -156,9 +157,16 @@ class KafkaTransport(Transport):
                                          self.options.key, WINDOW)
             if refused is not None:
                 raise ConnectionRefusedError(111, f"librdkafka refused the producer: {refused}")
-        refused = self.producer.metadata(self.sink.connect_timeout_ms)
-        if refused is not None:
-            raise ConnectionRefusedError(111, f"no Kafka broker answered: {refused}")
+        # The cluster's answer is awaited in slices, so that close() ends the wait too.
+        deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
+        while (refused := self.producer.metadata(
+                max(1, min(int(SLICE_S * 1000), int((deadline - time.monotonic()) * 1000))))):
+            if should_stop():
+                raise Stopped()
+            if time.monotonic() >= deadline:
+                raise ConnectionRefusedError(111, f"no Kafka broker answered within "
+                                             f"connect_timeout_ms "
+                                             f"{self.sink.connect_timeout_ms}: {refused}")
 
     def close(self):
         """A broken "connection" is librdkafka's to mend: keep the producer and its queue."""

@@ -469,6 +469,19 @@ def forward_garbage(conn, chunk_id):
     conn.hang()
 
 
+def close_after_first_request(conn):
+    """Reads what the client sends first, then hangs up (any protocol)."""
+    conn.recv_some()
+    conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+def garbage_after_first_request(conn):
+    """Answers the client's first request with bytes of no protocol, then holds on."""
+    conn.recv_some()
+    conn.send(b"\xff\xff\xff\x7fgarbage" * 64)
+    conn.hang()
+
+
 def hang_before_tls(conn):
     """Accepts TCP and never answers, not even the TLS handshake."""
     conn.hang()

@@ -31,7 +31,12 @@ class FaultInjector:
         self.prob = {k: float(spec.get(k, 0)) for k in self.KINDS}
         self.limit = {k: spec.get(f"max_{k}") for k in self.KINDS}
         self.resolve_delay_s = float(spec.get("resolve_delay_s", 5))
-        self.rng = random.Random(f"{spec.get('seed', 0)}-{stream_id}")
+        seed = f"{spec.get('seed', 0)}-{stream_id}"
+        # One stream of decisions per kind: the n-th connect attempt (or write) of a run
+        # decides the same way whatever else the writer did in between, so whether a fault
+        # happens does not depend on how the machine's speed batched the writes.
+        self.decisions = {k: random.Random(f"{seed}-{k}") for k in self.KINDS}
+        self.rng = random.Random(seed)  # sizes, delays, which error: the fault's details
         self.counts = dict.fromkeys(self.KINDS, 0)
 
     @classmethod
@@ -47,7 +52,7 @@ class FaultInjector:
         limit = self.limit[kind]
         if limit is not None and self.counts[kind] >= limit:
             return False
-        if self.prob[kind] and self.rng.random() < self.prob[kind]:
+        if self.prob[kind] and self.decisions[kind].random() < self.prob[kind]:
             if record:
                 self.record(kind)
             return True

@@ -327,4 +327,6 @@ def connect_socket(sink, address, should_stop, deadline, faults=None, prepare=No
         except OSError as exc:
             sock.close()
             last_error = exc
+            if time.monotonic() >= deadline:
+                break  # the next address would only report the spent deadline
     raise last_error

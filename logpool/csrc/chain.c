@@ -57,8 +57,9 @@ void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
 }
 
 /* Writer side, under sink->lock, every FREE_CACHE_DECAY_MS: free_keep follows the most chunks
- * out at once in the last step, or half its value, never below the reserve. The free chunks
- * beyond it are moved onto *drop, for the caller to free without the lock. */
+ * out at once in the last step, or half its value, never below the reserve; above the cap
+ * only while bursts in the last step used more. The free chunks beyond it are moved onto
+ * *drop, for the caller to free without the lock. */
 static void cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop)
 {
     if (s->decay_at_ns == 0)
@@ -68,7 +69,9 @@ static void cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop)
     s->decay_at_ns = now + FREE_CACHE_DECAY_MS * 1000000ull;
     int keep = s->free_keep / 2;
     if (keep < s->chunks_out_peak)
-        keep = s->chunks_out_peak < s->free_keep_max ? s->chunks_out_peak : s->free_keep_max;
+        keep = s->chunks_out_peak;
+    if (keep > s->free_keep_max && s->chunks_out_peak <= s->free_keep_max)
+        keep = s->free_keep_max; /* no burst beyond the cap in the last step */
     if (keep < FREE_CHUNKS_KEPT)
         keep = FREE_CHUNKS_KEPT;
     s->free_keep = keep;

@@ -36,8 +36,11 @@ enum { POOL_OPEN = 0, POOL_CLOSING = 1, POOL_CLOSED = 2 };
 #define FREE_CHUNKS_KEPT 16
 /* Beyond that reserve a sink keeps the chunks a burst used (its high-water mark of chunks
  * out at once), so that the next burst writes into pages already mapped instead of
- * faulting fresh ones in log_cdata. Idle, the mark halves every FREE_CACHE_DECAY_MS back to
- * the reserve; it never exceeds the pool's FREE_CACHE_MAX_BYTES shared among its sinks. */
+ * faulting fresh ones in log_cdata. Every FREE_CACHE_DECAY_MS the writer lowers the mark to
+ * what the last step used, or half, back to the reserve; a step with no burst beyond the
+ * pool's FREE_CACHE_MAX_BYTES (shared among its sinks) trims it to that: a pool idle for a
+ * step keeps at most that much. While bursts recur the free chunks are at most those a burst
+ * had in use, which the chain's bound already covers. */
 #define FREE_CACHE_MAX_BYTES (8u << 20)
 #define FREE_CACHE_DECAY_MS 1000
 #define MIN_CHUNK 4096
@@ -96,8 +99,8 @@ struct logpool__sink_s {
     uint64_t chain_oldest_ns;
     chunk_t *free_chunks;
     int free_count;
-    int free_keep;       /* free chunks kept: the reserve, or more after a burst */
-    int free_keep_max;   /* its cap: this sink's share of FREE_CACHE_MAX_BYTES */
+    int free_keep;       /* free chunks kept: the reserve, or what the last burst used */
+    int free_keep_max;   /* what a decay step trims it to: this sink's share of the cap */
     int chunks_out;      /* standard chunks in the chain or with the writer */
     int chunks_out_peak; /* the most at once since the last decay step */
     uint64_t decay_at_ns; /* the writer's next decay step */

@@ -99,7 +99,7 @@ static chunk_t *tail_with_room_locked(logpool__sink_t *s, size_t len)
         if (++s->chunks_out > s->chunks_out_peak)
             s->chunks_out_peak = s->chunks_out;
         if (s->chunks_out > s->free_keep)
-            s->free_keep = s->chunks_out < s->free_keep_max ? s->chunks_out : s->free_keep_max;
+            s->free_keep = s->chunks_out; /* trimmed to the cap by the next decay step */
     }
     tail_retire_locked(s);
     if (s->tail != NULL)

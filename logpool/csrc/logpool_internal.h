@@ -41,7 +41,8 @@ typedef struct logpool__iov_s {
 typedef struct logpool__cache_s {
     uint64_t cached_bytes;  /* free chunks kept now, headers included */
     uint64_t reserve_bytes; /* what an idle sink keeps: the pre-faulted reserve */
-    uint64_t limit_bytes;   /* the most it keeps after a burst: its share of 8 MiB a pool */
+    uint64_t limit_bytes;   /* the most it keeps once a decay step passed: its share of the
+                             * pool's 8 MiB (between bursts it may keep what a burst used) */
 } logpool__cache_t;
 
 enum logpool__wait_result {

@@ -57,8 +57,8 @@ void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
 }
 
 /* Writer side, under sink->lock, every FREE_CACHE_DECAY_MS: free_keep follows the most chunks
- * out at once in the last step, or half its value, never below the reserve; above the cap
- * only while bursts in the last step used more. The free chunks beyond it are moved onto
+ * out at once in the last step plus the reserve, or half its value, never below the
+ * reserve; above the cap only while bursts in the last step used more. The free chunks beyond it are moved onto
  * *drop, for the caller to free without the lock. */
 static void cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop)
 {
@@ -67,10 +67,11 @@ static void cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop)
     if (now < s->decay_at_ns)
         return;
     s->decay_at_ns = now + FREE_CACHE_DECAY_MS * 1000000ull;
+    int want = s->chunks_out_peak + FREE_CHUNKS_KEPT; /* the last step's use + the reserve */
     int keep = s->free_keep / 2;
-    if (keep < s->chunks_out_peak)
-        keep = s->chunks_out_peak;
-    if (keep > s->free_keep_max && s->chunks_out_peak <= s->free_keep_max)
+    if (keep < want)
+        keep = want;
+    if (keep > s->free_keep_max && want <= s->free_keep_max)
         keep = s->free_keep_max; /* no burst beyond the cap in the last step */
     if (keep < FREE_CHUNKS_KEPT)
         keep = FREE_CHUNKS_KEPT;

@@ -98,8 +98,9 @@ static chunk_t *tail_with_room_locked(logpool__sink_t *s, size_t len)
         c->out = 1;
         if (++s->chunks_out > s->chunks_out_peak)
             s->chunks_out_peak = s->chunks_out;
-        if (s->chunks_out > s->free_keep)
-            s->free_keep = s->chunks_out; /* trimmed to the cap by the next decay step */
+        /* the burst's chunks and the reserve the writer refills meanwhile */
+        if (s->chunks_out + FREE_CHUNKS_KEPT > s->free_keep)
+            s->free_keep = s->chunks_out + FREE_CHUNKS_KEPT;
     }
     tail_retire_locked(s);
     if (s->tail != NULL)

@@ -58,8 +58,8 @@ void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
 
 /* Writer side, under sink->lock, every FREE_CACHE_DECAY_MS: free_keep follows the most chunks
  * out at once in the last step plus the reserve, or half its value, never below the
- * reserve; above the cap only while bursts in the last step used more. The free chunks beyond it are moved onto
- * *drop, for the caller to free without the lock. */
+ * reserve; above the cap only while bursts in the last step used more. The free chunks
+ * beyond it are moved onto *drop, for the caller to free without the lock. */
 static void cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop)
 {
     if (s->decay_at_ns == 0)

@@ -84,6 +84,53 @@ local function measure_mean(name, fn, p)
                         cpu / (bursts * BURST)))
 end
 
+-- Bursts, as a busy worker sends them: BURST calls, then a flush (the writer drains the
+-- chain and its chunks come back), again and again. Odd rounds are clocked as a whole (the
+-- mean, no timer per call); even ones time every call (median, p99, p99.9: timer included,
+-- the floor's too). The floor runs the same bursts, with nothing to flush, alternating with
+-- logpool's burst by burst (in a rotating order) so that a noisy host hurts both alike.
+local function measure_bursts()
+    local cases = {
+        { name = "floor", fn = bench.bench_floor_copy, samples = samples + calls },
+        { name = "logpool", fn = lib.log_cdata, samples = samples, pool = true },
+    }
+    for _, c in ipairs(cases) do
+        for i = 1, 20000 do c.fn(pool, 0, msg, 200) end -- warm up, JIT
+        c.total, c.clocked, c.n = 0, 0, 0
+    end
+    lib.logpool_flush(pool, 60000)
+    local bursts = math.max(4, math.floor(calls / BURST))
+    for b = 1, bursts do
+        for k = 0, 1 do
+            local c = cases[(b + k) % 2 + 1]
+            local fn = c.fn
+            if b % 2 == 1 then
+                local t0 = now()
+                for _ = 1, BURST do fn(pool, 0, msg, 200) end
+                c.total = c.total + (now() - t0)
+                c.clocked = c.clocked + BURST
+            else
+                local out, n = c.samples, c.n
+                for _ = 1, BURST do
+                    local t0 = now()
+                    fn(pool, 0, msg, 200)
+                    out[n] = now() - t0
+                    n = n + 1
+                end
+                c.n = n
+            end
+            if c.pool then assert(lib.logpool_flush(pool, 60000) == 0) end
+        end
+    end
+    for _, c in ipairs(cases) do
+        bench.bench_percentiles(c.samples, c.n, pct)
+        print(string.format("burst %s %.1f %.1f %.1f %.1f %d", c.name, c.total / c.clocked,
+                            pct[0], pct[1], pct[2], bursts))
+    end
+end
+
+measure_bursts()
+
 measure_mean("floor", bench.bench_floor_copy, pool)
 measure_mean("fresh", bench.bench_fresh_copy, pool)
 measure_mean("live", lib.log_cdata, pool)

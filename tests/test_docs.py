@@ -1,10 +1,13 @@
 """The docs a newcomer reads point at things that exist: every relative link in README.md and
 docs/*.md (and the heading it names), every repository file a doc names in backticks, every
 test a doc cites as `file.py::test_name`, and every `file.lua:LINE` an error-log example
-shows."""
+shows; and README's performance figures are bench/results.json's (figures come from one
+place: `make bench` renders bench/RESULTS.md and README's block through bench/render.py)."""
 import glob
+import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -139,3 +142,54 @@ def test_the_checks_see_what_they_check():
     assert "bench/vendor" in DIRS
     assert LUA_LINE.search(open(os.path.join(ROOT, "docs", "operating.md"),
                                 encoding="utf-8").read())
+
+
+# -- figures come from one place: a hand edit to README's block or RESULTS.md, or a
+# results.json committed without rendering, fails here.
+
+def bench_render():
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from bench import render
+    return render
+
+
+def results():
+    with open(os.path.join(ROOT, "bench", "results.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read(path):
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        return f.read()
+
+
+def test_readme_performance_block_is_rendered_from_bench_results():
+    block = bench_render().readme_block_in(read("README.md"))
+    assert block is not None, "README.md lost its bench:readme markers"
+    assert block == bench_render().readme_block(results()), (
+        "README's performance figures differ from bench/results.json: run `make bench` "
+        "(or bench/run.py --only NAME) instead of editing them by hand")
+
+
+def test_results_md_is_rendered_from_bench_results():
+    assert read("bench/RESULTS.md") == bench_render().markdown(results())
+
+
+def test_every_benchmark_in_results_is_rendered_and_named_once():
+    r = results()
+    names = [b.NAME for b in bench_render().BENCHMARKS]
+    assert len(names) == len(set(names))
+    assert bench_render().present(r), "results.json has no figures"
+    md = bench_render().markdown(r)
+    for bench in bench_render().present(r):
+        assert f"## {bench.NAME} — " in md
+        assert bench.rows(r), bench.NAME
+
+
+def test_the_block_changes_when_a_figure_does():
+    """The check compares figures, not just markers: a changed figure changes the block."""
+    r = results()
+    before = bench_render().readme_block(r)
+    r["hotpath"]["mean"]["live"]["mean"] += 1.0
+    assert bench_render().readme_block(r) != before

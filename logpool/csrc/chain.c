@@ -31,6 +31,8 @@ void logpool__sink_stats(logpool__sink_t *s, logpool_stats_t *out)
 #define COPY_FIELD(f) out->f = ATOMIC_LOAD(&s->st.f);
     STATS_FIELDS(COPY_FIELD)
 #undef COPY_FIELD
+    out->buffered_bytes = logpool__sink_buffered_bytes(s);
+    out->buffered_messages = logpool__sink_buffered_messages(s);
 }
 
 void logpool__sink_release_memory(logpool__sink_t *s)
@@ -41,7 +43,48 @@ void logpool__sink_release_memory(logpool__sink_t *s)
     logpool__chain_free(s->free_chunks);
     s->head = s->tail = s->pend_head = s->pend_tail = s->free_chunks = s->spill_head = NULL;
     s->free_count = 0;
+    s->chunks_out = 0;
     s->memory = 0;
+}
+
+void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
+{
+    pthread_mutex_lock(&s->lock);
+    size_t each = logpool__chunk_footprint(s);
+    out->cached_bytes = (uint64_t)s->free_count * each;
+    out->reserve_bytes = (uint64_t)FREE_CHUNKS_KEPT * each;
+    out->limit_bytes = (uint64_t)s->free_keep_max * each;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Writer side, under sink->lock, every FREE_CACHE_DECAY_MS: free_keep follows the most chunks
+ * out at once in the last step plus the reserve, or half its value, never below the
+ * reserve; above the cap only while bursts in the last step used more. The free chunks
+ * beyond it are moved onto *drop, for the caller to free without the lock. */
+static void cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop)
+{
+    if (s->decay_at_ns == 0)
+        s->decay_at_ns = now + FREE_CACHE_DECAY_MS * 1000000ull;
+    if (now < s->decay_at_ns)
+        return;
+    s->decay_at_ns = now + FREE_CACHE_DECAY_MS * 1000000ull;
+    int want = s->chunks_out_peak + FREE_CHUNKS_KEPT; /* the last step's use + the reserve */
+    int keep = s->free_keep / 2;
+    if (keep < want)
+        keep = want;
+    if (keep > s->free_keep_max && want <= s->free_keep_max)
+        keep = s->free_keep_max; /* no burst beyond the cap in the last step */
+    if (keep < FREE_CHUNKS_KEPT)
+        keep = FREE_CHUNKS_KEPT;
+    s->free_keep = keep;
+    s->chunks_out_peak = s->chunks_out;
+    while (s->free_count > keep) {
+        chunk_t *c = s->free_chunks;
+        s->free_chunks = c->next;
+        s->free_count--;
+        c->next = *drop;
+        *drop = c;
+    }
 }
 
 int logpool__sink_is_closing(logpool__sink_t *s)
@@ -55,6 +98,7 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
 {
     uint64_t user_deadline = logpool__deadline_after(timeout_ms);
     int result = LOGPOOL__WAIT_TIMEOUT;
+    chunk_t *drop = NULL;
     pthread_mutex_lock(&s->lock);
     for (;;) {
         if (s->stop) {
@@ -68,7 +112,10 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
             continue;
         }
         uint64_t now = logpool__now_ns();
+        cache_decay_locked(s, now, &drop);
         uint64_t wake_at = user_deadline;
+        if (s->free_keep > FREE_CHUNKS_KEPT && s->decay_at_ns < wake_at)
+            wake_at = s->decay_at_ns; /* idle memory goes back even without a batch */
         if (mode == LOGPOOL__WAIT_FOR_STOP && s->spill_bytes > 0 && /* not ..._NO_SPILL */
             s->chain_bytes >= s->spill_bytes) {
             result = LOGPOOL__WAIT_SPILL;
@@ -91,6 +138,7 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
         s->writer_waiting = 0;
     }
     pthread_mutex_unlock(&s->lock);
+    logpool__chain_free(drop);
     return result;
 }
 
@@ -207,8 +255,7 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
     if (done_msgs > 0) {
         if (replay_done > 0) /* producers read both under the lock: never a spurious EFULL */
             pthread_mutex_lock(&s->lock);
-        ATOMIC_SUB(&s->st.buffered_bytes, done_bytes);
-        ATOMIC_SUB(&s->st.buffered_messages, done_msgs);
+        logpool__sink_unbuffer(s, done_bytes, done_msgs);
         if (replay_done > 0) {
             ATOMIC_SUB(&s->replay_inflight, replay_done);
             pthread_mutex_unlock(&s->lock);
@@ -294,8 +341,7 @@ void logpool__sink_writer_exit(logpool__sink_t *s)
     s->pend_bytes = 0;
     s->pend_off = 0;
     s->pend_msg = 0;
-    ATOMIC_STORE(&s->st.buffered_bytes, 0);
-    ATOMIC_STORE(&s->st.buffered_messages, 0);
+    logpool__sink_unbuffer_all_locked(s);
     ATOMIC_STORE(&s->st.connected, 0);
     ATOMIC_STORE(&s->replay_inflight, 0);
     s->adopting = 0;

@@ -34,6 +34,15 @@ enum { POOL_OPEN = 0, POOL_CLOSING = 1, POOL_CLOSED = 2 };
 /* Free standard chunks a sink keeps, pre-faulted by its writer: producers take chunks whose
  * pages are already mapped, instead of page-faulting fresh malloc memory in log_cdata. */
 #define FREE_CHUNKS_KEPT 16
+/* Beyond that reserve a sink keeps the chunks a burst used (its high-water mark of chunks
+ * out at once), so that the next burst writes into pages already mapped instead of
+ * faulting fresh ones in log_cdata. Every FREE_CACHE_DECAY_MS the writer lowers the mark to
+ * what the last step used, or half, back to the reserve; a step with no burst beyond the
+ * pool's FREE_CACHE_MAX_BYTES (shared among its sinks) trims it to that: a pool idle for a
+ * step keeps at most that much. While bursts recur the free chunks are at most those a burst
+ * had in use, which the chain's bound already covers. */
+#define FREE_CACHE_MAX_BYTES (8u << 20)
+#define FREE_CACHE_DECAY_MS 1000
 #define MIN_CHUNK 4096
 #define MAX_CHUNK 65536
 
@@ -47,6 +56,7 @@ typedef struct chunk_s {
     size_t room_charged; /* unfilled room charged to the sink's memory when it was retired */
     uint32_t nmsgs;
     uint32_t replay; /* records read back from the spool: not charged to the sink's memory */
+    uint32_t out; /* a standard chunk in the chain or with the writer: counted in chunks_out */
     char data[];
 } chunk_t;
 
@@ -90,12 +100,22 @@ struct logpool__sink_s {
     uint64_t chain_oldest_ns;
     chunk_t *free_chunks;
     int free_count;
+    int free_keep;       /* free chunks kept: the reserve, or what the last burst used */
+    int free_keep_max;   /* what a decay step trims it to: this sink's share of the cap */
+    int chunks_out;      /* standard chunks in the chain or with the writer */
+    int chunks_out_peak; /* the most at once since the last decay step */
+    uint64_t decay_at_ns; /* the writer's next decay step */
     int refill_wanted; /* a producer took the free list below half: the writer refills it */
     /* Memory the chain holds: frames and their end slots, plus the room of every chunk
      * retired because the next frame did not fit (memory too, never filled). Bounded by
      * max_memory, so RSS follows max_buffer_length for any message size. Under lock. */
     size_t memory;
     size_t max_memory;
+    /* Buffered = what producers added (here, under lock) minus what the writer released
+     * (buffered_out_*): each side stores only its own counters, so log_cdata does no locked
+     * read-modify-write beside the mutex; readers use logpool__sink_buffered(). */
+    uint64_t buffered_in_bytes;
+    uint64_t buffered_in_msgs;
     int writer_waiting;
     int flush_requested;
     int stop;
@@ -117,6 +137,9 @@ struct logpool__sink_s {
     uint32_t pend_msg; /* first message of pend_head not completely written */
     size_t pend_bytes;
     uint64_t batch_oldest_ns;
+    /* Stored by the writer thread only (or under lock once it left), with release. */
+    uint64_t buffered_out_bytes;
+    uint64_t buffered_out_msgs;
 
     logpool_stats_t st; /* every field accessed with __atomic builtins */
 };
@@ -136,6 +159,10 @@ struct logpool_s {
 #define ATOMIC_SUB(p, n) __atomic_fetch_sub((p), (n), __ATOMIC_RELAXED)
 #define ATOMIC_LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #define ATOMIC_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELAXED)
+/* A counter only one thread (or only holders of one lock) writes: a plain load and store,
+ * not a locked add; readers load it atomically. */
+#define OWNED_ADD(p, n) __atomic_store_n((p), __atomic_load_n((p), __ATOMIC_RELAXED) + (n), \
+                                         __ATOMIC_RELAXED)
 
 /* ---- process.c ---- */
 
@@ -154,6 +181,11 @@ void logpool__pool_unregister(logpool_t *pool);
 /* ---- hotpath.c: chunks ---- */
 
 chunk_t *logpool__chunk_new(size_t cap);
+/* Memory one standard chunk of s takes (header included). */
+static inline size_t logpool__chunk_footprint(const logpool__sink_t *s)
+{
+    return sizeof(chunk_t) + s->chunk_size;
+}
 void logpool__chain_free(chunk_t *c);
 void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c);
 
@@ -174,6 +206,38 @@ static inline uint64_t logpool__sink_unsent(logpool__sink_t *s)
                     ATOMIC_LOAD(&s->st.spooled_messages) +
                     ATOMIC_LOAD(&s->st.dropped_spool_replay);
     return accepted > done ? accepted - done : 0;
+}
+
+/* Accepted and not yet released by the writer. out is read first: every message it counts
+ * was counted in before (the writer took it under the lock after the producer added it). */
+static inline uint64_t logpool__sink_buffered_bytes(logpool__sink_t *s)
+{
+    uint64_t out = __atomic_load_n(&s->buffered_out_bytes, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&s->buffered_in_bytes, __ATOMIC_ACQUIRE) - out;
+}
+
+static inline uint64_t logpool__sink_buffered_messages(logpool__sink_t *s)
+{
+    uint64_t out = __atomic_load_n(&s->buffered_out_msgs, __ATOMIC_ACQUIRE);
+    return __atomic_load_n(&s->buffered_in_msgs, __ATOMIC_ACQUIRE) - out;
+}
+
+/* The writer released (or the pool dropped) bytes/msgs from the buffer. */
+static inline void logpool__sink_unbuffer(logpool__sink_t *s, uint64_t bytes, uint64_t msgs)
+{
+    __atomic_store_n(&s->buffered_out_bytes,
+                     __atomic_load_n(&s->buffered_out_bytes, __ATOMIC_RELAXED) + bytes,
+                     __ATOMIC_RELEASE);
+    __atomic_store_n(&s->buffered_out_msgs,
+                     __atomic_load_n(&s->buffered_out_msgs, __ATOMIC_RELAXED) + msgs,
+                     __ATOMIC_RELEASE);
+}
+
+/* Under sink->lock, the writer gone: nothing is buffered any more. */
+static inline void logpool__sink_unbuffer_all_locked(logpool__sink_t *s)
+{
+    __atomic_store_n(&s->buffered_out_bytes, s->buffered_in_bytes, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->buffered_out_msgs, s->buffered_in_msgs, __ATOMIC_RELEASE);
 }
 
 /* ---- time ---- */

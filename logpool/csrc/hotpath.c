@@ -19,6 +19,7 @@ chunk_t *logpool__chunk_new(size_t cap)
     c->room_charged = 0;
     c->nmsgs = 0;
     c->replay = 0;
+    c->out = 0;
     return c;
 }
 
@@ -37,7 +38,8 @@ void logpool__chain_free(chunk_t *c)
 }
 
 /* Under sink->lock, for a chunk the writer is done with: uncharge it. Standard-size chunks
- * are recycled; oversized ones are not. */
+ * are kept up to free_keep (the reserve, or what the last burst used); oversized ones are
+ * freed. */
 void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
 {
     if (c->replay) { /* never charged to memory; replay_inflight is settled as it is sent */
@@ -45,7 +47,11 @@ void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
     } else {
         s->memory -= c->used + END_SLOT * c->nmsgs + c->room_charged;
     }
-    if (c->cap == s->chunk_size && s->free_count < FREE_CHUNKS_KEPT) {
+    if (c->out) {
+        c->out = 0;
+        s->chunks_out--;
+    }
+    if (c->cap == s->chunk_size && s->free_count < s->free_keep) {
         c->used = 0;
         c->room_charged = 0;
         c->nmsgs = 0;
@@ -93,6 +99,14 @@ static chunk_t *tail_with_room_locked(logpool__sink_t *s, size_t len)
     }
     if (c == NULL)
         return NULL;
+    if (c->cap == s->chunk_size) { /* the high-water mark: keep as many for the next burst */
+        c->out = 1;
+        if (++s->chunks_out > s->chunks_out_peak)
+            s->chunks_out_peak = s->chunks_out;
+        /* the burst's chunks and the reserve the writer refills meanwhile */
+        if (s->chunks_out + FREE_CHUNKS_KEPT > s->free_keep)
+            s->free_keep = s->chunks_out + FREE_CHUNKS_KEPT;
+    }
     tail_retire_locked(s);
     if (s->tail != NULL)
         s->tail->next = c;
@@ -159,7 +173,7 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     chunk_t *c;
     /* Records replayed from the spool are buffered too, but not the producers' share: a
      * replay never makes producers' messages EFULL. */
-    uint64_t buffered = ATOMIC_LOAD(&s->st.buffered_bytes);
+    uint64_t buffered = logpool__sink_buffered_bytes(s);
     uint64_t replay = ATOMIC_LOAD(&s->replay_inflight);
     buffered = buffered > replay ? buffered - replay : 0;
     if (buffered + frame > s->max_buffer_length ||
@@ -186,10 +200,12 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
     s->chain_bytes = before + frame;
     if (before == 0)
         s->chain_oldest_ns = logpool__now_ns();
-    ATOMIC_ADD(&s->st.accepted_messages, 1);
-    ATOMIC_ADD(&s->st.accepted_bytes, frame);
-    ATOMIC_ADD(&s->st.buffered_bytes, frame);
-    ATOMIC_ADD(&s->st.buffered_messages, 1);
+    /* Written under the lock only: plain stores, no locked add (they cost more than the
+     * memcpy). buffered_in_* are read with acquire loads: release stores. */
+    OWNED_ADD(&s->st.accepted_messages, 1);
+    OWNED_ADD(&s->st.accepted_bytes, frame);
+    __atomic_store_n(&s->buffered_in_bytes, s->buffered_in_bytes + frame, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->buffered_in_msgs, s->buffered_in_msgs + 1, __ATOMIC_RELEASE);
     /* Wake the writer once per batch: when it needs a deadline (first byte) or when the
      * batch reached flush_limit. Otherwise no syscall. */
     if (s->writer_waiting &&

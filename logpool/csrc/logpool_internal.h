@@ -37,6 +37,14 @@ typedef struct logpool__iov_s {
     size_t len;
 } logpool__iov_t;
 
+/* A sink's cache of free chunks (logpool__sink_cache), for tests and bench/. */
+typedef struct logpool__cache_s {
+    uint64_t cached_bytes;  /* free chunks kept now, headers included */
+    uint64_t reserve_bytes; /* what an idle sink keeps: the pre-faulted reserve */
+    uint64_t limit_bytes;   /* the most it keeps once a decay step passed: its share of the
+                             * pool's 8 MiB (between bursts it may keep what a burst used) */
+} logpool__cache_t;
+
 enum logpool__wait_result {
     LOGPOOL__WAIT_TIMEOUT = 0,
     LOGPOOL__WAIT_READY = 1,   /* a batch is due: take it */
@@ -109,6 +117,7 @@ size_t logpool__sink_pending(logpool__sink_t *sink);
 int logpool__sink_is_closing(logpool__sink_t *sink);
 void logpool__sink_count(logpool__sink_t *sink, int counter, uint64_t n);
 void logpool__sink_stats(logpool__sink_t *sink, logpool_stats_t *out);
+void logpool__sink_cache(logpool__sink_t *sink, logpool__cache_t *out);
 void logpool__sink_set_connected(logpool__sink_t *sink, int connected);
 void logpool__sink_writer_started(logpool__sink_t *sink);
 void logpool__sink_writer_exit(logpool__sink_t *sink);

@@ -93,6 +93,9 @@ int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *
      * a quarter more and one chunk (README "Memory"): only messages of a few bytes reach it
      * before max_buffer_length. */
     s->max_memory = l->max_buffer_length + l->max_buffer_length / 4 + s->chunk_size;
+    size_t share = FREE_CACHE_MAX_BYTES / (size_t)pool->nsinks / logpool__chunk_footprint(s);
+    s->free_keep_max = share > FREE_CHUNKS_KEPT ? (int)share : FREE_CHUNKS_KEPT;
+    s->free_keep = FREE_CHUNKS_KEPT;
     return LOGPOOL_OK;
 }
 
@@ -311,8 +314,7 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
             if (s->writer_exited) {
                 logpool__sink_release_memory(s);
                 s->chain_bytes = 0;
-                ATOMIC_STORE(&s->st.buffered_bytes, 0);
-                ATOMIC_STORE(&s->st.buffered_messages, 0);
+                logpool__sink_unbuffer_all_locked(s);
             }
         }
         abandoned += ATOMIC_LOAD(&s->st.abandoned_messages);

@@ -74,8 +74,7 @@ void logpool__sink_spill_done(logpool__sink_t *s, uint64_t spooled)
     s->spill_bytes_taken = 0;
     ATOMIC_ADD(&s->st.spooled_bytes, bytes);
     ATOMIC_ADD(&s->st.spooled_messages, msgs);
-    ATOMIC_SUB(&s->st.buffered_bytes, bytes);
-    ATOMIC_SUB(&s->st.buffered_messages, msgs);
+    logpool__sink_unbuffer(s, bytes, msgs);
     ATOMIC_ADD(&s->st.spool_writes, spooled);
     pthread_mutex_unlock(&s->lock);
 }
@@ -99,17 +98,17 @@ int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
         chunk_ends(c)[-1 - (long)i] = ends[i];
     c->nmsgs = nmsgs;
     c->room_charged = 0;
-    c->replay = 1;
+    c->replay = 1; /* not charged to the sink's memory (producers' EFULL) */
     s->pend_head = s->pend_tail = c;
     s->pend_off = 0;
     s->pend_msg = 0;
     s->pend_bytes = len;
     s->batch_oldest_ns = logpool__now_ns();
     pthread_mutex_lock(&s->lock); /* producers read both under it */
-    ATOMIC_ADD(&s->st.buffered_bytes, len);
+    __atomic_store_n(&s->buffered_in_bytes, s->buffered_in_bytes + len, __ATOMIC_RELEASE);
+    __atomic_store_n(&s->buffered_in_msgs, s->buffered_in_msgs + nmsgs, __ATOMIC_RELEASE);
     ATOMIC_STORE(&s->replay_inflight, len);
     pthread_mutex_unlock(&s->lock);
-    ATOMIC_ADD(&s->st.buffered_messages, nmsgs);
     ATOMIC_SUB(&s->st.spooled_bytes, len);
     ATOMIC_SUB(&s->st.spooled_messages, nmsgs);
     ATOMIC_ADD(&s->st.spool_replayed, nmsgs);
@@ -122,8 +121,11 @@ void logpool__sink_adopted(logpool__sink_t *s, uint64_t nmsgs, uint64_t nbytes)
 {
     ATOMIC_ADD(&s->st.spooled_bytes, nbytes);
     ATOMIC_ADD(&s->st.spooled_messages, nmsgs);
-    __atomic_fetch_add(&s->st.accepted_bytes, nbytes, __ATOMIC_SEQ_CST);
-    __atomic_fetch_add(&s->st.accepted_messages, nmsgs, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&s->lock); /* producers add to accepted_* under it, without a locked add */
+    __atomic_store_n(&s->st.accepted_bytes, s->st.accepted_bytes + nbytes, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&s->st.accepted_messages, s->st.accepted_messages + nmsgs,
+                     __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&s->lock);
 }
 
 void logpool__sink_spool_count(logpool__sink_t *s, int what, uint64_t n)

@@ -57,42 +57,10 @@ void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
     pthread_mutex_unlock(&s->lock);
 }
 
-/* Writer side, under sink->lock, every FREE_CACHE_DECAY_MS: free_keep follows the most chunks
- * out at once in the last step plus the reserve, or half its value, never below the
- * reserve; above the cap only while bursts in the last step used more. The free chunks
- * beyond it are moved onto *drop, for the caller to free without the lock. */
-static void cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop)
-{
-    if (s->decay_at_ns == 0)
-        s->decay_at_ns = now + FREE_CACHE_DECAY_MS * 1000000ull;
-    if (now < s->decay_at_ns)
-        return;
-    s->decay_at_ns = now + FREE_CACHE_DECAY_MS * 1000000ull;
-    int want = s->chunks_out_peak + FREE_CHUNKS_KEPT; /* the last step's use + the reserve */
-    int keep = s->free_keep / 2;
-    if (keep < want)
-        keep = want;
-    if (keep > s->free_keep_max && want <= s->free_keep_max)
-        keep = s->free_keep_max; /* no burst beyond the cap in the last step */
-    if (keep < FREE_CHUNKS_KEPT)
-        keep = FREE_CHUNKS_KEPT;
-    s->free_keep = keep;
-    s->chunks_out_peak = s->chunks_out;
-    while (s->free_count > keep) {
-        chunk_t *c = s->free_chunks;
-        s->free_chunks = c->next;
-        s->free_count--;
-        c->next = *drop;
-        *drop = c;
-    }
-}
-
 int logpool__sink_is_closing(logpool__sink_t *s)
 {
     return ATOMIC_LOAD(&s->pool->state) != POOL_OPEN;
 }
-
-static void sink_refill(logpool__sink_t *s);
 
 int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
 {
@@ -107,12 +75,12 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
         }
         if (s->refill_wanted) { /* producers are using up the pre-faulted reserve */
             pthread_mutex_unlock(&s->lock);
-            sink_refill(s);
+            logpool__sink_refill(s);
             pthread_mutex_lock(&s->lock);
             continue;
         }
         uint64_t now = logpool__now_ns();
-        cache_decay_locked(s, now, &drop);
+        logpool__cache_decay_locked(s, now, &drop);
         uint64_t wake_at = user_deadline;
         if (s->free_keep > FREE_CHUNKS_KEPT && s->decay_at_ns < wake_at)
             wake_at = s->decay_at_ns; /* idle memory goes back even without a batch */
@@ -142,31 +110,6 @@ int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
     return result;
 }
 
-/* Writer side, without the lock held: top the free list up to FREE_CHUNKS_KEPT chunks whose
- * pages are touched here, so that the producer's first write to them does not fault. */
-static void sink_refill(logpool__sink_t *s)
-{
-    for (;;) {
-        pthread_mutex_lock(&s->lock);
-        int enough = s->free_count >= FREE_CHUNKS_KEPT || s->stop;
-        s->refill_wanted = 0;
-        pthread_mutex_unlock(&s->lock);
-        if (enough)
-            return;
-        chunk_t *c = logpool__chunk_new(s->chunk_size);
-        if (c == NULL)
-            return;
-        for (size_t i = 0; i < c->cap; i += 4096)
-            ((volatile char *)c->data)[i] = 0;
-        ((volatile char *)c->data)[c->cap - 1] = 0;
-        pthread_mutex_lock(&s->lock);
-        c->next = s->free_chunks;
-        s->free_chunks = c;
-        s->free_count++;
-        pthread_mutex_unlock(&s->lock);
-    }
-}
-
 size_t logpool__sink_take(logpool__sink_t *s)
 {
     pthread_mutex_lock(&s->lock);
@@ -186,7 +129,7 @@ size_t logpool__sink_take(logpool__sink_t *s)
     int refill = s->refill_wanted || s->free_count < FREE_CHUNKS_KEPT;
     pthread_mutex_unlock(&s->lock);
     if (refill)
-        sink_refill(s);
+        logpool__sink_refill(s);
     return s->pend_bytes;
 }
 

@@ -188,6 +188,8 @@ static inline size_t logpool__chunk_footprint(const logpool__sink_t *s)
 }
 void logpool__chain_free(chunk_t *c);
 void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c);
+void logpool__cache_decay_locked(logpool__sink_t *s, uint64_t now, chunk_t **drop);
+void logpool__sink_refill(logpool__sink_t *s);
 
 /* ---- chain.c ---- */
 

@@ -7,62 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
-chunk_t *logpool__chunk_new(size_t cap)
-{
-    chunk_t *c = malloc(sizeof *c + cap);
-    if (c == NULL)
-        return NULL;
-    c->next = NULL;
-    c->cap = cap;
-    c->used = 0;
-    c->room_charged = 0;
-    c->nmsgs = 0;
-    c->replay = 0;
-    c->out = 0;
-    return c;
-}
-
-static void chunk_free(chunk_t *c)
-{
-    free(c);
-}
-
-void logpool__chain_free(chunk_t *c)
-{
-    while (c != NULL) {
-        chunk_t *next = c->next;
-        chunk_free(c);
-        c = next;
-    }
-}
-
-/* Under sink->lock, for a chunk the writer is done with: uncharge it. Standard-size chunks
- * are kept up to free_keep (the reserve, or what the last burst used); oversized ones are
- * freed. */
-void logpool__chunk_recycle_locked(logpool__sink_t *s, chunk_t *c)
-{
-    if (c->replay) { /* never charged to memory; replay_inflight is settled as it is sent */
-        c->replay = 0;
-    } else {
-        s->memory -= c->used + END_SLOT * c->nmsgs + c->room_charged;
-    }
-    if (c->out) {
-        c->out = 0;
-        s->chunks_out--;
-    }
-    if (c->cap == s->chunk_size && s->free_count < s->free_keep) {
-        c->used = 0;
-        c->room_charged = 0;
-        c->nmsgs = 0;
-        c->next = s->free_chunks;
-        s->free_chunks = c;
-        s->free_count++;
-    } else {
-        chunk_free(c);
-    }
-}
-
 /* Under sink->lock: a new tail replaces one the next frame did not fit; the old tail's
  * unfilled room is charged from now on. (A tail the writer takes is not charged: it is
  * sent and recycled before the writer takes again.) */

@@ -1,6 +1,8 @@
 /*
  * A pool's lifecycle and the public ABI around it: new, flush, shutdown, close, free, stats,
- * metrics, codes and version. log_cdata lives in hotpath.c.
+ * metrics, codes and version, and the registry of open pools the exit fallback closes (a
+ * little over 400 lines: the registry belongs with close, which it calls). log_cdata lives
+ * in hotpath.c.
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
 #include "embedding.h"

@@ -1,6 +1,10 @@
 """A sink's disk spool: append-only segment files of records (length, CRC-32, frame), owned
 with flock by the process that writes or adopted them, replayed oldest first.
 
+(Over 400 lines on purpose: one class owns the segment files' whole life, from creation
+under a lock to adoption by another process; split by step, the locking and trust rules
+each step relies on would be spread over several files.)
+
 Layout: <spool_dir>/<sink name, quoted>/<seq>-<pid>.seg, and beside a segment being replayed
 <segment>.done holding the offset of its first record not delivered yet, so that a process
 that dies mid-replay resends at most one batch. A segment starts with a header saying the

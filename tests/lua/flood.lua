@@ -1,9 +1,12 @@
 -- Log SIZE-byte messages (default 512) at full speed for SECONDS to every sink of CONFIG
 -- (JSON), timing each log_cdata call. Then close with CLOSE_MS. Prints one line of figures.
--- usage: luajit flood.lua LIB HEADER CONFIG SECONDS CLOSE_MS [SIZE]
+-- With UNTIL_REFUSED > 0, SECONDS is only a deadline: it stops once that many calls were
+-- refused (the buffers are full), whatever the machine's speed.
+-- usage: luajit flood.lua LIB HEADER CONFIG SECONDS CLOSE_MS [SIZE [UNTIL_REFUSED]]
 local ffi = require "ffi"
-local lib_path, header, config, seconds, close_ms, size =
-    arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), tonumber(arg[6] or 512)
+local lib_path, header, config, seconds, close_ms, size, until_refused =
+    arg[1], arg[2], arg[3], tonumber(arg[4]), tonumber(arg[5]), tonumber(arg[6] or 512),
+    tonumber(arg[7] or 0)
 local f = assert(io.open(header))
 ffi.cdef(f:read("*a"):match("/%* LOGPOOL_CDEF_BEGIN %*/(.-)/%* LOGPOOL_CDEF_END %*/"))
 f:close()
@@ -47,6 +50,7 @@ while true do
         if r > rss_max then rss_max = r end
     end
     if now_ns() >= deadline then break end
+    if until_refused > 0 and refused >= until_refused then break end
 end
 local r = rss_kib()
 if r > rss_max then rss_max = r end

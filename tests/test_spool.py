@@ -28,13 +28,17 @@ def segments(spool_dir, sink="app"):
     return sorted(f for f in os.listdir(d) if f.endswith(".seg")) if os.path.isdir(d) else []
 
 
-def log_patiently(pool, data):
+def log_patiently(pool, data, sink=0, timeout=60):
     """A Python producer in a tight loop can outrun the writer, which needs the GIL to spill
-    (an nginx worker's LuaJIT never holds it): on EFULL, retry; nothing is refused for good."""
+    (an nginx worker's LuaJIT never holds it): on EFULL, retry; nothing is refused for good.
+    A writer that never makes room fails the test (after a deadline no loaded machine needs)
+    instead of hanging the suite."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            return pool.log(0, data)
+            return pool.log(sink, data)
         except logpool.BufferFull:
+            assert time.monotonic() < deadline, f"no room for a message within {timeout} s"
             time.sleep(0.001)
 
 
@@ -90,7 +94,8 @@ PRODUCER = """
 import logpool, sys, time
 pool = logpool.Pool({config!r})
 i = 0
-while True:
+deadline = time.monotonic() + 120  # a spool that never fills ends the test, not the suite
+while time.monotonic() < deadline:
     try:
         pool.log(0, b"%08d " % i + b"x" * 90 + b"\\n")
         i += 1
@@ -135,7 +140,9 @@ def test_a_full_spool_refuses_and_counts_what_it_cannot_take(tmp_path):
     url = "unix:" + sock_path(tmp_path, "never.sock")
     pool = logpool.Pool(spool_config(url, tmp_path / "spool", max_spool_bytes=256 * 1024))
     offered = full = 0
+    deadline = time.monotonic() + 60  # a spool that never fills fails, never hangs
     while full < 100:
+        assert time.monotonic() < deadline, "memory and spool never filled up"
         offered += 1
         try:
             pool.log(0, message(0, offered, length=100))
@@ -619,12 +626,7 @@ def test_sink_names_dot_and_dot_dot_stay_inside_the_spool_dir(tmp_path):
     pool = logpool.Pool(config)
     for sink in (0, 1):
         for i in range(1000):
-            while True:
-                try:
-                    pool.log(sink, message(sink, i, length=100))
-                    break
-                except logpool.BufferFull:
-                    time.sleep(0.001)
+            log_patiently(pool, message(sink, i, length=100), sink)
     assert pool.close(0) == 0
     assert sorted(os.listdir(spool)) == ["%2E", "%2E%2E"]
     assert segments(spool, "%2E") and segments(spool, "%2E%2E")

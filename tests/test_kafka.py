@@ -45,8 +45,9 @@ class MockCluster:
     def reader(self, topic):
         """Creates topic and reads it from the start in a thread of its own, from now on.
         The mock cluster keeps only about 240,000 messages per partition and trims the
-        oldest: a test that produces for a fixed time (as fast as the machine goes) spreads
-        its messages over partitions and reads while it produces. The reader is assigned
+        oldest: a test that produces under load (as fast as the machine goes) bounds what it
+        produces by a count (conftest.Load), spreads it over partitions and reads while it
+        produces. The reader is assigned
         the topic's partitions directly (no consumer-group join to wait for)."""
         # A producer's metadata request creates the topic (the mock's default partitions).
         producer = confluent_kafka.Producer({"bootstrap.servers": self.bootstrap,

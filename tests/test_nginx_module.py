@@ -310,7 +310,10 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
         location = /metrics { logpool_log off; logpool_metrics; }
         location = /pid { return 200 "$pid"; }
     """
-    ng = nginx(module_conf(pool_json(rp.url)), server_extra, workers=2)
+    # reuseport: connections hashed over one listening socket per worker. With a shared one,
+    # which worker accepts is the kernel's wake-up order (EPOLLEXCLUSIVE tends to wake the
+    # same idle worker on a fast, quiet machine), and the wait below could never end.
+    ng = nginx(module_conf(pool_json(rp.url)), server_extra, workers=2, listen_opts="reuseport")
     pids = []
     # new connections until both workers have served (and logged) requests
     wait_for(lambda: pids.append(ng.get("/pid")[1].decode()) or len(set(pids)) == 2,

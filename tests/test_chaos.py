@@ -18,10 +18,10 @@ from logpool.receive import READ_SIZE
 FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "flood.lua")
 
 
-def flood(config, seconds, close_ms, size=512, until_refused=0):
+def flood(config, seconds, close_ms, size=512, until_refused=0, waits=False):
     return subprocess.Popen(["env", "-i", luajit_binary(), FLOOD, paths.lib_path(),
                              paths.header_path(), config, str(seconds), str(close_ms),
-                             str(size), str(until_refused)],
+                             str(size), str(until_refused), "1" if waits else "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -123,7 +123,7 @@ def test_stalled_receiver_fills_the_buffer_and_log_cdata_never_waits(tmp_path):
     listener.listen(1)
     config = ('{"sinks": [{"url": "unix:%s"}], "max_buffer_length": 1048576, '
               '"send_timeout_ms": 60000}' % path)
-    proc = flood(config, 3, 30000)
+    proc = flood(config, 3, 30000, waits=True)
     conn, _ = listener.accept()
     assert proc.stdout.readline().strip() == "started"
     wait_until(time.monotonic() + 3.5)  # the scenario: nobody reads for 3.5 s
@@ -137,10 +137,12 @@ def test_stalled_receiver_fills_the_buffer_and_log_cdata_never_waits(tmp_path):
     fig = flood_figures(out)
     assert fig["refused"] > 0, out  # producers got EFULL while the receiver stalled
     # A wait on the stalled receiver (a lock held across a send, I/O in log_cdata) would
-    # last the whole 3.5 s stall. Calls over 20 ms are the 2-core scheduler preempting the
-    # producer inside the timed window: allowed, but rare, never a pattern.
+    # last the whole 3.5 s stall. Calls over 20 ms in which the producer only lost the CPU
+    # to the scheduler (a loaded 2-core machine: as many as the load makes) are not waits;
+    # those in which it gave the CPU up itself (a lock, I/O) are: rare, never a pattern.
     assert fig["max_ns"] < 500_000_000, f"slowest log_cdata {fig['max_ns'] / 1e6:.1f} ms"
-    assert fig["slow"] <= 5, f"{fig['slow']} of {fig['calls']} calls took over 20 ms"
+    assert fig["waited"] <= 5, (f"{fig['waited']} of {fig['calls']} calls waited over 20 ms "
+                                f"({fig['slow']} over 20 ms in all)")
     assert fig["abandoned"] == 0 and received == fig["accepted"] * 512
 
 

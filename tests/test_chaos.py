@@ -18,10 +18,10 @@ from logpool.receive import READ_SIZE
 FLOOD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lua", "flood.lua")
 
 
-def flood(config, seconds, close_ms, size=512):
+def flood(config, seconds, close_ms, size=512, until_refused=0, waits=False):
     return subprocess.Popen(["env", "-i", luajit_binary(), FLOOD, paths.lib_path(),
                              paths.header_path(), config, str(seconds), str(close_ms),
-                             str(size)],
+                             str(size), str(until_refused), "1" if waits else "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -100,7 +100,7 @@ def test_refusing_receiver_is_retried_with_backoff_not_a_busy_loop(tmp_path, poo
     for i in range(1000):
         pool.log(0, message(0, i))
     cpu0, wall0 = time.process_time(), time.monotonic()
-    wait_for(lambda: pool.stats(0)["connect_failures"] >= 8, timeout=10, interval=0.05,
+    wait_for(lambda: pool.stats(0)["connect_failures"] >= 8, timeout=30, interval=0.05,
              what="eight refused connects")
     cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     failures = pool.stats(0)["connect_failures"]
@@ -123,7 +123,7 @@ def test_stalled_receiver_fills_the_buffer_and_log_cdata_never_waits(tmp_path):
     listener.listen(1)
     config = ('{"sinks": [{"url": "unix:%s"}], "max_buffer_length": 1048576, '
               '"send_timeout_ms": 60000}' % path)
-    proc = flood(config, 3, 30000)
+    proc = flood(config, 3, 30000, waits=True)
     conn, _ = listener.accept()
     assert proc.stdout.readline().strip() == "started"
     wait_until(time.monotonic() + 3.5)  # the scenario: nobody reads for 3.5 s
@@ -137,10 +137,12 @@ def test_stalled_receiver_fills_the_buffer_and_log_cdata_never_waits(tmp_path):
     fig = flood_figures(out)
     assert fig["refused"] > 0, out  # producers got EFULL while the receiver stalled
     # A wait on the stalled receiver (a lock held across a send, I/O in log_cdata) would
-    # last the whole 3.5 s stall. Calls over 20 ms are the 2-core scheduler preempting the
-    # producer inside the timed window: allowed, but rare, never a pattern.
+    # last the whole 3.5 s stall. Calls over 20 ms in which the producer only lost the CPU
+    # to the scheduler (a loaded 2-core machine: as many as the load makes) are not waits;
+    # those in which it gave the CPU up itself (a lock, I/O) are: rare, never a pattern.
     assert fig["max_ns"] < 500_000_000, f"slowest log_cdata {fig['max_ns'] / 1e6:.1f} ms"
-    assert fig["slow"] <= 5, f"{fig['slow']} of {fig['calls']} calls took over 20 ms"
+    assert fig["waited"] <= 5, (f"{fig['waited']} of {fig['calls']} calls waited over 20 ms "
+                                f"({fig['slow']} over 20 ms in all)")
     assert fig["abandoned"] == 0 and received == fig["accepted"] * 512
 
 
@@ -152,8 +154,11 @@ def test_memory_stays_bounded_under_dead_sinks_at_full_speed(tmp_path, size):
     sinks, max_buffer = 2, 8 * 1024 * 1024
     config = ('{"sinks": [{"url": "%s"}, {"url": "%s"}], "max_buffer_length": %d}'
               % (dead, dead, max_buffer))
-    proc = flood(config, 4, 0, size)
-    out, err = proc.communicate(timeout=120)
+    # Until both buffers are full and refusing (each sink gets every other call), not for a
+    # fixed time: 1-byte messages take millions of calls to fill 2 x 8 MiB, which a slow or
+    # loaded machine may not make in a few seconds. 120 s only bounds a failure.
+    proc = flood(config, 120, 0, size, until_refused=100_000)
+    out, err = proc.communicate(timeout=300)
     fig = flood_figures(out)
     assert fig["accepted"] * size <= sinks * max_buffer and fig["refused"] > 0, fig
     # The bound stated in docs/c-api.md ("Memory"): frames, their bookkeeping and unfilled
@@ -162,4 +167,4 @@ def test_memory_stays_bounded_under_dead_sinks_at_full_speed(tmp_path, size):
     # runtime slack.
     grown = (fig["rss_max"] - fig["rss_before"]) * 1024
     assert grown <= sinks * (max_buffer * 1.25 + 18 * 65536) + 4 * 1024 * 1024, (grown, fig)
-    fig["abandoned"] == fig["accepted"]  # close(0) with the sinks still dead
+    assert fig["abandoned"] == fig["accepted"], fig  # close(0) with the sinks still dead

@@ -34,15 +34,17 @@ def test_many_small_messages_leave_in_far_fewer_writes(receiver, pools):
 
 def test_periodic_flush_delivers_a_lone_message_in_time(receiver, pools):
     r = receiver()
-    periodic_ms = 200
+    periodic_ms = 500
     pool = pools({"sinks": [{"url": r.url}], "periodic_flush_ms": periodic_ms})
     wait_for(lambda: pool.stats(0)["connected"], what="connected")
     start = time.monotonic()
     pool.log(0, message(0, 1))
-    wait_for(lambda: r.output.lines(), timeout=5, interval=0.001, what="the message")
+    wait_for(lambda: r.output.lines(), timeout=30, interval=0.001, what="the message")
     elapsed_ms = (time.monotonic() - start) * 1000
-    # The writer sleeps until the deadline (batching), then sends at once.
-    assert periodic_ms * 0.9 <= elapsed_ms <= periodic_ms + 150, elapsed_ms
+    # The writer sleeps until the deadline (batching), then sends at once: not before the
+    # deadline, and not a whole period late (the slack a loaded 2-core machine needs to
+    # schedule the writer and the receiver's thread is well under one period).
+    assert periodic_ms * 0.9 <= elapsed_ms < periodic_ms * 2, elapsed_ms
 
 
 def test_reaching_flush_limit_sends_before_the_periodic_deadline(receiver, pools):
@@ -53,7 +55,8 @@ def test_reaching_flush_limit_sends_before_the_periodic_deadline(receiver, pools
     while pool.stats(0)["accepted_bytes"] < 4096:
         pool.log(0, message(0, n))
         n += 1
-    wait_for(lambda: r.snapshot().messages == n, timeout=5, what="the batch")
+    # Any time well before the 60 s periodic deadline proves the limit sent it.
+    wait_for(lambda: r.snapshot().messages == n, timeout=30, what="the batch")
 
 
 def test_receiver_restart_mid_stream_loses_and_duplicates_nothing(receive_process, pools):

@@ -407,7 +407,9 @@ def test_close_ends_a_wait_on_a_hostile_collector_within_its_timeout(peer, hosti
     abandoned = pool.close(timeout=1)
     took = time.monotonic() - start
     assert abandoned == 5
-    assert 0.9 <= took < 1.9, took  # its timeout plus a small constant, not send_timeout_ms
+    # Its timeout plus slack for a loaded machine (the writer's slices, thread joins), far
+    # below send_timeout_ms (60 s), which is what a close that waited on the collector takes.
+    assert 0.9 <= took < 10, took
     for t in writers:  # the writer leaves (its last step after close returned): no leak
         t.join(timeout=0.5)
         assert not t.is_alive()

@@ -87,7 +87,9 @@ def test_an_idle_tcp_client_on_https_blocks_no_one_and_sigterm_stops_the_receive
     conn.request("POST", "/ingest", body=b'{"a":1}\n',
                  headers={"Content-Type": "application/x-ndjson"})
     assert conn.getresponse().status == 200
-    assert time.monotonic() - started < 3  # not after the idle client's handshake deadline
+    # Not after the idle client's handshake deadline (10 s by default); the rest of that
+    # is slack for a loaded machine.
+    assert time.monotonic() - started < 8
     assert rp.lines() == [b'{"a":1}']
     rp.proc.terminate()  # with the idle client still connected
     assert rp.proc.wait(timeout=DEADLINE_S) == 0

@@ -97,6 +97,16 @@ def readme_rows(r):
                      "µs in this run",
                      "lua-resty-logger-socket vs building: "
                      f"{cpu['b_build_line'] / cpu['d_logger_socket']:.2f}"))
+        if "h_module_ship" in one and "i_access_log_buffered" in one:
+            h, a, i = (one[k] for k in ("h_module_ship", "a_no_log_by_lua",
+                                         "i_access_log_buffered"))
+            rows.append(("nginx, 1 worker, the native module (no Lua): worker CPU per request "
+                         "(req/s median) against no logging / nginx's own buffered access_log",
+                         f"{a['cpu_ns_per_request'] / h['cpu_ns_per_request']:.3f} "
+                         f"({h['rps'] / a['rps']:.3f}) / "
+                         f"{i['cpu_ns_per_request'] / h['cpu_ns_per_request']:.3f} "
+                         f"({h['rps'] / i['rps']:.3f})",
+                         "target >= 0.97 (this VM's round-to-round noise is about as large)"))
         perf = ng.get("perf") or {}
         if "f_map_ship" in perf:
             p = perf["f_map_ship"]

@@ -18,7 +18,11 @@
 #include <ngx_http.h>
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -112,8 +116,16 @@ typedef struct {
     u_char                     *buf;
     size_t                      cap;
     u_char                     *mbuf;     /* metrics text, slot_size bytes */
-    ngx_event_t                 publish;
     ngx_flag_t                  publish_warned;
+    /* The publisher thread: logpool_metrics() takes the embedded Python's GIL, which a
+     * worker's event loop must never wait for (a busy writer holds it for up to a switch
+     * interval), so the once-a-second copy into the shared zone runs beside the loop. */
+    pthread_t                   publisher;
+    ngx_flag_t                  publisher_running;
+    pthread_mutex_t             publish_mutex;  /* mbuf and the slot copy: thread or scrape */
+    pthread_mutex_t             stop_mutex;
+    pthread_cond_t              stop_cond;
+    int                         publisher_stop;
     ngx_http_logpool_main_conf_t *mcf;
 } ngx_http_logpool_worker_t;
 
@@ -129,6 +141,8 @@ static char *ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *c
 static char *ngx_http_logpool_log(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static char *ngx_http_logpool_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_logpool_metrics_handler(ngx_http_request_t *r);
+static void ngx_http_logpool_publish_locked(ngx_http_logpool_worker_t *w,
+    ngx_http_logpool_shm_t *shm);
 static ngx_int_t ngx_http_logpool_init_process(ngx_cycle_t *cycle);
 static void ngx_http_logpool_exit_process(ngx_cycle_t *cycle);
 
@@ -1644,10 +1658,6 @@ ngx_http_logpool_publish(void)
 {
     ngx_http_logpool_worker_t  *w = &ngx_http_logpool_worker;
     ngx_http_logpool_shm_t     *shm;
-    ngx_http_logpool_slot_t    *slot;
-    int                         n;
-    size_t                      len;
-    u_char                     *nl;
 
     if (w->pool == NULL || w->mcf == NULL || w->mcf->zone == NULL || w->mbuf == NULL
         || w->mcf->zone->data == w->mcf)
@@ -1659,6 +1669,20 @@ ngx_http_logpool_publish(void)
     if (ngx_worker >= shm->nslots) {
         return;
     }
+
+    pthread_mutex_lock(&w->publish_mutex);
+    ngx_http_logpool_publish_locked(w, shm);
+    pthread_mutex_unlock(&w->publish_mutex);
+}
+
+
+static void
+ngx_http_logpool_publish_locked(ngx_http_logpool_worker_t *w, ngx_http_logpool_shm_t *shm)
+{
+    ngx_http_logpool_slot_t    *slot;
+    int                         n;
+    size_t                      len;
+    u_char                     *nl;
 
     n = w->metrics(w->pool, (char *) w->mbuf, shm->slot_size);
     if (n < 0) {
@@ -1699,14 +1723,69 @@ ngx_http_logpool_publish(void)
 }
 
 
-static void
-ngx_http_logpool_publish_timer(ngx_event_t *ev)
+static void *
+ngx_http_logpool_publisher(void *arg)
 {
-    ngx_http_logpool_publish();
+    ngx_http_logpool_worker_t  *w = arg;
+    struct timespec             at;
 
-    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
-        ngx_add_timer(ev, NGX_HTTP_LOGPOOL_PUBLISH_MS);
+    pthread_mutex_lock(&w->stop_mutex);
+    while (!w->publisher_stop) {
+        pthread_mutex_unlock(&w->stop_mutex);
+        ngx_http_logpool_publish();
+        pthread_mutex_lock(&w->stop_mutex);
+        clock_gettime(CLOCK_REALTIME, &at);
+        at.tv_sec += NGX_HTTP_LOGPOOL_PUBLISH_MS / 1000;
+        while (!w->publisher_stop
+               && pthread_cond_timedwait(&w->stop_cond, &w->stop_mutex, &at) != ETIMEDOUT)
+        {
+            /* woken early: stop, or spurious */
+        }
     }
+    pthread_mutex_unlock(&w->stop_mutex);
+    return NULL;
+}
+
+
+static void
+ngx_http_logpool_publisher_start(ngx_http_logpool_worker_t *w, ngx_cycle_t *cycle)
+{
+    sigset_t  all, old;
+    int       err;
+
+    pthread_mutex_init(&w->publish_mutex, NULL);
+    pthread_mutex_init(&w->stop_mutex, NULL);
+    pthread_cond_init(&w->stop_cond, NULL);
+    w->publisher_stop = 0;
+
+    /* nginx's signals (QUIT, HUP, USR1...) must reach the worker's own thread. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    err = pthread_create(&w->publisher, NULL, ngx_http_logpool_publisher, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    if (err != 0) {
+        ngx_log_error(NGX_LOG_ERR, cycle->log, err,
+                      "logpool: cannot start the metrics publisher thread; "
+                      "logpool_metrics shows what this worker had at its last scrape");
+        return;
+    }
+    w->publisher_running = 1;
+}
+
+
+static void
+ngx_http_logpool_publisher_stop(ngx_http_logpool_worker_t *w)
+{
+    if (!w->publisher_running) {
+        return;
+    }
+    pthread_mutex_lock(&w->stop_mutex);
+    w->publisher_stop = 1;
+    pthread_cond_signal(&w->stop_cond);
+    pthread_mutex_unlock(&w->stop_mutex);
+    pthread_join(w->publisher, NULL);
+    w->publisher_running = 0;
 }
 
 
@@ -2049,11 +2128,9 @@ ngx_http_logpool_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    w->publish.handler = ngx_http_logpool_publish_timer;
-    w->publish.log = cycle->log;
-    w->publish.data = w;
-    w->publish.cancelable = 1; /* never holds up a graceful shutdown */
-    ngx_add_timer(&w->publish, 100);
+    if (w->mbuf != NULL) {
+        ngx_http_logpool_publisher_start(w, cycle);
+    }
 
     return NGX_OK;
 
@@ -2077,6 +2154,8 @@ ngx_http_logpool_exit_process(ngx_cycle_t *cycle)
     if (w->pool == NULL) {
         return;
     }
+
+    ngx_http_logpool_publisher_stop(w); /* it uses the pool: before the pool goes */
 
     pool = w->pool;
     w->pool = NULL; /* the log phase stops shipping from here on */

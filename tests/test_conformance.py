@@ -137,6 +137,17 @@ def test_conformance(scheme, step, tls_server, test_ca, capfd):
     assert len(reports) <= REPORT_LINES_MAX, "\n".join(reports)
 
 
+def log_then_close_while_engaged(pool, hostile, timeout=0.5):
+    """N messages, then close(timeout) once the writer is at the hostile peer: (what close
+    abandoned, how long it took)."""
+    for seq in range(N):
+        pool.log(0, message(0, seq))
+    wait_for(lambda: hostile.connections >= 1, what="the writer reached the hostile peer")
+    started = time.monotonic()
+    abandoned = pool.close(timeout=timeout)
+    return abandoned, time.monotonic() - started
+
+
 @pytest.mark.parametrize("scheme,step", [(s, st) for s, st in cells()
                                          if not peers.PROTOCOLS[TRANSPORTS[s][0]][1][st][1]])
 def test_close_ends_every_wait_on_a_hostile_collector(scheme, step, tls_server, test_ca):
@@ -149,12 +160,7 @@ def test_close_ends_every_wait_on_a_hostile_collector(scheme, step, tls_server, 
                 "send_timeout_ms": 60_000}
         pool = logpool.Pool({"sinks": [{"url": sink_url(hostile, scheme), "name": "alone"}],
                              **opts})
-        for seq in range(N):
-            pool.log(0, message(0, seq))
-        wait_for(lambda: hostile.connections >= 1, what="the writer reached the collector")
-        started = time.monotonic()
-        abandoned = pool.close(timeout=0.5)
-        took = time.monotonic() - started
+        abandoned, took = log_then_close_while_engaged(pool, hostile)
     finally:
         hostile.close()
     assert took < 0.5 + CLOSE_SLACK_S, took
@@ -185,12 +191,7 @@ def test_a_kafka_broker_that_misbehaves_costs_a_bounded_wait(step, capfd):
                                         "name": "broker"}],
                              "connect_timeout_ms": 60_000, "retry_interval_ms": 20,
                              "max_retry_interval_ms": 200})
-        for seq in range(N):
-            pool.log(0, message(0, seq))
-        wait_for(lambda: hostile.connections >= 1, what="librdkafka reached the broker")
-        started = time.monotonic()
-        abandoned = pool.close(timeout=0.5)
-        took = time.monotonic() - started
+        abandoned, took = log_then_close_while_engaged(pool, hostile)
         st = pool.stats(0)
     finally:
         hostile.close()

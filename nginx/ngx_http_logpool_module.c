@@ -1770,6 +1770,7 @@ ngx_http_logpool_publisher_start(ngx_http_logpool_worker_t *w, ngx_cycle_t *cycl
                       "logpool_metrics shows what this worker had at its last scrape");
         return;
     }
+    (void) pthread_setname_np(w->publisher, "logpool-metrics"); /* seen in top -H, tests */
     w->publisher_running = 1;
 }
 

@@ -319,6 +319,12 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
     wait_for(lambda: pids.append(ng.get("/pid")[1].decode()) or len(set(pids)) == 2,
              what="both workers to serve")
     assert set(pids) == {str(p) for p in ng.worker_pids()}
+    # Rendering the text takes the embedded Python's lock: each worker publishes from a
+    # thread of the module's own, never from its event loop.
+    for pid in ng.worker_pids():
+        threads = [open(f"/proc/{pid}/task/{t}/comm").read().strip()
+                   for t in os.listdir(f"/proc/{pid}/task")]
+        assert threads.count("logpool-metrics") == 1, threads
     assert ng.requests(300, connections=6) == [200] * 300
     logged = 1 + len(pids) + 300  # the harness's readiness probe, /pid, the load
     # a response reaches the client just before its log phase ends

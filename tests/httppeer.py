@@ -13,6 +13,8 @@ import threading
 import time
 from collections import namedtuple
 
+import pytest
+
 Request = namedtuple("Request", "method path headers body raw_length conn")
 TRICKLE, HANG, CLOSE = "trickle", "hang", "close"
 
@@ -141,15 +143,18 @@ class Peer:
             t.join(timeout=5)
 
 
-def peers():
-    """A fixture body: make(answer) -> Peer, all closed at the end."""
+@pytest.fixture
+def peer():
+    """make(answer) -> Peer; every peer made is closed at the end of the test."""
     made = []
 
     def make(answer):
         p = Peer(answer)
         made.append(p)
         return p
-    return made, make
+    yield make
+    for p in made:
+        p.close()
 
 
 def elapsed(start):

@@ -16,18 +16,10 @@ import pytest
 import logpool
 import logpool.config
 from conftest import message, wait_for
-from httppeer import assert_logged, peers, response
+from httppeer import assert_logged, peer, response  # noqa: F401 — peer: the fixture
 from logpool.transports.formats import FORMATS
 
 FAST = {"retry_interval_ms": 10, "max_retry_interval_ms": 2000, "periodic_flush_ms": 10}
-
-
-@pytest.fixture
-def peer():
-    made, make = peers()
-    yield make
-    for p in made:
-        p.close()
 
 
 def log_all(pool, lines):
@@ -693,7 +685,8 @@ def test_forward_packed_chunks_acked_with_tag_records_and_times(forward_server, 
     assert {tag for tag, _, _ in got} == {"nginx.access"}
     assert got[5][1] == (1700000000 + 5) * 10**9
     st = pool.stats(0)
-    assert st["sent_messages"] == 301 and st["resent_messages"] == 0 and st["unacked_messages"] == 0
+    assert (st["sent_messages"] == 301 and st["resent_messages"] == 0
+            and st["unacked_messages"] == 0)
 
 
 def test_forward_ack_withheld_then_given_releases_without_resending(forward_server, pools):

@@ -11,7 +11,7 @@ import pytest
 
 import logpool
 from conftest import message, parse_line, wait_for
-from httppeer import (CLOSE, HANG, TRICKLE, assert_logged, interim, peers, response,
+from httppeer import (CLOSE, HANG, TRICKLE, assert_logged, interim, peer, response,  # noqa: F401
                       wait_for_log)
 from logpool.receive import decode_http_body, server_tls_context
 
@@ -237,14 +237,6 @@ def test_decode_http_body_reads_what_the_sink_sends():
 
 # -- HTTP answers, against a scripted raw-socket collector (tests/httppeer.py) -----------------
 
-
-
-@pytest.fixture
-def peer():
-    made, make = peers()
-    yield make
-    for p in made:
-        p.close()
 
 
 def lines_of(requests):

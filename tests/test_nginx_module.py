@@ -1,7 +1,6 @@
 """The native nginx module (ngx_http_logpool_module.so) in a real nginx WITHOUT the Lua module:
 delivery across reload and quit, logpool_log scoping, escaping, metrics of all workers,
 `nginx -t` checks, and a worker whose pool cannot start keeps serving."""
-import collections
 import json
 import os
 import re
@@ -15,7 +14,7 @@ import pytest
 from conftest import ROOT, sock_path, wait_for
 from logpool import paths
 from logpool.tools.nginx import MODULES, Nginx, NginxError, native_modules
-from test_nginx import reload_under_load
+from test_nginx import assert_exactly_once, reload_under_load
 
 
 def pool_json(url, name="main", framing="newline", **extra):
@@ -85,15 +84,6 @@ def assert_plain_nginx(ng):
     with open(ng.conf_path) as f:
         conf = f.read()
     assert "ngx_http_lua_module" not in conf and module_path() in conf
-
-
-def assert_exactly_once(access_ids, got_ids):
-    counts = collections.Counter(got_ids)
-    dupes = [k for k, v in counts.items() if v > 1]
-    assert not dupes, f"{len(dupes)} lines arrived more than once"
-    missing = set(access_ids) - set(counts)
-    assert not missing, f"{len(missing)} of {len(access_ids)} requests' lines never arrived"
-    assert set(counts) == set(access_ids)
 
 
 def mapped_files(pid):

@@ -274,6 +274,16 @@ int64_t logpool__sink_spill_write(logpool__sink_t *s, int fd, int64_t offset, ui
 
 #define SCAN_BLOCK (4u << 20)
 
+/* pread, retried when a signal interrupts it. */
+static ssize_t pread_retry(int fd, char *buf, size_t cap, int64_t pos)
+{
+    ssize_t r;
+    do
+        r = pread(fd, buf, cap, (off_t)pos);
+    while (r < 0 && errno == EINTR);
+    return r;
+}
+
 /* Walk the spool records of fd from offset start to the end of the file (adoption): the
  * whole, intact records (*nmsgs, their frame bytes *nbytes) and where the readable part ends
  * (*end). Returns 1 when it ends at a torn or corrupt record, 0 at the end of the file, or
@@ -299,10 +309,8 @@ int logpool__spool_scan(int fd, int64_t start, uint64_t *nmsgs, uint64_t *nbytes
         size_t rel = (size_t)(pos - buf_at);
         uint32_t head[2];
         if (rel + 8 > buf_len) { /* refill from pos */
-            ssize_t r = pread(fd, buf, cap, (off_t)pos);
+            ssize_t r = pread_retry(fd, buf, cap, pos);
             if (r < 0) {
-                if (errno == EINTR)
-                    continue;
                 free(buf);
                 return -errno;
             }
@@ -328,10 +336,8 @@ int logpool__spool_scan(int fd, int64_t start, uint64_t *nmsgs, uint64_t *nbytes
                 buf = bigger;
                 cap = 8 + length;
             }
-            ssize_t r = pread(fd, buf, cap, (off_t)pos);
+            ssize_t r = pread_retry(fd, buf, cap, pos);
             if (r < 0) {
-                if (errno == EINTR)
-                    continue;
                 free(buf);
                 return -errno;
             }

@@ -23,6 +23,9 @@ PYTHON = sys.executable
 from logpool.tools.nginx import wait_for as _wait_for  # noqa: E402
 
 
+# The scripted HTTP collector's fixture (`peer`), for test_http.py and test_backends.py.
+pytest_plugins = ("httppeer",)
+
 def wait_for(predicate, timeout=30.0, interval=0.005, what="condition"):
     """Poll a condition until it holds or the deadline passes (no blind sleeps). The
     deadline only bounds a failure: a loaded 2-core CI machine must not fail a good run."""

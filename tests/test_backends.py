@@ -16,7 +16,7 @@ import pytest
 import logpool
 import logpool.config
 from conftest import message, wait_for
-from httppeer import assert_logged, peer, response  # noqa: F401 — peer: the fixture
+from httppeer import assert_logged, response
 from logpool.transports.formats import FORMATS
 
 FAST = {"retry_interval_ms": 10, "max_retry_interval_ms": 2000, "periodic_flush_ms": 10}

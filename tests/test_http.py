@@ -11,7 +11,7 @@ import pytest
 
 import logpool
 from conftest import message, parse_line, wait_for
-from httppeer import (CLOSE, HANG, TRICKLE, assert_logged, interim, peer, response,  # noqa: F401
+from httppeer import (CLOSE, HANG, TRICKLE, assert_logged, interim, response,
                       wait_for_log)
 from logpool.receive import decode_http_body, server_tls_context
 

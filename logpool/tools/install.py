@@ -18,7 +18,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import sysconfig
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 

@@ -95,6 +95,10 @@ typedef struct logpool_stats_s {
                                      ours, unreadable, a garbage progress file (logged once) */
     uint64_t dropped_spool_replay; /* spooled messages dropped at replay: behind a corrupt
                                      record, or larger than the sink's max_message_size now */
+    uint64_t retried_messages;    /* sent again after a definite refusal or a "later" (HTTP
+                                     429/5xx, a per-item retry, a narrowing split): nothing
+                                     was stored, so these never make a duplicate */
+    uint64_t dead_letters;        /* rejected messages appended to dead_letter_path */
 } logpool_stats_t;
 
 /* Start a pool from a JSON config (see README). Starts the embedded Python runtime on first

@@ -41,7 +41,12 @@ COUNTERS = (
      "Spool directory entries skipped: not a regular file, not ours, unreadable, or a garbage "
      "progress file."),
     ("resent_messages", "resent_messages",
-     "Messages sent again after a broken session (RELP: their acknowledgement was lost)."),
+     "Messages sent again after an answer that was never seen (a broken session, a timeout): "
+     "each may arrive twice."),
+    ("retried_messages", "retried_messages",
+     "Messages sent again after a definite refusal or a request to retry later: nothing was "
+     "stored, no duplicate."),
+    ("dead_letters", "dead_letters", "Rejected messages appended to dead_letter_path."),
 )
 GAUGES = (
     ("buffered_bytes", "buffered_bytes", "Bytes accepted and not yet completely written."),

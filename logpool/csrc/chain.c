@@ -17,7 +17,7 @@
     XX(tls_handshake_failures) XX(tls_resumed) XX(dropped_unsendable) XX(unacked_messages)  \
     XX(resent_messages) XX(dropped_rejected) XX(spooled_bytes) XX(spooled_messages)         \
     XX(dropped_spool_full) XX(spool_writes) XX(spool_replayed) XX(spool_corrupt)         \
-    XX(spool_bad_entries) XX(dropped_spool_replay)
+    XX(spool_bad_entries) XX(dropped_spool_replay) XX(retried_messages) XX(dead_letters)
 
 /* A field appended to logpool_stats_t and forgotten here would read as 0 forever. */
 #define COUNT_FIELD(f) +1
@@ -257,6 +257,8 @@ void logpool__sink_count(logpool__sink_t *s, int counter, uint64_t n)
     case LOGPOOL__TLS_HANDSHAKE_FAILURES: ATOMIC_ADD(&s->st.tls_handshake_failures, n); break;
     case LOGPOOL__TLS_RESUMED: ATOMIC_ADD(&s->st.tls_resumed, n); break;
     case LOGPOOL__RESENT_MESSAGES: ATOMIC_ADD(&s->st.resent_messages, n); break;
+    case LOGPOOL__RETRIED_MESSAGES: ATOMIC_ADD(&s->st.retried_messages, n); break;
+    case LOGPOOL__DEAD_LETTERS: ATOMIC_ADD(&s->st.dead_letters, n); break;
     default: break;
     }
 }

@@ -75,7 +75,9 @@ enum logpool__counter {
     LOGPOOL__WRITES = 5,
     LOGPOOL__TLS_HANDSHAKE_FAILURES = 6,
     LOGPOOL__TLS_RESUMED = 7,
-    LOGPOOL__RESENT_MESSAGES = 8
+    LOGPOOL__RESENT_MESSAGES = 8,
+    LOGPOOL__RETRIED_MESSAGES = 9,
+    LOGPOOL__DEAD_LETTERS = 10
 };
 
 logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms);

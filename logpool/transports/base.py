@@ -112,8 +112,16 @@ class Chain:
         self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, n)
 
     def count_resent(self, n):
+        """n messages go again after an answer that was never seen (a broken session, a
+        timeout): the collector may have stored them, so each may arrive twice."""
         if n:
             self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__RESENT_MESSAGES, n)
+
+    def count_retried(self, n):
+        """n messages go again after a definite refusal or "later" (HTTP 429/5xx, a
+        per-item retry, a narrowing split): nothing was stored, no duplicate can come of it."""
+        if n:
+            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__RETRIED_MESSAGES, n)
 
     def native(self, kind):
         """The C side of a transport that has one (e.g. "kafka"), bound to this sink."""

@@ -63,6 +63,8 @@ typedef struct logpool_stats_s {
     uint64_t spool_corrupt;
     uint64_t spool_bad_entries;
     uint64_t dropped_spool_replay;
+    uint64_t retried_messages;
+    uint64_t dead_letters;
 } logpool_stats_t;
 
 logpool_t *logpool_new(const char *config_json);
@@ -95,7 +97,7 @@ _M.STATS_FIELDS = {
     "dropped_unsendable", "unacked_messages", "resent_messages",
     "dropped_rejected", "spooled_bytes", "spooled_messages", "dropped_spool_full",
     "spool_writes", "spool_replayed", "spool_corrupt", "spool_bad_entries",
-    "dropped_spool_replay",
+    "dropped_spool_replay", "retried_messages", "dead_letters",
 }
 
 -- The library handle lives in this upvalue for the life of the worker (docs/architecture.md,

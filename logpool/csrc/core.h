@@ -117,6 +117,10 @@ struct logpool__sink_s {
     uint64_t buffered_in_bytes;
     uint64_t buffered_in_msgs;
     int writer_waiting;
+    /* The spiller thread (sinks with a spool) sleeps on spill_wake; producers signal it once
+     * the buffered bytes reach spill_bytes, whatever the writer is doing. */
+    int spiller_waiting;
+    pthread_cond_t spill_wake;
     int flush_requested;
     int stop;
     int writer_running;
@@ -227,12 +231,9 @@ static inline uint64_t logpool__sink_buffered_messages(logpool__sink_t *s)
 /* The writer released (or the pool dropped) bytes/msgs from the buffer. */
 static inline void logpool__sink_unbuffer(logpool__sink_t *s, uint64_t bytes, uint64_t msgs)
 {
-    __atomic_store_n(&s->buffered_out_bytes,
-                     __atomic_load_n(&s->buffered_out_bytes, __ATOMIC_RELAXED) + bytes,
-                     __ATOMIC_RELEASE);
-    __atomic_store_n(&s->buffered_out_msgs,
-                     __atomic_load_n(&s->buffered_out_msgs, __ATOMIC_RELAXED) + msgs,
-                     __ATOMIC_RELEASE);
+    /* Locked adds: the writer (consume) and the spiller (spill_done) both release. */
+    __atomic_fetch_add(&s->buffered_out_bytes, bytes, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&s->buffered_out_msgs, msgs, __ATOMIC_RELEASE);
 }
 
 /* Under sink->lock, the writer gone: nothing is buffered any more. */

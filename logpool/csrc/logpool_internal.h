@@ -55,7 +55,11 @@ enum logpool__wait_result {
 enum logpool__wait_mode {
     LOGPOOL__WAIT_FOR_BATCH = 0,
     LOGPOOL__WAIT_FOR_STOP = 1,
-    LOGPOOL__WAIT_FOR_STOP_NO_SPILL = 2 /* the spool cannot take a spill now: stop only */
+    LOGPOOL__WAIT_FOR_STOP_NO_SPILL = 2, /* the spool cannot take a spill now: stop only */
+    /* The spiller thread's waits (its own flag and condition variable): */
+    LOGPOOL__WAIT_FOR_SPILL = 3,  /* SPILL once the producers' buffered bytes reach
+                                     spill_bytes with a producer chain to spill */
+    LOGPOOL__WAIT_SPILLER_IDLE = 4 /* the spool is full: stop or the timeout only */
 };
 
 /* What became of messages the writer releases from its chain. */

@@ -13,6 +13,8 @@ import time
 from logpool.engine.backoff import Backoff
 from logpool.engine.faults import FaultInjector, InjectedCrash
 from logpool.engine.report import REPORT_INTERVAL_S, ErrorReporter, describe
+
+DROPS_CHECK_S = 0.25  # how often a busy writer looks for new refusals (reported within 1 s)
 from logpool.engine.histograms import WriterHistograms
 from logpool.engine.spooling import SpoolingWriter
 from logpool.transports import for_scheme
@@ -44,6 +46,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         self.next_rescan = 0.0  # when to look for segments other processes left
         self.spill_blocked_until = 0.0  # the spool was full: no spill attempt before this
         self.spill_iov = ffi.new("logpool__iov_t[]", 1024)  # pending messages, at exit
+        self.spool_lock = threading.RLock()  # the Spool object and spills (spooling.py)
 
     def _count(self, counter, n=1):
         self.lib.logpool__sink_count(self.c, counter, n)
@@ -59,6 +62,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                 self.reporter.emit(announcement)
             self._supervise()
         finally:
+            self._note_unseen()
             self._disconnect()
             self.transport.shutdown()
             if self.spool is not None:
@@ -95,14 +99,17 @@ class SinkWriter(SpoolingWriter, threading.Thread):
 
     _drops_reported = (0, 0, 0, 0, 0)
     _drops_reported_at = -REPORT_INTERVAL_S
+    _drops_checked_at = -REPORT_INTERVAL_S
 
     def _report_drops(self, final=False):
         """Drops happen in C, where nothing may be printed: the writer summarises them, at
         most once per REPORT_INTERVAL_S (of the reporter's clock), and abandonment when it
         leaves."""
         now = self.reporter.clock()
-        if not final and now - self._drops_reported_at < REPORT_INTERVAL_S:
+        if not final and (now - self._drops_reported_at < REPORT_INTERVAL_S
+                          or now - self._drops_checked_at < DROPS_CHECK_S):
             return
+        self._drops_checked_at = now
         st = self.ffi.new("logpool_stats_t *")
         self.lib.logpool__sink_stats(self.c, st)
         # At exit, what is still unsent is about to be abandoned by writer_exit.
@@ -116,26 +123,45 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         if not any(delta):
             return
         self._drops_reported, self._drops_reported_at = current, now
-        parts = []
+        parts, counters = [], []
         if delta[0]:
-            parts.append(f"{delta[0]} refused: buffer full at max_buffer_length "
-                         f"{self.sink.max_buffer_length} bytes (the sink is not keeping up)")
+            full = (f"memory (max_buffer_length {self.sink.max_buffer_length} bytes) and the "
+                    f"spool are both full" if self.spool is not None and self.spool.enabled
+                    else f"buffer full at max_buffer_length {self.sink.max_buffer_length} "
+                    f"bytes (the sink is not keeping up)")
+            parts.append(f"{delta[0]} refused: {full}")
+            counters.append('logpool_dropped_messages_total{reason="full"}')
         if delta[1]:
             parts.append(f"{delta[1]} refused: larger than max_message_size "
                          f"{self.sink.max_message_size}")
+            counters.append('logpool_dropped_messages_total{reason="too_big"}')
         if delta[2]:
             parts.append(f"{delta[2]} refused: pool closed")
+            counters.append('logpool_dropped_messages_total{reason="closed"}')
         if delta[3]:
             parts.append(f"{delta[3]} accepted messages abandoned at close")
+            counters.append("logpool_abandoned_messages_total")
         if delta[4]:
             parts.append(f"{delta[4]} accepted, then refused by the socket for good")
+            counters.append('logpool_dropped_messages_total{reason="unsendable"}')
         self.reporter.emit(f"messages lost: {'; '.join(parts)}; counted in "
-                           f"logpool_dropped_messages_total and "
-                           f"logpool_abandoned_messages_total")
+                           f"{' and '.join(counters)}")
 
     def _should_stop(self):
+        """Asked by every wait on a peer at least every SLICE_S: so losses are reported
+        within a second whatever the writer is doing (the spiller moves memory to disk)."""
         lib = self.lib
-        return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP, 0) == lib.LOGPOOL__WAIT_STOP
+        self._report_drops()
+        return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP_NO_SPILL, 0) == \
+            lib.LOGPOOL__WAIT_STOP
+
+    def _note_unseen(self):
+        """How many pending messages went out without an answer (the unacked gauge), before
+        the connection goes: if they are spooled now, their segment says so."""
+        if self.connected and self.spool is not None:
+            st = self.ffi.new("logpool_stats_t *")
+            self.lib.logpool__sink_stats(self.c, st)
+            self.unseen = st.unacked_messages
 
     def _wait_for_stop(self, seconds):
         """Sleep up to `seconds` unless the pool stops first (True then); spill to the spool
@@ -150,13 +176,11 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                 wake = min(wake, self.next_rescan)
                 if now < self.spill_blocked_until:
                     wake = min(wake, self.spill_blocked_until)
-            mode = lib.LOGPOOL__WAIT_FOR_STOP if self._may_spill() else \
-                lib.LOGPOOL__WAIT_FOR_STOP_NO_SPILL
-            r = lib.logpool__sink_wait(self.c, mode, max(1, int((wake - now) * 1000)))
+            r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP_NO_SPILL,
+                                       max(1, int((wake - now) * 1000)))
             if r == lib.LOGPOOL__WAIT_STOP:
                 return True
-            if r == lib.LOGPOOL__WAIT_SPILL:
-                self._spill()
+            self._report_drops()
             self._maybe_adopt()
             if time.monotonic() >= deadline:
                 return False
@@ -189,7 +213,10 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                             self._apply(self.transport.idle() or Outcome.NOTHING)
                         continue
                     self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
-                    self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
+                    with self.spool_lock:
+                        if self.spool is not None and self.spool.has_records():
+                            continue  # spilled meanwhile: the spool goes first (order)
+                        self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
                     if self.transport.peer_closed():
                         self._broken("write", "the peer closed the connection")
                         continue
@@ -198,7 +225,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                 self._send_pending()
                 if self.replaying:
                     self.replaying = False
-                    self.spool.batch_done()
+                    self._replay_done()
                     self.spill_blocked_until = 0.0  # room in the spool again
             except Stopped:
                 return
@@ -251,6 +278,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                                  f"retrying in {delay * 1000:.0f} ms")
             return True
         self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
+        self.unseen = 0  # the transport counts what it sends again on this connection
         for url, exc in skipped:  # collectors that failed before one opened a session
             self._count(lib.LOGPOOL__CONNECT_FAILURES)
             if isinstance(exc, HandshakeError):
@@ -281,6 +309,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         if kind is not None:
             self._count(self.lib.LOGPOOL__WRITE_ERRORS)
         url = self.transport.url
+        self._note_unseen()
         self._disconnect()
         self.transport.failed()
         self.lib.logpool__sink_rewind(self.c)
@@ -362,9 +391,6 @@ class SinkWriter(SpoolingWriter, threading.Thread):
             raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
                                f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
         self._report_drops()
-        if (self._may_spill() and self.lib.logpool__sink_wait(
-                self.c, self.lib.LOGPOOL__WAIT_FOR_STOP, 0) == self.lib.LOGPOOL__WAIT_SPILL):
-            self._spill()  # the collector is stalled and producers passed the spill mark
         if self.transport.wait_ready(SLICE_S):
             raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
         if self._should_stop():

@@ -213,7 +213,7 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             m++;
         done_msgs += m - s->pend_msg;
         done_bytes += msg_start(c, m) - msg_start(c, s->pend_msg);
-        if (c->replay)
+        if (c->replay == CHUNK_REPLAY)
             replay_done += msg_start(c, m) - msg_start(c, s->pend_msg);
         s->pend_msg = m;
         if (s->pend_off == c->used) {
@@ -226,6 +226,11 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             logpool__chunk_recycle_locked(s, c);
             pthread_mutex_unlock(&s->lock);
         }
+    }
+    if (sent == LOGPOOL__DONE_REQUEUED) { /* still buffered: now the producers' share */
+        if (replay_done > 0)
+            ATOMIC_SUB(&s->replay_inflight, replay_done);
+        return (size_t)done_msgs;
     }
     if (done_msgs > 0) {
         if (replay_done > 0) /* producers read both under the lock: never a spurious EFULL */

@@ -55,12 +55,16 @@ typedef struct chunk_s {
     size_t used;
     size_t room_charged; /* unfilled room charged to the sink's memory when it was retired */
     uint32_t nmsgs;
-    uint32_t replay; /* records read back from the spool: not charged to the sink's memory */
+    uint32_t replay; /* not charged to the sink's memory: CHUNK_REPLAY (records read back from
+                      * the spool, not the producers' share) or CHUNK_REQUEUED (per-item
+                      * retries: still the producers' share, counted in buffered) */
     uint32_t out; /* a standard chunk in the chain or with the writer: counted in chunks_out */
     char data[];
 } chunk_t;
 
 #define END_SLOT sizeof(uint32_t)
+#define CHUNK_REPLAY 1
+#define CHUNK_REQUEUED 2
 
 static inline uint32_t *chunk_ends(const chunk_t *c)
 {

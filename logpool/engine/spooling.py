@@ -188,7 +188,14 @@ class SpoolingWriter:
             self.spiller.join()  # it left at stop; the spool is the writer's alone now
         try:
             pending = lib.logpool__sink_pending_messages(c)
-            if pending and self.replaying:
+            if pending and self.replaying and self.replay_reordered:
+                # A per-item retry reordered the batch: what is left is saved as it is now,
+                # in front, and the batch read back counts as done.
+                with self.spool_lock:
+                    self.replaying = False
+                    if self._spool_pending_locked():
+                        self.spool.batch_done()
+            elif pending and self.replaying:
                 # Records read back and not delivered: still in their segment file, behind
                 # what of the batch was delivered (saved, so nobody sends that again).
                 self.spool.batch_partial(self.replay_count - pending)

@@ -11,6 +11,7 @@ import threading
 import time
 
 from logpool.engine.backoff import Backoff
+from logpool.engine.deadletter import DeadLetters
 from logpool.engine.faults import FaultInjector, InjectedCrash
 from logpool.engine.report import REPORT_INTERVAL_S, ErrorReporter, describe
 
@@ -21,6 +22,15 @@ from logpool.transports import for_scheme
 from logpool.transports.base import (SLICE_S, Chain, Fate, HandshakeError, Outcome, Stopped,
                                     Unsendable)
 
+
+
+MAX_REJECTION_KINDS = 32  # kinds of reasons counted apart (metrics' cardinality); then "other"
+
+
+def rejection_kind(reason):
+    """The kind of a refusal: its reason up to the first colon (e.g. "HTTP 400", "item 400
+    mapper_parsing_exception"), at most 60 characters."""
+    return (reason or "unknown").split(":", 1)[0][:60].strip() or "unknown"
 
 
 class SinkWriter(SpoolingWriter, threading.Thread):
@@ -47,6 +57,10 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         self.spill_blocked_until = 0.0  # the spool was full: no spill attempt before this
         self.spill_iov = ffi.new("logpool__iov_t[]", 1024)  # pending messages, at exit
         self.spool_lock = threading.RLock()  # the Spool object and spills (spooling.py)
+        self.replay_reordered = False  # a per-item retry reordered the replayed batch
+        self.rejected_by_kind = {}  # kind of reason -> messages (Prometheus' reason label)
+        self.dead_letters = None if sink.dead_letter_path is None else DeadLetters(
+            sink.dead_letter_path, sink.dead_letter_max_bytes, sink.name, self.reporter.report)
 
     def _count(self, counter, n=1):
         self.lib.logpool__sink_count(self.c, counter, n)
@@ -68,6 +82,8 @@ class SinkWriter(SpoolingWriter, threading.Thread):
             if self.spool is not None:
                 self._spool_at_exit()
             self._report_drops(final=True)
+            if self.dead_letters is not None:
+                self.dead_letters.close()
             # Last touch of C memory: once this returns, logpool_free may release the pool.
             self.lib.logpool__sink_writer_exit(self.c)
 
@@ -224,7 +240,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                     raise InjectedCrash("injected: the writer loop crashed")
                 self._send_pending()
                 if self.replaying:
-                    self.replaying = False
+                    self.replaying = self.replay_reordered = False
                     self._replay_done()
                     self.spill_blocked_until = 0.0  # room in the spool again
             except Stopped:
@@ -355,30 +371,88 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         settled = outcome.settled
         if outcome.wrote_bytes:
             settled += chain.consume(outcome.wrote_bytes)
-        retrying = False
-        for fate, n, reason in outcome.fates:
-            if retrying:  # behind a message sent again: these go again too (order kept)
-                chain.count_resent(n)
-                continue
+        fates = outcome.fates
+        first_retry = next((i for i, f in enumerate(fates) if f[0] is Fate.RETRY), None)
+        if first_retry is not None and any(f[0] is not Fate.RETRY
+                                           for f in fates[first_retry + 1:]):
+            settled += self._settle_each(fates)  # retry only the items that failed
+            fates = ()
+        for fate, n, reason in fates:
             if fate is Fate.ACK:
                 chain.ack(n)
                 settled += n
             elif fate is Fate.REJECT:
-                chain.reject(n)
+                self._reject(n, reason)
                 settled += n
-                kind = (reason or "").split(":", 1)[0][:60]  # logged once per kind
-                self.reporter.report(f"rejected {kind}".strip(),
-                                     f"{self.transport.url}: the collector refused a batch "
-                                     f"of {n} message{'s' if n != 1 else ''} for good "
-                                     f"({reason}); dropped, counted in dropped_rejected")
-            else:
-                retrying = True
+            else:  # the rest of the batch stays at the head of the pending list
+                chain.count_retried(n)
+                break
         for kind, text in outcome.reports:
             self.reporter.report(kind, f"{self.transport.url}: {text}, counted in "
                                  f"dropped_rejected")
         if outcome.progress > 0 and not outcome.wrote_bytes:
             chain.count_write()  # (consume counted the stream's)
         return settled
+
+    def _reject(self, n, reason, messages=None):
+        """The first n pending messages (or `messages`, their copies, already released)
+        were refused for good: counted per kind of reason, logged once per kind, appended
+        to the dead-letter file when there is one."""
+        release = messages is None
+        if release and self.dead_letters is not None:
+            messages = [bytes(m) for m in self.chain.messages(n, 1 << 62)]
+        kind = rejection_kind(reason)
+        if kind not in self.rejected_by_kind and len(self.rejected_by_kind) >= MAX_REJECTION_KINDS:
+            kind = "other"
+        self.rejected_by_kind[kind] = self.rejected_by_kind.get(kind, 0) + n
+        where = ""
+        if self.dead_letters is not None and messages:
+            written = self.dead_letters.append(self.transport.url, reason or "", messages)
+            self._count(self.lib.LOGPOOL__DEAD_LETTERS, written)
+            where = f", appended to {self.sink.dead_letter_path}"
+        if release:  # after the dead letters: flush returns once they are written
+            self.chain.reject(n)
+        self.reporter.report(f"rejected {kind}", f"{self.transport.url}: the collector "
+                             f"refused a batch of {n} message{'s' if n != 1 else ''} for good "
+                             f"({reason}); dropped, counted in dropped_rejected{where}")
+
+    def _settle_each(self, fates):
+        """A per-item answer with retries among acknowledged or rejected items: settle each
+        message by its own fate and put only the retried ones back at the head of the
+        pending list (they go again before later messages, after the batch's delivered ones:
+        the one reordering, documented). Returns how many were settled."""
+        lib = self.lib
+        code = {Fate.ACK: lib.LOGPOOL__DONE_SENT, Fate.REJECT: lib.LOGPOOL__DONE_REJECTED,
+                Fate.RETRY: lib.LOGPOOL__DONE_REQUEUED}
+        codes, rejected, at = bytearray(), [], 0
+        for fate, n, reason in fates:
+            codes += bytes((code[fate],)) * n
+            if fate is Fate.REJECT:
+                rejected.append((at, n, reason))
+            at += n
+        copies = {}
+        if rejected and self.dead_letters is not None:
+            views = self.chain.messages(at, 1 << 62)
+            copies = {first: [bytes(v) for v in views[first:first + n]]
+                      for first, n, _ in rejected}
+        for first, n, reason in rejected:  # before the release: flush waits for them
+            self._reject(n, reason, copies.get(first, ()))
+        requeued = lib.logpool__sink_settle_each(self.c, self.ffi.from_buffer(codes), at)
+        if requeued < 0:  # no memory for the copy: release the head only, the rest goes again
+            first_retry = next(i for i, f in enumerate(fates) if f[0] is Fate.RETRY)
+            head = fates[:first_retry]
+            for fate, n, reason in head:
+                if fate is Fate.ACK:
+                    self.chain.ack(n)
+                else:
+                    self.chain.reject(n)
+            self.chain.count_retried(at - sum(n for _, n, _ in head))
+            return sum(n for _, n, _ in head)
+        self.chain.completed += at - requeued
+        self.chain.count_retried(requeued)
+        if self.replaying:
+            self.replay_reordered = True
+        return at - requeued
 
     def _wait_for_room(self, stalled_since):
         """The peer is not reading: wait for room in slices, watching the stop flag and

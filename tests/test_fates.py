@@ -90,3 +90,60 @@ def test_dead_letter_keys_are_checked(tmp_path):
         logpool.Pool({"sinks": [{"url": "udp://127.0.0.1:9"}], "dead_letter_path": "rel.jsonl"})
     with pytest.raises(logpool.ConfigError, match="dead_letter_max_bytes"):
         logpool.Pool({"sinks": [{"url": "udp://127.0.0.1:9", "dead_letter_max_bytes": 0}]})
+
+
+def relp_refusing(refuse):
+    """A RELP collector answering "rsp 500" to every message refuse(data) names, for ever,
+    and 200 to the others; a refusal does not end its session."""
+    import peers
+
+    def session(conn):
+        peers.relp_open(conn)
+        while True:
+            txnr, command, data = peers.relp_frame(conn)
+            if command == b"close":
+                conn.send(b"%d rsp 0\n" % txnr)
+                return
+            if refuse(data):
+                conn.send(b"%d rsp 16 500 not accepted\n" % txnr)
+            else:
+                conn.peer.take([data + b"\n"])
+                conn.send(b"%d rsp 6 200 OK\n" % txnr)
+    return session
+
+
+def test_a_relp_message_refused_for_ever_is_rejected_alone_and_the_rest_flows(pools, tmp_path):
+    import peers
+    from conftest import message, parse_line
+    peer = peers.Peer(relp_refusing(lambda data: data.startswith(b"0 7 ")))
+    try:
+        pool = pools({"sinks": [{"url": peer.url("relp"), "name": "edge"}], **FAST,
+                      "dead_letter_path": str(tmp_path / "dead.jsonl")})
+        for i in range(50):
+            pool.log(0, message(0, i))
+        pool.flush(timeout=60)
+        st = pool.stats(0)
+        taken = [parse_line(m)[1] for m in peer.taken]
+    finally:
+        peer.close()
+    assert sorted(set(taken)) == [i for i in range(50) if i != 7]
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 49
+    assert st["write_errors"] == 1  # refused once: one new session, then held and rejected
+    entry = json.loads((tmp_path / "dead.jsonl").read_text())
+    assert entry["message"].startswith("0 7 ") and "500 not accepted" in entry["reason"]
+    assert len(taken) - len(set(taken)) <= st["resent_messages"]
+
+
+def test_a_relp_collector_refusing_everything_rejects_nothing(pools):
+    import peers
+    from conftest import message
+    peer = peers.Peer(relp_refusing(lambda data: True))
+    try:
+        pool = pools({"sinks": [{"url": peer.url("relp"), "name": "edge"}], **FAST})
+        for i in range(20):
+            pool.log(0, message(0, i))
+        wait_for(lambda: pool.stats(0)["write_errors"] >= 3, what="several refused sessions")
+        st = pool.stats(0)
+    finally:
+        peer.close()
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == 0  # an outage: all held

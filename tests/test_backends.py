@@ -16,7 +16,7 @@ import pytest
 import logpool
 import logpool.config
 from conftest import message, wait_for
-from httppeer import assert_logged, response
+from httppeer import assert_logged, response, wait_for_log
 from logpool.transports.formats import FORMATS
 
 FAST = {"retry_interval_ms": 10, "max_retry_interval_ms": 2000, "periodic_flush_ms": 10}
@@ -822,27 +822,29 @@ def test_every_backend_key_is_documented_with_its_default():
 
 
 def test_splunk_hec_a_refused_event_is_dropped_and_the_rest_sent_again(peer, pools, capfd):
-    # HEC processes events in order: on a blank event it answers 400 code 13 naming it
-    # (invalid-event-number); the events before it were indexed, the rest were not.
+    # HEC processes events in order: on an event it refuses it answers 400 (code 6, invalid
+    # data format) naming it (invalid-event-number); the events before it were indexed, the
+    # rest were not. A blank event (code 13) is never sent: the encoder rejects it alone.
     taken = []
 
     def answer(request):
         events = [json.loads(line) for line in request.body.splitlines()]
         for i, event in enumerate(events):
-            if event["event"] == "":
+            if event["event"] in ("", "refuse-me"):
                 taken.extend(e["event"] for e in events[:i])
-                return [response(400, json.dumps({"text": "Event field cannot be blank",
-                                                  "code": 13, "invalid-event-number": i}))]
+                return [response(400, json.dumps({"text": "Invalid data format", "code": 6,
+                                                  "invalid-event-number": i}))]
         taken.extend(e["event"] for e in events)
         return [response(200, '{"text":"Success","code":0}')]
     server = peer(answer)
     pool = pools({"sinks": [{"url": server.url + "/", "http_format": "splunk_hec"}],
                   **{**FAST, "periodic_flush_ms": 300}})
-    log_all(pool, [b"a", b"b", b"\n", b"c", b"d"])  # "\n": a blank event
+    log_all(pool, [b"a", b"b", b"\n", b"refuse-me", b"c", b"d"])  # "\n": a blank event
     assert taken == ["a", "b", "c", "d"]  # once each, in order
     st = pool.stats(0)
-    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 4
-    assert_logged(capfd, "Event field cannot be blank")
+    assert st["dropped_rejected"] == 2 and st["sent_messages"] == 4
+    seen = assert_logged(capfd, "Invalid data format")
+    assert "a blank event" in seen + wait_for_log(capfd, "a blank event")
 
 
 def test_clickhouse_a_row_it_cannot_parse_is_isolated_and_dropped_alone(peer, pools, capfd):

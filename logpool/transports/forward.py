@@ -10,9 +10,12 @@ chunk not in flight, or no progress for send_timeout_ms reconnects (with the eng
 backoff) and resends every message not acknowledged, in order: at-least-once delivery
 (resends counted in resent_messages).
 
-Records: the message when it is a JSON object, else ``{"message": "<line>"}``; the time is
-the record time of logpool.transports.formats (a time field of the message, else when the
-chunk was framed).
+Records: the message when it is a JSON object (strict JSON) msgpack can carry, else
+``{"message": "<line>"}`` (invalid UTF-8 bytes as U+FFFD; also a JSON object holding an
+integer beyond 64 bits); the time is the record time of logpool.transports.formats (a time
+field of the message, else when the chunk was framed). A time field out of range (before 1970,
+after 2106-02-07, not finite, not a time: EventTime's seconds are 32 bits) gives the chunk's
+time; the record keeps the original value. Encoding never fails a chunk (encode_entries).
 
 forward_shared_key: the optional handshake (HELO from the server, PING with
 sha512(salt + hostname + nonce + key), PONG checked the same way) happens inside connect, so a
@@ -30,12 +33,16 @@ import struct
 import time
 from collections import deque
 
+import msgspec
+
 from logpool.errors import ConfigError
 from logpool.transports.base import ProtocolError
-from logpool.transports.formats.common import as_object, record_time_ns
+from logpool.transports.formats.common import (ANY, NOT_JSON, batch_time, record_time_ns,
+                                               utf8_line)
 from logpool.transports.schema import Option, defaults, int_range, non_empty
 from logpool.transports.session import AcknowledgedTransport
 
+PACK = msgspec.msgpack.Encoder().encode  # bytes as bin, str as str (as use_bin_type=True)
 DEFAULT_WINDOW = 8
 CHUNK_BYTES = 1024 * 1024  # messages per chunk total at most this (one larger goes alone)
 CHUNK_MESSAGES = 4096
@@ -59,21 +66,63 @@ def _tag(where, value):
 
 
 def event_time(ns):
-    """Fluent's EventTime: msgpack ext type 0, seconds and nanoseconds, big-endian."""
-    import msgpack
-    return msgpack.ExtType(0, struct.pack(">II", ns // 10**9, ns % 10**9))
+    """Fluent's EventTime: msgpack ext type 0, seconds and nanoseconds, big-endian (ns within
+    record time's range: the seconds fit 32 bits)."""
+    return msgspec.msgpack.Ext(0, struct.pack(">II", ns // 10**9, ns % 10**9))
+
+
+def record(message):
+    """(record, time ns or None): the message as a map for msgpack: itself when it is a JSON
+    object msgpack can carry, else {"message": <the line>} (invalid UTF-8 bytes as U+FFFD)."""
+    line = utf8_line(message)
+    if line[:1] == b"{":
+        try:
+            doc = ANY.decode(line)
+        except NOT_JSON:
+            doc = None
+        if isinstance(doc, dict):
+            return doc, record_time_ns(doc, None)
+    return {"message": line.decode()}, None
+
+
+def encode_entries(messages, now_ns):
+    """The PackedForward entries of `messages`: the concatenation of msgpack
+    [EventTime, record] pairs, a pure function of the messages and the fallback time (the
+    batch's: for a message with no time field in range). Never raises: a record msgpack
+    cannot carry (an integer beyond 64 bits) goes as {"message": <the line>}."""
+    fallback = event_time(batch_time(now_ns))
+    times = {}  # ns -> EventTime (lines share their second)
+    pairs = []
+    for m in messages:
+        doc, ns = record(m)
+        if ns is None:
+            when = fallback
+        else:
+            when = times.get(ns)
+            if when is None:
+                when = times[ns] = event_time(ns)
+        pairs.append((when, doc))
+    try:
+        packed = PACK(pairs)
+    except (OverflowError, ValueError, TypeError, RecursionError):
+        packed = PACK([(when, _packable(doc, m)) for (when, doc), m in zip(pairs, messages)])
+    # An array's header, then its items: the items are the entries.
+    n = len(pairs)
+    return packed[1 if n < 16 else 3 if n < 65536 else 5:]
+
+
+def _packable(doc, message):
+    try:
+        PACK(doc)
+        return doc
+    except (OverflowError, ValueError, TypeError, RecursionError):
+        return {"message": utf8_line(message).decode()}
 
 
 def encode_chunk(tag, messages, chunk_id, now_ns):
     """One PackedForward message (bytes) carrying `messages` as chunk `chunk_id`."""
-    import msgpack
-    packer = msgpack.Packer(use_bin_type=True)
-    entries = bytearray()
-    for m in messages:
-        doc, text = as_object(m)
-        record = doc if doc is not None else {"message": text}
-        entries += packer.pack([event_time(record_time_ns(doc, now_ns)), record])
-    return packer.pack([tag, bytes(entries), {"size": len(messages), "chunk": chunk_id}])
+    return PACK([tag, encode_entries(messages, now_ns),
+                 {"size": len(messages), "chunk": chunk_id}])
 
 
 def unpacker():

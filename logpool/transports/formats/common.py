@@ -1,19 +1,20 @@
 """What every body format shares: the Encoder base class, Request/Response/Answer, option
 checkers, record time and JSON helpers (the package doc says how formats plug in)."""
 import datetime
-import json
 from collections import namedtuple
+
+import msgspec
 
 from logpool.transports.schema import Option  # noqa: F401 — the formats' keys are Options
 
-Request = namedtuple("Request", "path headers body")
+# rejected: ((index in the messages, reason), ...) of the messages left out of the body, each
+# refused for good (the format cannot represent it); the body carries the others, in order.
+Request = namedtuple("Request", "path headers body rejected", defaults=((),))
 Response = namedtuple("Response", "status reason headers body")  # headers: lower-case keys
 
 ACK, RETRY, REJECT = "ack", "retry", "reject"
 TIME_FIELDS = ("@timestamp", "timestamp", "time", "ts")
 RESPONSE_LIMIT = 64 * 1024  # bytes of a response body kept (the rest is discarded)
-
-
 
 
 class Answer:
@@ -81,17 +82,80 @@ def body_text(response, limit=200):
     return response.body[:limit].decode("utf-8", "replace").strip()
 
 
-def as_object(message):
-    """(dict or None, text): the message as a JSON object if it is one, and as text."""
-    text = bytes(message).rstrip(b"\n").decode("utf-8", "replace")
-    if text[:1] == "{":
+# -- reading a message -------------------------------------------------------------------------
+#
+# Every format reads a message through parse_line, at most once: the bytes without the
+# trailing newline, made valid UTF-8 (an invalid byte becomes U+FFFD), and, when the line is
+# one strict JSON object (RFC 8259, checked by msgspec: no NaN or Infinity literal, no control
+# character or lone surrogate in a string, nothing after the object, nested less deep than
+# Python's recursion limit), the fields the format asked for, kept lazily (msgspec.Raw: the
+# value's JSON text, parsed only if used). A line that is not such an object is text: the
+# format wraps it or sends it as a string. Numbers are passed as written (RFC 8259 leaves
+# their range to the receiver). Nothing here raises.
+
+NOT_JSON = (msgspec.MsgspecError, ValueError, RecursionError, OverflowError)
+
+
+class Times(msgspec.Struct):
+    """The time fields of a record (TIME_FIELDS, first wins): their JSON text, or None."""
+    at_timestamp: msgspec.Raw = msgspec.field(name="@timestamp", default=None)
+    timestamp: msgspec.Raw = None
+    time: msgspec.Raw = None
+    ts: msgspec.Raw = None
+
+
+class NoFields(msgspec.Struct):
+    """A strict JSON object, none of whose fields is wanted (the check alone)."""
+
+
+TIMES = msgspec.json.Decoder(Times)
+JSON_OBJECT = msgspec.json.Decoder(NoFields)
+JSON_VALUE = msgspec.json.Decoder(msgspec.Raw)  # any strict JSON value
+ANY = msgspec.json.Decoder()
+encode_json = msgspec.json.Encoder().encode  # compact, UTF-8, strict (raises on NaN: never fed)
+
+
+def utf8_line(message):
+    """The message's bytes without trailing newlines, as valid UTF-8."""
+    line = bytes(message)
+    if line[-1:] == b"\n":
+        line = line.rstrip(b"\n")
+    if not line.isascii():
         try:
-            doc = json.loads(text)
-        except ValueError:
-            return None, text
-        if isinstance(doc, dict):
-            return doc, text
-    return None, text
+            line.decode()
+        except UnicodeDecodeError:
+            line = line.decode("utf-8", "replace").encode()
+    return line
+
+
+def parse_line(message, decoder=TIMES):
+    """(line, fields): the message as valid UTF-8 without its trailing newline, and `decoder`'s
+    struct of its fields when it is one strict JSON object, else None."""
+    line = utf8_line(message)
+    if line[:1] != b"{":
+        return line, None
+    try:
+        return line, decoder.decode(line)
+    except NOT_JSON:
+        return line, None
+
+
+def wrapped(line):
+    """{"message": <the line>} as JSON bytes (line: valid UTF-8)."""
+    return b'{"message":' + encode_json(line.decode()) + b"}"
+
+
+def as_object(message):
+    """(dict or None, text): the message as a JSON object if it is one (strict JSON), and as
+    text (valid UTF-8)."""
+    line, fields = parse_line(message, JSON_OBJECT)
+    text = line.decode()
+    if fields is None:
+        return None, text
+    try:
+        return ANY.decode(line), text
+    except NOT_JSON:
+        return None, text
 
 
 def document(message):
@@ -101,31 +165,123 @@ def document(message):
 
 
 def compact(doc):
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    return encode_json(doc).decode()
+
+
+# -- record time ---------------------------------------------------------------------------------
+
+MIN_NS, MAX_NS = 0, (2**32 - 1) * 10**9 + 999_999_999  # 1970-01-01 to 2106-02-07 06:28:15 UTC
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# Log lines repeat their second: a time's text -> ns or None (bounded; the same for any text,
+# so shared by every sink's writer).
+_time_cache, _text_cache = {}, {}
+
+
+def batch_time(now_ns):
+    """The batch's time, within what every format can carry."""
+    return min(max(now_ns, MIN_NS), MAX_NS)
+
+
+def number_ns(value):
+    """A number of seconds, milliseconds, microseconds or nanoseconds since the epoch (told
+    apart by size) -> ns, or None when it is not a time every format can carry."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value < 1e20):  # also NaN
+        return None
+    if value < 1e11:  # seconds (e.g. $msec), to the microsecond (exact in a double)
+        ns = round(value * 1e6) * 1000
+    elif value < 1e14:  # milliseconds
+        ns = round(value * 1e3) * 1000
+    elif value < 1e17:  # microseconds
+        ns = int(value * 1000) if isinstance(value, float) else value * 1000
+    else:
+        ns = int(value)
+    return ns if MIN_NS <= ns <= MAX_NS else None
+
+
+def text_ns(text):
+    """An RFC 3339 / ISO 8601 time (no zone: UTC) -> ns, or None."""
+    try:
+        return _text_cache[text]
+    except (KeyError, TypeError):
+        pass
+    if not isinstance(text, str) or len(text) > 64:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text.replace(" ", "T"))
+    except (ValueError, OverflowError):
+        ns = None
+    else:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        delta = when - EPOCH
+        ns = (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+        if not MIN_NS <= ns <= MAX_NS:
+            ns = None
+    if len(_text_cache) > 4096:
+        _text_cache.clear()
+    _text_cache[text] = ns
+    return ns
+
+
+def value_ns(value):
+    """A decoded time field's value -> ns, or None when it is not a time in range."""
+    return text_ns(value) if isinstance(value, str) else number_ns(value)
+
+
+def raw_ns(raw):
+    """A time field's JSON text (msgspec.Raw) -> ns, or None."""
+    key = bytes(raw)
+    try:
+        return _time_cache[key]
+    except KeyError:
+        pass
+    try:
+        ns = value_ns(ANY.decode(key))
+    except NOT_JSON:
+        ns = None
+    if len(_time_cache) > 4096:
+        _time_cache.clear()
+    _time_cache[key] = ns
+    return ns
+
+
+def fields_time_ns(fields, fallback_ns):
+    """The record time from a Times-like struct (parse_line's fields, or None)."""
+    if fields is not None:
+        for raw in (fields.at_timestamp, fields.timestamp, fields.time, fields.ts):
+            if raw is not None:
+                ns = raw_ns(raw)
+                if ns is not None:
+                    return ns
+    return fallback_ns
 
 
 def record_time_ns(doc, fallback_ns):
-    """The time a record was logged, from its JSON fields (see the module doc)."""
+    """The time a record was logged, from its JSON fields (a dict; see the package doc): the
+    first field holding a time in range, else fallback_ns."""
     if doc is not None:
         for key in TIME_FIELDS:
-            value = doc.get(key)
-            if value is None:
-                continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if value > 1e14:  # already nanoseconds (or micro): take ns as given
-                    return int(value) if value > 1e17 else int(value * 1000)
-                # seconds (e.g. $msec) or milliseconds, to the microsecond (exact in a double)
-                return round(value * 1e6) * 1000 if value < 1e11 else round(value * 1e3) * 1000
-            if isinstance(value, str):
-                try:
-                    when = datetime.datetime.fromisoformat(value.replace(" ", "T"))
-                except ValueError:
-                    continue
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=datetime.timezone.utc)
-                delta = when - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-                return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+            ns = value_ns(doc.get(key))
+            if ns is not None:
+                return ns
     return fallback_ns
+
+
+# -- per-record rejections -----------------------------------------------------------------------
+
+class Rejections:
+    """The messages an encoder leaves out of a request, each with its reason: encode()
+    returns them in Request.rejected as ((index in messages, reason), ...), in order."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, index, reason):
+        self.items.append((index, reason))
+
+    def result(self):
+        return tuple(self.items)
 
 
 def standard_path(url_path, path):

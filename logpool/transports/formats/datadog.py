@@ -5,15 +5,36 @@ in http_headers: ``{"DD-API-KEY": "<key>"}``; the URL names the site, e.g.
 Each entry is the message when it is a JSON object, else ``{"message": "<line>"}``, with
 ``ddsource`` (``datadog_source``, default "nginx"), ``service`` (``datadog_service``, default
 "logpool"), ``hostname`` (``datadog_hostname``, default this host's name) unless the message
-sets them, and ``timestamp`` (milliseconds, the record time) unless it has one. At most 1000
-entries per request (the intake's limit).
+sets them, and ``timestamp`` (milliseconds, the record time) unless it has one. The members
+are appended to the message's own text (it is parsed only to check it and read those fields).
+A message whose own ``timestamp`` is out of range or not a time gets the batch's time, its
+original value kept as ``original_timestamp``; a record time out of range elsewhere also
+becomes the batch's time. At most 1000 entries per request (the intake's limit).
 
 Answer: 202 (any 2xx) acknowledges; 413 halves the request; 429 and 5xx retry.
 """
+import itertools
 import socket
 
-from logpool.transports.formats.common import (Encoder, Option, Request, as_object, compact,
-                                        record_time_ns, text_option)
+import msgspec
+
+from logpool.transports.formats.common import (ANY, NOT_JSON, Encoder, Option, Request, batch_time,
+                                               encode_json, fields_time_ns, parse_line, raw_ns,
+                                               text_option)
+
+
+class Fields(msgspec.Struct):
+    """What an entry needs to know of a message: its time fields and the tags it sets."""
+    at_timestamp: msgspec.Raw = msgspec.field(name="@timestamp", default=None)
+    timestamp: msgspec.Raw = None
+    time: msgspec.Raw = None
+    ts: msgspec.Raw = None
+    ddsource: msgspec.Raw = None
+    service: msgspec.Raw = None
+    hostname: msgspec.Raw = None
+
+
+FIELDS = msgspec.json.Decoder(Fields)
 
 
 class Datadog(Encoder):
@@ -35,16 +56,49 @@ class Datadog(Encoder):
         self.tags = {"ddsource": options["datadog_source"] or "nginx",
                      "service": options["datadog_service"] or "logpool",
                      "hostname": options["datadog_hostname"] or socket.gethostname()}
+        # The tags a message lacks -> the JSON members to add, for each of the 8 cases.
+        self.tail = {}
+        for lacking in itertools.product((False, True), repeat=3):
+            members = {k: v for (k, v), add in zip(self.tags.items(), lacking) if add}
+            self.tail[lacking] = encode_json(members)[1:-1]
 
     def encode(self, messages, now_ns):
         entries = []
+        fallback = batch_time(now_ns) // 1_000_000
         for m in messages:
-            doc, text = as_object(m)
-            entry = dict(doc) if doc is not None else {"message": text}
-            for key, value in self.tags.items():
-                entry.setdefault(key, value)
-            if "timestamp" not in entry:
-                entry["timestamp"] = record_time_ns(doc, now_ns) // 1_000_000
-            entries.append(compact(entry))
-        body = ("[" + ",".join(entries) + "]").encode()
+            line, fields = parse_line(m, FIELDS)
+            if fields is None:
+                entry = {"message": line.decode(), **self.tags, "timestamp": fallback}
+                entries.append(encode_json(entry))
+                continue
+            if fields.timestamp is not None and raw_ns(fields.timestamp) is None:
+                entries.append(self._replace_timestamp(line, fallback))
+                continue
+            members = self.tail[fields.ddsource is None, fields.service is None,
+                                fields.hostname is None]
+            if fields.timestamp is None:
+                ns = fields_time_ns(fields, None)
+                members += b',"timestamp":%d' % (fallback if ns is None else ns // 1_000_000)
+                if members[:1] == b",":
+                    members = members[1:]
+            if not members:
+                entries.append(line)
+                continue
+            end = line.rindex(b"}")
+            empty = line[1:end].strip() == b"" if end < 16 else False
+            entries.append(line[:end] + (b"" if empty else b",") + members + line[end:])
+        body = b"[" + b",".join(entries) + b"]"
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
+
+    def _replace_timestamp(self, line, fallback_ms):
+        """A message whose own timestamp is not a time Datadog takes (out of range, not a
+        time): the batch's time, the original kept as original_timestamp."""
+        try:
+            entry = ANY.decode(line)
+        except NOT_JSON:  # a number beyond a double elsewhere in it: the line as text
+            entry = {"message": line.decode()}
+        entry["original_timestamp"] = entry.pop("timestamp", None)
+        entry["timestamp"] = fallback_ms
+        for key, value in self.tags.items():
+            entry.setdefault(key, value)
+        return encode_json(entry)

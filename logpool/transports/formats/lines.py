@@ -1,6 +1,15 @@
-"""ndjson and json_array: the messages themselves, one per line or as a JSON array (the
-messages are sent as they are: the caller makes them JSON)."""
-from logpool.transports.formats.common import Encoder, Request
+"""ndjson and json_array.
+
+ndjson: the messages as they are, one per line (the one format that never reads them: any
+line goes, JSON or not, as logpool receive and line-oriented collectors take it).
+
+json_array: the messages as the elements of one JSON array. A message that is not one strict
+JSON value (RFC 8259: a NaN or Infinity literal, invalid UTF-8, a control character or lone
+surrogate in a string, nesting deeper than Python's recursion limit, trailing text) would make the whole body unreadable, so it goes as
+``{"message": "<the line>"}`` instead (invalid UTF-8 bytes as U+FFFD); each valid one is
+passed through byte for byte, parsed only to check it."""
+from logpool.transports.formats.common import (JSON_VALUE, NOT_JSON, Encoder, Request, utf8_line,
+                                               wrapped)
 
 
 class Ndjson(Encoder):
@@ -17,5 +26,14 @@ class JsonArray(Encoder):
     CONTENT_TYPE = "application/json"
 
     def encode(self, messages, now_ns):
-        body = b"[" + b",".join(bytes(m).rstrip(b"\n") for m in messages) + b"]"
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
+        check = JSON_VALUE.decode
+        elements = []
+        for m in messages:
+            line = utf8_line(m)
+            try:
+                check(line)
+            except NOT_JSON:
+                line = wrapped(line)
+            elements.append(line)
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
+                       b"[" + b",".join(elements) + b"]")

@@ -1,7 +1,9 @@
 """loki: Grafana Loki's push API, JSON (``POST /loki/api/v1/push``).
 
 One stream per request with the labels of ``loki_labels`` (default ``{"job": "logpool"}``);
-each line is the message, its timestamp the record time (see the package doc).
+each line is the message (invalid UTF-8 bytes as U+FFFD), its timestamp the record time (see
+the package doc) as a decimal string of nanoseconds; a record whose time field is out of range
+or not a time gets the batch's time, and the line keeps the original value.
 
 Answer: 2xx (204) acknowledges; a 400 naming entries out of order or too old counts them as
 refused for good with Loki's reason: "total ignored: N out of M" counts N (the rest were
@@ -9,8 +11,9 @@ taken), otherwise the whole request.
 """
 import re
 
-from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
-                                        body_text, compact, record_time_ns, table_option)
+from logpool.transports.formats.common import (Answer, Encoder, Option, Request, batch_time,
+                                               body_text, encode_json, fields_time_ns,
+                                               parse_line, table_option)
 
 IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
 REFUSED = ("out of order", "too old", "too far behind", "greater than", "ignored")
@@ -30,11 +33,13 @@ class Loki(Encoder):
         self.labels = options["loki_labels"] or {"job": "logpool"}
 
     def encode(self, messages, now_ns):
+        fallback = str(batch_time(now_ns))
         values = []
         for m in messages:
-            doc, text = as_object(m)
-            values.append([str(record_time_ns(doc, now_ns)), text])
-        body = compact({"streams": [{"stream": self.labels, "values": values}]}).encode()
+            line, fields = parse_line(m)
+            ns = fields_time_ns(fields, None)
+            values.append((fallback if ns is None else str(ns), line.decode()))
+        body = encode_json({"streams": [{"stream": self.labels, "values": values}]})
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
 
     def interpret(self, response, count):

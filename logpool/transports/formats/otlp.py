@@ -3,20 +3,47 @@
 JSON (``application/json``, OTLP's JSON mapping).
 
 One ResourceLogs with ``otlp_resource_attributes`` (default ``{"service.name": "logpool"}``),
-one ScopeLogs (scope "logpool"), one LogRecord per message: body = the line (a string),
-time_unix_nano = the record time (see the package doc), observed_time_unix_nano = when the
-batch was first encoded.
+one ScopeLogs (scope "logpool"), one LogRecord per message: body = the line (a string; invalid
+UTF-8 bytes as U+FFFD), time_unix_nano = the record time (see the package doc),
+observed_time_unix_nano = when the batch was first encoded. A record whose time field is out
+of range or not a time gets the batch's time; the body keeps the original value. The protobuf
+body is written directly (the official schema's field numbers; the tests decode it with
+opentelemetry-proto).
 
 Answer: 2xx acknowledges, except ``partial_success.rejected_log_records`` (N > 0): N refused
 for good, with the collector's error_message; an answer body that does not decode is an error
 (kept, retried).
 """
 import json
+import struct
 
-from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
-                                        body_text, record_time_ns, table_option)
+from logpool.transports.formats.common import (Answer, Encoder, Option, Request, batch_time,
+                                               body_text, encode_json, fields_time_ns,
+                                               parse_line, table_option)
 
-SCOPE = "logpool"
+SCOPE_NAME = "logpool"
+# Field keys (number << 3 | wire type) of the messages written by hand, from
+# opentelemetry/proto/{collector/logs/v1/logs_service,logs/v1/logs,common/v1/common}.proto.
+RESOURCE_LOGS = b"\x0a"  # ExportLogsServiceRequest.resource_logs = 1, length-delimited
+RESOURCE = b"\x0a"  # ResourceLogs.resource = 1
+SCOPE_LOGS = b"\x12"  # ResourceLogs.scope_logs = 2
+SCOPE = b"\x0a"  # ScopeLogs.scope = 1
+LOG_RECORD = b"\x12"  # ScopeLogs.log_records = 2
+TIME = b"\x09"  # LogRecord.time_unix_nano = 1, fixed64
+BODY = b"\x2a"  # LogRecord.body = 5, AnyValue
+OBSERVED = b"\x59"  # LogRecord.observed_time_unix_nano = 11, fixed64
+STRING = b"\x0a"  # AnyValue.string_value = 1 (valid UTF-8)
+
+
+def _varint(n):
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _check_attributes(where, value):
@@ -49,25 +76,32 @@ class Otlp(Encoder):
         from opentelemetry.proto.common.v1 import common_pb2
         from opentelemetry.proto.resource.v1 import resource_pb2
         self.pb = logs_service_pb2
-        self.resource = resource_pb2.Resource(attributes=[
+        resource = resource_pb2.Resource(attributes=[
             common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=v))
-            for k, v in _attributes(options).items()])
-        self.scope = common_pb2.InstrumentationScope(name=SCOPE)
+            for k, v in _attributes(options).items()]).SerializeToString(deterministic=True)
+        scope = common_pb2.InstrumentationScope(name=SCOPE_NAME).SerializeToString(deterministic=True)
+        self.resource = RESOURCE + _varint(len(resource)) + resource  # ResourceLogs.resource
+        self.scope = SCOPE + _varint(len(scope)) + scope  # ScopeLogs.scope
 
     def encode(self, messages, now_ns):
-        request = self.pb.ExportLogsServiceRequest()
-        rl = request.resource_logs.add()
-        rl.resource.CopyFrom(self.resource)
-        sl = rl.scope_logs.add()
-        sl.scope.CopyFrom(self.scope)
+        # The wire format written directly (what protobuf's deterministic serialization makes,
+        # fields in number order): one LogRecord per message after the resource and scope.
+        observed = OBSERVED + struct.pack("<Q", batch_time(now_ns))
+        fallback = TIME + struct.pack("<Q", batch_time(now_ns))
+        pack = struct.pack
+        records = [self.scope]
         for m in messages:
-            doc, text = as_object(m)
-            record = sl.log_records.add()
-            record.time_unix_nano = record_time_ns(doc, now_ns)
-            record.observed_time_unix_nano = now_ns
-            record.body.string_value = text
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
-                       request.SerializeToString(deterministic=True))
+            line, fields = parse_line(m)
+            ns = fields_time_ns(fields, None)
+            size = len(line)
+            body = STRING + _varint(size) + line
+            record = (fallback if ns is None else TIME + pack("<Q", ns)) + BODY + _varint(
+                len(body)) + body + observed
+            records.append(LOG_RECORD + _varint(len(record)) + record)
+        scope_logs = b"".join(records)
+        resource_logs = self.resource + SCOPE_LOGS + _varint(len(scope_logs)) + scope_logs
+        body = RESOURCE_LOGS + _varint(len(resource_logs)) + resource_logs
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
 
     def interpret(self, response, count):
         if not 200 <= response.status < 300:
@@ -103,16 +137,17 @@ class OtlpJson(Encoder):
                                         for k, v in _attributes(options).items()]}
 
     def encode(self, messages, now_ns):
+        observed = str(batch_time(now_ns))
         records = []
         for m in messages:
-            doc, text = as_object(m)
-            records.append({"timeUnixNano": str(record_time_ns(doc, now_ns)),
-                            "observedTimeUnixNano": str(now_ns),
-                            "body": {"stringValue": text}})
+            line, fields = parse_line(m)
+            ns = fields_time_ns(fields, None)
+            records.append({"timeUnixNano": observed if ns is None else str(ns),
+                            "observedTimeUnixNano": observed,
+                            "body": {"stringValue": line.decode()}})
         request = {"resourceLogs": [{"resource": self.resource, "scopeLogs": [
-            {"scope": {"name": SCOPE}, "logRecords": records}]}]}
-        body = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
+            {"scope": {"name": SCOPE_NAME}, "logRecords": records}]}]}
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, encode_json(request))
 
     def interpret(self, response, count):
         if not 200 <= response.status < 300:

@@ -3,7 +3,11 @@
 http_headers: ``{"Authorization": "Splunk <token>"}``.
 
 event: one envelope per message, ``{"time": <record time, seconds>, "event": <the message
-as JSON when it is JSON, else the line>}``, concatenated; raw: the lines, newline-separated.
+as JSON when it is a JSON object, passed through byte for byte, else the line as a string>}``,
+one per line; raw: the lines, newline-separated. A record whose time field is out of range or
+not a time gets the batch's time (the event keeps the original value). A blank message (empty
+or whitespace) is not sent: HEC refuses a blank event (code 13) and drops every event after it
+in the request, so the encoder rejects that message alone (Request.rejected).
 
 Answer: 200 with ``"code": 0`` acknowledges; ``"code": 9`` (server busy) retries; 400, 401
 and 403 about the configuration (a bad token, a disabled input, a wrong index, a channel:
@@ -16,11 +20,18 @@ process the rest, so those are acknowledged, that one is refused for good
 import json
 
 from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
-                                               Request, as_object, body_text, choice_option,
-                                               compact, record_time_ns)
+                                               Rejections, Request, batch_time, body_text,
+                                               choice_option, encode_json, fields_time_ns,
+                                               parse_line)
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
 DATA_CODES = (5, 6, 12, 13, 15)  # no data, invalid format, event required/blank, fields
+BLANK = "a blank event (Splunk HEC refuses it: code 13, and processes nothing after it)"
+
+
+def _seconds(ns):
+    """The envelope up to the event: {"time":<seconds, to the millisecond>,"event":"""
+    return b'{"time":%d.%03d,"event":' % (ns // 10**9, ns // 10**6 % 1000)
 
 
 class SplunkHec(Encoder):
@@ -39,14 +50,26 @@ class SplunkHec(Encoder):
         if self.raw:
             body = b"".join(m if m.endswith(b"\n") else m + b"\n" for m in map(bytes, messages))
             return Request(self.path, {"Content-Type": "text/plain"}, body)
-        out = []
-        for m in messages:
-            doc, text = as_object(m)
-            seconds = record_time_ns(doc, now_ns) / 1e9
-            out.append(compact({"time": round(seconds, 3),
-                                "event": doc if doc is not None else text}))
+        out, rejected = [], Rejections()
+        fallback = _seconds(batch_time(now_ns))
+        seconds = {}  # ns -> its envelope head (lines share their second)
+        for i, m in enumerate(messages):
+            line, fields = parse_line(m)
+            if fields is None:
+                if not line.strip():
+                    rejected.add(i, BLANK)
+                    continue
+                line = encode_json(line.decode())
+            ns = fields_time_ns(fields, None)
+            if ns is None:
+                head = fallback
+            else:
+                head = seconds.get(ns)
+                if head is None:
+                    head = seconds[ns] = _seconds(ns)
+            out.append(head + line + b"}")
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
-                       "\n".join(out).encode() + b"\n")
+                       b"\n".join(out) + b"\n" if out else b"", rejected.result())
 
     def interpret(self, response, count):
         code, answer = None, {}

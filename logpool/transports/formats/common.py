@@ -145,6 +145,15 @@ def wrapped(line):
     return b'{"message":' + encode_json(line.decode()) + b"}"
 
 
+def one_line(line):
+    """A JSON object line spread over several lines (whitespace between tokens), re-serialized
+    on one; one that Python cannot hold (a number beyond a double) wrapped as text."""
+    try:
+        return encode_json(ANY.decode(line))
+    except NOT_JSON:
+        return wrapped(line.replace(b"\n", b" "))
+
+
 def as_object(message):
     """(dict or None, text): the message as a JSON object if it is one (strict JSON), and as
     text (valid UTF-8)."""

@@ -21,8 +21,8 @@ import msgspec
 
 from logpool.transports.formats.common import (ACK, ANY, JSON_OBJECT, REJECT, RETRY, Answer,
                                                Encoder, Option, Request, add_query, body_text,
-                                               compact, encode_json, parse_line, text_option,
-                                               wrapped)
+                                               compact, encode_json, one_line, parse_line,
+                                               text_option, wrapped)
 
 # Only what is read back: keeps the answer small (about 30 bytes per item).
 FILTER = "filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason"
@@ -73,7 +73,7 @@ class Elasticsearch(Encoder):
             if fields is None:
                 line = wrapped(line)
             elif line.find(b"\n") >= 0:  # whitespace between tokens: put on one line
-                line = encode_json(ANY.decode(line))
+                line = one_line(line)
             if id_field is not None and fields is not None and fields.id is not None:
                 out.append(self._action_with_id(fields.id))
             else:

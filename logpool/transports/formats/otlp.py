@@ -86,8 +86,9 @@ class Otlp(Encoder):
     def encode(self, messages, now_ns):
         # The wire format written directly (what protobuf's deterministic serialization makes,
         # fields in number order): one LogRecord per message after the resource and scope.
-        observed = OBSERVED + struct.pack("<Q", batch_time(now_ns))
-        fallback = TIME + struct.pack("<Q", batch_time(now_ns))
+        # (proto3 leaves a field at its default, 0, out)
+        observed = OBSERVED + struct.pack("<Q", batch_time(now_ns)) if batch_time(now_ns) else b""
+        fallback = TIME + struct.pack("<Q", batch_time(now_ns)) if batch_time(now_ns) else b""
         pack = struct.pack
         records = [self.scope]
         for m in messages:
@@ -95,7 +96,7 @@ class Otlp(Encoder):
             ns = fields_time_ns(fields, None)
             size = len(line)
             body = STRING + _varint(size) + line
-            record = (fallback if ns is None else TIME + pack("<Q", ns)) + BODY + _varint(
+            record = (fallback if ns is None else TIME + pack("<Q", ns) if ns else b"") + BODY + _varint(
                 len(body)) + body + observed
             records.append(LOG_RECORD + _varint(len(record)) + record)
         scope_logs = b"".join(records)

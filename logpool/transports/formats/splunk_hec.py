@@ -22,7 +22,7 @@ import json
 from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
                                                Rejections, Request, batch_time, body_text,
                                                choice_option, encode_json, fields_time_ns,
-                                               parse_line)
+                                               one_line, parse_line)
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
 DATA_CODES = (5, 6, 12, 13, 15)  # no data, invalid format, event required/blank, fields
@@ -60,6 +60,8 @@ class SplunkHec(Encoder):
                     rejected.add(i, BLANK)
                     continue
                 line = encode_json(line.decode())
+            elif line.find(b"\n") >= 0:  # one envelope a line
+                line = one_line(line)
             ns = fields_time_ns(fields, None)
             if ns is None:
                 head = fallback

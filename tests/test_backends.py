@@ -847,6 +847,22 @@ def test_splunk_hec_a_refused_event_is_dropped_and_the_rest_sent_again(peer, poo
     assert "a blank event" in seen + wait_for_log(capfd, "a blank event")
 
 
+def test_a_batch_the_encoder_rejects_whole_is_never_sent(peer, pools, capfd):
+    # Every message of the batch is one the format cannot carry (HEC: blank events): they
+    # are rejected there and then, no request goes out, and the next batch is sent as usual.
+    server = peer(lambda request: [response(200, '{"text":"Success","code":0}')])
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "splunk_hec"}],
+                  **FAST})
+    log_all(pool, [b"\n", b"  ", b"\t"])
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 3 and st["sent_messages"] == 0
+    assert server.requests == []
+    assert_logged(capfd, "a blank event")
+    log_all(pool, [b"after"])
+    assert [json.loads(r.body)["event"] for r in server.requests] == ["after"]
+    assert pool.stats(0)["sent_messages"] == 1
+
+
 def test_clickhouse_a_row_it_cannot_parse_is_isolated_and_dropped_alone(peer, pools, capfd):
     rows = []
 

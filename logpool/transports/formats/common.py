@@ -111,26 +111,30 @@ class NoFields(msgspec.Struct):
 TIMES = msgspec.json.Decoder(Times)
 JSON_OBJECT = msgspec.json.Decoder(NoFields)
 JSON_VALUE = msgspec.json.Decoder(msgspec.Raw)  # any strict JSON value
+JSON_VALUES = msgspec.json.Decoder(list[msgspec.Raw])  # an array, each element's text
 ANY = msgspec.json.Decoder()
 encode_json = msgspec.json.Encoder().encode  # compact, UTF-8, strict (raises on NaN: never fed)
 
 
+def valid_utf8(line):
+    """line (bytes) as valid UTF-8: itself, or with each invalid byte as U+FFFD."""
+    try:
+        line.decode()
+        return line
+    except UnicodeDecodeError:
+        return line.decode("utf-8", "replace").encode()
+
+
 def utf8_line(message):
     """The message's bytes without trailing newlines, as valid UTF-8."""
-    line = bytes(message)
-    if line[-1:] == b"\n":
-        line = line.rstrip(b"\n")
-    if not line.isascii():
-        try:
-            line.decode()
-        except UnicodeDecodeError:
-            line = line.decode("utf-8", "replace").encode()
-    return line
+    line = bytes(message).rstrip(b"\n")
+    return line if line.isascii() else valid_utf8(line)
 
 
 def parse_line(message, decoder=TIMES):
     """(line, fields): the message as valid UTF-8 without its trailing newline, and `decoder`'s
-    struct of its fields when it is one strict JSON object, else None."""
+    struct of its fields when it is one strict JSON object, else None. (The formats' loops
+    inline these steps: this is their reference.)"""
     line = utf8_line(message)
     if line[:1] != b"{":
         return line, None
@@ -138,6 +142,39 @@ def parse_line(message, decoder=TIMES):
         return line, decoder.decode(line)
     except NOT_JSON:
         return line, None
+
+
+def joined(head, separator, parts, tail):
+    """head + separator.join(parts) + tail, with one large copy (not three: a large buffer is
+    fresh pages from the kernel, as costly as the copy itself)."""
+    if len(parts) == 1:
+        return head + parts[0] + tail
+    ends = parts[:]
+    ends[0], ends[-1] = head + ends[0], ends[-1] + tail
+    return separator.join(ends)
+
+
+def json_array(lines, element=None):
+    """The lines (bytes, no trailing newline) joined as a JSON array when each one alone is a
+    strict JSON value (an object, if element is "{") in valid UTF-8 with no newline inside, else
+    None. Checked in one pass over the batch, then each element's length compared with its
+    line's: they match only when every line is exactly one value (a comma inside a line would
+    split it, and the elements fill the array with nothing between them)."""
+    array = joined(b"[", b",", lines, b"]")
+    if not array.isascii():
+        try:
+            array.decode()
+        except UnicodeDecodeError:
+            return None
+    try:
+        elements = JSON_VALUES.decode(array)
+    except NOT_JSON:
+        return None
+    if (len(elements) != len(lines) or list(map(len, elements)) != list(map(len, lines))
+            or array.find(b"\n") >= 0 or element is not None and not all(
+                line[:1] == b"{" for line in lines)):
+        return None
+    return array
 
 
 def wrapped(line):
@@ -264,6 +301,29 @@ def fields_time_ns(fields, fallback_ns):
                 if ns is not None:
                     return ns
     return fallback_ns
+
+
+class TimeText:
+    """A format's rendering of record times (render(ns): e.g. Loki's decimal string), memoized
+    by the time field's JSON text (log lines repeat their second). The formats' loops look up
+    ``cache.get(bytes(first present time field))`` themselves and call the object on a miss."""
+
+    def __init__(self, render):
+        self.render, self.cache = render, {}
+
+    def __call__(self, fields, fallback):
+        """The rendering of the record time of `fields` (a Times-like struct), or fallback."""
+        raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+        if raw is None:
+            return fallback
+        ns = raw_ns(raw)
+        if ns is not None:
+            if len(self.cache) > 4096:
+                self.cache.clear()
+            text = self.cache[bytes(raw)] = self.render(ns)
+            return text
+        ns = fields_time_ns(fields, None)  # the first field is no time: the others
+        return fallback if ns is None else self.render(ns)
 
 
 def record_time_ns(doc, fallback_ns):

@@ -18,9 +18,9 @@ import socket
 
 import msgspec
 
-from logpool.transports.formats.common import (ANY, NOT_JSON, Encoder, Option, Request, batch_time,
-                                               encode_json, fields_time_ns, parse_line, raw_ns,
-                                               text_option)
+from logpool.transports.formats.common import (ANY, NOT_JSON, Encoder, Option, Request,
+                                               TimeText, batch_time, encode_json, joined, raw_ns,
+                                               text_option, valid_utf8)
 
 
 class Fields(msgspec.Struct):
@@ -57,38 +57,55 @@ class Datadog(Encoder):
                      "service": options["datadog_service"] or "logpool",
                      "hostname": options["datadog_hostname"] or socket.gethostname()}
         # The tags a message lacks -> the JSON members to add, for each of the 8 cases.
-        self.tail = {}
+        self.tail = {}  # each starting with a comma, or empty
         for lacking in itertools.product((False, True), repeat=3):
             members = {k: v for (k, v), add in zip(self.tags.items(), lacking) if add}
-            self.tail[lacking] = encode_json(members)[1:-1]
+            self.tail[lacking] = b"," + encode_json(members)[1:-1] if members else b""
+        self.all_tags = self.tail[True, True, True]
+        # the record time as the entry's last member, closing it
+        self.times = TimeText(lambda ns: b',"timestamp":%d}' % (ns // 1_000_000))
 
     def encode(self, messages, now_ns):
-        entries = []
-        fallback = batch_time(now_ns) // 1_000_000
+        fallback_ms = batch_time(now_ns) // 1_000_000
+        fallback = b',"timestamp":%d}' % fallback_ms
+        decode, cache, times, tail = FIELDS.decode, self.times.cache, self.times, self.tail
+        parts = []
         for m in messages:
-            line, fields = parse_line(m, FIELDS)
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            fields = None
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
             if fields is None:
-                entry = {"message": line.decode(), **self.tags, "timestamp": fallback}
-                entries.append(encode_json(entry))
+                parts += (b'{"message":', encode_json(line.decode()), self.all_tags, fallback,
+                          b",")
                 continue
-            if fields.timestamp is not None and raw_ns(fields.timestamp) is None:
-                entries.append(self._replace_timestamp(line, fallback))
-                continue
-            members = self.tail[fields.ddsource is None, fields.service is None,
-                                fields.hostname is None]
-            if fields.timestamp is None:
-                ns = fields_time_ns(fields, None)
-                members += b',"timestamp":%d' % (fallback if ns is None else ns // 1_000_000)
-                if members[:1] == b",":
-                    members = members[1:]
-            if not members:
-                entries.append(line)
-                continue
-            end = line.rindex(b"}")
-            empty = line[1:end].strip() == b"" if end < 16 else False
-            entries.append(line[:end] + (b"" if empty else b",") + members + line[end:])
-        body = b"[" + b",".join(entries) + b"]"
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
+            if fields.timestamp is not None:
+                if raw_ns(fields.timestamp) is None:  # its own, and not a time: replaced
+                    parts += (self._replace_timestamp(line, fallback_ms), b",")
+                    continue
+                end = b"}"
+            else:
+                end = fallback
+                raw = fields.at_timestamp or fields.time or fields.ts
+                if raw is not None:
+                    end = cache.get(bytes(raw)) or times(fields, fallback)
+            members = tail[fields.ddsource is None, fields.service is None,
+                           fields.hostname is None]
+            close = line.rindex(b"}")
+            if end == b"}" and not members:
+                parts += (line, b",")
+            elif close < 16 and not line[1:close].strip():  # {}: no comma after the brace
+                parts += (b"{", (members + end)[1:], b",")
+            else:
+                parts += (line[:close], members, end, b",")
+        parts[-1] = b"]"
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, joined(b"[", b"", parts,
+                                                                               b""))
 
     def _replace_timestamp(self, line, fallback_ms):
         """A message whose own timestamp is not a time Datadog takes (out of range, not a

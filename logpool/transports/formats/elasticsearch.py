@@ -21,8 +21,8 @@ import msgspec
 
 from logpool.transports.formats.common import (ACK, ANY, JSON_OBJECT, REJECT, RETRY, Answer,
                                                Encoder, Option, Request, add_query, body_text,
-                                               compact, encode_json, one_line, parse_line,
-                                               text_option, wrapped)
+                                               compact, encode_json, joined, json_array,
+                                               one_line, parse_line, text_option, wrapped)
 
 # Only what is read back: keeps the answer small (about 30 bytes per item).
 FILTER = "filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason"
@@ -66,8 +66,13 @@ class Elasticsearch(Encoder):
         self.path = add_query(self.path, FILTER)
 
     def encode(self, messages, now_ns):
-        out = []
         action, id_field, decoder = self.action, self.id_field, self.decoder
+        if id_field is None:
+            lines = [bytes(m).rstrip(b"\n") for m in messages]
+            if json_array(lines, "{") is not None:  # each a JSON object on one line: as it is
+                return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
+                               joined(action, b"\n" + action, lines, b"\n"))
+        out = []
         for m in messages:
             line, fields = parse_line(m, decoder)
             if fields is None:

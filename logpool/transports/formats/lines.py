@@ -8,8 +8,8 @@ JSON value (RFC 8259: a NaN or Infinity literal, invalid UTF-8, a control charac
 surrogate in a string, nesting deeper than Python's recursion limit, trailing text) would make the whole body unreadable, so it goes as
 ``{"message": "<the line>"}`` instead (invalid UTF-8 bytes as U+FFFD); each valid one is
 passed through byte for byte, parsed only to check it."""
-from logpool.transports.formats.common import (JSON_VALUE, NOT_JSON, Encoder, Request, utf8_line,
-                                               wrapped)
+from logpool.transports.formats.common import (JSON_VALUE, NOT_JSON, Encoder, Request,
+                                               joined, json_array, utf8_line, wrapped)
 
 
 class Ndjson(Encoder):
@@ -26,6 +26,9 @@ class JsonArray(Encoder):
     CONTENT_TYPE = "application/json"
 
     def encode(self, messages, now_ns):
+        array = json_array([bytes(m).rstrip(b"\n") for m in messages])
+        if array is not None:  # each one JSON value: the elements as they are
+            return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, array)
         check = JSON_VALUE.decode
         elements = []
         for m in messages:
@@ -36,4 +39,4 @@ class JsonArray(Encoder):
                 line = wrapped(line)
             elements.append(line)
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
-                       b"[" + b",".join(elements) + b"]")
+                       joined(b"[", b",", elements, b"]"))

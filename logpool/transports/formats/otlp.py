@@ -17,9 +17,11 @@ for good, with the collector's error_message; an answer body that does not decod
 import json
 import struct
 
-from logpool.transports.formats.common import (Answer, Encoder, Option, Request, batch_time,
-                                               body_text, encode_json, fields_time_ns,
-                                               parse_line, table_option)
+import msgspec
+
+from logpool.transports.formats.common import (NOT_JSON, TIMES, Answer, Encoder, Option,
+                                               Request, TimeText, batch_time, body_text,
+                                               encode_json, table_option, valid_utf8)
 
 SCOPE_NAME = "logpool"
 # Field keys (number << 3 | wire type) of the messages written by hand, from
@@ -35,15 +37,36 @@ OBSERVED = b"\x59"  # LogRecord.observed_time_unix_nano = 11, fixed64
 STRING = b"\x0a"  # AnyValue.string_value = 1 (valid UTF-8)
 
 
+ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def _time_field(ns):
+    """LogRecord.time_unix_nano (left out at 0, proto3's default)."""
+    return TIME + struct.pack("<Q", ns) if ns else b""
+
+
 def _varint(n):
     if n < 0x80:
-        return bytes((n,))
+        return ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+class JsonBody(msgspec.Struct):
+    stringValue: str  # noqa: N815 — OTLP's JSON names
+
+
+class JsonRecord(msgspec.Struct):
+    """A LogRecord in OTLP's JSON mapping (what the encoder sets)."""
+    timeUnixNano: str  # noqa: N815
+    observedTimeUnixNano: str  # noqa: N815
+    body: JsonBody
 
 
 def _check_attributes(where, value):
@@ -82,27 +105,56 @@ class Otlp(Encoder):
         scope = common_pb2.InstrumentationScope(name=SCOPE_NAME).SerializeToString(deterministic=True)
         self.resource = RESOURCE + _varint(len(resource)) + resource  # ResourceLogs.resource
         self.scope = SCOPE + _varint(len(scope)) + scope  # ScopeLogs.scope
+        self.times = TimeText(_time_field)
+        self.frames = {}  # (line, time field, observed field sizes) -> _framing's
 
     def encode(self, messages, now_ns):
-        # The wire format written directly (what protobuf's deterministic serialization makes,
-        # fields in number order): one LogRecord per message after the resource and scope.
-        # (proto3 leaves a field at its default, 0, out)
-        observed = OBSERVED + struct.pack("<Q", batch_time(now_ns)) if batch_time(now_ns) else b""
-        fallback = TIME + struct.pack("<Q", batch_time(now_ns)) if batch_time(now_ns) else b""
-        pack = struct.pack
-        records = [self.scope]
+        # The wire format written directly (what protobuf's deterministic serialization makes:
+        # fields in number order, a field at its default, 0, left out): one LogRecord per
+        # message after the resource and scope, the body joined once.
+        now = batch_time(now_ns)
+        observed = OBSERVED + struct.pack("<Q", now) if now else b""
+        fallback = _time_field(now)
+        decode, cache, times, frames = TIMES.decode, self.times.cache, self.times, self.frames
+        parts = [RESOURCE_LOGS, None, self.resource, SCOPE_LOGS, None, self.scope]
+        size = len(self.scope)  # of the ScopeLogs
         for m in messages:
-            line, fields = parse_line(m)
-            ns = fields_time_ns(fields, None)
-            size = len(line)
-            body = STRING + _varint(size) + line
-            record = (fallback if ns is None else TIME + pack("<Q", ns) if ns else b"") + BODY + _varint(
-                len(body)) + body + observed
-            records.append(LOG_RECORD + _varint(len(record)) + record)
-        scope_logs = b"".join(records)
-        resource_logs = self.resource + SCOPE_LOGS + _varint(len(scope_logs)) + scope_logs
-        body = RESOURCE_LOGS + _varint(len(resource_logs)) + resource_logs
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            when = fallback
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
+                else:
+                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+                    if raw is not None:
+                        when = cache.get(bytes(raw)) or times(fields, fallback)
+            key = len(line), len(when), len(observed)
+            framing = frames.get(key) or self._framing(*key)
+            parts += (framing[0], when, framing[1], line, observed)
+            size += framing[2]
+        scope_size = _varint(size)
+        parts[4] = scope_size
+        parts[1] = _varint(len(self.resource) + 1 + len(scope_size) + size)
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, b"".join(parts))
+
+    def _framing(self, n, time_size, observed_size):
+        """(the bytes before the record's time, those between it and the body's n bytes, the
+        record's size in its ScopeLogs), memoized by the sizes (lines share their length)."""
+        string = _varint(n)
+        any_value = 1 + len(string) + n  # AnyValue{string_value}
+        any_size = _varint(any_value)
+        record = time_size + 1 + len(any_size) + any_value + observed_size
+        record_size = _varint(record)
+        if len(self.frames) > 4096:
+            self.frames.clear()
+        framing = self.frames[n, time_size, observed_size] = (LOG_RECORD + record_size,
+                                               BODY + any_size + STRING + string,
+                                               1 + len(record_size) + record)
+        return framing
 
     def interpret(self, response, count):
         if not 200 <= response.status < 300:
@@ -136,16 +188,27 @@ class OtlpJson(Encoder):
         super().__init__(options, url_path)
         self.resource = {"attributes": [{"key": k, "value": {"stringValue": v}}
                                         for k, v in _attributes(options).items()]}
+        self.times = TimeText(str)
 
     def encode(self, messages, now_ns):
         observed = str(batch_time(now_ns))
+        decode, cache, times = TIMES.decode, self.times.cache, self.times
         records = []
         for m in messages:
-            line, fields = parse_line(m)
-            ns = fields_time_ns(fields, None)
-            records.append({"timeUnixNano": observed if ns is None else str(ns),
-                            "observedTimeUnixNano": observed,
-                            "body": {"stringValue": line.decode()}})
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            ts = observed
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
+                else:
+                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+                    if raw is not None:
+                        ts = cache.get(bytes(raw)) or times(fields, observed)
+            records.append(JsonRecord(ts, observed, JsonBody(line.decode())))
         request = {"resourceLogs": [{"resource": self.resource, "scopeLogs": [
             {"scope": {"name": SCOPE_NAME}, "logRecords": records}]}]}
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, encode_json(request))

@@ -19,10 +19,10 @@ process the rest, so those are acknowledged, that one is refused for good
 """
 import json
 
-from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
-                                               Rejections, Request, batch_time, body_text,
-                                               choice_option, encode_json, fields_time_ns,
-                                               one_line, parse_line)
+from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, TIMES, Answer,
+                                               Encoder, Option, Rejections, Request, TimeText,
+                                               batch_time, body_text, choice_option,
+                                               encode_json, joined, one_line, valid_utf8)
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
 DATA_CODES = (5, 6, 12, 13, 15)  # no data, invalid format, event required/blank, fields
@@ -30,8 +30,9 @@ BLANK = "a blank event (Splunk HEC refuses it: code 13, and processes nothing af
 
 
 def _seconds(ns):
-    """The envelope up to the event: {"time":<seconds, to the millisecond>,"event":"""
-    return b'{"time":%d.%03d,"event":' % (ns // 10**9, ns // 10**6 % 1000)
+    """The envelope up to the event, after the newline ending the one before it:
+    {"time":<seconds, to the millisecond>,"event":"""
+    return b'\n{"time":%d.%03d,"event":' % (ns // 10**9, ns // 10**6 % 1000)
 
 
 class SplunkHec(Encoder):
@@ -45,6 +46,7 @@ class SplunkHec(Encoder):
         self.STANDARD_PATH = PATHS[options["splunk_hec_endpoint"]]
         super().__init__(options, url_path)
         self.raw = options["splunk_hec_endpoint"] == "raw"
+        self.times = TimeText(_seconds)
 
     def encode(self, messages, now_ns):
         if self.raw:
@@ -52,26 +54,33 @@ class SplunkHec(Encoder):
             return Request(self.path, {"Content-Type": "text/plain"}, body)
         out, rejected = [], Rejections()
         fallback = _seconds(batch_time(now_ns))
-        seconds = {}  # ns -> its envelope head (lines share their second)
+        decode, cache, times = TIMES.decode, self.times.cache, self.times
         for i, m in enumerate(messages):
-            line, fields = parse_line(m)
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            head, fields = fallback, None
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
+                else:
+                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+                    if raw is not None:
+                        head = cache.get(bytes(raw)) or times(fields, fallback)
+                    if line.find(b"\n") >= 0:  # one envelope a line
+                        line = one_line(line)
             if fields is None:
                 if not line.strip():
                     rejected.add(i, BLANK)
                     continue
                 line = encode_json(line.decode())
-            elif line.find(b"\n") >= 0:  # one envelope a line
-                line = one_line(line)
-            ns = fields_time_ns(fields, None)
-            if ns is None:
-                head = fallback
-            else:
-                head = seconds.get(ns)
-                if head is None:
-                    head = seconds[ns] = _seconds(ns)
-            out.append(head + line + b"}")
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
-                       b"\n".join(out) + b"\n" if out else b"", rejected.result())
+            out += (head, line, b"}")
+        if out:
+            out[0] = out[0][1:]  # (each head starts with the newline ending the one before)
+        body = joined(b"", b"", out, b"\n") if out else b""
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body, rejected.result())
 
     def interpret(self, response, count):
         code, answer = None, {}

@@ -38,8 +38,7 @@ import msgspec
 from logpool.errors import ConfigError
 from logpool.transports.base import ProtocolError
 from logpool.transports.formats.common import (ANY, NOT_JSON, TIME_FIELDS, batch_time,
-                                               number_ns, record_time_ns, text_ns, utf8_line,
-                                               valid_utf8)
+                                               number_ns, text_ns, utf8_line, valid_utf8)
 from logpool.transports.schema import Option, defaults, int_range, non_empty
 from logpool.transports.session import AcknowledgedTransport
 
@@ -73,29 +72,21 @@ def event_time(ns):
     return msgspec.msgpack.Ext(0, struct.pack(">II", ns // 10**9, ns % 10**9))
 
 
-def record(message):
-    """(record, time ns or None): the message as a map for msgpack: itself when it is a JSON
-    object, else {"message": <the line>} (invalid UTF-8 bytes as U+FFFD)."""
-    line = utf8_line(message)
-    if line[:1] == b"{":
-        try:
-            doc = ANY.decode(line)
-        except NOT_JSON:
-            doc = None
-        if isinstance(doc, dict):
-            return doc, record_time_ns(doc, None)
-    return {"message": line.decode()}, None
-
-
 def encode_entries(messages, now_ns):
     """The PackedForward entries of `messages`: the concatenation of msgpack
     [EventTime, record] pairs, a pure function of the messages and the fallback time (the
     batch's: for a message with no time field in range). Never raises: a record msgpack
     cannot carry (an integer beyond 64 bits) goes as {"message": <the line>}."""
+    packed, start = _packed_pairs(messages, now_ns)
+    return packed[start:]
+
+
+def _packed_pairs(messages, now_ns):
+    """(a msgpack array of the [EventTime, record] pairs, where its items start)."""
     fallback = event_time(batch_time(now_ns))
     decode = ANY.decode
     pairs = []
-    for m in messages:  # record(), inline, with the time of a text field memoized
+    for m in messages:
         line = bytes(m).rstrip(b"\n")
         if not line.isascii():
             line = valid_utf8(line)
@@ -132,9 +123,8 @@ def encode_entries(messages, now_ns):
         packed = PACK(pairs)
     except (OverflowError, ValueError, TypeError, RecursionError):
         packed = PACK([(when, _packable(doc, m)) for (when, doc), m in zip(pairs, messages)])
-    # An array's header, then its items: the items are the entries.
-    n = len(pairs)
-    return packed[1 if n < 16 else 3 if n < 65536 else 5:]
+    n = len(pairs)  # (the array's header: fixarray, array 16 or array 32)
+    return packed, 1 if n < 16 else 3 if n < 65536 else 5
 
 
 def _packable(doc, message):
@@ -146,9 +136,15 @@ def _packable(doc, message):
 
 
 def encode_chunk(tag, messages, chunk_id, now_ns):
-    """One PackedForward message (bytes) carrying `messages` as chunk `chunk_id`."""
-    return PACK([tag, encode_entries(messages, now_ns),
-                 {"size": len(messages), "chunk": chunk_id}])
+    """One PackedForward message (bytes) carrying `messages` as chunk `chunk_id`:
+    [tag, entries (bin), option], the entries copied once, from the packed pairs."""
+    packed, start = _packed_pairs(messages, now_ns)
+    size = len(packed) - start
+    bin_header = (b"\xc4" + bytes((size,)) if size < 1 << 8 else
+                  b"\xc5" + size.to_bytes(2, "big") if size < 1 << 16 else
+                  b"\xc6" + size.to_bytes(4, "big"))
+    return b"".join((b"\x93", PACK(tag), bin_header, memoryview(packed)[start:],
+                     PACK({"size": len(messages), "chunk": chunk_id})))
 
 
 def unpacker():

@@ -1,6 +1,7 @@
 """What every body format shares: the Encoder base class, Request/Response/Answer, option
 checkers, record time and JSON helpers (the package doc says how formats plug in)."""
 import datetime
+import itertools
 from collections import namedtuple
 
 import msgspec
@@ -84,7 +85,8 @@ def body_text(response, limit=200):
 
 # -- reading a message -------------------------------------------------------------------------
 #
-# Every format reads a message through parse_line, at most once: the bytes without the
+# Every format reads a message as parse_line does (its steps inlined in the formats' loops),
+# at most once: the bytes without the
 # trailing newline, made valid UTF-8 (an invalid byte becomes U+FFFD), and, when the line is
 # one strict JSON object (RFC 8259, checked by msgspec: no NaN or Infinity literal, no control
 # character or lone surrogate in a string, nothing after the object, nested less deep than
@@ -156,7 +158,7 @@ def joined(head, separator, parts, tail):
 
 def json_array(lines, element=None):
     """The lines (bytes, no trailing newline) joined as a JSON array when each one alone is a
-    strict JSON value (an object, if element is "{") in valid UTF-8 with no newline inside, else
+    strict JSON value (starting with element, e.g. b"{": an object) in valid UTF-8 with no newline inside, else
     None. Checked in one pass over the batch, then each element's length compared with its
     line's: they match only when every line is exactly one value (a comma inside a line would
     split it, and the elements fill the array with nothing between them)."""
@@ -172,7 +174,7 @@ def json_array(lines, element=None):
         return None
     if (len(elements) != len(lines) or list(map(len, elements)) != list(map(len, lines))
             or array.find(b"\n") >= 0 or element is not None and not all(
-                line[:1] == b"{" for line in lines)):
+                map(bytes.startswith, lines, itertools.repeat(element)))):
         return None
     return array
 
@@ -188,20 +190,20 @@ def one_line(line):
     try:
         return encode_json(ANY.decode(line))
     except NOT_JSON:
-        return wrapped(line.replace(b"\n", b" "))
+        return wrapped(line)
 
 
 def as_object(message):
     """(dict or None, text): the message as a JSON object if it is one (strict JSON), and as
     text (valid UTF-8)."""
-    line, fields = parse_line(message, JSON_OBJECT)
-    text = line.decode()
-    if fields is None:
-        return None, text
-    try:
-        return ANY.decode(line), text
-    except NOT_JSON:
-        return None, text
+    line = utf8_line(message)
+    doc = None
+    if line[:1] == b"{":
+        try:
+            doc = ANY.decode(line)
+        except NOT_JSON:
+            pass
+    return (doc if type(doc) is dict else None), line.decode()
 
 
 def document(message):

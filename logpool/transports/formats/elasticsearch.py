@@ -69,7 +69,7 @@ class Elasticsearch(Encoder):
         action, id_field, decoder = self.action, self.id_field, self.decoder
         if id_field is None:
             lines = [bytes(m).rstrip(b"\n") for m in messages]
-            if json_array(lines, "{") is not None:  # each a JSON object on one line: as it is
+            if json_array(lines, b"{") is not None:  # each a JSON object on one line: as it is
                 return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
                                joined(action, b"\n" + action, lines, b"\n"))
         out = []

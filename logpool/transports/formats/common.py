@@ -98,7 +98,7 @@ def body_text(response, limit=200):
 NOT_JSON = (msgspec.MsgspecError, ValueError, RecursionError, OverflowError)
 
 
-class Times(msgspec.Struct):
+class Times(msgspec.Struct, gc=False):
     """The time fields of a record (TIME_FIELDS, first wins): their JSON text, or None."""
     at_timestamp: msgspec.Raw = msgspec.field(name="@timestamp", default=None)
     timestamp: msgspec.Raw = None
@@ -106,7 +106,7 @@ class Times(msgspec.Struct):
     ts: msgspec.Raw = None
 
 
-class NoFields(msgspec.Struct):
+class NoFields(msgspec.Struct, gc=False):
     """A strict JSON object, none of whose fields is wanted (the check alone)."""
 
 

@@ -23,7 +23,7 @@ from logpool.transports.formats.common import (ANY, NOT_JSON, Encoder, Option, R
                                                text_option, valid_utf8)
 
 
-class Fields(msgspec.Struct):
+class Fields(msgspec.Struct, gc=False):
     """What an entry needs to know of a message: its time fields and the tags it sets."""
     at_timestamp: msgspec.Raw = msgspec.field(name="@timestamp", default=None)
     timestamp: msgspec.Raw = None

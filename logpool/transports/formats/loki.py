@@ -11,9 +11,17 @@ taken), otherwise the whole request.
 """
 import re
 
+import msgspec
+
 from logpool.transports.formats.common import (NOT_JSON, TIMES, Answer, Encoder, Option,
                                                Request, TimeText, batch_time, body_text,
                                                encode_json, table_option, valid_utf8)
+
+class Entry(msgspec.Struct, array_like=True, gc=False):
+    """One of a stream's values: ["<ns>", "<line>"]."""
+    ns: str
+    line: str
+
 
 IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
 REFUSED = ("out of order", "too old", "too far behind", "greater than", "ignored")
@@ -51,7 +59,7 @@ class Loki(Encoder):
                     raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
                     if raw is not None:
                         ts = cache.get(bytes(raw)) or times(fields, fallback)
-            values.append((ts, line.decode()))
+            values.append(Entry(ts, line.decode()))
         body = encode_json({"streams": [{"stream": self.labels, "values": values}]})
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
 

@@ -58,11 +58,11 @@ def _varint(n):
     return bytes(out)
 
 
-class JsonBody(msgspec.Struct):
+class JsonBody(msgspec.Struct, gc=False):
     stringValue: str  # noqa: N815 — OTLP's JSON names
 
 
-class JsonRecord(msgspec.Struct):
+class JsonRecord(msgspec.Struct, gc=False):
     """A LogRecord in OTLP's JSON mapping (what the encoder sets)."""
     timeUnixNano: str  # noqa: N815
     observedTimeUnixNano: str  # noqa: N815

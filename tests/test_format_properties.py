@@ -379,3 +379,13 @@ def test_nan_and_infinity_literals_never_reach_a_body(fmt):
     for part in (body.splitlines() if fmt in ("elasticsearch", "splunk_hec") else [body]):
         strict_json(part)
     assert b"NaN" in body  # (as text, within a string)
+
+
+def test_the_time_caches_stay_small_whatever_the_lines_hold():
+    from logpool.transports.formats import common
+    encoder = FORMATS["loki"](OPTIONS, "/")
+    for i in range(50):  # long time texts that parse (a float with a long mantissa)
+        encoder.encode([b'{"ts":1700000000.' + b"0" * 100_000 + b"%d}" % i], NOW_NS)
+    assert all(len(key) <= common.CACHED_KEY for key in encoder.times.cache)
+    assert all(len(key) <= common.CACHED_KEY for key in common._time_cache)
+    assert len(common._text_cache) <= common.CACHED_TIMES + 1

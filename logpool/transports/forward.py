@@ -37,8 +37,9 @@ import msgspec
 
 from logpool.errors import ConfigError
 from logpool.transports.base import ProtocolError
-from logpool.transports.formats.common import (ANY, NOT_JSON, TIME_FIELDS, batch_time,
-                                               number_ns, text_ns, utf8_line, valid_utf8)
+from logpool.transports.formats.common import (ANY, CACHED_TIMES, NOT_JSON, TIME_FIELDS,
+                                               batch_time, number_ns, text_ns, utf8_line,
+                                               valid_utf8)
 from logpool.transports.schema import Option, defaults, int_range, non_empty
 from logpool.transports.session import AcknowledgedTransport
 
@@ -109,7 +110,7 @@ def _packed_pairs(messages, now_ns):
                         ns = text_ns(value)
                         when = fallback if ns is None else event_time(ns)
                         if ns is not None:
-                            if len(EVENT_TIMES) > 4096:
+                            if len(EVENT_TIMES) > CACHED_TIMES:  # (keys: short texts)
                                 EVENT_TIMES.clear()
                             EVENT_TIMES[value] = when
                 else:

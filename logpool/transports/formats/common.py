@@ -220,9 +220,10 @@ def compact(doc):
 
 MIN_NS, MAX_NS = 0, (2**32 - 1) * 10**9 + 999_999_999  # 1970-01-01 to 2106-02-07 06:28:15 UTC
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-# Log lines repeat their second: a time's text -> ns or None (bounded; the same for any text,
-# so shared by every sink's writer).
+# Log lines repeat their second: a time's text -> ns or None (the same for any text, so shared
+# by every sink's writer). Bounded: texts up to CACHED_KEY bytes, CACHED_TIMES of them.
 _time_cache, _text_cache = {}, {}
+CACHED_KEY, CACHED_TIMES = 64, 4096
 
 
 def batch_time(now_ns):
@@ -253,7 +254,7 @@ def text_ns(text):
         return _text_cache[text]
     except (KeyError, TypeError):
         pass
-    if not isinstance(text, str) or len(text) > 64:
+    if not isinstance(text, str) or len(text) > CACHED_KEY:  # (no RFC 3339 time is longer)
         return None
     try:
         when = datetime.datetime.fromisoformat(text.replace(" ", "T"))
@@ -266,7 +267,7 @@ def text_ns(text):
         ns = (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
         if not MIN_NS <= ns <= MAX_NS:
             ns = None
-    if len(_text_cache) > 4096:
+    if len(_text_cache) > CACHED_TIMES:
         _text_cache.clear()
     _text_cache[text] = ns
     return ns
@@ -288,9 +289,10 @@ def raw_ns(raw):
         ns = value_ns(ANY.decode(key))
     except NOT_JSON:
         ns = None
-    if len(_time_cache) > 4096:
-        _time_cache.clear()
-    _time_cache[key] = ns
+    if len(key) <= CACHED_KEY:
+        if len(_time_cache) > CACHED_TIMES:
+            _time_cache.clear()
+        _time_cache[key] = ns
     return ns
 
 
@@ -320,9 +322,11 @@ class TimeText:
             return fallback
         ns = raw_ns(raw)
         if ns is not None:
-            if len(self.cache) > 4096:
-                self.cache.clear()
-            text = self.cache[bytes(raw)] = self.render(ns)
+            text = self.render(ns)
+            if len(raw) <= CACHED_KEY:
+                if len(self.cache) > CACHED_TIMES:
+                    self.cache.clear()
+                self.cache[bytes(raw)] = text
             return text
         ns = fields_time_ns(fields, None)  # the first field is no time: the others
         return fallback if ns is None else self.render(ns)

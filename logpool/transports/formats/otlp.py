@@ -19,8 +19,8 @@ import struct
 
 import msgspec
 
-from logpool.transports.formats.common import (NOT_JSON, TIMES, Answer, Encoder, Option,
-                                               Request, TimeText, batch_time, body_text,
+from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, TIMES, Answer, Encoder,
+                                               Option, Request, TimeText, batch_time, body_text,
                                                encode_json, table_option, valid_utf8)
 
 SCOPE_NAME = "logpool"
@@ -149,7 +149,7 @@ class Otlp(Encoder):
         any_size = _varint(any_value)
         record = time_size + 1 + len(any_size) + any_value + observed_size
         record_size = _varint(record)
-        if len(self.frames) > 4096:
+        if len(self.frames) > CACHED_TIMES:
             self.frames.clear()
         framing = self.frames[n, time_size, observed_size] = (LOG_RECORD + record_size,
                                                BODY + any_size + STRING + string,

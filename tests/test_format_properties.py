@@ -17,7 +17,8 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from logpool.transports import forward
 from logpool.transports.base import Fate, Outcome
 from logpool.transports.formats import FORMATS
-from logpool.transports.formats.common import MAX_NS, fields_time_ns, parse_line, record_time_ns
+from logpool.transports.formats.codec import fields_time_ns, parse_line
+from logpool.transports.formats.common import MAX_NS, record_time_ns
 from logpool.transports.http import with_rejections
 
 NOW_NS = 1_764_000_000_123_456_789  # the batch's time
@@ -382,10 +383,25 @@ def test_nan_and_infinity_literals_never_reach_a_body(fmt):
 
 
 def test_the_time_caches_stay_small_whatever_the_lines_hold():
-    from logpool.transports.formats import common
+    from logpool.transports.formats import codec, common
     encoder = FORMATS["loki"](OPTIONS, "/")
     for i in range(50):  # long time texts that parse (a float with a long mantissa)
         encoder.encode([b'{"ts":1700000000.' + b"0" * 100_000 + b"%d}" % i], NOW_NS)
     assert all(len(key) <= common.CACHED_KEY for key in encoder.times.cache)
-    assert all(len(key) <= common.CACHED_KEY for key in common._time_cache)
+    assert all(len(key) <= common.CACHED_KEY for key in codec._time_cache)
     assert len(common._text_cache) <= common.CACHED_TIMES + 1
+
+
+def test_msgspec_is_loaded_only_by_a_sink_that_encodes():
+    # ~2 MiB of a worker's private memory: a pool without HTTP or forward sinks never pays it.
+    import subprocess
+    script = (
+        "import sys, logpool, logpool.config, logpool.transports\n"
+        "cfg = logpool.config.parse({'sinks': [{'url': 'unix:/tmp/x.sock'},"
+        " {'url': 'http://h:1/', 'http_format': 'loki'}, {'url': 'forward://h:24224'}]})\n"
+        "assert 'msgspec' not in sys.modules, 'loaded by config'\n"
+        "from logpool.transports.formats import FORMATS\n"
+        "options = {o.name: o.default for c in FORMATS.values() for o in c.OPTIONS}\n"
+        "FORMATS['loki'](options, '/').encode([b'{}'], 1)\n"
+        "assert 'msgspec' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

@@ -29,21 +29,16 @@ import hashlib
 import os
 import select
 import socket
-import struct
 import time
 from collections import deque
 
-import msgspec
-
 from logpool.errors import ConfigError
 from logpool.transports.base import ProtocolError
-from logpool.transports.formats.common import (ANY, CACHED_TIMES, NOT_JSON, TIME_FIELDS,
-                                               batch_time, number_ns, text_ns, utf8_line,
-                                               valid_utf8)
+from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, TIME_FIELDS, batch_time,
+                                               number_ns, text_ns, utf8_line, valid_utf8)
 from logpool.transports.schema import Option, defaults, int_range, non_empty
 from logpool.transports.session import AcknowledgedTransport
 
-PACK = msgspec.msgpack.Encoder().encode  # bytes as bin, str as str (as use_bin_type=True)
 EVENT_TIMES = {}  # a time field's text -> its EventTime (log lines repeat their second)
 DEFAULT_WINDOW = 8
 CHUNK_BYTES = 1024 * 1024  # messages per chunk total at most this (one larger goes alone)
@@ -67,12 +62,6 @@ def _tag(where, value):
     return value
 
 
-def event_time(ns):
-    """Fluent's EventTime: msgpack ext type 0, seconds and nanoseconds, big-endian (ns within
-    record time's range: the seconds fit 32 bits)."""
-    return msgspec.msgpack.Ext(0, struct.pack(">II", ns // 10**9, ns % 10**9))
-
-
 def encode_entries(messages, now_ns):
     """The PackedForward entries of `messages`: the concatenation of msgpack
     [EventTime, record] pairs, a pure function of the messages and the fallback time (the
@@ -84,8 +73,10 @@ def encode_entries(messages, now_ns):
 
 def _packed_pairs(messages, now_ns):
     """(a msgpack array of the [EventTime, record] pairs, where its items start)."""
+    from logpool.transports.formats import codec
+    event_time, pack = codec.event_time, codec.pack_msgpack
     fallback = event_time(batch_time(now_ns))
-    decode = ANY.decode
+    decode = codec.ANY.decode
     pairs = []
     for m in messages:
         line = bytes(m).rstrip(b"\n")
@@ -121,16 +112,16 @@ def _packed_pairs(messages, now_ns):
                     break
         pairs.append((when, doc))
     try:
-        packed = PACK(pairs)
+        packed = pack(pairs)
     except (OverflowError, ValueError, TypeError, RecursionError):
-        packed = PACK([(when, _packable(doc, m)) for (when, doc), m in zip(pairs, messages)])
+        packed = pack([(when, _packable(pack, doc, m)) for (when, doc), m in zip(pairs, messages)])
     n = len(pairs)  # (the array's header: fixarray, array 16 or array 32)
     return packed, 1 if n < 16 else 3 if n < 65536 else 5
 
 
-def _packable(doc, message):
+def _packable(pack, doc, message):
     try:
-        PACK(doc)
+        pack(doc)
         return doc
     except (OverflowError, ValueError, TypeError, RecursionError):
         return {"message": utf8_line(message).decode()}
@@ -139,13 +130,14 @@ def _packable(doc, message):
 def encode_chunk(tag, messages, chunk_id, now_ns):
     """One PackedForward message (bytes) carrying `messages` as chunk `chunk_id`:
     [tag, entries (bin), option], the entries copied once, from the packed pairs."""
+    from logpool.transports.formats.codec import pack_msgpack as pack
     packed, start = _packed_pairs(messages, now_ns)
     size = len(packed) - start
     bin_header = (b"\xc4" + bytes((size,)) if size < 1 << 8 else
                   b"\xc5" + size.to_bytes(2, "big") if size < 1 << 16 else
                   b"\xc6" + size.to_bytes(4, "big"))
-    return b"".join((b"\x93", PACK(tag), bin_header, memoryview(packed)[start:],
-                     PACK({"size": len(messages), "chunk": chunk_id})))
+    return b"".join((b"\x93", pack(tag), bin_header, memoryview(packed)[start:],
+                     pack({"size": len(messages), "chunk": chunk_id})))
 
 
 def unpacker():

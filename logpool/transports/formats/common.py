@@ -1,10 +1,7 @@
 """What every body format shares: the Encoder base class, Request/Response/Answer, option
 checkers, record time and JSON helpers (the package doc says how formats plug in)."""
 import datetime
-import itertools
 from collections import namedtuple
-
-import msgspec
 
 from logpool.transports.schema import Option  # noqa: F401 — the formats' keys are Options
 
@@ -83,39 +80,11 @@ def body_text(response, limit=200):
     return response.body[:limit].decode("utf-8", "replace").strip()
 
 
-# -- reading a message -------------------------------------------------------------------------
-#
-# Every format reads a message as parse_line does (its steps inlined in the formats' loops),
-# at most once: the bytes without the
-# trailing newline, made valid UTF-8 (an invalid byte becomes U+FFFD), and, when the line is
-# one strict JSON object (RFC 8259, checked by msgspec: no NaN or Infinity literal, no control
-# character or lone surrogate in a string, nothing after the object, nested less deep than
-# Python's recursion limit), the fields the format asked for, kept lazily (msgspec.Raw: the
-# value's JSON text, parsed only if used). A line that is not such an object is text: the
-# format wraps it or sends it as a string. Numbers are passed as written (RFC 8259 leaves
-# their range to the receiver). Nothing here raises.
+# -- reading a message (what needs no JSON library; logpool.transports.formats.codec has the
+# rest, imported only by a sink that encodes: a pool without HTTP or forward sinks never loads
+# msgspec) -------------------------------------------------------------------------------------
 
-NOT_JSON = (msgspec.MsgspecError, ValueError, RecursionError, OverflowError)
-
-
-class Times(msgspec.Struct, gc=False):
-    """The time fields of a record (TIME_FIELDS, first wins): their JSON text, or None."""
-    at_timestamp: msgspec.Raw = msgspec.field(name="@timestamp", default=None)
-    timestamp: msgspec.Raw = None
-    time: msgspec.Raw = None
-    ts: msgspec.Raw = None
-
-
-class NoFields(msgspec.Struct, gc=False):
-    """A strict JSON object, none of whose fields is wanted (the check alone)."""
-
-
-TIMES = msgspec.json.Decoder(Times)
-JSON_OBJECT = msgspec.json.Decoder(NoFields)
-JSON_VALUE = msgspec.json.Decoder(msgspec.Raw)  # any strict JSON value
-JSON_VALUES = msgspec.json.Decoder(list[msgspec.Raw])  # an array, each element's text
-ANY = msgspec.json.Decoder()
-encode_json = msgspec.json.Encoder().encode  # compact, UTF-8, strict (raises on NaN: never fed)
+NOT_JSON = (ValueError, RecursionError, OverflowError)  # (msgspec's errors are ValueErrors)
 
 
 def valid_utf8(line):
@@ -133,19 +102,6 @@ def utf8_line(message):
     return line if line.isascii() else valid_utf8(line)
 
 
-def parse_line(message, decoder=TIMES):
-    """(line, fields): the message as valid UTF-8 without its trailing newline, and `decoder`'s
-    struct of its fields when it is one strict JSON object, else None. (The formats' loops
-    inline these steps: this is their reference.)"""
-    line = utf8_line(message)
-    if line[:1] != b"{":
-        return line, None
-    try:
-        return line, decoder.decode(line)
-    except NOT_JSON:
-        return line, None
-
-
 def joined(head, separator, parts, tail):
     """head + separator.join(parts) + tail, with one large copy (not three: a large buffer is
     fresh pages from the kernel, as costly as the copy itself)."""
@@ -156,54 +112,11 @@ def joined(head, separator, parts, tail):
     return separator.join(ends)
 
 
-def json_array(lines, element=None):
-    """The lines (bytes, no trailing newline) joined as a JSON array when each one alone is a
-    strict JSON value (starting with element, e.g. b"{": an object) in valid UTF-8 with no newline inside, else
-    None. Checked in one pass over the batch, then each element's length compared with its
-    line's: they match only when every line is exactly one value (a comma inside a line would
-    split it, and the elements fill the array with nothing between them)."""
-    array = joined(b"[", b",", lines, b"]")
-    if not array.isascii():
-        try:
-            array.decode()
-        except UnicodeDecodeError:
-            return None
-    try:
-        elements = JSON_VALUES.decode(array)
-    except NOT_JSON:
-        return None
-    if (len(elements) != len(lines) or list(map(len, elements)) != list(map(len, lines))
-            or array.find(b"\n") >= 0 or element is not None and not all(
-                map(bytes.startswith, lines, itertools.repeat(element)))):
-        return None
-    return array
-
-
-def wrapped(line):
-    """{"message": <the line>} as JSON bytes (line: valid UTF-8)."""
-    return b'{"message":' + encode_json(line.decode()) + b"}"
-
-
-def one_line(line):
-    """A JSON object line spread over several lines (whitespace between tokens), re-serialized
-    on one; one that Python cannot hold (a number beyond a double) wrapped as text."""
-    try:
-        return encode_json(ANY.decode(line))
-    except NOT_JSON:
-        return wrapped(line)
-
-
 def as_object(message):
     """(dict or None, text): the message as a JSON object if it is one (strict JSON), and as
     text (valid UTF-8)."""
-    line = utf8_line(message)
-    doc = None
-    if line[:1] == b"{":
-        try:
-            doc = ANY.decode(line)
-        except NOT_JSON:
-            pass
-    return (doc if type(doc) is dict else None), line.decode()
+    from logpool.transports.formats import codec
+    return codec.as_object(message)
 
 
 def document(message):
@@ -213,7 +126,9 @@ def document(message):
 
 
 def compact(doc):
-    return encode_json(doc).decode()
+    """doc as compact JSON text (strict: doc holds no NaN)."""
+    from logpool.transports.formats import codec
+    return codec.encode_json(doc).decode()
 
 
 # -- record time ---------------------------------------------------------------------------------
@@ -278,35 +193,6 @@ def value_ns(value):
     return text_ns(value) if isinstance(value, str) else number_ns(value)
 
 
-def raw_ns(raw):
-    """A time field's JSON text (msgspec.Raw) -> ns, or None."""
-    key = bytes(raw)
-    try:
-        return _time_cache[key]
-    except KeyError:
-        pass
-    try:
-        ns = value_ns(ANY.decode(key))
-    except NOT_JSON:
-        ns = None
-    if len(key) <= CACHED_KEY:
-        if len(_time_cache) > CACHED_TIMES:
-            _time_cache.clear()
-        _time_cache[key] = ns
-    return ns
-
-
-def fields_time_ns(fields, fallback_ns):
-    """The record time from a Times-like struct (parse_line's fields, or None)."""
-    if fields is not None:
-        for raw in (fields.at_timestamp, fields.timestamp, fields.time, fields.ts):
-            if raw is not None:
-                ns = raw_ns(raw)
-                if ns is not None:
-                    return ns
-    return fallback_ns
-
-
 class TimeText:
     """A format's rendering of record times (render(ns): e.g. Loki's decimal string), memoized
     by the time field's JSON text (log lines repeat their second). The formats' loops look up
@@ -317,6 +203,7 @@ class TimeText:
 
     def __call__(self, fields, fallback):
         """The rendering of the record time of `fields` (a Times-like struct), or fallback."""
+        from logpool.transports.formats.codec import fields_time_ns, raw_ns
         raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
         if raw is None:
             return fallback

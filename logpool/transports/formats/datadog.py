@@ -16,25 +16,8 @@ Answer: 202 (any 2xx) acknowledges; 413 halves the request; 429 and 5xx retry.
 import itertools
 import socket
 
-import msgspec
-
-from logpool.transports.formats.common import (ANY, NOT_JSON, Encoder, Option, Request,
-                                               TimeText, batch_time, encode_json, joined, raw_ns,
-                                               text_option, valid_utf8)
-
-
-class Fields(msgspec.Struct, gc=False):
-    """What an entry needs to know of a message: its time fields and the tags it sets."""
-    at_timestamp: msgspec.Raw = msgspec.field(name="@timestamp", default=None)
-    timestamp: msgspec.Raw = None
-    time: msgspec.Raw = None
-    ts: msgspec.Raw = None
-    ddsource: msgspec.Raw = None
-    service: msgspec.Raw = None
-    hostname: msgspec.Raw = None
-
-
-FIELDS = msgspec.json.Decoder(Fields)
+from logpool.transports.formats.common import (NOT_JSON, Encoder, Option, Request, TimeText,
+                                               batch_time, joined, text_option, valid_utf8)
 
 
 class Datadog(Encoder):
@@ -53,6 +36,8 @@ class Datadog(Encoder):
 
     def __init__(self, options, url_path):
         super().__init__(options, url_path)
+        from logpool.transports.formats import codec
+        self.codec = codec
         self.tags = {"ddsource": options["datadog_source"] or "nginx",
                      "service": options["datadog_service"] or "logpool",
                      "hostname": options["datadog_hostname"] or socket.gethostname()}
@@ -60,7 +45,7 @@ class Datadog(Encoder):
         self.tail = {}  # each starting with a comma, or empty
         for lacking in itertools.product((False, True), repeat=3):
             members = {k: v for (k, v), add in zip(self.tags.items(), lacking) if add}
-            self.tail[lacking] = b"," + encode_json(members)[1:-1] if members else b""
+            self.tail[lacking] = b"," + codec.encode_json(members)[1:-1] if members else b""
         self.all_tags = self.tail[True, True, True]
         # the record time as the entry's last member, closing it
         self.times = TimeText(lambda ns: b',"timestamp":%d}' % (ns // 1_000_000))
@@ -68,7 +53,10 @@ class Datadog(Encoder):
     def encode(self, messages, now_ns):
         fallback_ms = batch_time(now_ns) // 1_000_000
         fallback = b',"timestamp":%d}' % fallback_ms
-        decode, cache, times, tail = FIELDS.decode, self.times.cache, self.times, self.tail
+        codec = self.codec
+        decode, cache, times, tail = (codec.DATADOG_FIELDS.decode, self.times.cache, self.times,
+                                      self.tail)
+        encode_json, raw_ns = codec.encode_json, codec.raw_ns
         parts = []
         for m in messages:
             line = bytes(m).rstrip(b"\n")
@@ -111,11 +99,11 @@ class Datadog(Encoder):
         """A message whose own timestamp is not a time Datadog takes (out of range, not a
         time): the batch's time, the original kept as original_timestamp."""
         try:
-            entry = ANY.decode(line)
+            entry = self.codec.ANY.decode(line)
         except NOT_JSON:  # a number beyond a double elsewhere in it: the line as text
             entry = {"message": line.decode()}
         entry["original_timestamp"] = entry.pop("timestamp", None)
         entry["timestamp"] = fallback_ms
         for key, value in self.tags.items():
             entry.setdefault(key, value)
-        return encode_json(entry)
+        return self.codec.encode_json(entry)

@@ -17,12 +17,9 @@ elasticsearch_id_field ES answers them 409, taken as acknowledged), so the order
 """
 import json
 
-import msgspec
-
-from logpool.transports.formats.common import (ACK, ANY, JSON_OBJECT, REJECT, RETRY, Answer,
-                                               Encoder, Option, Request, add_query, body_text,
-                                               compact, encode_json, joined, json_array,
-                                               one_line, parse_line, text_option, wrapped)
+from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
+                                               Request, add_query, body_text, compact, joined,
+                                               text_option)
 
 # Only what is read back: keeps the answer small (about 30 bytes per item).
 FILTER = "filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason"
@@ -60,19 +57,22 @@ class Elasticsearch(Encoder):
         self.meta = meta
         self.action = (compact({"create": meta}) + "\n").encode()
         # The one field read from a document: its _id (none: the line is only checked).
-        self.decoder = JSON_OBJECT if self.id_field is None else msgspec.json.Decoder(
-            msgspec.defstruct("IdField", [("id", msgspec.Raw, None)],
-                              rename={"id": self.id_field}))
+        from logpool.transports.formats import codec
+        self.codec = codec
+        self.decoder = (codec.JSON_OBJECT if self.id_field is None else
+                        codec.id_decoder(self.id_field))
         self.path = add_query(self.path, FILTER)
 
     def encode(self, messages, now_ns):
         action, id_field, decoder = self.action, self.id_field, self.decoder
         if id_field is None:
             lines = [bytes(m).rstrip(b"\n") for m in messages]
-            if json_array(lines, b"{") is not None:  # each a JSON object on one line: as it is
+            if self.codec.json_array(lines, b"{") is not None:  # objects on one line: as they are
                 return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
                                joined(action, b"\n" + action, lines, b"\n"))
         out = []
+        codec = self.codec
+        parse_line, wrapped, one_line = codec.parse_line, codec.wrapped, codec.one_line
         for m in messages:
             line, fields = parse_line(m, decoder)
             if fields is None:
@@ -88,11 +88,11 @@ class Elasticsearch(Encoder):
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, b"".join(out))
 
     def _action_with_id(self, raw):
-        value = ANY.decode(raw)
+        value = self.codec.ANY.decode(raw)
         if value is None:
             return self.action
         meta = {**self.meta, "_id": value if isinstance(value, str) else bytes(raw).decode()}
-        return encode_json({"create": meta}) + b"\n"
+        return self.codec.encode_json({"create": meta}) + b"\n"
 
     def response_limit(self, count):
         return min(64 * 1024 + 400 * count, 16 << 20)

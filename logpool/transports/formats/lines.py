@@ -5,11 +5,11 @@ line goes, JSON or not, as logpool receive and line-oriented collectors take it)
 
 json_array: the messages as the elements of one JSON array. A message that is not one strict
 JSON value (RFC 8259: a NaN or Infinity literal, invalid UTF-8, a control character or lone
-surrogate in a string, nesting deeper than Python's recursion limit, trailing text) would make the whole body unreadable, so it goes as
-``{"message": "<the line>"}`` instead (invalid UTF-8 bytes as U+FFFD); each valid one is
-passed through byte for byte, parsed only to check it."""
-from logpool.transports.formats.common import (JSON_VALUE, NOT_JSON, Encoder, Request,
-                                               joined, json_array, utf8_line, wrapped)
+surrogate in a string, nesting deeper than Python's recursion limit, trailing text) would make
+the whole body unreadable, so it goes as ``{"message": "<the line>"}`` instead (invalid UTF-8
+bytes as U+FFFD); each valid one is passed through byte for byte, checked with the whole batch
+in one pass."""
+from logpool.transports.formats.common import NOT_JSON, Encoder, Request, joined, utf8_line
 
 
 class Ndjson(Encoder):
@@ -26,10 +26,11 @@ class JsonArray(Encoder):
     CONTENT_TYPE = "application/json"
 
     def encode(self, messages, now_ns):
-        array = json_array([bytes(m).rstrip(b"\n") for m in messages])
+        from logpool.transports.formats import codec
+        array = codec.json_array([bytes(m).rstrip(b"\n") for m in messages])
         if array is not None:  # each one JSON value: the elements as they are
             return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, array)
-        check = JSON_VALUE.decode
+        check, wrapped = codec.JSON_VALUE.decode, codec.wrapped
         elements = []
         for m in messages:
             line = utf8_line(m)

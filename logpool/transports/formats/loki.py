@@ -11,17 +11,9 @@ taken), otherwise the whole request.
 """
 import re
 
-import msgspec
-
-from logpool.transports.formats.common import (NOT_JSON, TIMES, Answer, Encoder, Option,
-                                               Request, TimeText, batch_time, body_text,
-                                               encode_json, table_option, valid_utf8)
-
-class Entry(msgspec.Struct, array_like=True, gc=False):
-    """One of a stream's values: ["<ns>", "<line>"]."""
-    ns: str
-    line: str
-
+from logpool.transports.formats.common import (NOT_JSON, Answer, Encoder, Option, Request,
+                                               TimeText, batch_time, body_text, table_option,
+                                               valid_utf8)
 
 IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
 REFUSED = ("out of order", "too old", "too far behind", "greater than", "ignored")
@@ -42,8 +34,10 @@ class Loki(Encoder):
         self.times = TimeText(str)  # ns as a decimal string
 
     def encode(self, messages, now_ns):
+        from logpool.transports.formats import codec
         fallback = str(batch_time(now_ns))
-        decode, cache, times = TIMES.decode, self.times.cache, self.times
+        decode, cache, times, entry = codec.TIMES.decode, self.times.cache, self.times, (
+            codec.LokiEntry)
         values = []
         for m in messages:  # parse_line and the time, inline (the per-line cost is the point)
             line = bytes(m).rstrip(b"\n")
@@ -59,8 +53,8 @@ class Loki(Encoder):
                     raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
                     if raw is not None:
                         ts = cache.get(bytes(raw)) or times(fields, fallback)
-            values.append(Entry(ts, line.decode()))
-        body = encode_json({"streams": [{"stream": self.labels, "values": values}]})
+            values.append(entry(ts, line.decode()))
+        body = codec.encode_json({"streams": [{"stream": self.labels, "values": values}]})
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
 
     def interpret(self, response, count):

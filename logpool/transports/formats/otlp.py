@@ -17,11 +17,9 @@ for good, with the collector's error_message; an answer body that does not decod
 import json
 import struct
 
-import msgspec
-
-from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, TIMES, Answer, Encoder,
-                                               Option, Request, TimeText, batch_time, body_text,
-                                               encode_json, table_option, valid_utf8)
+from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, Answer, Encoder, Option,
+                                               Request, TimeText, batch_time, body_text,
+                                               table_option, valid_utf8)
 
 SCOPE_NAME = "logpool"
 # Field keys (number << 3 | wire type) of the messages written by hand, from
@@ -58,17 +56,6 @@ def _varint(n):
     return bytes(out)
 
 
-class JsonBody(msgspec.Struct, gc=False):
-    stringValue: str  # noqa: N815 — OTLP's JSON names
-
-
-class JsonRecord(msgspec.Struct, gc=False):
-    """A LogRecord in OTLP's JSON mapping (what the encoder sets)."""
-    timeUnixNano: str  # noqa: N815
-    observedTimeUnixNano: str  # noqa: N815
-    body: JsonBody
-
-
 def _check_attributes(where, value):
     return table_option(r".+", "an object of attribute names to strings")(where, value)
 
@@ -102,7 +89,8 @@ class Otlp(Encoder):
         resource = resource_pb2.Resource(attributes=[
             common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=v))
             for k, v in _attributes(options).items()]).SerializeToString(deterministic=True)
-        scope = common_pb2.InstrumentationScope(name=SCOPE_NAME).SerializeToString(deterministic=True)
+        scope = common_pb2.InstrumentationScope(name=SCOPE_NAME).SerializeToString(
+            deterministic=True)
         self.resource = RESOURCE + _varint(len(resource)) + resource  # ResourceLogs.resource
         self.scope = SCOPE + _varint(len(scope)) + scope  # ScopeLogs.scope
         self.times = TimeText(_time_field)
@@ -115,7 +103,9 @@ class Otlp(Encoder):
         now = batch_time(now_ns)
         observed = OBSERVED + struct.pack("<Q", now) if now else b""
         fallback = _time_field(now)
-        decode, cache, times, frames = TIMES.decode, self.times.cache, self.times, self.frames
+        from logpool.transports.formats import codec
+        decode, cache, times, frames = codec.TIMES.decode, self.times.cache, self.times, (
+            self.frames)
         parts = [RESOURCE_LOGS, None, self.resource, SCOPE_LOGS, None, self.scope]
         size = len(self.scope)  # of the ScopeLogs
         for m in messages:
@@ -191,8 +181,10 @@ class OtlpJson(Encoder):
         self.times = TimeText(str)
 
     def encode(self, messages, now_ns):
+        from logpool.transports.formats import codec
         observed = str(batch_time(now_ns))
-        decode, cache, times = TIMES.decode, self.times.cache, self.times
+        decode, cache, times = codec.TIMES.decode, self.times.cache, self.times
+        record, body = codec.OtlpJsonRecord, codec.OtlpJsonBody
         records = []
         for m in messages:
             line = bytes(m).rstrip(b"\n")
@@ -208,10 +200,11 @@ class OtlpJson(Encoder):
                     raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
                     if raw is not None:
                         ts = cache.get(bytes(raw)) or times(fields, observed)
-            records.append(JsonRecord(ts, observed, JsonBody(line.decode())))
+            records.append(record(ts, observed, body(line.decode())))
         request = {"resourceLogs": [{"resource": self.resource, "scopeLogs": [
             {"scope": {"name": SCOPE_NAME}, "logRecords": records}]}]}
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, encode_json(request))
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
+                       codec.encode_json(request))
 
     def interpret(self, response, count):
         if not 200 <= response.status < 300:

@@ -19,10 +19,10 @@ process the rest, so those are acknowledged, that one is refused for good
 """
 import json
 
-from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, TIMES, Answer,
-                                               Encoder, Option, Rejections, Request, TimeText,
-                                               batch_time, body_text, choice_option,
-                                               encode_json, joined, one_line, valid_utf8)
+from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, Answer, Encoder,
+                                               Option, Rejections, Request, TimeText,
+                                               batch_time, body_text, choice_option, joined,
+                                               valid_utf8)
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
 DATA_CODES = (5, 6, 12, 13, 15)  # no data, invalid format, event required/blank, fields
@@ -52,9 +52,10 @@ class SplunkHec(Encoder):
         if self.raw:
             body = b"".join(m if m.endswith(b"\n") else m + b"\n" for m in map(bytes, messages))
             return Request(self.path, {"Content-Type": "text/plain"}, body)
+        from logpool.transports.formats import codec
         out, rejected = [], Rejections()
         fallback = _seconds(batch_time(now_ns))
-        decode, cache, times = TIMES.decode, self.times.cache, self.times
+        decode, cache, times = codec.TIMES.decode, self.times.cache, self.times
         for i, m in enumerate(messages):
             line = bytes(m).rstrip(b"\n")
             if not line.isascii():
@@ -70,12 +71,12 @@ class SplunkHec(Encoder):
                     if raw is not None:
                         head = cache.get(bytes(raw)) or times(fields, fallback)
                     if line.find(b"\n") >= 0:  # one envelope a line
-                        line = one_line(line)
+                        line = codec.one_line(line)
             if fields is None:
                 if not line.strip():
                     rejected.add(i, BLANK)
                     continue
-                line = encode_json(line.decode())
+                line = codec.encode_json(line.decode())
             out += (head, line, b"}")
         if out:
             out[0] = out[0][1:]  # (each head starts with the newline ending the one before)

@@ -27,6 +27,9 @@ PROPERTY = settings(max_examples=150, deadline=None,
 OPTIONS = {o.name: o.default for cls in FORMATS.values() for o in cls.OPTIONS}
 CHECKED = ("ndjson", "json_array", "elasticsearch", "loki", "otlp", "otlp_json", "splunk_hec",
            "datadog")  # (clickhouse has its own owner and tests)
+# Variants with a key that changes what is read: (format, options)
+VARIANTS = [(fmt, {}) for fmt in CHECKED] + [("elasticsearch", {"elasticsearch_id_field": "id"}),
+                                            ("splunk_hec", {"splunk_hec_endpoint": "raw"})]
 
 
 # -- strict parsers ------------------------------------------------------------------------------
@@ -166,6 +169,7 @@ def check_elasticsearch(body, messages, request):
     assert len(lines) == 2 * len(messages)  # an action line and a document line each
     for action, doc in zip(lines[0::2], lines[1::2]):
         assert list(strict_json(action)) == ["create"]
+        assert isinstance(strict_json(action)["create"].get("_id", ""), str)
         assert isinstance(strict_json(doc), dict)
 
 
@@ -224,17 +228,22 @@ def check_datadog(body, messages, request):
 CHECKS = {name: globals()["check_" + name] for name in CHECKED}
 
 
-@pytest.mark.parametrize("fmt", CHECKED)
+@pytest.mark.parametrize("fmt, options", VARIANTS,
+                         ids=[fmt + "".join(f"-{v}" for v in o.values()) for fmt, o in VARIANTS])
 @PROPERTY
 @given(messages=BATCHES)
 @example(messages=[b"x" * (1 << 20)])  # a 1 MiB line
 @example(messages=[b'{"message":"' + b"x" * (1 << 20) + b'","ts":5e9}'])
-def test_an_encoder_never_raises_and_its_body_parses(fmt, messages):
-    encoder = FORMATS[fmt](OPTIONS, "/")
+@example(messages=[b'{"id": 1e400}', b'{"id": [1, {"a": null}]}', b'{"id": null}'])
+def test_an_encoder_never_raises_and_its_body_parses(fmt, options, messages):
+    encoder = FORMATS[fmt]({**OPTIONS, **options}, "/")
     request = encoder.encode([bytearray(m) for m in messages], NOW_NS)  # any buffer
-    if fmt != "splunk_hec":
+    if fmt != "splunk_hec" or options:
         assert request.rejected == ()  # each has a fallback for everything
-    CHECKS[fmt](request.body, messages, request)
+    if options.get("splunk_hec_endpoint") == "raw":
+        check_ndjson(request.body, messages, request)  # the lines as they are
+    else:
+        CHECKS[fmt](request.body, messages, request)
     assert encoder.encode(messages, NOW_NS) == request  # pure: a retry is byte-identical
 
 

@@ -17,7 +17,8 @@ elasticsearch_id_field ES answers them 409, taken as acknowledged), so the order
 """
 import json
 
-from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
+from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, Answer, Encoder,
+                                               Option,
                                                Request, add_query, body_text, compact, joined,
                                                text_option)
 
@@ -88,7 +89,10 @@ class Elasticsearch(Encoder):
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, b"".join(out))
 
     def _action_with_id(self, raw):
-        value = self.codec.ANY.decode(raw)
+        try:
+            value = self.codec.ANY.decode(raw)
+        except NOT_JSON:  # a number beyond a double: its text
+            value = bytes(raw).decode()
         if value is None:
             return self.action
         meta = {**self.meta, "_id": value if isinstance(value, str) else bytes(raw).decode()}

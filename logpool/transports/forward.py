@@ -35,7 +35,8 @@ from collections import deque
 from logpool.errors import ConfigError
 from logpool.transports.base import ProtocolError
 from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, TIME_FIELDS, batch_time,
-                                               number_ns, text_ns, utf8_line, valid_utf8)
+                                               number_ns, text_ns, unicode_text, utf8_line,
+                                               valid_utf8)
 from logpool.transports.schema import Option, defaults, int_range, non_empty
 from logpool.transports.session import AcknowledgedTransport
 
@@ -57,7 +58,8 @@ OPTIONS = defaults(FORWARD_OPTIONS)
 
 
 def _tag(where, value):
-    if not value or len(value) > 1024:
+    # (A lone surrogate, from JSON's "\ud800", is no text a chunk can carry.)
+    if not isinstance(value, str) or not value or len(value) > 1024 or not unicode_text(value):
         raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
     return value
 

@@ -48,11 +48,21 @@ def text_option(pattern=None, what="a string", allow_none=False):
     def check(where, value):
         if value is None and allow_none:
             return None
-        if not isinstance(value, str) or not value or (
+        if not isinstance(value, str) or not value or not unicode_text(value) or (
                 pattern is not None and re.fullmatch(pattern, value) is None):
             _fail(where, what, value)
         return value
     return check
+
+
+def unicode_text(text):
+    """Text a body can carry (JSON's "\ud800" escape makes a lone surrogate, which no
+    encoder can write)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def choice_option(*choices):
@@ -70,7 +80,7 @@ def table_option(key_pattern, what):
     def check(where, value):
         if not isinstance(value, dict) or not all(
                 isinstance(k, str) and re.fullmatch(key_pattern, k) and isinstance(v, str)
-                for k, v in value.items()):
+                and unicode_text(k) and unicode_text(v) for k, v in value.items()):
             _fail(where, what, value)
         return dict(value)
     return check

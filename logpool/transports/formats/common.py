@@ -1,19 +1,18 @@
 """What every body format shares: the Encoder base class, Request/Response/Answer, option
 checkers, record time and JSON helpers (the package doc says how formats plug in)."""
 import datetime
-import json
 from collections import namedtuple
 
 from logpool.transports.schema import Option  # noqa: F401 — the formats' keys are Options
 
-Request = namedtuple("Request", "path headers body")
+# rejected: ((index in the messages, reason), ...) of the messages left out of the body, each
+# refused for good (the format cannot represent it); the body carries the others, in order.
+Request = namedtuple("Request", "path headers body rejected", defaults=((),))
 Response = namedtuple("Response", "status reason headers body")  # headers: lower-case keys
 
 ACK, RETRY, REJECT = "ack", "retry", "reject"
 TIME_FIELDS = ("@timestamp", "timestamp", "time", "ts")
 RESPONSE_LIMIT = 64 * 1024  # bytes of a response body kept (the rest is discarded)
-
-
 
 
 class Answer:
@@ -49,11 +48,21 @@ def text_option(pattern=None, what="a string", allow_none=False):
     def check(where, value):
         if value is None and allow_none:
             return None
-        if not isinstance(value, str) or not value or (
+        if not isinstance(value, str) or not value or not unicode_text(value) or (
                 pattern is not None and re.fullmatch(pattern, value) is None):
             _fail(where, what, value)
         return value
     return check
+
+
+def unicode_text(text):
+    """Text a body can carry (JSON's "\ud800" escape makes a lone surrogate, which no
+    encoder can write)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def choice_option(*choices):
@@ -71,7 +80,7 @@ def table_option(key_pattern, what):
     def check(where, value):
         if not isinstance(value, dict) or not all(
                 isinstance(k, str) and re.fullmatch(key_pattern, k) and isinstance(v, str)
-                for k, v in value.items()):
+                and unicode_text(k) and unicode_text(v) for k, v in value.items()):
             _fail(where, what, value)
         return dict(value)
     return check
@@ -81,17 +90,43 @@ def body_text(response, limit=200):
     return response.body[:limit].decode("utf-8", "replace").strip()
 
 
+# -- reading a message (what needs no JSON library; logpool.transports.formats.codec has the
+# rest, imported only by a sink that encodes: a pool without HTTP or forward sinks never loads
+# msgspec) -------------------------------------------------------------------------------------
+
+NOT_JSON = (ValueError, RecursionError, OverflowError)  # (msgspec's errors are ValueErrors)
+
+
+def valid_utf8(line):
+    """line (bytes) as valid UTF-8: itself, or with each invalid byte as U+FFFD."""
+    try:
+        line.decode()
+        return line
+    except UnicodeDecodeError:
+        return line.decode("utf-8", "replace").encode()
+
+
+def utf8_line(message):
+    """The message's bytes without trailing newlines, as valid UTF-8."""
+    line = bytes(message).rstrip(b"\n")
+    return line if line.isascii() else valid_utf8(line)
+
+
+def joined(head, separator, parts, tail):
+    """head + separator.join(parts) + tail, with one large copy (not three: a large buffer is
+    fresh pages from the kernel, as costly as the copy itself)."""
+    if len(parts) == 1:
+        return head + parts[0] + tail
+    ends = parts[:]
+    ends[0], ends[-1] = head + ends[0], ends[-1] + tail
+    return separator.join(ends)
+
+
 def as_object(message):
-    """(dict or None, text): the message as a JSON object if it is one, and as text."""
-    text = bytes(message).rstrip(b"\n").decode("utf-8", "replace")
-    if text[:1] == "{":
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            return None, text
-        if isinstance(doc, dict):
-            return doc, text
-    return None, text
+    """(dict or None, text): the message as a JSON object if it is one (strict JSON), and as
+    text (valid UTF-8)."""
+    from logpool.transports.formats import codec
+    return codec.as_object(message)
 
 
 def document(message):
@@ -101,31 +136,124 @@ def document(message):
 
 
 def compact(doc):
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    """doc as compact JSON text (strict: doc holds no NaN)."""
+    from logpool.transports.formats import codec
+    return codec.encode_json(doc).decode()
+
+
+# -- record time ---------------------------------------------------------------------------------
+
+MIN_NS, MAX_NS = 0, (2**32 - 1) * 10**9 + 999_999_999  # 1970-01-01 to 2106-02-07 06:28:15 UTC
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+# Log lines repeat their second: a time's text -> ns or None (the same for any text, so shared
+# by every sink's writer). Bounded: texts up to CACHED_KEY bytes, CACHED_TIMES of them.
+_time_cache, _text_cache = {}, {}
+CACHED_KEY, CACHED_TIMES = 64, 4096
+
+
+def batch_time(now_ns):
+    """The batch's time, within what every format can carry."""
+    return min(max(now_ns, MIN_NS), MAX_NS)
+
+
+def number_ns(value):
+    """A number of seconds, milliseconds, microseconds or nanoseconds since the epoch (told
+    apart by size) -> ns, or None when it is not a time every format can carry."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            0 <= value < 1e20):  # also NaN
+        return None
+    if value < 1e11:  # seconds (e.g. $msec), to the microsecond (exact in a double)
+        ns = round(value * 1e6) * 1000
+    elif value < 1e14:  # milliseconds
+        ns = round(value * 1e3) * 1000
+    elif value < 1e17:  # microseconds
+        ns = int(value * 1000) if isinstance(value, float) else value * 1000
+    else:
+        ns = int(value)
+    return ns if MIN_NS <= ns <= MAX_NS else None
+
+
+def text_ns(text):
+    """An RFC 3339 / ISO 8601 time (no zone: UTC) -> ns, or None."""
+    try:
+        return _text_cache[text]
+    except (KeyError, TypeError):
+        pass
+    if not isinstance(text, str) or len(text) > CACHED_KEY:  # (no RFC 3339 time is longer)
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(text.replace(" ", "T"))
+    except (ValueError, OverflowError):
+        ns = None
+    else:
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        delta = when - EPOCH
+        ns = (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+        if not MIN_NS <= ns <= MAX_NS:
+            ns = None
+    if len(_text_cache) > CACHED_TIMES:
+        _text_cache.clear()
+    _text_cache[text] = ns
+    return ns
+
+
+def value_ns(value):
+    """A decoded time field's value -> ns, or None when it is not a time in range."""
+    return text_ns(value) if isinstance(value, str) else number_ns(value)
+
+
+class TimeText:
+    """A format's rendering of record times (render(ns): e.g. Loki's decimal string), memoized
+    by the time field's JSON text (log lines repeat their second). The formats' loops look up
+    ``cache.get(bytes(first present time field))`` themselves and call the object on a miss."""
+
+    def __init__(self, render):
+        self.render, self.cache = render, {}
+
+    def __call__(self, fields, fallback):
+        """The rendering of the record time of `fields` (a Times-like struct), or fallback."""
+        from logpool.transports.formats.codec import fields_time_ns, raw_ns
+        raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+        if raw is None:
+            return fallback
+        ns = raw_ns(raw)
+        if ns is not None:
+            text = self.render(ns)
+            if len(raw) <= CACHED_KEY:
+                if len(self.cache) > CACHED_TIMES:
+                    self.cache.clear()
+                self.cache[bytes(raw)] = text
+            return text
+        ns = fields_time_ns(fields, None)  # the first field is no time: the others
+        return fallback if ns is None else self.render(ns)
 
 
 def record_time_ns(doc, fallback_ns):
-    """The time a record was logged, from its JSON fields (see the module doc)."""
+    """The time a record was logged, from its JSON fields (a dict; see the package doc): the
+    first field holding a time in range, else fallback_ns."""
     if doc is not None:
         for key in TIME_FIELDS:
-            value = doc.get(key)
-            if value is None:
-                continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                if value > 1e14:  # already nanoseconds (or micro): take ns as given
-                    return int(value) if value > 1e17 else int(value * 1000)
-                # seconds (e.g. $msec) or milliseconds, to the microsecond (exact in a double)
-                return round(value * 1e6) * 1000 if value < 1e11 else round(value * 1e3) * 1000
-            if isinstance(value, str):
-                try:
-                    when = datetime.datetime.fromisoformat(value.replace(" ", "T"))
-                except ValueError:
-                    continue
-                if when.tzinfo is None:
-                    when = when.replace(tzinfo=datetime.timezone.utc)
-                delta = when - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-                return (delta.days * 86400 + delta.seconds) * 10**9 + delta.microseconds * 1000
+            ns = value_ns(doc.get(key))
+            if ns is not None:
+                return ns
     return fallback_ns
+
+
+# -- per-record rejections -----------------------------------------------------------------------
+
+class Rejections:
+    """The messages an encoder leaves out of a request, each with its reason: encode()
+    returns them in Request.rejected as ((index in messages, reason), ...), in order."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, index, reason):
+        self.items.append((index, reason))
+
+    def result(self):
+        return tuple(self.items)
 
 
 def standard_path(url_path, path):

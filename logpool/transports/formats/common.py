@@ -125,8 +125,8 @@ def joined(head, separator, parts, tail):
 def as_object(message):
     """(dict or None, text): the message as a JSON object if it is one (strict JSON), and as
     text (valid UTF-8)."""
-    from logpool.transports.formats import codec
-    return codec.as_object(message)
+    from logpool.transports.formats.codec import as_object as parse
+    return parse(message)
 
 
 def document(message):
@@ -137,8 +137,8 @@ def document(message):
 
 def compact(doc):
     """doc as compact JSON text (strict: doc holds no NaN)."""
-    from logpool.transports.formats import codec
-    return codec.encode_json(doc).decode()
+    from logpool.transports.formats.codec import encode_json
+    return encode_json(doc).decode()
 
 
 # -- record time ---------------------------------------------------------------------------------

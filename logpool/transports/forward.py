@@ -75,7 +75,7 @@ def encode_entries(messages, now_ns):
 
 def _packed_pairs(messages, now_ns):
     """(a msgpack array of the [EventTime, record] pairs, where its items start)."""
-    from logpool.transports.formats import codec
+    import logpool.transports.formats.codec as codec
     event_time, pack = codec.event_time, codec.pack_msgpack
     fallback = event_time(batch_time(now_ns))
     decode = codec.ANY.decode

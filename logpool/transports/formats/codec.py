@@ -180,3 +180,39 @@ def fields_time_ns(fields, fallback_ns):
                 if ns is not None:
                     return ns
     return fallback_ns
+
+
+def document(message):
+    """The message as a JSON object: itself, or {"message": text} (wrapped)."""
+    doc, text = as_object(message)
+    return doc if doc is not None else {"message": text}
+
+
+def compact(doc):
+    """doc as compact JSON text (strict: doc holds no NaN)."""
+    return encode_json(doc).decode()
+
+
+class TimeText:
+    """A format's rendering of record times (render(ns): e.g. Loki's decimal string), memoized
+    by the time field's JSON text (log lines repeat their second). The formats' loops look up
+    ``cache.get(bytes(first present time field))`` themselves and call the object on a miss."""
+
+    def __init__(self, render):
+        self.render, self.cache = render, {}
+
+    def __call__(self, fields, fallback):
+        """The rendering of the record time of `fields` (a Times-like struct), or fallback."""
+        raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+        if raw is None:
+            return fallback
+        ns = raw_ns(raw)
+        if ns is not None:
+            text = self.render(ns)
+            if len(raw) <= CACHED_KEY:
+                if len(self.cache) > CACHED_TIMES:
+                    self.cache.clear()
+                self.cache[bytes(raw)] = text
+            return text
+        ns = fields_time_ns(fields, None)  # the first field is no time: the others
+        return fallback if ns is None else self.render(ns)

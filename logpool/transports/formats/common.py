@@ -122,25 +122,6 @@ def joined(head, separator, parts, tail):
     return separator.join(ends)
 
 
-def as_object(message):
-    """(dict or None, text): the message as a JSON object if it is one (strict JSON), and as
-    text (valid UTF-8)."""
-    from logpool.transports.formats.codec import as_object as parse
-    return parse(message)
-
-
-def document(message):
-    """The message as a JSON object: itself, or {"message": text} (wrapped)."""
-    doc, text = as_object(message)
-    return doc if doc is not None else {"message": text}
-
-
-def compact(doc):
-    """doc as compact JSON text (strict: doc holds no NaN)."""
-    from logpool.transports.formats.codec import encode_json
-    return encode_json(doc).decode()
-
-
 # -- record time ---------------------------------------------------------------------------------
 
 MIN_NS, MAX_NS = 0, (2**32 - 1) * 10**9 + 999_999_999  # 1970-01-01 to 2106-02-07 06:28:15 UTC
@@ -201,32 +182,6 @@ def text_ns(text):
 def value_ns(value):
     """A decoded time field's value -> ns, or None when it is not a time in range."""
     return text_ns(value) if isinstance(value, str) else number_ns(value)
-
-
-class TimeText:
-    """A format's rendering of record times (render(ns): e.g. Loki's decimal string), memoized
-    by the time field's JSON text (log lines repeat their second). The formats' loops look up
-    ``cache.get(bytes(first present time field))`` themselves and call the object on a miss."""
-
-    def __init__(self, render):
-        self.render, self.cache = render, {}
-
-    def __call__(self, fields, fallback):
-        """The rendering of the record time of `fields` (a Times-like struct), or fallback."""
-        from logpool.transports.formats.codec import fields_time_ns, raw_ns
-        raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
-        if raw is None:
-            return fallback
-        ns = raw_ns(raw)
-        if ns is not None:
-            text = self.render(ns)
-            if len(raw) <= CACHED_KEY:
-                if len(self.cache) > CACHED_TIMES:
-                    self.cache.clear()
-                self.cache[bytes(raw)] = text
-            return text
-        ns = fields_time_ns(fields, None)  # the first field is no time: the others
-        return fallback if ns is None else self.render(ns)
 
 
 def record_time_ns(doc, fallback_ns):

@@ -16,7 +16,7 @@ Answer: 202 (any 2xx) acknowledges; 413 halves the request; 429 and 5xx retry.
 import itertools
 import socket
 
-from logpool.transports.formats.common import (NOT_JSON, Encoder, Option, Request, TimeText,
+from logpool.transports.formats.common import (NOT_JSON, Encoder, Option, Request,
                                                batch_time, joined, text_option, valid_utf8)
 
 
@@ -36,7 +36,7 @@ class Datadog(Encoder):
 
     def __init__(self, options, url_path):
         super().__init__(options, url_path)
-        from logpool.transports.formats import codec
+        import logpool.transports.formats.codec as codec
         self.codec = codec
         self.tags = {"ddsource": options["datadog_source"] or "nginx",
                      "service": options["datadog_service"] or "logpool",
@@ -48,7 +48,7 @@ class Datadog(Encoder):
             self.tail[lacking] = b"," + codec.encode_json(members)[1:-1] if members else b""
         self.all_tags = self.tail[True, True, True]
         # the record time as the entry's last member, closing it
-        self.times = TimeText(lambda ns: b',"timestamp":%d}' % (ns // 1_000_000))
+        self.times = codec.TimeText(lambda ns: b',"timestamp":%d}' % (ns // 1_000_000))
 
     def encode(self, messages, now_ns):
         fallback_ms = batch_time(now_ns) // 1_000_000

@@ -19,7 +19,7 @@ import json
 
 from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, Answer, Encoder,
                                                Option,
-                                               Request, add_query, body_text, compact, joined,
+                                               Request, add_query, body_text, joined,
                                                text_option)
 
 # Only what is read back: keeps the answer small (about 30 bytes per item).
@@ -56,9 +56,9 @@ class Elasticsearch(Encoder):
         if options["elasticsearch_pipeline"] is not None:
             meta["pipeline"] = options["elasticsearch_pipeline"]
         self.meta = meta
-        self.action = (compact({"create": meta}) + "\n").encode()
+        import logpool.transports.formats.codec as codec  # (msgspec: only once a sink is built)
+        self.action = (codec.compact({"create": meta}) + "\n").encode()
         # The one field read from a document: its _id (none: the line is only checked).
-        from logpool.transports.formats import codec
         self.codec = codec
         self.decoder = (codec.JSON_OBJECT if self.id_field is None else
                         codec.id_decoder(self.id_field))

@@ -26,7 +26,7 @@ class JsonArray(Encoder):
     CONTENT_TYPE = "application/json"
 
     def encode(self, messages, now_ns):
-        from logpool.transports.formats import codec
+        import logpool.transports.formats.codec as codec
         array = codec.json_array([bytes(m).rstrip(b"\n") for m in messages])
         if array is not None:  # each one JSON value: the elements as they are
             return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, array)

@@ -12,7 +12,7 @@ taken), otherwise the whole request.
 import re
 
 from logpool.transports.formats.common import (NOT_JSON, Answer, Encoder, Option, Request,
-                                               TimeText, batch_time, body_text, table_option,
+                                               batch_time, body_text, table_option,
                                                valid_utf8)
 
 IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
@@ -31,10 +31,12 @@ class Loki(Encoder):
     def __init__(self, options, url_path):
         super().__init__(options, url_path)
         self.labels = options["loki_labels"] or {"job": "logpool"}
-        self.times = TimeText(str)  # ns as a decimal string
+        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)  # ns as a decimal string
 
     def encode(self, messages, now_ns):
-        from logpool.transports.formats import codec
+        import logpool.transports.formats.codec as codec
+        if self.times is None:
+            self.times = codec.TimeText(str)
         fallback = str(batch_time(now_ns))
         decode, cache, times, entry = codec.TIMES.decode, self.times.cache, self.times, (
             codec.LokiEntry)

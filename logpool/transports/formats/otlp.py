@@ -18,7 +18,7 @@ import json
 import struct
 
 from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, Answer, Encoder, Option,
-                                               Request, TimeText, batch_time, body_text,
+                                               Request, batch_time, body_text,
                                                table_option, valid_utf8)
 
 SCOPE_NAME = "logpool"
@@ -93,7 +93,7 @@ class Otlp(Encoder):
             deterministic=True)
         self.resource = RESOURCE + _varint(len(resource)) + resource  # ResourceLogs.resource
         self.scope = SCOPE + _varint(len(scope)) + scope  # ScopeLogs.scope
-        self.times = TimeText(_time_field)
+        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)
         self.frames = {}  # (line, time field, observed field sizes) -> _framing's
 
     def encode(self, messages, now_ns):
@@ -103,7 +103,9 @@ class Otlp(Encoder):
         now = batch_time(now_ns)
         observed = OBSERVED + struct.pack("<Q", now) if now else b""
         fallback = _time_field(now)
-        from logpool.transports.formats import codec
+        import logpool.transports.formats.codec as codec
+        if self.times is None:
+            self.times = codec.TimeText(_time_field)
         decode, cache, times, frames = codec.TIMES.decode, self.times.cache, self.times, (
             self.frames)
         parts = [RESOURCE_LOGS, None, self.resource, SCOPE_LOGS, None, self.scope]
@@ -178,10 +180,12 @@ class OtlpJson(Encoder):
         super().__init__(options, url_path)
         self.resource = {"attributes": [{"key": k, "value": {"stringValue": v}}
                                         for k, v in _attributes(options).items()]}
-        self.times = TimeText(str)
+        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)
 
     def encode(self, messages, now_ns):
-        from logpool.transports.formats import codec
+        import logpool.transports.formats.codec as codec
+        if self.times is None:
+            self.times = codec.TimeText(str)
         observed = str(batch_time(now_ns))
         decode, cache, times = codec.TIMES.decode, self.times.cache, self.times
         record, body = codec.OtlpJsonRecord, codec.OtlpJsonBody

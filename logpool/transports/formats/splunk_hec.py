@@ -20,7 +20,7 @@ process the rest, so those are acknowledged, that one is refused for good
 import json
 
 from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, Answer, Encoder,
-                                               Option, Rejections, Request, TimeText,
+                                               Option, Rejections, Request,
                                                batch_time, body_text, choice_option, joined,
                                                valid_utf8)
 
@@ -46,13 +46,15 @@ class SplunkHec(Encoder):
         self.STANDARD_PATH = PATHS[options["splunk_hec_endpoint"]]
         super().__init__(options, url_path)
         self.raw = options["splunk_hec_endpoint"] == "raw"
-        self.times = TimeText(_seconds)
+        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)
 
     def encode(self, messages, now_ns):
         if self.raw:
             body = b"".join(m if m.endswith(b"\n") else m + b"\n" for m in map(bytes, messages))
             return Request(self.path, {"Content-Type": "text/plain"}, body)
-        from logpool.transports.formats import codec
+        import logpool.transports.formats.codec as codec
+        if self.times is None:
+            self.times = codec.TimeText(_seconds)
         out, rejected = [], Rejections()
         fallback = _seconds(batch_time(now_ns))
         decode, cache, times = codec.TIMES.decode, self.times.cache, self.times

@@ -8,7 +8,11 @@ Each entry is the message when it is a JSON object, else ``{"message": "<line>"}
 sets them, and ``timestamp`` (milliseconds, the record time) unless it has one. At most 1000
 entries per request (the intake's limit).
 
-Answer: 202 (any 2xx) acknowledges; 413 halves the request; 429 and 5xx retry.
+Answer, by the intake's published statuses (the generic HTTP rules): 202 (any 2xx)
+acknowledges; 400 (a payload it cannot take) is narrowed down to the record, rejected with
+the intake's answer; 401 and 403 (the API key) keep the data, logged once, retried on the
+schedule; 408, 429, 500, 502, 503, 504 are retried after backoff honouring Retry-After; 413
+halves the request (a single entry answered 413 is rejected).
 """
 import socket
 

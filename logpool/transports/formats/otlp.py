@@ -7,16 +7,34 @@ one ScopeLogs (scope "logpool"), one LogRecord per message: body = the line (a s
 time_unix_nano = the record time (see the package doc), observed_time_unix_nano = when the
 batch was first encoded.
 
-Answer: 2xx acknowledges, except ``partial_success.rejected_log_records`` (N > 0): N refused
-for good, with the collector's error_message; an answer body that does not decode is an error
-(kept, retried).
+Answer, as the OTLP/HTTP specification has it: 2xx acknowledges, except
+``partial_success.rejected_log_records`` (N > 0): N records refused for good with the
+collector's ``error_message`` (OTLP does not say which: the last N of the request are
+counted), the rest delivered; 429, 502, 503 and 504 are retried after backoff honouring
+Retry-After; every other status (400, 401, 403, 404, 500, 501, 505, ...) is not retried as
+is: the request is refused, narrowed down to the record the collector refuses (rejected
+with the collector's answer once it is refused alone while other requests succeed; when
+every part is refused alike nothing is rejected: held on the retry schedule). An answer
+body that does not decode is an error (kept, sent again).
 """
 import json
 
-from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
-                                        body_text, record_time_ns, table_option)
+from logpool.transports.formats.common import (Encoder, Fate, Option, Outcome, ProtocolError,
+                                               Refused, Request, RetryLater, as_object,
+                                               body_text, record_time_ns, table_option)
 
 SCOPE = "logpool"
+RETRYABLE = (429, 502, 503, 504)  # OTLP/HTTP: the only statuses a client may retry
+
+
+def _status(response):
+    """The OTLP/HTTP status rules; None for a 2xx (its body says the rest)."""
+    if 200 <= response.status < 300:
+        return None
+    why = f"OTLP HTTP {response.status}: {body_text(response, 300)!r}"
+    if response.status in RETRYABLE:
+        raise RetryLater(why)
+    raise Refused(why)
 
 
 def _check_attributes(where, value):
@@ -69,26 +87,26 @@ class Otlp(Encoder):
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
                        request.SerializeToString(deterministic=True))
 
-    def interpret(self, response, count):
-        if not 200 <= response.status < 300:
-            return None
+    def interpret(self, response, request, count):
+        _status(response)
         if not response.body:
-            return Answer("ok")
+            return Outcome.acked(count)
         try:
             answer = self.pb.ExportLogsServiceResponse.FromString(response.body)
         except Exception as exc:  # noqa: BLE001 — protobuf's DecodeError and friends
-            return Answer("error", f"an OTLP answer that does not decode ({exc}): "
-                          f"{response.body[:80]!r}")
+            raise ProtocolError(f"an OTLP answer that does not decode ({exc}): "
+                                f"{response.body[:80]!r}") from None
         rejected = answer.partial_success.rejected_log_records
         return _partial(rejected, answer.partial_success.error_message, count)
 
 
 def _partial(rejected, message, count):
     if rejected <= 0:
-        return Answer("ok")
+        return Outcome.acked(count)
     rejected = min(int(rejected), count)
-    return Answer("partial", f"OTLP partial success: {rejected} of {count} log records rejected: "
-                  f"{message[:300]!r}", rejected=rejected)
+    why = f"OTLP partial success: {rejected} of {count} log records rejected: {message[:300]!r}"
+    return Outcome.per_message([(Fate.ACK, None)] * (count - rejected)
+                               + [(Fate.REJECT, why)] * rejected)
 
 
 class OtlpJson(Encoder):
@@ -114,17 +132,16 @@ class OtlpJson(Encoder):
         body = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
 
-    def interpret(self, response, count):
-        if not 200 <= response.status < 300:
-            return None
+    def interpret(self, response, request, count):
+        _status(response)
         if not response.body.strip():
-            return Answer("ok")
+            return Outcome.acked(count)
         try:
             answer = json.loads(response.body)
             partial = answer.get("partialSuccess") or {}
             rejected = int(partial.get("rejectedLogRecords") or 0)
             message = str(partial.get("errorMessage") or "")
         except (ValueError, TypeError, AttributeError):
-            return Answer("error", f"an OTLP/JSON answer not understood: "
-                          f"{body_text(response)!r}")
+            raise ProtocolError(f"an OTLP/JSON answer not understood: "
+                                f"{body_text(response)!r}") from None
         return _partial(rejected, message, count)

@@ -77,16 +77,25 @@ def test_forward_config_errors_name_the_key(sink, text):
 
 
 def test_encoders_are_pure_and_deterministic():
-    # The same messages and fallback time give the same request: a retried batch is
-    # byte-identical (deduplicating backends rely on it).
+    # The same messages and fallback time give the same body: a batch encoded again is
+    # byte-identical. ClickHouse's deduplication token alone is random per request (two
+    # requests with the same bytes must not share one; a request's retries reuse it, as
+    # the transport sends a request frozen once encoded).
     messages = [b'{"seq": 1, "time": 1700000000.5}', b"plain line\n", b'{"seq": 3}']
     for name, cls in FORMATS.items():
         opts = {o.name: o.default for c in FORMATS.values() for o in c.OPTIONS}
         enc = cls(opts, "/")
         a, b = enc.encode(messages, 1_700_000_100_000_000_000), enc.encode(
             list(messages), 1_700_000_100_000_000_000)
-        assert a == b, name
+        assert a.body == b.body and a.headers == b.headers, name
         assert a.path.startswith("/"), name
+        if name == "clickhouse":
+            token = urllib.parse.parse_qs(a.path.partition("?")[2])[
+                "insert_deduplication_token"]
+            assert token != urllib.parse.parse_qs(b.path.partition("?")[2])[
+                "insert_deduplication_token"]
+        else:
+            assert a == b, name
 
 
 # -- Elasticsearch _bulk --------------------------------------------------------------------
@@ -269,14 +278,54 @@ def test_loki_400_out_of_order_counts_the_ignored_entries_as_rejected(peer, pool
     assert_logged(capfd, "entry out of order")
 
 
-def test_loki_400_too_old_without_counts_rejects_the_request(peer, pools):
-    loki = FakeLoki([(400, "entry for stream '{job=\"logpool\"}' has timestamp too old", 5)])
+def test_loki_400_rejects_only_the_entries_loki_named_and_the_rest_is_stored(peer, pools,
+                                                                            capfd):
+    # As Loki validates a push: it stores the valid entries and answers 400 naming the
+    # refused ones (an over-long line, a timestamp too old), in its own words.
+    cutoff_ns, max_line = 1_700_000_000 * 10**9, 100
+    stored = []
+
+    def answer(request):
+        errors = []
+        for stream in json.loads(request.body)["streams"]:
+            for ts, line in stream["values"]:
+                if len(line.encode()) > max_line:
+                    errors.append(f"Max entry size '{max_line}' bytes exceeded for stream "
+                                  f"'{{job=\"logpool\"}}' while adding an entry with length "
+                                  f"'{len(line.encode())}' bytes")
+                elif int(ts) < cutoff_ns:
+                    errors.append("entry for stream '{job=\"logpool\"}' has timestamp too "
+                                  "old: 2020-01-01T00:00:00Z, oldest acceptable timestamp "
+                                  "is: 2023-11-14T22:13:20Z")
+                else:
+                    stored.append(line)
+        if errors:
+            return [response(400, f"{len(errors)} errors like: " + "\n".join(errors))]
+        return [response(204)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "loki"}],
+                  **{**FAST, "periodic_flush_ms": 300}})
+    lines = [json.dumps({"seq": i, "time": 1_700_000_100}).encode() for i in range(10)]
+    lines[3] = json.dumps({"seq": 3, "time": 1_600_000_000}).encode()  # too old
+    lines[6] = json.dumps({"seq": 6, "time": 1_700_000_100, "pad": "x" * 200}).encode()
+    log_all(pool, lines)
+    assert [json.loads(line)["seq"] for line in stored] == [0, 1, 2, 4, 5, 7, 8, 9]
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 2 and st["sent_messages"] == 8
+    assert st["retried_messages"] == 0 and st["resent_messages"] == 0  # nothing sent again
+    assert_logged(capfd, "Max entry size")
+
+
+def test_loki_400_naming_no_entry_is_narrowed(peer, pools):
+    # A 400 Loki gives for the whole push once (no entry named): narrowed, nothing lost.
+    loki = FakeLoki([(400, "error parsing labels", 5)])
     server = peer(loki)
     pool = pools({"sinks": [{"url": server.url + "/", "http_format": "loki"}],
                   **{**FAST, "periodic_flush_ms": 300}})
     log_all(pool, [message(0, i) for i in range(5)])
     st = pool.stats(0)
-    assert st["dropped_rejected"] == 5 and st["sent_messages"] == 0
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == 5
+    assert len(loki.entries) == 5
 
 
 # -- OpenTelemetry ---------------------------------------------------------------------------
@@ -425,22 +474,28 @@ def test_splunk_hec_400_403_keep_the_data_and_log_once(peer, pools, capfd, statu
 # -- ClickHouse ------------------------------------------------------------------------------
 
 class FakeClickHouse:
-    """The HTTP interface: INSERT ... FORMAT JSONEachRow in the query parameter, rows in the
-    body, insert_deduplication_token honoured (a block with a token seen before is not
-    inserted again), exceptions with X-ClickHouse-Exception-Code."""
+    """The HTTP interface: SELECT version() once per session, INSERT ... FORMAT JSONEachRow in
+    the query parameter, rows in the body, insert_deduplication_token honoured (a block with
+    a token seen before is not inserted again), exceptions with X-ClickHouse-Exception-Code."""
 
-    def __init__(self, script=()):
+    def __init__(self, script=(), version="23.8.2.7"):
         self.script = list(script)
+        self.version = version
         self.rows = []
         self.tokens = []
         self.inserted = set()
+        self.probes = 0
 
     def __call__(self, request):
         path, _, query = request.path.partition("?")
         params = urllib.parse.parse_qs(query)
+        if request.method == "GET":
+            assert params["query"] == ["SELECT version()"] and not request.body
+            self.probes += 1
+            return [response(200, self.version + "\n")]
         assert path == "/" and params["query"] == ["INSERT INTO logs FORMAT JSONEachRow"]
         token = params["insert_deduplication_token"][0]
-        assert token == hashlib.sha256(request.body).hexdigest()
+        assert token != hashlib.sha256(request.body).hexdigest()  # random, not the body's
         rows = [json.loads(line) for line in request.body.splitlines()]
         assert all(isinstance(r, dict) for r in rows)
         self.tokens.append(token)
@@ -453,16 +508,20 @@ class FakeClickHouse:
         return [response(200, "")]
 
 
-def test_clickhouse_insert_with_a_content_token_and_the_exception_code(peer, pools, capfd):
+def test_clickhouse_insert_with_a_token_per_batch_and_the_exception_code(peer, pools, capfd):
     ch = FakeClickHouse([(500, 241, "Code: 241. DB::Exception: Memory limit exceeded")])
     server = peer(ch)
     pool = pools({"sinks": [{"url": server.url + "/", "http_format": "clickhouse"}], **FAST})
     log_all(pool, numbered(5) + [b"plain"])
     assert [r.get("seq") for r in ch.rows] == [0, 1, 2, 3, 4, None]
     assert ch.rows[-1] == {"message": "plain"}
-    assert ch.tokens[0] == ch.tokens[1]  # the retry is the same block: same token
-    assert pool.stats(0)["sent_messages"] == 6
+    assert ch.tokens[0] == ch.tokens[1]  # the retry is the same request: the same token
+    st = pool.stats(0)
+    assert 1 <= ch.probes <= st["connects"]  # the version asked once per session
+    assert st["sent_messages"] == 6 and st["retried_messages"] == 6
     assert_logged(capfd, "ClickHouse exception code 241")
+    log_all(pool, numbered(5) + [b"plain"])  # the same bytes again: another token
+    assert len(set(ch.tokens)) == 2 and len(ch.rows) == 12
 
 
 def test_clickhouse_unknown_table_keeps_the_data(peer, pools, capfd):
@@ -473,7 +532,8 @@ def test_clickhouse_unknown_table_keeps_the_data(peer, pools, capfd):
     log_all(pool, numbered(3))
     assert [r["seq"] for r in ch.rows] == [0, 1, 2]
     assert pool.stats(0)["dropped_rejected"] == 0
-    assert_logged(capfd, "ClickHouse exception code 60")
+    err = assert_logged(capfd, "ClickHouse exception code 60")
+    assert "a configuration error" in err
 
 
 # -- Datadog ---------------------------------------------------------------------------------

@@ -409,7 +409,7 @@ class HttpTransport(StreamTransport):
                    "Content-Length": str(len(body))}
         if method == "GET":
             headers = {k: v for k, v in headers.items() if k not in (
-                "Content-Length", "Content-Encoding", "Content-Type")}
+                "Content-Encoding", "Content-Type")}
         lines = [f"{method or self.options.http_method} {request.path} HTTP/1.1"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -52,6 +52,7 @@ DATA_CODES = frozenset((6, 16, 25, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 
 CONFIG_CODES = frozenset((60, 81, 192, 193, 194, 497, 516))
 LATER_CODES = frozenset((159, 202, 209, 210, 241, 242, 252, 319, 425, 999))
 UNKNOWN_SETTING_CODE = 115
+CREDENTIALS = ("user", "password", "database", "quota_key")
 TOKEN = "insert_deduplication_token"
 TOKEN_SINCE = (22, 2)
 
@@ -97,9 +98,11 @@ class ClickHouse(Encoder):
     # -- what the server knows --
 
     def probe(self):
-        return Request(add_query(self.url_path if self.url_path.startswith("/") else "/",
-                                 "query=" + urllib.parse.quote("SELECT version()", safe="")),
-                       {}, b"")
+        # The URL's credentials only: its settings may be what this server does not know.
+        base, _, query = self.url_path.partition("?")
+        kept = [p for p in query.split("&") if p.partition("=")[0] in CREDENTIALS]
+        return Request(add_query(base or "/", "&".join(kept + [
+            "query=" + urllib.parse.quote("SELECT version()", safe="")])), {}, b"")
 
     def learn(self, url, response):
         self.url = url

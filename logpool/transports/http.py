@@ -63,7 +63,6 @@ import time
 import zlib
 from collections import deque
 
-from logpool.engine.report import ErrorReporter
 from logpool.errors import ConfigError
 from logpool.transports.base import (SLICE_S, Fate, Outcome, ProtocolError, RetryLater,
                                     Stopped, Unsendable)
@@ -312,8 +311,6 @@ class HttpTransport(StreamTransport):
         self.count_cap = None  # after a 413: at most this many messages per request
         self.last_ok = False  # the collector's last answer was a success (a witness)
         self.learned = None  # the collector whose probe answer the encoder has
-        self.notices = ErrorReporter(f"{sink.index} ({sink.name})")
-        self.encoder.notice = lambda kind, text: self.notices.report(kind, f"{self.url}: {text}")
         self._should_stop = lambda: False
         self.reusable = False
 
@@ -479,13 +476,15 @@ class HttpTransport(StreamTransport):
         except Unconfirmed as exc:
             outcome = self._confirm(part, exc.token)
         except SendAgain as exc:
+            # Said once through the engine's error log (the part goes again without delay
+            # beyond one backoff step); bounded, should the change not help.
             part.send_again += 1
             if part.send_again > 3:
                 self.reusable = False
                 raise HttpProtocolError(f"{exc}; still refused after the change, the "
                                         f"{count} messages are kept and sent again") from None
-            self.notices.report(str(exc)[:80], str(exc))
-            return  # the same part again at once
+            raise HttpRetry(None, f"{exc}; the {count} messages are sent again at once",
+                            0.0) from None
         except RetryLater as exc:
             self.last_ok = False
             if exc.retry_after is None:

@@ -188,9 +188,6 @@ class Encoder:
     confirm_timeout_s = 30.0
     url = None  # the collector the requests go to now (set by the transport)
 
-    def notice(self, kind, text):
-        """Something the operator should read once (the transport logs it, per kind)."""
-
     def confirm_request(self, token):
         raise NotImplementedError
 

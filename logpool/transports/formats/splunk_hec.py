@@ -92,10 +92,8 @@ class SplunkHec(Encoder):
             ack_id = answer.get("ackId")
             if self.use_ack and isinstance(ack_id, int) and not isinstance(ack_id, bool):
                 raise Unconfirmed(ack_id)
-            if self.use_ack:
-                self.notice("HEC answered without ackId", "splunk_hec_ack is on and HEC "
-                            "answered without an ackId (indexer acknowledgement is off for "
-                            "this token): code 0 is taken as delivered")
+            # (With splunk_hec_ack and no ackId, the token has useACK off: code 0 is all
+            # HEC will ever say, taken as delivered.)
             return Outcome.acked(count)
         if code in BUSY_CODES or response.status >= 500:
             raise RetryLater(why)

@@ -135,6 +135,38 @@ def test_500_for_ever_for_everything_rejects_nothing(peer, pools, fmt):
     assert pool.close(timeout=0.2) == n  # abandoned at close, counted: never rejected
 
 
+def refusal_naming_no_record(fmt):
+    """`fmt`'s backend refusing a whole request for its data, naming no record."""
+    if fmt == "splunk_hec":
+        return response(400, json.dumps({"text": "Invalid data format", "code": 6}))
+    if fmt == "clickhouse":
+        return response(500, "Code: 27, e.displayText() = DB::Exception: Cannot parse input")
+    return response(400, "refused")
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_every_part_refused_alike_is_held_never_rejected(peer, pools, fmt):
+    # A collector that refuses every request for its data (naming no record) for a while,
+    # then recovers: narrowing finds no record refused while others succeed, so it holds
+    # the batch on the retry schedule; once the collector recovers every record arrives.
+    refusals = 25
+
+    def refuse(recs):
+        if collector.requests <= refusals:
+            return refusal_naming_no_record(fmt)
+        return None
+    collector = Collector(fmt, refuse)
+    server = peer(collector)
+    pool = pools(sink(server, fmt))
+    n = 32
+    for i in range(n):
+        pool.log(0, json.dumps({"seq": i}).encode())
+    pool.flush(timeout=60)
+    assert sorted(collector.stored) == list(range(n))
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == n
+
+
 @pytest.mark.parametrize("id_field", [None, "id"])
 def test_elasticsearch_429_on_ten_percent_of_items_sends_those_alone(peer, pools, id_field):
     # ES's normal back-pressure: es_rejected_execution_exception for some items of a batch.

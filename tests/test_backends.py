@@ -536,6 +536,68 @@ def test_clickhouse_unknown_table_keeps_the_data(peer, pools, capfd):
     assert "a configuration error" in err
 
 
+def clickhouse_encoder(**options):
+    opts = {o.name: o.default for c in FORMATS.values() for o in c.OPTIONS}
+    return FORMATS["clickhouse"]({**opts, **options}, "/")
+
+
+@pytest.mark.parametrize("status, code, body, what", [
+    (500, 252, "Code: 252. DB::Exception: Too many parts (300)", "later"),
+    (500, 241, "Code: 241. DB::Exception: Memory limit (total) exceeded", "later"),
+    (404, 60, "Code: 60. DB::Exception: Table default.logs doesn't exist", "configuration"),
+    (403, 516, "Code: 516. DB::Exception: default: Authentication failed", "configuration"),
+    (500, 27, "Code: 27, e.displayText() = DB::Exception: Cannot parse input", "row"),
+    (400, 117, "Code: 117. DB::Exception: Unknown field found while parsing JSONEachRow "
+               "format: x: (at row 3)", "row 2"),
+    (500, 999, "Code: 999. Coordination::Exception: Connection loss", "later"),
+    (500, 1002, "Code: 1002. DB::Exception: something else", "generic")])
+@pytest.mark.parametrize("in_header", [True, False])  # 18.16 names the code in the body only
+def test_clickhouse_answers_by_exception_code(status, code, body, what, in_header):
+    from logpool.transports.formats.common import (Misconfigured, Refused, Response,
+                                                   RetryLater)
+    enc = clickhouse_encoder()
+    request = enc.encode([b'{"a":1}', b'{"a":2}', b'{"a":3}'], 0)
+    headers = {"x-clickhouse-exception-code": str(code)} if in_header else {}
+    answer = Response(status, "X", headers, body.encode())
+    kinds = {RetryLater: "later", Misconfigured: "configuration", Refused: "row"}
+    try:
+        outcome = enc.interpret(answer, request, 3)
+    except (RetryLater, Misconfigured, Refused) as exc:
+        got = kinds[type(exc)]
+        if isinstance(exc, Refused) and exc.item is not None:
+            got = f"row {exc.item}"
+        assert f"ClickHouse exception code {code}" in str(exc)
+    else:
+        assert outcome is None  # the generic HTTP rules, by the status
+        got = "generic"
+    assert got == what
+
+
+def test_clickhouse_token_only_for_servers_that_know_it():
+    from logpool.transports.formats.common import Response, SendAgain
+    enc = clickhouse_encoder()
+    request = enc.encode([b'{"a":1}'], 0)
+    for url, version, sent in (("http://old:8123", "18.16.1", False),
+                               ("http://21:8123", "21.8.15.7", False),
+                               ("http://new:8123", "22.2.2.1", True),
+                               ("http://unknown:8123", None, True)):
+        enc.url = url
+        if version is not None:
+            enc.learn(url, Response(200, "OK", {}, version.encode() + b"\n"))
+        path = enc.finish(request).path
+        assert ("insert_deduplication_token=" in path) is sent, (url, path)
+        assert path.startswith("/?query=INSERT")
+    # A server that answers 115 for a setting: dropped for it, the request sent again once.
+    enc.url = "http://unknown:8123"
+    refusal = Response(404, "X", {}, b"Code: 115, e.displayText() = DB::Exception: Unknown "
+                                     b"setting insert_deduplication_token")
+    with pytest.raises(SendAgain):
+        enc.interpret(refusal, enc.finish(request), 1)
+    assert "insert_deduplication_token" not in enc.finish(request).path
+    enc.url = "http://new:8123"  # another server keeps it
+    assert "insert_deduplication_token" in enc.finish(request).path
+
+
 # -- Datadog ---------------------------------------------------------------------------------
 
 class FakeDatadog:

@@ -200,6 +200,31 @@ def test_a_record_refused_for_ever_is_rejected_alone_and_logged(peer, pools, cap
     assert 'reason="rejected"' in pool.metrics()
 
 
+def test_a_record_refused_alone_first_is_judged_against_the_next_pending_messages(peer, pools):
+    # The first request holds the refused record alone (it fills http_max_body_bytes) and
+    # nothing has succeeded yet: it is not rejected on that answer; the messages after it
+    # go first (this collector refuses an empty probe), succeed, and then it is refused
+    # alone again right after a success: rejected, and only it.
+    def answer(request):
+        if b"poison" in request.body or not request.body:
+            return [response(400, "refused by the test")]
+        return [response(200)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_max_body_bytes": 1024}],
+                  **{**FAST, "periodic_flush_ms": 300}})  # one take: all 21 pending
+    pool.log(0, b"poison " + b"p" * 1000 + b"\n")
+    for i in range(20):
+        pool.log(0, message(0, i))
+    pool.flush(timeout=30)
+    kept = [parse_line(line + b"\n")[1] for r in server.requests if b"poison" not in r.body
+            for line in r.body.splitlines()]
+    assert sorted(kept) == list(range(20))  # each once
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 20
+    assert not any(not r.body for r in server.requests)  # no probe was needed
+    assert [b"poison" in r.body for r in server.requests][:3] == [True, False, True]
+
+
 def test_put_and_a_path_with_a_query(scripted, pools):
     server = scripted([])
     pool = pools({"sinks": [{"url": server.url + "?tenant=a", "http_method": "PUT"}]})

@@ -20,7 +20,7 @@ translated once):
   around the record the answer names) until the refused record is alone; that record is
   rejected with the collector's answer only when the collector's answer just before was a
   success (a sibling part went through; otherwise it is tried again right after the next
-  part that succeeds, or after a probe: the format's request without data). The good
+  part, the next pending messages, or a probe: the format's request without data). The good
   records are delivered once each. Bound: a refused record costs at most about
   2*log2(batch)+2 requests. An outage is never turned into rejections: connect errors and
   "later" answers keep the request as it is, and after 2*log2(batch)+4 refusals in a row
@@ -238,9 +238,10 @@ class Batch:
     """The first len(fates) pending messages while their fates are decided: one fate per
     message ((Fate, reason), None while open) and the parts still to send, the first next."""
 
-    __slots__ = ("fates", "parts", "refusals", "bound")
+    __slots__ = ("fates", "parts", "refusals", "bound", "now_ns")
 
-    def __init__(self, size):
+    def __init__(self, size, now_ns):
+        self.now_ns = now_ns  # the fallback record time of every part
         self.fates = [None] * size
         self.parts = deque([Part(0, size)])
         # Refusals in a row without a success in between: beyond `bound` the collector is
@@ -365,34 +366,59 @@ class HttpTransport(StreamTransport):
 
     # -- a request --
 
-    def _new_batch(self):
-        """A batch of the first pending messages, as many as fit in http_max_body_bytes
-        once encoded (its first part encoded), or None."""
-        max_count = min(c for c in (self.encoder.MAX_MESSAGES, self.count_cap, MAX_BATCH)
-                        if c is not None)
-        views = self.chain.messages(max_count, self.limit)
+    def _max_count(self):
+        return min(c for c in (self.encoder.MAX_MESSAGES, self.count_cap, MAX_BATCH)
+                   if c is not None)
+
+    def _fit(self, skip, max_count, now_ns):
+        """(count, request, body) of the pending messages after the first `skip`: as many
+        as fit in http_max_body_bytes once encoded (count 0: none pending; None for the
+        request: a single message that does not fit)."""
+        views = self.chain.messages(max_count, self.limit, skip) if max_count > 0 else []
         count = len(views)
-        if not count:
-            return None
-        now_ns = time.time_ns()
-        while True:
+        while count:
             request = self.encoder.encode(views[:count], now_ns)
             body = self.compress(request.body) if self.compress else request.body
             if len(body) <= self.limit:
-                break
+                return count, request, body
             if count == 1:
-                raise Unsendable(errno.EMSGSIZE, f"{len(body)} bytes once encoded, more "
-                                 f"than http_max_body_bytes {self.limit}")
+                return 1, None, body
             count = max(1, min(count - 1, count * self.limit // len(body) - 1))
-        batch = Batch(count)
+        return 0, None, None
+
+    def _new_batch(self):
+        """A batch of the first pending messages, as many as fit in http_max_body_bytes
+        once encoded (its first part encoded), or None."""
+        now_ns = time.time_ns()
+        count, request, body = self._fit(0, self._max_count(), now_ns)
+        if not count:
+            return None
+        if request is None:
+            raise Unsendable(errno.EMSGSIZE, f"{len(body)} bytes once encoded, more than "
+                             f"http_max_body_bytes {self.limit}")
+        batch = Batch(count, now_ns)
         batch.parts[0].request, batch.parts[0].body = request, body
         return batch
 
-    def _encode(self, part):
-        """The part's request, encoded once (a probe: the format's empty request)."""
+    def _extend(self, batch):
+        """A part of the pending messages after the batch, added to it (a witness for a
+        record refused alone), or None when there are none that fit."""
+        size = len(batch.fates)
+        count, request, body = self._fit(size, min(self._max_count(), MAX_BATCH - size),
+                                         batch.now_ns)
+        if request is None:
+            return None
+        batch.fates += [None] * count
+        part = Part(size, size + count)
+        part.request, part.body = request, body
+        return part
+
+    def _encode(self, part, batch):
+        """The part's request, encoded once (a probe: the format's empty request), with
+        the batch's fallback record time."""
         if part.request is None:
             views = self.chain.messages(len(part), 1 << 62, part.start) if len(part) else []
-            request = self.encoder.encode(views, time.time_ns())
+            request = self.encoder.encode(views, batch.now_ns)
             part.request = request
             part.body = self.compress(request.body) if self.compress else request.body
         return self.encoder.finish(part.request), part.body
@@ -430,7 +456,7 @@ class HttpTransport(StreamTransport):
                 return released
             batch = self.batch
             part = batch.parts[0]
-            request, body = self._encode(part)
+            request, body = self._encode(part, batch)
             count = len(part)
             if part.again == "resent":
                 self.chain.count_resent(count)
@@ -581,9 +607,9 @@ class HttpTransport(StreamTransport):
             others = [i for i, p in enumerate(batch.parts) if not p.suspect]
             if others:
                 batch.parts.insert(others[0] + 1, part)
-            else:
+            else:  # the next pending messages, or a probe: a request without data
                 batch.parts.appendleft(part)
-                batch.parts.appendleft(Part(0, 0))
+                batch.parts.appendleft(self._extend(batch) or Part(0, 0))
         if batch.refusals > batch.bound:
             self._hold(batch, refusal.reason)
 

@@ -15,10 +15,11 @@ on Replicated*MergeTree tables, or on MergeTree with ``non_replicated_deduplicat
 > 0. The server's version is read once per session (``SELECT version()``); older servers
 get no token (an "Unknown setting" answer, code 115, also drops the setting for that server:
 logged once with the setting and the version, and the request sent again at once). Before
-22.2 a retried request is deduplicated only by the hash of its block on Replicated*MergeTree
-(so two requests with the same bytes are stored once there), and not at all on a plain
-MergeTree such as 18.16's default: there a retry after an answer never seen may store a batch
-twice, counted in resent_messages.
+22.2 a retried request is deduplicated only by the hash of its block, on Replicated*MergeTree
+(or MergeTree with that window, where the server has the setting), so two requests with the
+same bytes are stored once there; a plain MergeTree without it (18.16's only kind) does not
+deduplicate: a retry after an answer never seen may store a batch twice, counted in
+resent_messages.
 
 Answer, by ClickHouse's exception code (the ``X-ClickHouse-Exception-Code`` header, or the
 body's ``Code: N`` where the header is absent, as in 18.16):

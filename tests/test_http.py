@@ -203,8 +203,8 @@ def test_a_record_refused_for_ever_is_rejected_alone_and_logged(peer, pools, cap
 def test_a_record_refused_alone_first_is_judged_against_the_next_pending_messages(peer, pools):
     # The first request holds the refused record alone (it fills http_max_body_bytes) and
     # nothing has succeeded yet: it is not rejected on that answer; the messages after it
-    # go first (this collector refuses an empty probe), succeed, and then it is refused
-    # alone again right after a success: rejected, and only it.
+    # go first, succeed, and then it is refused alone again right after a success:
+    # rejected, and only it.
     def answer(request):
         if b"poison" in request.body or not request.body:
             return [response(400, "refused by the test")]
@@ -221,8 +221,38 @@ def test_a_record_refused_alone_first_is_judged_against_the_next_pending_message
     assert sorted(kept) == list(range(20))  # each once
     st = pool.stats(0)
     assert st["dropped_rejected"] == 1 and st["sent_messages"] == 20
-    assert not any(not r.body for r in server.requests)  # no probe was needed
-    assert [b"poison" in r.body for r in server.requests][:3] == [True, False, True]
+    # Refused alone, then the messages after it taken, then refused alone again right after
+    # that success: the probe after it (a request without data, which this collector also
+    # refuses) leaves that verdict standing.
+    assert [(b"poison" in r.body, bool(r.body)) for r in server.requests][:4] == [
+        (True, True), (False, True), (True, True), (False, False)]
+
+
+def test_a_good_record_refused_alone_as_an_outage_begins_is_not_rejected(peer, pools):
+    # Requests of two messages. The first is refused once (naming no record): narrowed, its
+    # first message goes through, and just then the collector starts refusing everything:
+    # the second message is refused alone right after a success. The next request is
+    # refused too, so that refusal proves nothing about the message: nothing is rejected,
+    # and everything arrives once the collector recovers.
+    seen = []
+
+    def answer(request):
+        seen.append(request.body)
+        if len(seen) == 1 or 3 <= len(seen) <= 12:
+            return [response(400, "refused by the test")]
+        return [response(200)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_max_body_bytes": 1024}],
+                  **{**FAST, "periodic_flush_ms": 300}})  # one take: all 10 pending
+    for i in range(10):
+        pool.log(0, message(0, i, length=450))
+    pool.flush(timeout=30)
+    kept = [parse_line(line + b"\n")[1] for i, body in enumerate(seen)
+            if i == 1 or i >= 12 for line in body.splitlines()]
+    assert sorted(kept) == list(range(10))  # each once
+    assert seen[2].count(b"\n") == 1  # the second message alone, refused right after a success
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == 10
 
 
 def test_put_and_a_path_with_a_query(scripted, pools):

@@ -18,9 +18,10 @@ translated once):
 - any other 4xx, and a format's refusal that names no record (ClickHouse's parse errors, a
   400 without per-item detail): narrowed down. The request is split (as 413 halves, or
   around the record the answer names) until the refused record is alone; that record is
-  rejected with the collector's answer only when the collector's answer just before was a
-  success (a sibling part went through; otherwise it is tried again right after the next
-  part, the next pending messages, or a probe: the format's request without data). The good
+  rejected with the collector's answer only when it is refused alone between two successes
+  (a part just before and the next request went through; otherwise it is tried again after
+  the next part, the next pending messages, or a probe: the format's request without data;
+  when only a probe follows and the collector refuses it too, the success before stands). The good
   records are delivered once each. Bound: a refused record costs at most about
   2*log2(batch)+2 requests. An outage is never turned into rejections: connect errors and
   "later" answers keep the request as it is, and after 2*log2(batch)+4 refusals in a row
@@ -221,13 +222,15 @@ class Part:
     empty part is a probe: a request without data) and, once encoded, its frozen request
     (sent again as the same bytes, token included)."""
 
-    __slots__ = ("start", "stop", "request", "body", "again", "suspect", "send_again")
+    __slots__ = ("start", "stop", "request", "body", "again", "suspect", "verdict",
+                 "send_again")
 
     def __init__(self, start, stop, again=None):
         self.start, self.stop = start, stop
         self.request = self.body = None
         self.again = again  # how its next send is counted: "retried", "resent" or None
         self.suspect = False  # refused alone with no success just before: tested again
+        self.verdict = None  # refused alone right after a success: why, if the next succeeds
         self.send_again = 0  # SendAgain answers taken for it (bounded)
 
     def __len__(self):
@@ -238,12 +241,13 @@ class Batch:
     """The first len(fates) pending messages while their fates are decided: one fate per
     message ((Fate, reason), None while open) and the parts still to send, the first next."""
 
-    __slots__ = ("fates", "parts", "refusals", "bound", "now_ns")
+    __slots__ = ("fates", "parts", "judged", "refusals", "bound", "now_ns")
 
     def __init__(self, size, now_ns):
         self.now_ns = now_ns  # the fallback record time of every part
         self.fates = [None] * size
         self.parts = deque([Part(0, size)])
+        self.judged = []  # records refused alone between two successes, once the next is
         # Refusals in a row without a success in between: beyond `bound` the collector is
         # refusing everything alike (an outage, not a record): hold on the retry schedule.
         self.refusals = 0
@@ -252,7 +256,7 @@ class Batch:
     def shift(self, n):
         """The first n messages were released: positions move down."""
         del self.fates[:n]
-        for part in self.parts:
+        for part in (*self.parts, *self.judged):
             part.start = max(0, part.start - n)
             part.stop = max(0, part.stop - n)
 
@@ -512,6 +516,7 @@ class HttpTransport(StreamTransport):
             raise HttpRetry(None, f"{exc}; the {count} messages are sent again at once",
                             0.0) from None
         except RetryLater as exc:
+            self._unjudge(batch)
             self.last_ok = False
             if exc.retry_after is None:
                 exc.retry_after = retry_after_seconds(response.headers.get("retry-after"))
@@ -519,10 +524,12 @@ class HttpTransport(StreamTransport):
                             f"{exc.strerror}; the {count} messages are sent again",
                             exc.retry_after) from None
         except Misconfigured as exc:
+            self._unjudge(batch)
             self.last_ok = False
             raise HttpKept(errno.EREMOTEIO, f"{exc.strerror}; the {count} messages are sent "
                            f"again on the retry schedule") from None
         except ProtocolError as exc:
+            self._unjudge(batch)
             self.last_ok, self.reusable = False, False
             part.again = "resent"  # what the collector stored is not known
             raise HttpProtocolError(f"{exc.strerror or exc}; the {count} messages are kept "
@@ -534,6 +541,7 @@ class HttpTransport(StreamTransport):
                                     f"{count}; they are kept and sent again")
         self.last_ok = True
         batch.refusals = 0
+        self._confirm_judged(batch)  # refused alone between two successes: for good
         if self.count_cap is not None and all(f is Fate.ACK for f, _ in fates):
             self.count_cap = None if self.count_cap * 2 > MAX_BATCH else self.count_cap * 2
         self._decide(batch, part, fates)
@@ -585,33 +593,58 @@ class HttpTransport(StreamTransport):
 
     def _refused(self, batch, part, refusal):
         """Narrowing: a refusal that names no record is split (as 413 halves) until the
-        refused record is alone; that record is rejected only when the collector's answer
-        just before was a success (another request to it went through). An outage (every
-        part refused alike) is never turned into rejections: after batch.bound refusals in
-        a row the batch is held on the retry schedule."""
+        refused record is alone; that record is rejected only when it is refused alone
+        between two successes (the module doc). An outage (every part refused alike) is
+        never turned into rejections: after batch.bound refusals in a row the batch is held
+        on the retry schedule."""
         witnessed, self.last_ok = self.last_ok, False
         batch.refusals += 1
         if len(part) == 0:  # the probe itself was refused: nothing to compare with
             batch.parts.popleft()
+            if batch.judged:  # (some backends refuse a request without data)
+                self._confirm_judged(batch)  # the success before their refusal stands
+                return
             self._hold(batch, refusal.reason)
-        elif len(part) > 1:
+        self._unjudge(batch)  # a record refused right after: those are not proven alone
+        if len(part) > 1:
             self._split(batch, part, refusal.item)
         elif witnessed:
-            self._decide(batch, part, [(Fate.REJECT, refusal.reason)])
-            return
-        else:
-            # Refused alone with no success just before: tested again right after the next
-            # part that is not such a record, or after a probe (a request without data).
+            # Refused alone right after a success: rejected once the next answer is a
+            # success too (an outage starting just now would refuse that one as well).
             batch.parts.popleft()
-            part.suspect = True
-            others = [i for i, p in enumerate(batch.parts) if not p.suspect]
-            if others:
-                batch.parts.insert(others[0] + 1, part)
-            else:  # the next pending messages, or a probe: a request without data
-                batch.parts.appendleft(part)
+            part.verdict, part.suspect = refusal.reason, False
+            batch.judged.append(part)
+            if all(p.suspect for p in batch.parts):
                 batch.parts.appendleft(self._extend(batch) or Part(0, 0))
+        else:
+            self._suspect(batch, part, front=True)
         if batch.refusals > batch.bound:
             self._hold(batch, refusal.reason)
+
+    def _suspect(self, batch, part, front=False):
+        """A record refused alone with no success just before: tried again right after the
+        next part that is not such a record, or after the next pending messages or a probe
+        (a request without data) when there is none."""
+        if front:
+            batch.parts.popleft()
+        part.suspect, part.verdict = True, None
+        others = [i for i, p in enumerate(batch.parts) if not p.suspect]
+        if others:
+            batch.parts.insert(others[0] + 1, part)
+        else:
+            batch.parts.appendleft(part)
+            batch.parts.appendleft(self._extend(batch) or Part(0, 0))
+
+    def _confirm_judged(self, batch):
+        for judged in batch.judged:
+            batch.fates[judged.start:judged.stop] = [(Fate.REJECT, judged.verdict)]
+        batch.judged.clear()
+
+    def _unjudge(self, batch):
+        """The answer after a record refused alone was not a success: not proven."""
+        judged, batch.judged = batch.judged, []
+        for part in judged:
+            self._suspect(batch, part)
 
     def _hold(self, batch, reason):
         raise HttpKept(errno.EREMOTEIO, f"{reason}; {batch.refusals} refusals in a row and "

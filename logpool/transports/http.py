@@ -459,6 +459,9 @@ class HttpTransport(StreamTransport):
             if released is not None:
                 return released
             batch = self.batch
+            if not batch.parts:  # only records refused alone after a success are left
+                self._confirm_judged(batch)  # (no request could follow them)
+                continue
             part = batch.parts[0]
             request, body = self._encode(part, batch)
             count = len(part)
@@ -504,7 +507,7 @@ class HttpTransport(StreamTransport):
             self._refused(batch, part, refusal)
             return
         except Unconfirmed as exc:
-            outcome = self._confirm(part, exc.token)
+            outcome = self._await_confirmation(part, exc.token)
         except SendAgain as exc:
             # Said once through the engine's error log (the part goes again without delay
             # beyond one backoff step); bounded, should the change not help.
@@ -546,7 +549,7 @@ class HttpTransport(StreamTransport):
             self.count_cap = None if self.count_cap * 2 > MAX_BATCH else self.count_cap * 2
         self._decide(batch, part, fates)
 
-    def _confirm(self, part, token):
+    def _await_confirmation(self, part, token):
         """Poll the format's confirmation of what the collector received (Splunk HEC's
         indexer acknowledgement) from 50 ms, doubling to 1 s, within confirm_timeout_s;
         then the part is sent again (it may be stored: counted as resent)."""

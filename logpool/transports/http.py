@@ -90,6 +90,7 @@ OPTION_DOCS = {
     "http_concurrency": ("integer", 1, "requests in flight per sink (1 keeps the order)"),
 }
 RETRY_STATUSES = (408, 429)
+ACKED = (Fate.ACK, None)
 KEEP_STATUSES = (401, 403, 404)  # and 3xx: the configuration, not the data
 # Headers logpool sets itself: a user value would contradict the body.
 RESERVED_HEADERS = ("content-length", "content-encoding", "content-type", "transfer-encoding",
@@ -537,7 +538,11 @@ class HttpTransport(StreamTransport):
             part.again = "resent"  # what the collector stored is not known
             raise HttpProtocolError(f"{exc.strerror or exc}; the {count} messages are kept "
                                     f"and sent again") from None
-        fates = [(fate, reason) for fate, n, reason in outcome.fates for _ in range(n)]
+        if len(outcome.fates) == 1:  # the common answer: one fate for the whole request
+            fate, n, reason = outcome.fates[0]
+            fates = [(fate, reason)] * n
+        else:
+            fates = [(fate, reason) for fate, n, reason in outcome.fates for _ in range(n)]
         if len(fates) != count:
             self.reusable = False
             raise HttpProtocolError(f"an answer for {len(fates)} messages to a request of "
@@ -661,8 +666,10 @@ class HttpTransport(StreamTransport):
         prefix decided for good (acknowledged or rejected). None when none is."""
         batch = self.batch
         fates = batch.fates
-        if all(f is not None for f in fates):
+        if None not in fates:
             self.batch = None
+            if fates.count(ACKED) == len(fates):  # the common case, without a loop
+                return Outcome.acked(len(fates))
             retried = sum(1 for f, _ in fates if f is Fate.RETRY)
             if retried:
                 self.chain.count_retried(retried)

@@ -40,6 +40,11 @@ SPOOL_SCHEMA = (
     Option("spool_dir", "string or null", None, "enables the disk spool: each sink spools "
            "under spool_dir/NAME (its name, escaped); must be writable by the worker user only"),
     Option("max_spool_bytes", "integer", 1 << 30, "per sink: the most its spool holds"),
+    Option("dead_letter_path", "string or null", None, "a file where every message the "
+           "collector rejects for good is appended (one JSON object per line: time, sink, "
+           "reason, message); written by the writer thread, never by log_cdata"),
+    Option("dead_letter_max_bytes", "integer", 64 << 20, "the dead-letter file is rotated "
+           "once (to PATH.1, replacing it) when it would grow past this"),
 )
 SPOOL_OPTIONS = defaults(SPOOL_SCHEMA)
 POOL_ONLY_SCHEMA = (
@@ -66,9 +71,12 @@ class SinkConfig(Record):
         "collectors",  # ((url, scheme, address), ...): failover order, first = url
         "spool_dir",  # this sink's spool directory (spool_dir/<quoted name>), or None
         "max_spool_bytes",
+        "dead_letter_path",  # rejected messages are appended here, or None
+        "dead_letter_max_bytes",
     )
     DEFAULTS = {"framing": "raw", "transport_options": None, "collectors": (),
-                "spool_dir": None, "max_spool_bytes": 1 << 30}
+                "spool_dir": None, "max_spool_bytes": 1 << 30, "dead_letter_path": None,
+                "dead_letter_max_bytes": 64 << 20}
 
     @property
     def transport(self):
@@ -355,12 +363,13 @@ def spool_component(name):
 
 
 def _spool_option(where, key, value):
-    if key == "max_spool_bytes":
+    if key in ("max_spool_bytes", "dead_letter_max_bytes"):
         return _positive_int(where, value, 2**62)
     if value is None:
         return None
+    what = "directory" if key == "spool_dir" else "file"
     if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise ConfigError(f"{where}: must be an absolute directory path, got {value!r}")
+        raise ConfigError(f"{where}: must be an absolute {what} path, got {value!r}")
     return value
 
 

@@ -51,6 +51,11 @@ RECORD = struct.Struct("<II")  # frame length, CRC-32 of the frame
 # format, whose empty frame has CRC 0), magic, header size, framing, max_message_size.
 HEADER = struct.Struct("<I4sIIQ")
 MAGIC = b"LPS2"
+# Its extension (readers that predate it skip to the header size): how many records at the
+# segment's start were sent before and never acknowledged (possible duplicates when sent
+# again), and the URL the segment was written for.
+HEADER_EXT = struct.Struct("<IH")
+MAX_URL_BYTES = 4096
 SEGMENT_BYTES = 8 << 20  # a segment is closed at most this large ...
 MIN_SEGMENT_BYTES = 64 << 10  # ... and at least this large (max_spool_bytes / 4 between)
 BATCH_BYTES = 1 << 20  # read back this much at a time
@@ -66,11 +71,14 @@ class Untrusted(Exception):
 
 
 class Segment:
-    def __init__(self, name, path, fd, start, end, done, framing=None, max_message_size=None):
+    def __init__(self, name, path, fd, start, end, done, framing=None, max_message_size=None,
+                 possible_dups=0, url=None):
         self.name, self.path, self.fd = name, path, fd
         self.start, self.end, self.done = start, end, done
         self.framing, self.max_message_size = framing, max_message_size  # None: first format
         self.msgs = self.bytes = 0  # records (frame bytes) between done and end
+        self.possible_dups = possible_dups  # records from `done` on sent once, unacknowledged
+        self.url = url  # the sink's URL when it was written (None: an older segment)
 
     @property
     def seq(self):
@@ -91,8 +99,10 @@ class Spool:
     max_message_size are the sink's (recorded in new segments, checked at replay)."""
 
     def __init__(self, directory, max_bytes, report, framing=0, max_message_size=None,
-                 emit=None, scan=None):
+                 emit=None, scan=None, url=None):
         self.dir, self.max_bytes, self.report = directory, max_bytes, report
+        self.url = url  # recorded in new segments; an adopted one written for another is said
+        self.other_urls = set()  # URLs of adopted segments already reported
         # scan(fd, start) -> (messages, frame bytes, readable end, torn): the writer passes
         # the C one (logpool__spool_scan, GIL released); _scan is its Python twin.
         self.scan = scan or self._scan
@@ -103,6 +113,7 @@ class Spool:
         self.current = None  # the segment appended to
         self.batch = None  # (segment, offset after the batch, records, their bytes on disk)
         self.batch_records = ((), ())  # the batch's record lengths, the records kept
+        self.batch_possible_dups = 0  # of the last batch: records sent before, unacknowledged
         self.corrupt_found = 0  # torn or corrupt records met while reading back
         self.bad_found = 0  # directory entries skipped (not regular, not ours, unreadable)
         self.lost = [0, 0, 0]  # dropped at replay: messages, bytes; re-framing's byte delta
@@ -227,6 +238,15 @@ class Spool:
                 return None
             segment = self._read_header(name, fd)
             segment.done = self._read_done(name, segment)
+            if segment.possible_dups and segment.done > segment.start:
+                segment.possible_dups = max(0, segment.possible_dups - _count_records(
+                    fd, segment.start, segment.done))
+            if segment.url is not None and self.url is not None and segment.url != self.url \
+                    and segment.url not in self.other_urls:
+                self.other_urls.add(segment.url)
+                self.emit(f"spool: adopting {name}, spooled for {segment.url}, into this "
+                          f"sink's {self.url}: a backlog follows the sink's name (said once "
+                          f"per URL)")
             segment.msgs, segment.bytes, segment.end, torn = self.scan(fd, segment.done)
             self.corrupt_found += torn
             fd = None  # the segment owns it now
@@ -241,11 +261,17 @@ class Spool:
 
     def _read_header(self, name, fd):
         path = os.path.join(self.dir, name)
-        head = os.pread(fd, HEADER.size, 0)
-        if len(head) == HEADER.size:
-            zero, magic, size, framing, max_size = HEADER.unpack(head)
+        head = os.pread(fd, HEADER.size + HEADER_EXT.size + MAX_URL_BYTES, 0)
+        if len(head) >= HEADER.size:
+            zero, magic, size, framing, max_size = HEADER.unpack_from(head)
             if zero == 0 and magic == MAGIC and size >= HEADER.size:
-                return Segment(name, path, fd, size, size, size, framing, max_size)
+                dups, url = 0, None
+                if size >= HEADER.size + HEADER_EXT.size and len(head) >= size:
+                    dups, url_len = HEADER_EXT.unpack_from(head, HEADER.size)
+                    at = HEADER.size + HEADER_EXT.size
+                    if at + url_len <= size:
+                        url = head[at:at + url_len].decode("utf-8", "replace")
+                return Segment(name, path, fd, size, size, size, framing, max_size, dups, url)
         return Segment(name, path, fd, 0, 0, 0)  # the first format: records from offset 0
 
     def _read_done(self, name, segment):
@@ -335,7 +361,7 @@ class Spool:
     def on_disk(self):
         return sum(s.end - s.done for s in self.segments)
 
-    def _new_segment(self, seq):
+    def _new_segment(self, seq, possible_dups=0):
         """A new segment, locked and with its header before anyone can see it."""
         while True:
             name = f"{seq:020d}-{os.getpid()}.seg"
@@ -349,9 +375,11 @@ class Spool:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_FILE, 0o600, dir_fd=self.dfd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this name
-            header = HEADER.pack(0, MAGIC, HEADER.size, self.framing,
-                                 self.max_message_size or 0)
-            if os.pwrite(fd, header, 0) != HEADER.size:
+            url = (self.url or "").encode("utf-8")[:MAX_URL_BYTES]
+            size = HEADER.size + HEADER_EXT.size + len(url)
+            header = HEADER.pack(0, MAGIC, size, self.framing, self.max_message_size or 0) + \
+                HEADER_EXT.pack(min(possible_dups, 2**32 - 1), len(url)) + url
+            if os.pwrite(fd, header, 0) != size:
                 raise OSError(errno.EIO, "short write of a segment header")
             os.rename(tmp, name, src_dir_fd=self.dfd, dst_dir_fd=self.dfd)
         except BaseException:
@@ -361,22 +389,24 @@ class Spool:
             except OSError:
                 pass
             raise
-        return Segment(name, os.path.join(self.dir, name), fd, HEADER.size, HEADER.size,
-                       HEADER.size, self.framing, self.max_message_size)
+        return Segment(name, os.path.join(self.dir, name), fd, size, size, size, self.framing,
+                       self.max_message_size, possible_dups, self.url)
 
-    def append(self, frames, front=False):
+    def append(self, frames, front=False, possible_dups=0):
         """Write frames (buffers) as records, after everything spooled (or, front=True, in a
-        segment before all others: older messages, at exit). False when the spool cannot take
-        them all; then it holds none of them."""
+        segment before all others: older messages, at exit). possible_dups: how many of the
+        first frames were sent before without an answer (front only: recorded in the header,
+        counted in resent_messages when sent again). False when the spool cannot take them
+        all; then it holds none of them."""
         need = sum(len(f) for f in frames) + RECORD.size * len(frames)
 
         def write(fd, offset, room):
             if need > room:
                 return -errno.EFBIG, 0
             return _write_records(fd, offset, frames), len(frames)
-        return not frames or self.append_with(write, front)
+        return not frames or self.append_with(write, front, possible_dups)
 
-    def append_with(self, write, front=False):
+    def append_with(self, write, front=False, possible_dups=0):
         """Append records written by write(fd, offset, room) -> (bytes written, records), or
         (-EFBIG, 0) when they do not fit in room (nothing written), or (-errno, 0) (a partial
         write is truncated here). True once written; False when the spool cannot take them
@@ -386,7 +416,7 @@ class Spool:
         try:
             if front:
                 seq = (self.segments[0].seq if self.segments else FIRST_SEQ) - 1
-                segment = self._new_segment(seq)
+                segment = self._new_segment(seq, possible_dups)
                 self.segments.insert(0, segment)
             else:
                 if self.current is None or self.current.end >= self.segment_bytes:
@@ -439,6 +469,7 @@ class Spool:
                 self._release(segment)
                 continue
             self.batch = (segment, segment.done + pos, len(frames), disk_bytes)
+            self.batch_possible_dups = min(segment.possible_dups, len(frames))
             lengths = [len(f) for f in frames]
             frames, kept = self._fit(segment, frames)
             self.batch_records = (lengths, kept)
@@ -531,6 +562,7 @@ class Spool:
         segment.done = offset
         segment.msgs = max(0, segment.msgs - records)
         segment.bytes = max(0, segment.bytes - disk_bytes)
+        segment.possible_dups = max(0, segment.possible_dups - records)
         if segment.done >= segment.end:
             self._release(segment)  # the one appended to as well: the disk bound
             return
@@ -604,6 +636,16 @@ def _frame(msg, framing):
     if framing == FRAMING_OCTETS:
         return b"%d %s" % (len(msg), msg)
     return msg
+
+
+def _count_records(fd, start, end):
+    """Records between two offsets of a segment (delivered ones, at adoption)."""
+    count, pos = 0, start
+    while pos + RECORD.size <= end:
+        length, _ = RECORD.unpack(os.pread(fd, RECORD.size, pos))
+        pos += RECORD.size + length
+        count += 1
+    return count
 
 
 def _write_records(fd, offset, frames):

@@ -671,8 +671,7 @@ class HttpTransport(StreamTransport):
             if fates.count(ACKED) == len(fates):  # the common case, without a loop
                 return Outcome.acked(len(fates))
             retried = sum(1 for f, _ in fates if f is Fate.RETRY)
-            if retried:
-                self.chain.count_retried(retried)
+            if retried:  # (the engine counts them in retried_messages as it requeues them)
                 first = next(why for f, why in fates if f is Fate.RETRY)
                 self.backoff_first = (f"{retried} of {len(fates)} messages to send again "
                                       f"({first})")

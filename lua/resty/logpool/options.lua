@@ -13,12 +13,13 @@ local NUMBER_OPTIONS = {
     max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
     retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
     relp_window = true, http_max_body_bytes = true, http_concurrency = true,
-    max_spool_bytes = true, forward_window = true, splunk_hec_ack_timeout_ms = true,
+    max_spool_bytes = true, forward_window = true, dead_letter_max_bytes = true,
+    splunk_hec_ack_timeout_ms = true,
 }
 local STRING_OPTIONS = {
     framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
     http_format = true, http_compression = true, http_method = true, kafka_key = true,
-    spool_dir = true,
+    spool_dir = true, dead_letter_path = true,
     elasticsearch_index = true, elasticsearch_pipeline = true, elasticsearch_id_field = true,
     splunk_hec_endpoint = true, clickhouse_table = true, datadog_service = true,
     datadog_source = true, datadog_hostname = true, forward_tag = true,

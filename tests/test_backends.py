@@ -80,16 +80,25 @@ def test_forward_config_errors_name_the_key(sink, text):
 
 
 def test_encoders_are_pure_and_deterministic():
-    # The same messages and fallback time give the same request: a retried batch is
-    # byte-identical (deduplicating backends rely on it).
+    # The same messages and fallback time give the same body: a batch encoded again is
+    # byte-identical. ClickHouse's deduplication token alone is random per request (two
+    # requests with the same bytes must not share one; a request's retries reuse it, as
+    # the transport sends a request frozen once encoded).
     messages = [b'{"seq": 1, "time": 1700000000.5}', b"plain line\n", b'{"seq": 3}']
     for name, cls in FORMATS.items():
         opts = {o.name: o.default for c in FORMATS.values() for o in c.OPTIONS}
         enc = cls(opts, "/")
         a, b = enc.encode(messages, 1_700_000_100_000_000_000), enc.encode(
             list(messages), 1_700_000_100_000_000_000)
-        assert a == b, name
+        assert a.body == b.body and a.headers == b.headers, name
         assert a.path.startswith("/"), name
+        if name == "clickhouse":
+            token = urllib.parse.parse_qs(a.path.partition("?")[2])[
+                "insert_deduplication_token"]
+            assert token != urllib.parse.parse_qs(b.path.partition("?")[2])[
+                "insert_deduplication_token"]
+        else:
+            assert a == b, name
 
 
 # -- Elasticsearch _bulk --------------------------------------------------------------------
@@ -176,8 +185,8 @@ def test_elasticsearch_standard_path_and_default_index(peer, pools):
 
 def test_elasticsearch_mixed_item_statuses_retry_429_and_reject_the_rest(peer, pools, capfd):
     # seq 3: a mapping error (400, for good); seq 5: 429 on its first attempt; seq 8: 503
-    # twice. With elasticsearch_id_field the items sent again after a retried one are
-    # already stored: ES answers 409, taken as acknowledged.
+    # twice. A 409 on a create with an _id (elasticsearch_id_field) is taken as
+    # acknowledged: the document is there.
     def item_status(doc, attempt):
         seq = doc.get("seq")
         if seq == 3:
@@ -196,7 +205,8 @@ def test_elasticsearch_mixed_item_statuses_retry_429_and_reject_the_rest(peer, p
     assert stored == [i for i in range(12) if i != 3]  # each exactly once
     st = pool.stats(0)
     assert st["dropped_rejected"] == 1 and st["sent_messages"] == 11
-    assert st["resent_messages"] >= es.attempts[6] - 1 + es.attempts[9] - 1
+    # Item 5 once and item 8 twice were answered "later": sent again, nothing stored.
+    assert st["retried_messages"] >= 3
     err = assert_logged(capfd, "mapper_parsing_exception")
     assert "dropped_rejected" in err
 
@@ -272,14 +282,54 @@ def test_loki_400_out_of_order_counts_the_ignored_entries_as_rejected(peer, pool
     assert_logged(capfd, "entry out of order")
 
 
-def test_loki_400_too_old_without_counts_rejects_the_request(peer, pools):
-    loki = FakeLoki([(400, "entry for stream '{job=\"logpool\"}' has timestamp too old", 5)])
+def test_loki_400_rejects_only_the_entries_loki_named_and_the_rest_is_stored(peer, pools,
+                                                                            capfd):
+    # As Loki validates a push: it stores the valid entries and answers 400 naming the
+    # refused ones (an over-long line, a timestamp too old), in its own words.
+    cutoff_ns, max_line = 1_700_000_000 * 10**9, 100
+    stored = []
+
+    def answer(request):
+        errors = []
+        for stream in json.loads(request.body)["streams"]:
+            for ts, line in stream["values"]:
+                if len(line.encode()) > max_line:
+                    errors.append(f"Max entry size '{max_line}' bytes exceeded for stream "
+                                  f"'{{job=\"logpool\"}}' while adding an entry with length "
+                                  f"'{len(line.encode())}' bytes")
+                elif int(ts) < cutoff_ns:
+                    errors.append("entry for stream '{job=\"logpool\"}' has timestamp too "
+                                  "old: 2020-01-01T00:00:00Z, oldest acceptable timestamp "
+                                  "is: 2023-11-14T22:13:20Z")
+                else:
+                    stored.append(line)
+        if errors:
+            return [response(400, f"{len(errors)} errors like: " + "\n".join(errors))]
+        return [response(204)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "loki"}],
+                  **{**FAST, "periodic_flush_ms": 300}})
+    lines = [json.dumps({"seq": i, "time": 1_700_000_100}).encode() for i in range(10)]
+    lines[3] = json.dumps({"seq": 3, "time": 1_600_000_000}).encode()  # too old
+    lines[6] = json.dumps({"seq": 6, "time": 1_700_000_100, "pad": "x" * 200}).encode()
+    log_all(pool, lines)
+    assert [json.loads(line)["seq"] for line in stored] == [0, 1, 2, 4, 5, 7, 8, 9]
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 2 and st["sent_messages"] == 8
+    assert st["retried_messages"] == 0 and st["resent_messages"] == 0  # nothing sent again
+    assert_logged(capfd, "Max entry size")
+
+
+def test_loki_400_naming_no_entry_is_narrowed(peer, pools):
+    # A 400 Loki gives for the whole push once (no entry named): narrowed, nothing lost.
+    loki = FakeLoki([(400, "error parsing labels", 5)])
     server = peer(loki)
     pool = pools({"sinks": [{"url": server.url + "/", "http_format": "loki"}],
                   **{**FAST, "periodic_flush_ms": 300}})
     log_all(pool, [message(0, i) for i in range(5)])
     st = pool.stats(0)
-    assert st["dropped_rejected"] == 5 and st["sent_messages"] == 0
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == 5
+    assert len(loki.entries) == 5
 
 
 # -- OpenTelemetry ---------------------------------------------------------------------------
@@ -428,22 +478,28 @@ def test_splunk_hec_400_403_keep_the_data_and_log_once(peer, pools, capfd, statu
 # -- ClickHouse ------------------------------------------------------------------------------
 
 class FakeClickHouse:
-    """The HTTP interface: INSERT ... FORMAT JSONEachRow in the query parameter, rows in the
-    body, insert_deduplication_token honoured (a block with a token seen before is not
-    inserted again), exceptions with X-ClickHouse-Exception-Code."""
+    """The HTTP interface: SELECT version() once per session, INSERT ... FORMAT JSONEachRow in
+    the query parameter, rows in the body, insert_deduplication_token honoured (a block with
+    a token seen before is not inserted again), exceptions with X-ClickHouse-Exception-Code."""
 
-    def __init__(self, script=()):
+    def __init__(self, script=(), version="23.8.2.7"):
         self.script = list(script)
+        self.version = version
         self.rows = []
         self.tokens = []
         self.inserted = set()
+        self.probes = 0
 
     def __call__(self, request):
         path, _, query = request.path.partition("?")
         params = urllib.parse.parse_qs(query)
+        if request.method == "GET":
+            assert params["query"] == ["SELECT version()"] and not request.body
+            self.probes += 1
+            return [response(200, self.version + "\n")]
         assert path == "/" and params["query"] == ["INSERT INTO logs FORMAT JSONEachRow"]
         token = params["insert_deduplication_token"][0]
-        assert token == hashlib.sha256(request.body).hexdigest()
+        assert token != hashlib.sha256(request.body).hexdigest()  # random, not the body's
         rows = [json.loads(line) for line in request.body.splitlines()]
         assert all(isinstance(r, dict) for r in rows)
         self.tokens.append(token)
@@ -456,16 +512,20 @@ class FakeClickHouse:
         return [response(200, "")]
 
 
-def test_clickhouse_insert_with_a_content_token_and_the_exception_code(peer, pools, capfd):
+def test_clickhouse_insert_with_a_token_per_batch_and_the_exception_code(peer, pools, capfd):
     ch = FakeClickHouse([(500, 241, "Code: 241. DB::Exception: Memory limit exceeded")])
     server = peer(ch)
     pool = pools({"sinks": [{"url": server.url + "/", "http_format": "clickhouse"}], **FAST})
     log_all(pool, numbered(5) + [b"plain"])
     assert [r.get("seq") for r in ch.rows] == [0, 1, 2, 3, 4, None]
     assert ch.rows[-1] == {"message": "plain"}
-    assert ch.tokens[0] == ch.tokens[1]  # the retry is the same block: same token
-    assert pool.stats(0)["sent_messages"] == 6
+    assert ch.tokens[0] == ch.tokens[1]  # the retry is the same request: the same token
+    st = pool.stats(0)
+    assert 1 <= ch.probes <= st["connects"]  # the version asked once per session
+    assert st["sent_messages"] == 6 and st["retried_messages"] == 6
     assert_logged(capfd, "ClickHouse exception code 241")
+    log_all(pool, numbered(5) + [b"plain"])  # the same bytes again: another token
+    assert len(set(ch.tokens)) == 2 and len(ch.rows) == 12
 
 
 def test_clickhouse_unknown_table_keeps_the_data(peer, pools, capfd):
@@ -476,7 +536,70 @@ def test_clickhouse_unknown_table_keeps_the_data(peer, pools, capfd):
     log_all(pool, numbered(3))
     assert [r["seq"] for r in ch.rows] == [0, 1, 2]
     assert pool.stats(0)["dropped_rejected"] == 0
-    assert_logged(capfd, "ClickHouse exception code 60")
+    err = assert_logged(capfd, "ClickHouse exception code 60")
+    assert "a configuration error" in err
+
+
+def clickhouse_encoder(**options):
+    opts = {o.name: o.default for c in FORMATS.values() for o in c.OPTIONS}
+    return FORMATS["clickhouse"]({**opts, **options}, "/")
+
+
+@pytest.mark.parametrize("status, code, body, what", [
+    (500, 252, "Code: 252. DB::Exception: Too many parts (300)", "later"),
+    (500, 241, "Code: 241. DB::Exception: Memory limit (total) exceeded", "later"),
+    (404, 60, "Code: 60. DB::Exception: Table default.logs doesn't exist", "configuration"),
+    (403, 516, "Code: 516. DB::Exception: default: Authentication failed", "configuration"),
+    (500, 27, "Code: 27, e.displayText() = DB::Exception: Cannot parse input", "row"),
+    (400, 117, "Code: 117. DB::Exception: Unknown field found while parsing JSONEachRow "
+               "format: x: (at row 3)", "row 2"),
+    (500, 999, "Code: 999. Coordination::Exception: Connection loss", "later"),
+    (500, 1002, "Code: 1002. DB::Exception: something else", "generic")])
+@pytest.mark.parametrize("in_header", [True, False])  # 18.16 names the code in the body only
+def test_clickhouse_answers_by_exception_code(status, code, body, what, in_header):
+    from logpool.transports.formats.common import (Misconfigured, Refused, Response,
+                                                   RetryLater)
+    enc = clickhouse_encoder()
+    request = enc.encode([b'{"a":1}', b'{"a":2}', b'{"a":3}'], 0)
+    headers = {"x-clickhouse-exception-code": str(code)} if in_header else {}
+    answer = Response(status, "X", headers, body.encode())
+    kinds = {RetryLater: "later", Misconfigured: "configuration", Refused: "row"}
+    try:
+        outcome = enc.interpret(answer, request, 3)
+    except (RetryLater, Misconfigured, Refused) as exc:
+        got = kinds[type(exc)]
+        if isinstance(exc, Refused) and exc.item is not None:
+            got = f"row {exc.item}"
+        assert f"ClickHouse exception code {code}" in str(exc)
+    else:
+        assert outcome is None  # the generic HTTP rules, by the status
+        got = "generic"
+    assert got == what
+
+
+def test_clickhouse_token_only_for_servers_that_know_it():
+    from logpool.transports.formats.common import Response, SendAgain
+    enc = clickhouse_encoder()
+    request = enc.encode([b'{"a":1}'], 0)
+    for url, version, sent in (("http://old:8123", "18.16.1", False),
+                               ("http://21:8123", "21.8.15.7", False),
+                               ("http://new:8123", "22.2.2.1", True),
+                               ("http://unknown:8123", None, True)):
+        enc.url = url
+        if version is not None:
+            enc.learn(url, Response(200, "OK", {}, version.encode() + b"\n"))
+        path = enc.finish(request).path
+        assert ("insert_deduplication_token=" in path) is sent, (url, path)
+        assert path.startswith("/?query=INSERT")
+    # A server that answers 115 for a setting: dropped for it, the request sent again once.
+    enc.url = "http://unknown:8123"
+    refusal = Response(404, "X", {}, b"Code: 115, e.displayText() = DB::Exception: Unknown "
+                                     b"setting insert_deduplication_token")
+    with pytest.raises(SendAgain):
+        enc.interpret(refusal, enc.finish(request), 1)
+    assert "insert_deduplication_token" not in enc.finish(request).path
+    enc.url = "http://new:8123"  # another server keeps it
+    assert "insert_deduplication_token" in enc.finish(request).path
 
 
 # -- Datadog ---------------------------------------------------------------------------------

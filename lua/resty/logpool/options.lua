@@ -14,6 +14,7 @@ local NUMBER_OPTIONS = {
     retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
     relp_window = true, http_max_body_bytes = true, http_concurrency = true,
     max_spool_bytes = true, forward_window = true, dead_letter_max_bytes = true,
+    splunk_hec_ack_timeout_ms = true,
 }
 local STRING_OPTIONS = {
     framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
@@ -28,7 +29,7 @@ local TABLE_OPTIONS = {
     http_headers = true, kafka = true, loki_labels = true, otlp_resource_attributes = true,
 }
 local BOOLEAN_OPTIONS = {
-    verify = true,
+    verify = true, splunk_hec_ack = true, clickhouse_skip_unknown_fields = true,
 }
 
 --- options.check(where, t, level): raise for a key of the wrong type.

@@ -89,7 +89,7 @@ $(NGX_ASAN_MODULE): $(NGX_MODULE_SOURCES) $(NGX_ASAN_BUILD)/objs/Makefile
 
 sanitize-nginx: build $(NGX_ASAN_MODULE)
 	LOGPOOL_NGINX_ASAN_MODULE=$(CURDIR)/$(NGX_ASAN_MODULE) \
-	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_nginx_module.py
+	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_nginx_module.py tests/test_nginx_fidelity.py
 
 # An installation nginx's worker user can load (a Python it can read, a venv, the library built
 # for that Python, the Lua module and the nginx module); prints the nginx lines to paste.

@@ -38,9 +38,26 @@
 #define NGX_HTTP_LOGPOOL_LIB "liblogpool.so"
 #endif
 
-#define NGX_HTTP_LOGPOOL_ESCAPE_DEFAULT  0
-#define NGX_HTTP_LOGPOOL_ESCAPE_JSON     1
-#define NGX_HTTP_LOGPOOL_ESCAPE_NONE     2
+#define NGX_HTTP_LOGPOOL_ESCAPE_DEFAULT    0
+#define NGX_HTTP_LOGPOOL_ESCAPE_JSON       1
+#define NGX_HTTP_LOGPOOL_ESCAPE_NONE       2
+#define NGX_HTTP_LOGPOOL_ESCAPE_JSON_UTF8  3
+
+/* What a format's op writes: literal text, a variable, or one of the log module's own
+ * variables, computed at log time (ngx_http_log_module.c's ngx_http_log_vars). */
+#define NGX_HTTP_LOGPOOL_OP_TEXT             0
+#define NGX_HTTP_LOGPOOL_OP_VARIABLE         1
+#define NGX_HTTP_LOGPOOL_OP_PIPE             2
+#define NGX_HTTP_LOGPOOL_OP_TIME_LOCAL       3
+#define NGX_HTTP_LOGPOOL_OP_TIME_ISO8601     4
+#define NGX_HTTP_LOGPOOL_OP_MSEC             5
+#define NGX_HTTP_LOGPOOL_OP_REQUEST_TIME     6
+#define NGX_HTTP_LOGPOOL_OP_STATUS           7
+#define NGX_HTTP_LOGPOOL_OP_BYTES_SENT       8
+#define NGX_HTTP_LOGPOOL_OP_BODY_BYTES_SENT  9
+#define NGX_HTTP_LOGPOOL_OP_REQUEST_LENGTH   10
+/* room for the longest of them ("28/Sep/1970:12:00:00 +0600", an off_t, a time.msec) */
+#define NGX_HTTP_LOGPOOL_LOG_VAR_LEN         64
 
 #define NGX_HTTP_LOGPOOL_MIN_SLOTS       64
 #define NGX_HTTP_LOGPOOL_SLOT_SIZE       (64 * 1024)
@@ -51,14 +68,17 @@
 
 
 typedef struct {
-    ngx_str_t                   text;     /* literal bytes (index == NGX_ERROR) */
-    ngx_int_t                   index;    /* variable index */
+    ngx_uint_t                  kind;     /* NGX_HTTP_LOGPOOL_OP_* */
+    ngx_str_t                   text;     /* OP_TEXT: literal bytes */
+    ngx_int_t                   index;    /* OP_VARIABLE: variable index */
 } ngx_http_logpool_op_t;
 
 typedef struct {
     ngx_str_t                   name;
     ngx_uint_t                  escape;
+    size_t                      expansion; /* worst-case bytes out per byte in */
     ngx_array_t                *ops;      /* ngx_http_logpool_op_t */
+    ngx_array_t                *flushes;  /* variable indexes (ngx_int_t), as log_format */
 } ngx_http_logpool_fmt_t;
 
 typedef struct {
@@ -113,7 +133,8 @@ typedef struct {
     __typeof__(logpool_metrics)          *metrics;
     __typeof__(logpool_version)          *version;
     __typeof__(logpool_sink_count)       *sink_count;
-    u_char                     *buf;
+    u_char                     *buf;      /* the line being formatted */
+    u_char                     *last;     /* buf + cap */
     size_t                      cap;
     u_char                     *mbuf;     /* metrics text, slot_size bytes */
     ngx_flag_t                  publish_warned;
@@ -905,7 +926,26 @@ ngx_http_logpool_pool(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* logpool_format name [escape=default|json|none] string ...: log_format's syntax. */
+/* The log module's own variables: computed at log time, never read as variables. */
+static struct {
+    ngx_str_t   name;
+    ngx_uint_t  kind;
+} ngx_http_logpool_log_vars[] = {
+    { ngx_string("pipe"), NGX_HTTP_LOGPOOL_OP_PIPE },
+    { ngx_string("time_local"), NGX_HTTP_LOGPOOL_OP_TIME_LOCAL },
+    { ngx_string("time_iso8601"), NGX_HTTP_LOGPOOL_OP_TIME_ISO8601 },
+    { ngx_string("msec"), NGX_HTTP_LOGPOOL_OP_MSEC },
+    { ngx_string("request_time"), NGX_HTTP_LOGPOOL_OP_REQUEST_TIME },
+    { ngx_string("status"), NGX_HTTP_LOGPOOL_OP_STATUS },
+    { ngx_string("bytes_sent"), NGX_HTTP_LOGPOOL_OP_BYTES_SENT },
+    { ngx_string("body_bytes_sent"), NGX_HTTP_LOGPOOL_OP_BODY_BYTES_SENT },
+    { ngx_string("request_length"), NGX_HTTP_LOGPOOL_OP_REQUEST_LENGTH },
+    { ngx_null_string, 0 }
+};
+
+
+/* logpool_format name [escape=default|json|json_utf8|none] string ...: log_format's syntax
+ * (ngx_http_log_compile_format), compiled into ops. */
 static char *
 ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -913,9 +953,10 @@ ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_str_t               *value, var;
     ngx_uint_t               i, s, bracket;
+    ngx_int_t               *flush;
     ngx_http_logpool_fmt_t  *fmt;
     ngx_http_logpool_op_t   *op;
-    u_char                  *p, *start, *end;
+    u_char                  *p, *start, *end, *e;
 
     value = cf->args->elts;
 
@@ -939,14 +980,17 @@ ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     s = 2;
     if (ngx_strncmp(value[2].data, "escape=", 7) == 0) {
-        if (ngx_strcmp(value[2].data + 7, "json") == 0) {
+        e = value[2].data + 7;
+        if (ngx_strcmp(e, "json") == 0) {
             fmt->escape = NGX_HTTP_LOGPOOL_ESCAPE_JSON;
-        } else if (ngx_strcmp(value[2].data + 7, "none") == 0) {
+        } else if (ngx_strcmp(e, "json_utf8") == 0) {
+            fmt->escape = NGX_HTTP_LOGPOOL_ESCAPE_JSON_UTF8;
+        } else if (ngx_strcmp(e, "none") == 0) {
             fmt->escape = NGX_HTTP_LOGPOOL_ESCAPE_NONE;
-        } else if (ngx_strcmp(value[2].data + 7, "default") != 0) {
+        } else if (ngx_strcmp(e, "default") != 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "unknown logpool_format escaping \"%s\" (default, json or "
-                               "none)", value[2].data + 7);
+                               "unknown logpool_format escaping \"%s\" (default, json, "
+                               "json_utf8 or none)", e);
             return NGX_CONF_ERROR;
         }
         s = 3;
@@ -958,8 +1002,13 @@ ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         }
     }
 
+    /* \u00XX for a control byte; \uFFFD (6) for a byte of invalid UTF-8; \xXX */
+    fmt->expansion = fmt->escape == NGX_HTTP_LOGPOOL_ESCAPE_NONE ? 1
+                     : fmt->escape == NGX_HTTP_LOGPOOL_ESCAPE_DEFAULT ? 4 : 6;
+
     fmt->ops = ngx_array_create(cf->pool, 8, sizeof(ngx_http_logpool_op_t));
-    if (fmt->ops == NULL) {
+    fmt->flushes = ngx_array_create(cf->pool, 4, sizeof(ngx_int_t));
+    if (fmt->ops == NULL || fmt->flushes == NULL) {
         return NGX_CONF_ERROR;
     }
 
@@ -972,6 +1021,7 @@ ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             if (op == NULL) {
                 return NGX_CONF_ERROR;
             }
+            ngx_memzero(op, sizeof(ngx_http_logpool_op_t));
 
             if (*p == '$') {
                 p++;
@@ -1004,12 +1054,30 @@ ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                                        &value[s], &value[1]);
                     return NGX_CONF_ERROR;
                 }
-                op->text.len = 0;
-                op->text.data = NULL;
+
+                for (i = 0; ngx_http_logpool_log_vars[i].name.len; i++) {
+                    if (ngx_http_logpool_log_vars[i].name.len == var.len
+                        && ngx_strncmp(ngx_http_logpool_log_vars[i].name.data, var.data,
+                                       var.len) == 0)
+                    {
+                        op->kind = ngx_http_logpool_log_vars[i].kind;
+                        break;
+                    }
+                }
+                if (op->kind != NGX_HTTP_LOGPOOL_OP_TEXT) {
+                    continue;
+                }
+
+                op->kind = NGX_HTTP_LOGPOOL_OP_VARIABLE;
                 op->index = ngx_http_get_variable_index(cf, &var);
                 if (op->index == NGX_ERROR) {
                     return NGX_CONF_ERROR;
                 }
+                flush = ngx_array_push(fmt->flushes);
+                if (flush == NULL) {
+                    return NGX_CONF_ERROR;
+                }
+                *flush = op->index;
                 continue;
             }
 
@@ -1017,7 +1085,7 @@ ngx_http_logpool_format(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             while (p < end && *p != '$') {
                 p++;
             }
-            op->index = NGX_ERROR;
+            op->kind = NGX_HTTP_LOGPOOL_OP_TEXT;
             op->text.len = p - start;
             op->text.data = start;
         }
@@ -1214,6 +1282,10 @@ ngx_http_logpool_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
 /* ---- the log phase ---------------------------------------------------------------- */
 
+/*
+ * Make room for need more bytes at *pos in the worker's line buffer. need is exact (never a
+ * worst case) when it matters: the line limit refuses only lines that are really longer.
+ */
 static u_char *
 ngx_http_logpool_grow(u_char **pos, size_t need)
 {
@@ -1242,6 +1314,7 @@ ngx_http_logpool_grow(u_char **pos, size_t need)
     ngx_free(w->buf);
     w->buf = nb;
     w->cap = cap;
+    w->last = nb + cap;
     *pos = nb + used;
 
     return *pos;
@@ -1285,15 +1358,20 @@ ngx_http_logpool_utf8_len(u_char *p, u_char *end)
 
 /* Bytes that need work, one bit each (as nginx's own escaping tables): runs of the other
  * bytes are copied whole. */
-static uint32_t  ngx_http_logpool_json_special[] = {
+static uint32_t  ngx_http_logpool_json_special[] = {   /* nginx's ngx_escape_json */
     0xffffffff, /* 0x00-0x1f: control characters */
     0x00000004, /* 0x20-0x3f: " */
     0x10000000, /* 0x40-0x5f: \ */
     0x00000000, /* 0x60-0x7f */
+    0x00000000, 0x00000000, 0x00000000, 0x00000000 /* 0x80-0xff: as they are */
+};
+
+static uint32_t  ngx_http_logpool_json_utf8_special[] = {
+    0xffffffff, 0x00000004, 0x10000000, 0x00000000,
     0xffffffff, 0xffffffff, 0xffffffff, 0xffffffff /* 0x80-0xff: checked as UTF-8 */
 };
 
-static uint32_t  ngx_http_logpool_default_special[] = {
+static uint32_t  ngx_http_logpool_default_special[] = { /* ngx_http_log_escape's */
     0xffffffff, /* 0x00-0x1f */
     0x00000004, /* 0x20-0x3f: " */
     0x10000000, /* 0x40-0x5f: \ */
@@ -1303,18 +1381,74 @@ static uint32_t  ngx_http_logpool_default_special[] = {
 
 #define ngx_http_logpool_special(map, c)  ((map)[(c) >> 5] & (1U << ((c) & 0x1f)))
 
+static u_char  ngx_http_logpool_hex[] = "0123456789ABCDEF";
 
-/* escape=json: valid JSON string content for any bytes (invalid UTF-8 becomes \ufffd). */
-static u_char *
-ngx_http_logpool_escape_json(u_char *d, u_char *s, size_t len)
+
+/* The bytes escape=json or json_utf8 (utf8 != 0) writes for s: exact, for the line limit. */
+static size_t
+ngx_http_logpool_json_len(u_char *s, size_t len, int utf8)
 {
-    static u_char  hex[] = "0123456789abcdef";
-    u_char        *end = s + len, *p, c;
-    size_t         n;
+    u_char  *end = s + len, c;
+    size_t   n = len, k;
+
+    while (s < end) {
+        c = *s;
+        if (c == '"' || c == '\\') {
+            n++;
+        } else if (c < 0x20) {
+            n += (c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f') ? 1 : 5;
+        } else if (c >= 0x80 && utf8) {
+            k = ngx_http_logpool_utf8_len(s, end);
+            if (k == 0) {
+                n += 5;             /* one byte becomes \uFFFD */
+            } else {
+                s += k;
+                continue;
+            }
+        }
+        s++;
+    }
+
+    return n;
+}
+
+
+/* The bytes escape=default writes for s. */
+static size_t
+ngx_http_logpool_default_len(u_char *s, size_t len)
+{
+    u_char  *end = s + len;
+    size_t   n = len;
+
+    while (s < end) {
+        if (ngx_http_logpool_special(ngx_http_logpool_default_special, *s)) {
+            n += 3;
+        }
+        s++;
+    }
+
+    return n;
+}
+
+
+/*
+ * escape=json: nginx's ngx_escape_json byte for byte: " and \ escaped, control characters as
+ * \n \r \t \b \f or \u00XX (upper-case hex), every other byte as it is (invalid UTF-8
+ * included). utf8 != 0 (escape=json_utf8): the same, but every byte that is not part of a
+ * valid UTF-8 sequence becomes \uFFFD, so the result is valid JSON for any input.
+ */
+static u_char *
+ngx_http_logpool_escape_json(u_char *d, u_char *s, size_t len, int utf8)
+{
+    u_char    *end = s + len, *p, c;
+    uint32_t  *map;
+    size_t     n;
+
+    map = utf8 ? ngx_http_logpool_json_utf8_special : ngx_http_logpool_json_special;
 
     while (s < end) {
         p = s;
-        while (p < end && !ngx_http_logpool_special(ngx_http_logpool_json_special, *p)) {
+        while (p < end && !ngx_http_logpool_special(map, *p)) {
             p++;
         }
         if (p > s) {
@@ -1344,15 +1478,16 @@ ngx_http_logpool_escape_json(u_char *d, u_char *s, size_t len)
             case '\f': *d++ = 'f'; break;
             default:
                 *d++ = 'u'; *d++ = '0'; *d++ = '0';
-                *d++ = hex[c >> 4]; *d++ = hex[c & 0xf];
+                *d++ = ngx_http_logpool_hex[c >> 4];
+                *d++ = ngx_http_logpool_hex[c & 0xf];
             }
             s++;
             continue;
         }
 
-        n = ngx_http_logpool_utf8_len(s, end);
+        n = ngx_http_logpool_utf8_len(s, end);   /* only utf8 gets here with c >= 0x80 */
         if (n == 0) {
-            d = ngx_cpymem(d, "\\ufffd", 6);
+            d = ngx_cpymem(d, "\\uFFFD", 6);
             s++;
             continue;
         }
@@ -1364,12 +1499,11 @@ ngx_http_logpool_escape_json(u_char *d, u_char *s, size_t len)
 }
 
 
-/* escape=default: what access_log does: " \ and bytes outside 0x20-0x7e as \xXX. */
+/* escape=default: ngx_http_log_escape: " \ and bytes outside 0x20-0x7e as \xXX. */
 static u_char *
 ngx_http_logpool_escape_default(u_char *d, u_char *s, size_t len)
 {
-    static u_char  hex[] = "0123456789ABCDEF";
-    u_char        *end = s + len, *p, c;
+    u_char  *end = s + len, *p, c;
 
     while (s < end) {
         p = s;
@@ -1387,8 +1521,8 @@ ngx_http_logpool_escape_default(u_char *d, u_char *s, size_t len)
         c = *s++;
         *d++ = '\\';
         *d++ = 'x';
-        *d++ = hex[c >> 4];
-        *d++ = hex[c & 0xf];
+        *d++ = ngx_http_logpool_hex[c >> 4];
+        *d++ = ngx_http_logpool_hex[c & 0xf];
     }
 
     return d;
@@ -1397,34 +1531,131 @@ ngx_http_logpool_escape_default(u_char *d, u_char *s, size_t len)
 /* LOGPOOL_ESCAPING_END */
 
 
+/*
+ * The log module's own variables, computed now as ngx_http_log_module.c computes them (the
+ * variables of the same names may hold a value cached earlier in the request, e.g. by an
+ * add_header, and $status has no "009" for HTTP/0.9 there). Written as they are, whatever
+ * the format's escaping, as access_log writes them.
+ */
+static u_char *
+ngx_http_logpool_log_var(ngx_http_request_t *r, u_char *d, ngx_uint_t op)
+{
+    ngx_time_t      *tp;
+    ngx_msec_int_t   ms;
+    ngx_uint_t       status;
+    off_t            length;
+
+    switch (op) {
+
+    case NGX_HTTP_LOGPOOL_OP_PIPE:
+        *d++ = r->pipeline ? 'p' : '.';
+        return d;
+
+    case NGX_HTTP_LOGPOOL_OP_TIME_LOCAL:
+        return ngx_cpymem(d, ngx_cached_http_log_time.data, ngx_cached_http_log_time.len);
+
+    case NGX_HTTP_LOGPOOL_OP_TIME_ISO8601:
+        return ngx_cpymem(d, ngx_cached_http_log_iso8601.data,
+                          ngx_cached_http_log_iso8601.len);
+
+    case NGX_HTTP_LOGPOOL_OP_MSEC:
+        tp = ngx_timeofday();
+        return ngx_sprintf(d, "%T.%03M", tp->sec, tp->msec);
+
+    case NGX_HTTP_LOGPOOL_OP_REQUEST_TIME:
+        tp = ngx_timeofday();
+        ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                               + (tp->msec - r->start_msec));
+        ms = ngx_max(ms, 0);
+        return ngx_sprintf(d, "%T.%03M", (time_t) ms / 1000, ms % 1000);
+
+    case NGX_HTTP_LOGPOOL_OP_STATUS:
+        if (r->err_status) {
+            status = r->err_status;
+        } else if (r->headers_out.status) {
+            status = r->headers_out.status;
+        } else if (r->http_version == NGX_HTTP_VERSION_9) {
+            status = 9;
+        } else {
+            status = 0;
+        }
+        /* three digits, as ngx_sprintf's "%03ui" writes them, without its parser */
+        if (status < 1000) {
+            *d++ = (u_char) ('0' + status / 100);
+            *d++ = (u_char) ('0' + status / 10 % 10);
+            *d++ = (u_char) ('0' + status % 10);
+            return d;
+        }
+        return ngx_sprintf(d, "%03ui", status);
+
+    case NGX_HTTP_LOGPOOL_OP_BYTES_SENT:
+        return ngx_sprintf(d, "%O", r->connection->sent);
+
+    case NGX_HTTP_LOGPOOL_OP_BODY_BYTES_SENT:
+        length = r->connection->sent - r->header_size;
+        if (length > 0) {
+            return ngx_sprintf(d, "%O", length);
+        }
+        *d++ = '0';
+        return d;
+
+    default: /* NGX_HTTP_LOGPOOL_OP_REQUEST_LENGTH */
+        return ngx_sprintf(d, "%O", r->request_length);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_logpool_format_line(ngx_http_request_t *r, ngx_http_logpool_fmt_t *fmt,
     size_t *len)
 {
     ngx_http_logpool_worker_t  *w = &ngx_http_logpool_worker;
-    ngx_http_logpool_op_t      *op;
+    ngx_http_logpool_op_t      *op, *last;
     ngx_http_variable_value_t  *v;
-    ngx_uint_t                  i;
     u_char                     *pos;
+    size_t                      need;
+
+    /* nginx's log module re-evaluates the format's non-cacheable variables per line */
+    if (fmt->flushes->nelts) {
+        ngx_http_script_flush_no_cacheable_variables(r, fmt->flushes);
+    }
 
     pos = w->buf;
     op = fmt->ops->elts;
+    last = op + fmt->ops->nelts;
 
-    for (i = 0; i < fmt->ops->nelts; i++) {
+    for ( /* void */ ; op < last; op++) {
 
-        if (op[i].index == NGX_ERROR) {
-            if (ngx_http_logpool_grow(&pos, op[i].text.len) == NULL) {
+        switch (op->kind) {
+
+        case NGX_HTTP_LOGPOOL_OP_TEXT:
+            if ((size_t) (w->last - pos) < op->text.len
+                && ngx_http_logpool_grow(&pos, op->text.len) == NULL)
+            {
                 return NGX_ERROR;
             }
-            pos = ngx_cpymem(pos, op[i].text.data, op[i].text.len);
+            pos = ngx_cpymem(pos, op->text.data, op->text.len);
+            continue;
+
+        case NGX_HTTP_LOGPOOL_OP_VARIABLE:
+            break;
+
+        default:
+            if ((size_t) (w->last - pos) < NGX_HTTP_LOGPOOL_LOG_VAR_LEN
+                && ngx_http_logpool_grow(&pos, NGX_HTTP_LOGPOOL_LOG_VAR_LEN) == NULL)
+            {
+                return NGX_ERROR;
+            }
+            pos = ngx_http_logpool_log_var(r, pos, op->kind);
             continue;
         }
 
-        v = ngx_http_get_indexed_variable(r, op[i].index);
+        v = ngx_http_get_indexed_variable(r, op->index);
 
         if (v == NULL || v->not_found) {
-            if (fmt->escape != NGX_HTTP_LOGPOOL_ESCAPE_JSON) {
-                if (ngx_http_logpool_grow(&pos, 1) == NULL) {
+            /* access_log: "-" by default, nothing with escape=json or none */
+            if (fmt->escape == NGX_HTTP_LOGPOOL_ESCAPE_DEFAULT) {
+                if (pos == w->last && ngx_http_logpool_grow(&pos, 1) == NULL) {
                     return NGX_ERROR;
                 }
                 *pos++ = '-';
@@ -1432,27 +1663,36 @@ ngx_http_logpool_format_line(ngx_http_request_t *r, ngx_http_logpool_fmt_t *fmt,
             continue;
         }
 
+        /* The worst case when it fits (the common case, no counting pass); else the exact
+         * length, so that only a line really over the limit is refused. */
+        need = (size_t) v->len * fmt->expansion;
+        if ((size_t) (w->last - pos) < need) {
+            switch (fmt->escape) {
+            case NGX_HTTP_LOGPOOL_ESCAPE_DEFAULT:
+                need = ngx_http_logpool_default_len(v->data, v->len);
+                break;
+            case NGX_HTTP_LOGPOOL_ESCAPE_NONE:
+                need = v->len;
+                break;
+            default:
+                need = ngx_http_logpool_json_len(v->data, v->len,
+                                        fmt->escape == NGX_HTTP_LOGPOOL_ESCAPE_JSON_UTF8);
+            }
+            if (ngx_http_logpool_grow(&pos, need) == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
         switch (fmt->escape) {
-
-        case NGX_HTTP_LOGPOOL_ESCAPE_JSON:
-            if (ngx_http_logpool_grow(&pos, (size_t) v->len * 6) == NULL) {
-                return NGX_ERROR;
-            }
-            pos = ngx_http_logpool_escape_json(pos, v->data, v->len);
+        case NGX_HTTP_LOGPOOL_ESCAPE_DEFAULT:
+            pos = ngx_http_logpool_escape_default(pos, v->data, v->len);
             break;
-
         case NGX_HTTP_LOGPOOL_ESCAPE_NONE:
-            if (ngx_http_logpool_grow(&pos, v->len) == NULL) {
-                return NGX_ERROR;
-            }
             pos = ngx_cpymem(pos, v->data, v->len);
             break;
-
         default:
-            if (ngx_http_logpool_grow(&pos, (size_t) v->len * 4) == NULL) {
-                return NGX_ERROR;
-            }
-            pos = ngx_http_logpool_escape_default(pos, v->data, v->len);
+            pos = ngx_http_logpool_escape_json(pos, v->data, v->len,
+                                        fmt->escape == NGX_HTTP_LOGPOOL_ESCAPE_JSON_UTF8);
         }
     }
 
@@ -1485,8 +1725,13 @@ ngx_http_logpool_log_handler(ngx_http_request_t *r)
     for (i = 0; i < lcf->logs->nelts; i++) {
 
         if (log[i]->filter) {
+            /* A condition that cannot be evaluated (no memory) skips its own line only:
+             * the request's other logpool_log lines still go. */
             if (ngx_http_complex_value(r, log[i]->filter, &val) != NGX_OK) {
-                return NGX_ERROR;
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "logpool_log \"%V\": if= could not be evaluated, line not "
+                              "shipped", &log[i]->sink);
+                continue;
             }
             if (val.len == 0 || (val.len == 1 && val.data[0] == '0')) {
                 continue;
@@ -2120,6 +2365,7 @@ ngx_http_logpool_init_process(ngx_cycle_t *cycle)
 
     w->cap = 4096;
     w->buf = ngx_alloc(w->cap, cycle->log);
+    w->last = w->buf + w->cap;
     if (mcf->zone != NULL) {
         w->mbuf = ngx_alloc(mcf->slot_size, cycle->log);
     }

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import ROOT, sock_path, wait_for
 from logpool import paths
-from logpool.tools.nginx import MODULES, Nginx, NginxError, native_modules
+from logpool.tools.nginx import MODULES, NginxError, free_port, native_modules
+from nativenginx import assert_never_crashed, module_path
 from test_nginx import assert_exactly_once, reload_under_load
 
 
@@ -39,47 +40,6 @@ def module_conf(config_json, log="logpool_log main rid;", formats="", exit_timeo
     """
 
 
-# `make sanitize-nginx`: the same tests with the module built under ASan/UBSan, loaded into
-# nginx with the sanitizer runtimes preloaded; any report aborts the worker (a test fails).
-ASAN_MODULE = os.environ.get("LOGPOOL_NGINX_ASAN_MODULE")
-
-
-def module_path():
-    return ASAN_MODULE or paths.nginx_module_path()
-
-
-def sanitizer_wrapper(prefix):
-    if not ASAN_MODULE:
-        return ()
-    runtimes = [subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-                for lib in ("libasan.so", "libubsan.so")]
-    return ("env", "LD_PRELOAD=" + " ".join(runtimes),
-            f"ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:log_path={prefix}/asan",
-            f"UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path={prefix}/ubsan")
-
-
-@pytest.fixture
-def nginx(tmp_path):
-    started = []
-
-    def start(http_extra="", server_extra="", workers=2, modules=None, run=True, **kwargs):
-        prefix = tmp_path / f"nginx{len(started)}"
-        modules = tuple(module_path() if m == paths.nginx_module_path() else m
-                        for m in (modules or native_modules()))
-        n = Nginx(prefix, http_extra, server_extra, workers=workers, modules=modules,
-                  wrapper=sanitizer_wrapper(prefix), **kwargs)
-        started.append(n)
-        return n.start() if run else n
-
-    yield start
-    for n in started:
-        n.kill()
-    reports = [
-        str(p) for n in started for p in (tmp_path / os.path.basename(n.prefix)).glob("*san.*")]
-    assert not reports, "sanitizer reports: " + "".join(open(p).read() for p in reports)
-
-
 def assert_plain_nginx(ng):
     with open(ng.conf_path) as f:
         conf = f.read()
@@ -98,11 +58,6 @@ def assert_library_in_workers_only(ng):
     assert lib not in master and not any("libpython" in m for m in master)
     for pid in ng.worker_pids():
         assert lib in mapped_files(pid)
-
-
-def assert_never_crashed(ng):
-    log = ng.read_error_log()
-    assert "exited on signal" not in log and "[alert]" not in log, log[-3000:]
 
 
 @pytest.mark.parametrize("scheme", ["unix", "relp", "http"])
@@ -178,7 +133,7 @@ def test_json_escaping_of_hostile_requests_gives_valid_json_per_line(tmp_path, n
                                                                       receive_process):
     rp = receive_process()
     formats = """
-    logpool_format js escape=json '{"rid":"$request_id","req":"$request",'
+    logpool_format js escape=json_utf8 '{"rid":"$request_id","req":"$request",'
                                   '"ua":"$http_user_agent","none":"$http_x_none"}';
     logpool_format plain 'plain $request_id "$http_user_agent"';
     """
@@ -211,10 +166,34 @@ def test_json_escaping_of_hostile_requests_gives_valid_json_per_line(tmp_path, n
     assert_never_crashed(ng)
 
 
+def test_a_line_is_measured_exactly_against_the_line_limit(tmp_path, nginx, receive_process):
+    """A 12 MiB value with escape=json is a 12 MiB line: not refused as if each byte took the
+    six bytes of its worst case (72 MiB, over the 64 MiB limit)."""
+    rp = receive_process(args=("--max-message-size", str(32 << 20)))
+    big = 12 << 20
+    config = pool_json(rp.url, max_message_size=16 << 20, max_buffer_length=64 << 20)
+    up = free_port()
+    http_extra = module_conf(config, log="", formats="""
+    logpool_format body escape=json 'body $request_body';
+    client_max_body_size 16m;
+    client_body_buffer_size 16m;
+    """) + f"server {{ listen 127.0.0.1:{up}; location / {{ return 200; }} }}"
+    server_extra = f"location = /big {{ logpool_log main body; proxy_pass http://127.0.0.1:{up}; }}"
+    ng = nginx(http_extra, server_extra, workers=1)
+    with socket.create_connection(("127.0.0.1", ng.port), timeout=30) as s:
+        s.sendall(b"POST /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                  b"Content-Length: %d\r\n\r\n" % big + b"a" * big)
+        assert s.recv(100).startswith(b"HTTP/1.1 200")
+    assert ng.quit() == 0
+    rp.stop()
+    assert [len(line) for line in rp.lines()] == [len("body ") + big]
+    assert "not shipped" not in ng.read_error_log()
+
+
 @pytest.fixture(scope="module")
 def escaping(tmp_path_factory):
     """The module's escaping functions compiled alone (they use only u_char and ngx_cpymem),
-    under ASan/UBSan, as a library exporting escape(json, dst, src, len) -> length."""
+    under ASan/UBSan, as a library exporting escape(kind, dst, src, len, &counted) -> length."""
     source = open(os.path.join(ROOT, "nginx", "ngx_http_logpool_module.c")).read()
     block = source[source.index("/* LOGPOOL_ESCAPING_BEGIN"):
                    source.index("/* LOGPOOL_ESCAPING_END")]
@@ -236,10 +215,19 @@ typedef unsigned char u_char;
 """
 
 ESCAPE_ENTRY = r"""
-size_t escape(int json, u_char *d, u_char *s, size_t len)
+/* kind: 0 escape=default, 1 json, 2 json_utf8; the length the module reserves, checked too */
+size_t escape(int kind, u_char *d, u_char *s, size_t len, size_t *counted)
 {
-    return (size_t) ((json ? ngx_http_logpool_escape_json(d, s, len)
-                           : ngx_http_logpool_escape_default(d, s, len)) - d);
+    u_char  *e;
+
+    if (kind == 0) {
+        e = ngx_http_logpool_escape_default(d, s, len);
+        *counted = ngx_http_logpool_default_len(s, len);
+    } else {
+        e = ngx_http_logpool_escape_json(d, s, len, kind == 2);
+        *counted = ngx_http_logpool_json_len(s, len, kind == 2);
+    }
+    return (size_t) (e - d);
 }
 """
 
@@ -248,12 +236,26 @@ ESCAPE_CHILD = r"""
 import ctypes, json, random, re, sys
 lib = ctypes.CDLL(sys.argv[1])
 lib.escape.restype = ctypes.c_size_t
-lib.escape.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+lib.escape.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                       ctypes.POINTER(ctypes.c_size_t)]
 
 def escape(kind, data):
     out = ctypes.create_string_buffer(len(data) * 6 + 1)
-    n = lib.escape(kind, out, data, len(data))
+    counted = ctypes.c_size_t()
+    n = lib.escape(kind, out, data, len(data), ctypes.byref(counted))
+    assert counted.value == n, (kind, data)            # the exact length the line reserves
     return out.raw[:n]
+
+def nginx_escape_json(data):
+    # nginx's ngx_escape_json (src/core/ngx_string.c), byte for byte
+    out = bytearray()
+    for c in data:
+        if c > 0x1f:
+            out += (b"\\" + bytes([c])) if c in b'"\\' else bytes([c])
+        else:
+            out += b"\\" + {0x0a: b"n", 0x0d: b"r", 0x09: b"t", 0x08: b"b",
+                             0x0c: b"f"}.get(c, b"u00%02X" % c)
+    return bytes(out)
 
 rng = random.Random(23)
 alphabet = [bytes([b]) for b in range(256)] + [
@@ -261,7 +263,8 @@ alphabet = [bytes([b]) for b in range(256)] + [
     b"\xc0\xaf", b"\xe2\x82", b"\xf0\x9f", b'"', b"\\"]
 for _ in range(20000):
     data = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
-    out = escape(1, data)
+    assert escape(1, data) == nginx_escape_json(data), data   # escape=json is nginx's
+    out = escape(2, data)
     text = json.loads('"' + out.decode("utf-8") + '"')   # strict UTF-8, strict JSON
     try:
         valid = data.decode("utf-8")
@@ -269,6 +272,7 @@ for _ in range(20000):
         valid = None
     if valid is not None:
         assert text == valid, data                     # valid UTF-8 round-trips
+        assert out == escape(1, data), data            # and json_utf8 is json then
     else:
         assert "\ufffd" in text, data
     plain = escape(0, data)                            # printable ASCII, no quote
@@ -279,7 +283,7 @@ print("ok")
 """
 
 
-def test_escaping_is_valid_json_for_any_bytes_and_reversible_by_default(escaping):
+def test_escaping_json_is_nginx_s_json_utf8_valid_for_any_bytes_default_reversible(escaping):
     runtimes = " ".join(subprocess.run(["gcc", f"-print-file-name={lib}"], capture_output=True,
                                        text=True, check=True).stdout.strip()
                         for lib in ("libasan.so", "libubsan.so"))

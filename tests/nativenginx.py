@@ -2,7 +2,9 @@
 fixture of the module's tests. Under `make sanitize-nginx` the module is the ASan/UBSan build,
 loaded with the sanitizer runtimes preloaded; any report fails the test that started it."""
 import os
+import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -52,3 +54,29 @@ def nginx(tmp_path):
     reports = [
         str(p) for n in started for p in (tmp_path / os.path.basename(n.prefix)).glob("*san.*")]
     assert not reports, "sanitizer reports: " + "".join(open(p).read() for p in reports)
+
+
+class SilentUpstream:
+    """An upstream that accepts and never answers: the client leaves first (499)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()

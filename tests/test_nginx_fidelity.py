@@ -9,13 +9,12 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 
 import pytest
 
 from conftest import octet_frames, sock_path, wait_for
 from logpool.tools.nginx import free_port
-from nativenginx import assert_never_crashed
+from nativenginx import SilentUpstream, assert_never_crashed
 
 # The log module's own variables (ngx_http_log_module.c's ngx_http_log_vars), then variables
 # read through nginx's variable API: unset ($http_x_absent, $cookie_absent), empty
@@ -114,32 +113,6 @@ REQUESTS = [
 ]
 
 HTTP2_PATHS = ["/", "/hdr", "/missing", "/up", "/auth", "/mirror", "/q%22%FF?empty="]
-
-
-class SilentUpstream:
-    """An upstream that accepts and never answers: the client leaves first (499)."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-
-    def close(self):
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
 
 
 def exchange(port, raw):

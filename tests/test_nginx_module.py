@@ -4,6 +4,7 @@ delivery across reload and quit, logpool_log scoping, escaping, metrics of all w
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 from conftest import ROOT, sock_path, wait_for
 from logpool import paths
 from logpool.tools.nginx import MODULES, NginxError, free_port, native_modules
-from nativenginx import assert_never_crashed, module_path
+from nativenginx import SilentUpstream, assert_never_crashed, module_path
 from test_nginx import assert_exactly_once, reload_under_load
 
 
@@ -194,7 +195,7 @@ def test_a_line_is_measured_exactly_against_the_line_limit(tmp_path, nginx, rece
 def escaping(tmp_path_factory):
     """The module's escaping functions compiled alone (they use only u_char and ngx_cpymem),
     under ASan/UBSan, as a library exporting escape(kind, dst, src, len, &counted) -> length."""
-    source = open(os.path.join(ROOT, "nginx", "ngx_http_logpool_module.c")).read()
+    source = open(os.path.join(ROOT, "nginx", "ngx_http_logpool_format.c")).read()
     block = source[source.index("/* LOGPOOL_ESCAPING_BEGIN"):
                    source.index("/* LOGPOOL_ESCAPING_END")]
     tmp = tmp_path_factory.mktemp("escape")
@@ -342,6 +343,90 @@ def test_metrics_location_shows_the_totals_of_all_workers(tmp_path, nginx, recei
     assert len(rp.lines()) == logged
 
 
+def test_metrics_only_grow_across_reloads_and_exits_summed_over_live_and_draining_workers(
+        tmp_path, nginx, receive_process):
+    """Per sink, the counters a scrape shows are every line any worker of this nginx
+    accepted: live workers, old ones still draining after a reload (a request held open
+    keeps one), and the ones that exited (their final counters kept). A worker that is
+    SIGKILLed keeps what it last published. No scrape ever shows less than one before."""
+    rp = receive_process()
+    silent = SilentUpstream()
+    config = json.dumps({"sinks": [{"name": "a", "url": rp.url, "framing": "newline"},
+                                   {"name": "b", "url": rp.url, "framing": "newline"}],
+                         "periodic_flush_ms": 50})
+    server_extra = f"""
+        location = /metrics {{ logpool_log off; access_log off; logpool_metrics; }}
+        location = /hold {{ proxy_pass http://127.0.0.1:{silent.port}; proxy_read_timeout 60s; }}
+    """
+    ng = nginx(module_conf(config, log="logpool_log a rid; logpool_log b rid if=$arg_b;"),
+               server_extra, workers=2, listen_opts="reuseport")
+    seen = []  # every scrape's (a, b, sent a)
+
+    def scrape():
+        status, body = ng.get("/metrics")
+        assert status == 200
+        text = body.decode()
+        values = tuple(metric(text, name, sink) or 0 for name, sink in (
+            ("logpool_accepted_messages_total", "a"), ("logpool_accepted_messages_total", "b"),
+            ("logpool_sent_messages_total", "a")))
+        if seen:
+            assert all(now >= before for now, before in zip(values, seen[-1])), (seen[-1],
+                                                                                 values)
+        seen.append(values)
+        return values
+
+    def logged():
+        return len(ng.access_ids())
+
+    b_lines = 0
+    try:
+        for generation in range(3):
+            assert ng.requests(60) == [200] * 60
+            assert ng.requests(20, "/?b=1") == [200] * 20
+            b_lines += 20
+            # one request held open by a worker that a reload then leaves draining
+            held = socket.create_connection(("127.0.0.1", ng.port), timeout=20)
+            held.sendall(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: len(silent.accepted) == generation + 1, what="the held request")
+            old = ng.worker_pids()
+            ng.signal(signal.SIGHUP)
+            wait_for(lambda: len(ng.worker_pids() - old) == 2, what="the new workers")
+            assert ng.worker_pids() & old, "the old worker holding a request is draining"
+            # live and draining workers together: every logged line, per sink
+            wait_for(lambda: scrape()[:2] == (logged(), b_lines),
+                     what="the totals of live and draining workers")
+            held.close()  # the draining worker logs a 499 and exits
+            wait_for(lambda: not (ng.worker_pids() & old), what="the old workers to exit")
+            wait_for(lambda: scrape()[:2] == (logged(), b_lines),
+                     what="the totals with the exited workers' final counters")
+        wait_for(lambda: scrape()[2] == logged(), what="every line sent")
+        # a worker killed outright keeps what it published
+        before = scrape()
+        victim = min(ng.worker_pids())
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in ng.worker_pids() and len(ng.worker_pids()) == 2,
+                 what="the master to replace the killed worker")
+        assert scrape() >= before
+        # a new slot size keeps nginx serving: the totals restart in a zone of its own
+        with open(ng.conf_path) as f:
+            conf = f.read()
+        with open(ng.conf_path, "w") as f:
+            f.write(conf.replace("logpool_exit_timeout", "logpool_metrics_slot_size 60k;\n"
+                                 "    logpool_exit_timeout", 1))
+        ng.reload()
+        assert ng.requests(10) == [200] * 10
+        status, body = ng.get("/metrics")
+        assert status == 200 and metric(body.decode(), "logpool_accepted_messages_total", "a")
+        assert ng.quit() == 0
+    finally:
+        silent.close()
+    log = ng.read_error_log()
+    assert "[emerg]" not in log
+    alerts = [line for line in log.splitlines() if "[alert]" in line]
+    assert alerts == [line for line in alerts  # only the worker this test killed
+                      if f"worker process {victim} exited on signal 9" in line], alerts
+
+
 @pytest.mark.parametrize("case", ["unknown sink", "bad json", "no sinks", "no pool",
                                   "unknown format", "duplicate pool"])
 def test_nginx_t_refuses_a_wrong_config_with_a_clear_message(tmp_path, nginx, case):
@@ -368,22 +453,38 @@ def test_nginx_t_refuses_a_wrong_config_with_a_clear_message(tmp_path, nginx, ca
         assert '"main")' in str(err.value)
 
 
-def test_pool_file_and_sink_names_from_urls(tmp_path, nginx, receive_process):
+def test_pool_file_relative_to_the_prefix_and_sink_names_from_the_library(tmp_path, nginx,
+                                                                          receive_process):
     rp = receive_process()
-    config = tmp_path / "logpool.json"
-    # unnamed sinks are named after their URL, as the library names them
-    config.write_text(json.dumps({"sinks": [{"url": rp.url, "framing": "newline"}],
-                                  "periodic_flush_ms": 50}))
+    # A relative logpool_pool_file is read from nginx's prefix (-p), as access_log's files
+    # are, not from the directory of nginx.conf (conf/ here).
+    prefix = tmp_path / "nginx0"  # the fixture's first nginx
+    prefix.mkdir()
+    # unnamed sinks are named after their URL, the second with the same URL "URL#1": the
+    # library's rule (logpool_sink_index), which each worker asks
+    (prefix / "logpool.json").write_text(json.dumps({
+        "sinks": [{"url": rp.url, "framing": "newline"}, {"url": rp.url, "framing": "newline"}],
+        "periodic_flush_ms": 50}))
     http_extra = f"""
-    logpool_pool_file {config};
+    logpool_pool_file logpool.json;
     logpool_format rid '$request_id';
+    logpool_format second 'second $request_id';
+    logpool_format never 'never $request_id';
     logpool_log {rp.url} rid;
+    logpool_log {rp.url}#1 second;
+    logpool_log {rp.url}#7 never;
     """
-    ng = nginx(http_extra, workers=1)
+    ng = nginx(http_extra, workers=1)  # nginx -t: "#7" could be a name; the library says not
     assert ng.requests(20) == [200] * 20
     assert ng.quit() == 0
     rp.stop()
-    assert_exactly_once(ng.access_ids(), [line.decode() for line in rp.lines()])
+    got = [line.decode() for line in rp.lines()]
+    ids = ng.access_ids()
+    assert_exactly_once(ids, [line for line in got if not line.startswith("second ")])
+    assert sorted(line for line in got if line.startswith("second ")) == sorted(
+        "second " + i for i in ids)
+    log = ng.read_error_log()
+    assert f'logpool_log "{rp.url}#7" in ' in log and "has no sink of that name" in log, log
 
 
 def test_an_exiting_worker_gives_up_after_logpool_exit_timeout_and_says_so(tmp_path, nginx):

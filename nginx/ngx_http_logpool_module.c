@@ -305,8 +305,10 @@ ngx_http_logpool_init_process(ngx_cycle_t *cycle)
     w->dl = dlopen((char *) lib, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (w->dl == NULL) {
         ngx_log_error(NGX_LOG_ERR, cycle->log, 0,
-                      "logpool: cannot load %s (worker uid %d): %s; this worker serves "
-                      "without shipping logs", lib, (int) geteuid(), dlerror());
+                      "logpool: cannot load %s (worker uid %d): %s; the worker user must "
+                      "be able to read the library, its Python and its venv (make install "
+                      "PREFIX=/opt/logpool makes such a copy); this worker serves without "
+                      "shipping logs", lib, (int) geteuid(), dlerror());
         return NGX_OK;
     }
 

@@ -4,6 +4,7 @@ delivery across reload and quit, logpool_log scoping, escaping, metrics of all w
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -640,17 +641,36 @@ def test_make_install_gives_an_unprivileged_worker_user_what_it_can_load(
     log = ng.read_error_log()
     assert "[error]" not in log, log[-3000:]
 
-    # The build tree's library, when the worker user cannot read its Python: the error says
-    # which file, which uid, and what helps (not "rebuild").
+    if not user:
+        return
+    # A library the worker user cannot open (a checkout under a directory only its owner
+    # can enter, like this test's own tmp_path): the error says which file, which uid, and
+    # what helps.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shutil.copy(paths.lib_path(), private / "liblogpool.so")
+    rp2 = receive_process("tcp://127.0.0.1:0", str(tmp_path / "received2.log"))
+    ng2 = nginx(f"logpool_library {private}/liblogpool.so;" + module_conf(pool_json(rp2.url)),
+                workers=1, user=user)
+    assert ng2.requests(10) == [200] * 10
+    assert ng2.quit() == 0
+    log = ng2.read_error_log()
+    line = next((l for l in log.splitlines() if "cannot load" in l), log[-3000:])
+    assert f"cannot load {private}/liblogpool.so (worker uid 65534)" in line, line
+    assert "make install PREFIX=" in line and "this worker serves without shipping" in line
+
+    # The build tree's library, readable, with a Python the worker user cannot read: the
+    # error says which file, which uid, and what helps (not "rebuild"). Where the checkout
+    # itself is out of the worker user's reach, the case above is what it meets instead.
     build_libpython = subprocess.run(
         ["ldd", paths.lib_path()], capture_output=True, text=True).stdout
     built_against = re.search(r"libpython\S+ => (\S+)", build_libpython).group(1)
-    if user and not readable_by_all(built_against):
-        rp2 = receive_process("tcp://127.0.0.1:0", str(tmp_path / "received2.log"))
-        ng2 = nginx(module_conf(pool_json(rp2.url)), workers=1, user=user)
-        assert ng2.requests(10) == [200] * 10
-        assert ng2.quit() == 0
-        log = ng2.read_error_log()
+    if readable_by_all(paths.lib_path()) and not readable_by_all(built_against):
+        rp3 = receive_process("tcp://127.0.0.1:0", str(tmp_path / "received3.log"))
+        ng3 = nginx(module_conf(pool_json(rp3.url)), workers=1, user=user)
+        assert ng3.requests(10) == [200] * 10
+        assert ng3.quit() == 0
+        log = ng3.read_error_log()
         line = next((l for l in log.splitlines() if "cannot start" in l), log[-3000:])
         assert "cannot read " in line and "(running as uid 65534)" in line, line
         assert "make install PREFIX=" in line and "rebuild" not in line, line

@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LIB := logpool/liblogpool.so
 DEB_PACKAGES := nginx-core nginx-dev libnginx-mod-http-lua luajit2 wrk libpython3.11 rsyslog rsyslog-relp \
-	rsyslog-openssl
+	rsyslog-openssl curl valgrind
 C_SOURCES := include/logpool.h $(wildcard logpool/csrc/*.c logpool/csrc/*.h) build_ffi.py logpool/__init__.py
 PYTEST_ARGS ?=
 # The native nginx module, built against the installed nginx's own sources (Debian's

@@ -24,7 +24,8 @@ LUA_LINE = re.compile(r"\[lua\] ([\w/]+\.lua):(\d+):")  # as nginx's error log s
 def repository_files():
     out = []
     for dirpath, dirnames, files in os.walk(ROOT):
-        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.endswith(".egg-info")
+                       and not os.path.exists(os.path.join(dirpath, d, ".git"))]  # (a checkout)
         out += [os.path.relpath(os.path.join(dirpath, f), ROOT) for f in files]
     return out
 

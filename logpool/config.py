@@ -53,6 +53,13 @@ INT32_MAX = 2**31 - 1
 # Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
 URL_FORMS = transports.url_forms()
+# Keys that no longer exist, and what to do instead: a config naming one fails with this
+# text (not a bare "unknown key"), so an old config says how to mend it.
+RETIRED_KEYS = {
+    "http_concurrency": "no longer a key (it only ever took 1: one request in flight per "
+                        "sink is what keeps the order); remove it, and run several sinks for "
+                        "parallel requests",
+}
 
 
 class SinkConfig(Record):
@@ -236,6 +243,8 @@ def _check_keys(where, obj, allowed):
     for key in obj:
         if key not in allowed:
             prefix = f"{where}." if where else ""
+            if key in RETIRED_KEYS:
+                raise ConfigError(f"{prefix}{key}: {RETIRED_KEYS[key]}")
             raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(allowed))})")
 
 

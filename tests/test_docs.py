@@ -1,13 +1,15 @@
 """The docs a newcomer reads point at things that exist: every relative link in README.md and
 docs/*.md (and the heading it names), every repository file a doc names in backticks, every
-test a doc cites as `file.py::test_name`, and every `file.lua:LINE` an error-log example
-shows; and README's performance figures are bench/results.json's (figures come from one
+test a doc cites as `file.py::test_name`, every `file.lua:LINE` an error-log example
+shows, and every repository file a code comment or docstring names; and README's performance figures are bench/results.json's (figures come from one
 place: `make bench` renders bench/RESULTS.md and README's block through bench/render.py)."""
 import glob
+import io
 import json
 import os
 import re
 import sys
+import tokenize
 
 import pytest
 
@@ -127,6 +129,54 @@ def test_lua_line_numbers_in_log_examples_point_at_a_log_call(doc):
             f"{lines[line - 1].strip() if line <= len(lines) else 'past the end'!r})"
 
 
+# -- code comments name files that exist --------------------------------------------------
+
+# A file name in a comment or docstring: a path or a bare name with a source extension.
+COMMENT_PATH = re.compile(r"(?<![\w/.\-*{$<])((?:[\w-]+/)*[\w-]+\.(?:py|c|h|lua|md|json|toml))"
+                          r"\b(?![\w/(>])")
+# Headers of other projects that comments name on purpose.
+OUTSIDE_FILES = {"Python.h", "rdkafka.h"}
+# Files whose comments name example paths (this one's patterns).
+EXAMPLE_NAMERS = {"tests/test_docs.py"}
+
+
+def comments(path):
+    """The comments and docstrings of a source file, as one text."""
+    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+    if path.endswith(".py"):
+        out = []
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT or (
+                    tok.type == tokenize.STRING
+                    and tok.string.lstrip("rbuRBU").startswith(('"""', "'''"))):
+                out.append(tok.string)
+        return "\n".join(out)
+    if path.endswith((".c", ".h")):
+        return "\n".join(re.findall(r"/\*.*?\*/|//[^\n]*", text, re.S))
+    if path.endswith(".lua"):
+        return "\n".join(re.findall(r"--\[\[.*?\]\]|--[^\n]*", text, re.S))
+    return ""
+
+
+def names_in_comments(path):
+    for m in COMMENT_PATH.finditer(comments(path)):
+        name = m.group(1)
+        if not name.startswith("self.") and name not in OUTSIDE_FILES:
+            yield name
+
+
+SOURCES = sorted(f for f in FILES if f.endswith((".py", ".c", ".h", ".lua"))
+                 and not f.startswith(("bench/vendor/", "build/")) and f not in EXAMPLE_NAMERS)
+
+
+def test_every_file_a_code_comment_names_exists():
+    """A comment that cites a file sends the reader there: it must exist (a renamed or
+    merged file leaves such comments behind, e.g. "logpool.c" after the split)."""
+    missing = [f"{path}: {name}" for path in SOURCES for name in names_in_comments(path)
+               if not find(name)]
+    assert not missing, f"comments name files that do not exist: {missing}"
+
+
 def test_the_checks_see_what_they_check():
     """The patterns above find the links and names they are meant to (a check that matches
     nothing passes vacuously)."""
@@ -142,6 +192,11 @@ def test_the_checks_see_what_they_check():
     assert "bench/vendor" in DIRS
     assert LUA_LINE.search(open(os.path.join(ROOT, "docs", "operating.md"),
                                 encoding="utf-8").read())
+    named = set(names_in_comments("logpool/csrc/core.h"))
+    assert {"chunks.c", "cursor.c", "spool.c"} <= named
+    assert "compat.md" in "".join(names_in_comments("lua/resty/logpool/compat.lua"))
+    assert "logpool/transports/base.py" in set(names_in_comments(
+        "logpool/transports/contract.py"))
 
 
 # -- figures come from one place: a hand edit to README's block or RESULTS.md, or a

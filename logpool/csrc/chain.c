@@ -57,11 +57,6 @@ void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
     pthread_mutex_unlock(&s->lock);
 }
 
-int logpool__sink_is_closing(logpool__sink_t *s)
-{
-    return ATOMIC_LOAD(&s->pool->state) != POOL_OPEN;
-}
-
 int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
 {
     uint64_t user_deadline = logpool__deadline_after(timeout_ms);

@@ -63,7 +63,6 @@ OPTION_DOCS = {
     "http_method": ("string", "POST", "POST or PUT"),
     "http_max_body_bytes": ("integer", 1024 * 1024, "the largest request body on the wire "
                             "(framing and compression included)"),
-    "http_concurrency": ("integer", 1, "requests in flight per sink (1 keeps the order)"),
 }
 RETRY_STATUSES = (408, 429)
 KEEP_STATUSES = (401, 403, 404)  # and 3xx: the configuration, not the data
@@ -115,9 +114,6 @@ def check_option(where, key, value):
     if key == "http_max_body_bytes" and (isinstance(value, bool) or not isinstance(value, int)
                                          or not 1024 <= value <= 2**31 - 1):
         fail("an integer from 1024 to 2147483647")
-    if key == "http_concurrency" and value != 1:
-        fail("1 (one request in flight per sink keeps the order; run more sinks for more "
-             "parallel requests)")
     if key == "http_headers":
         if not isinstance(value, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
@@ -216,7 +212,7 @@ class HttpTransport(StreamTransport):
     @classmethod
     def check_sink(cls, where, sink, opts, framing):
         super().check_sink(where, sink, opts, framing)
-        fmt = sink.get("http_format")  # (a pool-wide one is not seen here: not checked)
+        fmt = sink.get("http_format")  # (config passes a pool-wide one in as the sink's)
         for key in sink:
             owner = format_owner(key)
             if owner is not None and fmt is not None and not (

@@ -54,15 +54,6 @@ def int_range(low, high, why=""):
     return check
 
 
-def one_of(*choices):
-    def check(where, value):
-        if value not in choices:
-            raise ConfigError(f"{where}: must be {' or '.join(map(repr, choices))}, got "
-                              f"{value!r}")
-        return value
-    return check
-
-
 def non_empty(where, value):
     if not value:
         raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")

@@ -12,7 +12,7 @@ local NUMBER_OPTIONS = {
     flush_limit = true, periodic_flush_ms = true, max_buffer_length = true,
     max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
     retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
-    relp_window = true, http_max_body_bytes = true, http_concurrency = true,
+    relp_window = true, http_max_body_bytes = true,
     max_spool_bytes = true, forward_window = true,
 }
 local STRING_OPTIONS = {

@@ -1,7 +1,8 @@
 """Figures from bench/results.json, rendered in one place: the console report,
-bench/RESULTS.md (a table per benchmark, with the date it last ran) and the block of
-README.md between the `bench:readme` markers. tests/test_docs.py checks that README's block
-and RESULTS.md are what this module makes of results.json."""
+bench/RESULTS.md (a table per benchmark, with the date it last ran), the block of README.md
+between the `bench:readme` markers, and every figure docs/performance.md quotes in its prose
+(between `<!-- fig:NAME -->` and `<!-- /fig -->`, NAME a key of FIGURES).
+tests/test_docs.py checks that all three are what this module makes of results.json."""
 import re
 
 from bench import (dead_sink, encoders, hotpath, http_ndjson, kafka, nginx, relp, sigkill, spool,
@@ -167,3 +168,102 @@ def update_readme(path, r):
         with open(path, "w", encoding="utf-8") as f:
             f.write(new)
     return True
+
+
+# -- figures quoted in prose (docs/performance.md) ---------------------------------------------
+
+def _hot(r):
+    return r["hotpath"]
+
+
+def _one(r):
+    return r["nginx"]["workers_1"]
+
+
+def _cpu(r, workers, case):
+    return r["nginx"][f"workers_{workers}"][case]["cpu_ns_per_request"]
+
+
+def _call(r, name):
+    calls = r["nginx"]["calls"]
+    return calls[name] - calls["empty"]
+
+
+def _uss_added_mib(r, case):
+    one = _one(r)
+    return (one[case]["uss_loaded_kib"] - one["b_build_line"]["uss_loaded_kib"]) / 1024
+
+
+def _transport(r, name):
+    return next(x for x in r["transports"] if x["transport"] == name)
+
+
+def _widest_rounds(r):
+    """(case, lowest, highest) req/s of the case whose rounds spread the most."""
+    rounds = {case: v["rps_rounds"] for case, v in _one(r).items() if v.get("rps_rounds")}
+    case = max(rounds, key=lambda c: max(rounds[c]) / min(rounds[c]))
+    return case, min(rounds[case]), max(rounds[case])
+
+
+def _range(values, fmt):
+    low, high = min(values), max(values)
+    return format(low, fmt) if format(low, fmt) == format(high, fmt) else \
+        f"{format(low, fmt)}–{format(high, fmt)}"
+
+
+# name -> (the benchmark whose figures it reads, r -> the text quoted).
+FIGURES = {
+    "hot_median_ratio": ("hotpath", lambda r: f"{_hot(r)['logpool']['median'] / _hot(r)['floor']['median']:.2f}×"),
+    "naive_median_ratio": ("hotpath", lambda r: f"{_hot(r)['naive']['median'] / _hot(r)['logpool']['median']:.1f}×"),
+    "naive_p999": ("hotpath", lambda r: f"{_hot(r)['naive']['p999'] / 1000:.1f} µs"),
+    "hot_p999": ("hotpath", lambda r: f"{_hot(r)['logpool']['p999'] / 1000:.1f} µs"),
+    "dead_vs_fresh": ("hotpath", lambda r: f"{_hot(r)['mean']['dead']['mean'] / _hot(r)['mean']['fresh']['mean']:.2f}"),
+    "dead_vs_floor": ("hotpath", lambda r: f"{_hot(r)['mean']['dead']['mean'] / _hot(r)['mean']['floor']['mean']:.2f}×"),
+    "burst_vs_floor": ("hotpath", lambda r: f"{_hot(r)['burst']['logpool']['mean'] / _hot(r)['burst']['floor']['mean']:.2f}×"),
+    "burst_p99": ("hotpath", lambda r: f"{_hot(r)['burst']['logpool']['p99']:.0f} ns"),
+    "burst_floor_p99": ("hotpath", lambda r: f"{_hot(r)['burst']['floor']['p99']:.0f} ns"),
+    "live_mean": ("hotpath", lambda r: f"{_hot(r)['mean']['live']['mean']:.1f} ns"),
+    "perf_log_cdata": ("nginx", lambda r: _range([r["nginx"]["perf"][c]["liblogpool_pct"] for c in ("c_build_and_ship", "f_map_ship")], ".2f") + " %"),
+    "perf_writer": ("nginx", lambda r: _range([r["nginx"]["perf"][c]["writer_pct"] for c in ("c_build_and_ship", "f_map_ship")], ".2f") + " %"),
+    "require_log_ns": ("nginx", lambda r: f"{_call(r, 'require_log'):.0f} ns"),
+    "bare_ffi_ns": ("nginx", lambda r: f"{_call(r, 'log_cdata'):.0f} ns"),
+    "ngx_var_ns": ("nginx", lambda r: f"{_call(r, 'ngx_var'):.0f} ns"),
+    "request_cpu_us": ("nginx", lambda r: f"{_cpu(r, 1, 'f_map_ship') / 1000:.1f} µs"),
+    "require_log_share": ("nginx", lambda r: f"{_call(r, 'require_log') / _cpu(r, 1, 'f_map_ship'):.1%}".replace("%", " %")),
+    "ship_vs_build": ("nginx", lambda r: _range([_cpu(r, w, b) / _cpu(r, w, x) for w in (1, 2) for x, b in (("c_build_and_ship", "b_build_line"), ("f_map_ship", "e_map_build_line"))], ".3f")),
+    "map_form_gain": ("nginx", lambda r: _range([(_cpu(r, w, "c_build_and_ship") / _cpu(r, w, "f_map_ship") - 1) * 100 for w in (1, 2)], ".0f") + " %"),
+    "rounds_spread": ("nginx", lambda r: "({}) {:.0f}k and {:.0f}k req/s".format(_widest_rounds(r)[0].split("_", 1)[0], _widest_rounds(r)[1] / 1000, _widest_rounds(r)[2] / 1000)),
+    "uss_added": ("nginx", lambda r: f"{_uss_added_mib(r, 'c_build_and_ship'):.1f} MiB"),
+    "uss_tls_metrics_more": ("nginx", lambda r: f"{_uss_added_mib(r, 'g_map_ship_tls_metrics') - _uss_added_mib(r, 'c_build_and_ship'):.1f} MiB"),
+    "throughput_64_ratio": ("throughput", lambda r: "{:.2f}".format(next(x["logpool_mb_s"] / x["raw_mb_s"] for x in r["throughput"] if x["size"] == 64))),
+    "throughput_4k_ratio": ("throughput", lambda r: "{:.2f}".format(next(x["logpool_mb_s"] / x["raw_mb_s"] for x in r["throughput"] if x["size"] == 4096))),
+    "tls_vs_tcp": ("transports", lambda r: f"{_transport(r, 'tls')['sent_mb_s'] / _transport(r, 'tcp')['sent_mb_s']:.2f}"),
+    "udp_unread": ("transports", lambda r: f"{1 - _transport(r, 'udp')['delivered'] / _transport(r, 'udp')['accepted']:.0%}".replace("%", " %")),
+}
+FIGURE = re.compile(r"<!-- fig:(\w+) -->(.*?)<!-- /fig -->", re.S)
+
+
+def figures_in(text):
+    """[(name, the text quoted)] of every figure marker in a page, in order."""
+    return [(m.group(1), m.group(2)) for m in FIGURE.finditer(text)]
+
+
+def render_figures(text, r):
+    """The page with every figure between its markers rendered from r (a figure whose
+    benchmark has no results keeps its text)."""
+    def one(m):
+        name = m.group(1)
+        bench, figure = FIGURES[name]
+        value = figure(r) if bench in r else m.group(2)
+        return f"<!-- fig:{name} -->{value}<!-- /fig -->"
+    return FIGURE.sub(one, text)
+
+
+def update_figures(path, r):
+    """Rewrite the figures a page quotes from r."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = render_figures(text, r)
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)

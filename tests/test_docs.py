@@ -1,8 +1,10 @@
 """The docs a newcomer reads point at things that exist: every relative link in README.md and
 docs/*.md (and the heading it names), every repository file a doc names in backticks, every
 test a doc cites as `file.py::test_name`, every `file.lua:LINE` an error-log example
-shows, and every repository file a code comment or docstring names; and README's performance figures are bench/results.json's (figures come from one
-place: `make bench` renders bench/RESULTS.md and README's block through bench/render.py)."""
+shows, and every repository file a code comment or docstring names; and the performance
+figures of README and docs/performance.md are bench/results.json's (figures come from one
+place: `make bench` renders bench/RESULTS.md, README's block and the figures
+docs/performance.md quotes through bench/render.py)."""
 import glob
 import io
 import json
@@ -248,3 +250,43 @@ def test_the_block_changes_when_a_figure_does():
     before = bench_render().readme_block(r)
     r["hotpath"]["mean"]["live"]["mean"] += 1.0
     assert bench_render().readme_block(r) != before
+
+
+PERFORMANCE = "docs/performance.md"
+# A measured figure: a number with the unit of a time, a share, a ratio, a rate or a size in
+# MiB (message sizes in B/KiB and counts are the benchmarks' settings, not their results).
+TYPED_FIGURE = re.compile(r"(?<![\w.])[±~]?\d[\d.,]*(?:[–-]\d[\d.,]*)?\s*"
+                          r"(?:ns|µs|us|ms|%|×(?!\s*\d)|x\b|MiB|MB/s|req/s|k\b)")
+
+
+def prose_section(text):
+    """The part of performance.md that reads the figures (after the table of lines)."""
+    start = text.index("How to read them")
+    return text[start:text.index("The benchmarks live in", start)]
+
+
+def test_performance_page_figures_are_rendered_from_bench_results():
+    text = read(PERFORMANCE)
+    render = bench_render()
+    quoted = render.figures_in(text)
+    assert quoted, "docs/performance.md lost its fig markers"
+    assert text == render.render_figures(text, results()), (
+        "docs/performance.md quotes figures that differ from bench/results.json: run "
+        "`make bench` (or bench/run.py --only NAME) instead of editing them by hand")
+    assert {name for name, _ in quoted} == set(render.FIGURES), \
+        "a figure of bench/render.py's FIGURES is not quoted, or the page names an unknown one"
+
+
+def test_performance_prose_types_no_figure_by_hand():
+    """Outside the fig markers the prose holds no measured figure: each comes from a run."""
+    prose = bench_render().FIGURE.sub("", prose_section(read(PERFORMANCE)))
+    typed = TYPED_FIGURE.findall(prose)
+    assert not typed, f"docs/performance.md types figures by hand: {typed}"
+
+
+def test_the_figure_checks_see_what_they_check():
+    r = results()
+    text = read(PERFORMANCE)
+    r["hotpath"]["mean"]["live"]["mean"] += 1.0
+    assert bench_render().render_figures(text, r) != text
+    assert TYPED_FIGURE.findall("about 7.6 MiB, 0.3 % and about 9× the floor; 20–25 µs")

@@ -98,13 +98,80 @@ def test_no_transport_reaches_the_c_library_but_through_the_chain_api():
 
 
 def test_the_contract_module_states_every_outcome_the_engine_applies():
+    """The docstring, the code and this test name the same things: every Outcome.NAME the
+    contract cites exists, and every constructor of Outcome is cited."""
     from logpool.transports import contract
     doc = contract.__doc__
-    for name in ("Outcome.wrote", "Outcome.acked", "Outcome.rejected", "Outcome.fates",
-                 "Outcome.NOTHING", "RetryLater", "Unsendable", "Stopped", "connect(",
-                 "write()", "deadline", "bounded"):
+    cited = set(re.findall(r"Outcome\.(\w+)", doc))
+    missing = {name for name in cited if not hasattr(contract.Outcome, name)}
+    assert not missing, f"the contract cites Outcome.{missing}, which do not exist"
+    constructors = {name for name, v in vars(contract.Outcome).items()
+                    if isinstance(v, classmethod)} | {"NOTHING"}
+    assert constructors <= cited, f"not in the contract: {constructors - cited}"
+    for name in ("per_message", "wrote", "acked", "rejected", "progressed", "opened",
+                 "NOTHING", "RetryLater", "Unsendable", "Stopped", "connect(should_stop) ->",
+                 "write() ->", "close() ->", "idle() ->", "deadline", "bounded"):
         assert name in doc, name
     assert set(f.value for f in contract.Fate) == {"ack", "retry", "reject"}
+
+
+ENGINE_MODULES = ("engine/writer.py", "engine/spooling.py", "metrics.py")
+
+
+def test_everything_the_engine_reads_of_a_transport_is_declared_on_the_interface():
+    """No getattr(transport, ...) side channels: each name the engine uses is declared on
+    base.Transport and listed in the contract."""
+    from logpool.transports import contract
+    from logpool.transports.base import Transport
+    used = set()
+    for rel in ENGINE_MODULES:
+        source = open(os.path.join(PACKAGE, rel), encoding="utf-8").read()
+        assert not re.search(r"getattr\(\s*self\.transport", source), rel
+        used |= set(re.findall(r"\btransport\.(\w+)", source))
+    assert {"inflight", "resumed", "connect", "close", "write"} <= used
+    undeclared = {name for name in used if not hasattr(Transport, name)
+                  and name not in ("collectors", "collector_stats", "url")}  # set in __init__
+    assert not undeclared, f"the engine reads undeclared transport names: {undeclared}"
+    unlisted = {name for name in used if name not in contract.__doc__}
+    assert not unlisted, f"the contract does not list: {unlisted}"
+
+
+CONTRACT_CALLS = ("connect", "write", "close", "idle")
+
+
+def test_every_contract_call_of_every_transport_returns_an_outcome():
+    """connect, write, close and idle return a value on every path (never None): a bare
+    `return`, or falling off the end, would hand the engine None."""
+    offenders = []
+    for module, path in package_modules().items():
+        if not module.startswith("logpool.transports"):
+            continue
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            for fn in cls.body:
+                if not isinstance(fn, ast.FunctionDef) or fn.name not in CONTRACT_CALLS:
+                    continue
+                bare = [r for r in ast.walk(fn) if isinstance(r, ast.Return) and r.value is None]
+                if bare or not _always_leaves(fn.body):
+                    offenders.append(f"{module}.{cls.name}.{fn.name}")
+    assert not offenders, f"may return None: {offenders}"
+
+
+def _always_leaves(body):
+    """The statements end in a return or raise on every path (`while True` loops leave only
+    through one)."""
+    last = body[-1] if body else None
+    if isinstance(last, (ast.Return, ast.Raise)):
+        return True
+    if isinstance(last, ast.While):
+        return isinstance(last.test, ast.Constant) and last.test.value is True
+    if isinstance(last, ast.If):
+        return _always_leaves(last.body) and _always_leaves(last.orelse)
+    if isinstance(last, ast.Try):
+        return ((last.finalbody and _always_leaves(last.finalbody))
+                or (_always_leaves(last.orelse or last.body)
+                    and all(_always_leaves(h.body) for h in last.handlers)))
+    return False
 
 
 def test_stats_fields_come_from_the_c_struct_and_every_copy_agrees():

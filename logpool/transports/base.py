@@ -144,6 +144,10 @@ class Transport:
     STALLS = True  # no progress for send_timeout_ms means the connection is broken
     IDLE_TICK_MS = -1  # > 0: call idle() this often while there is nothing to send
 
+    # What the engine reads between calls (the contract's list):
+    inflight = 0  # messages sent and not settled yet: held by the session, not to spill
+    resumed = False  # the last TLS handshake resumed a session (counted in tls_resumed)
+
     @classmethod
     def options_for(cls, scheme):
         """The Options a sink of this scheme takes."""
@@ -183,16 +187,16 @@ class Transport:
 
     def connect_any(self, should_stop, connect_one):
         """connect_one() (the whole opening exchange) against each collector in failover
-        order, from the current one; the first that works stays current. Returns the
-        [(url, error)] of the collectors that failed before it, for the engine to count and
-        report; raises the last failure when none works."""
+        order, from the current one; the first that works stays current. Returns
+        Outcome.opened with the (url, error) of the collectors that failed before it, for
+        the engine to count and report; raises the last failure when none works."""
         last, skipped = None, []
         for _ in range(len(self.collectors)):
             url = self.url
             try:
                 connect_one()
                 self.collector_stats[url][0] += 1
-                return skipped
+                return Outcome.opened(skipped)
             except Stopped:
                 raise
             except OSError as exc:
@@ -225,7 +229,8 @@ class Transport:
         self.close()
 
     def idle(self):
-        """Housekeeping while idle, every IDLE_TICK_MS."""
+        """Housekeeping while idle, every IDLE_TICK_MS; an Outcome (its reports)."""
+        return Outcome.NOTHING
 
     def announce(self):
         """A line for the error log when the writer starts, or None."""
@@ -233,8 +238,8 @@ class Transport:
 
     def connect(self, should_stop):
         """Open a session within connect_timeout_ms (the whole opening exchange). Returns
-        the [(url, error)] of collectors that failed first (failover), or None. Raises
-        OSError (HandshakeError when the collector refused the session) or Stopped."""
+        Outcome.opened(the (url, error) of collectors that failed first). Raises OSError
+        (HandshakeError when the collector refused the session) or Stopped."""
         raise NotImplementedError
 
     def write(self):
@@ -246,12 +251,14 @@ class Transport:
         return False
 
     def close(self):
+        """End the session; an Outcome of what a closing exchange settled."""
         if self.sock is not None:
             try:
                 self.sock.close()
             except OSError:
                 pass
             self.sock = None
+        return Outcome.NOTHING
 
     def fileno(self):
         return self.sock.fileno()

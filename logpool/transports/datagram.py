@@ -38,6 +38,7 @@ class DatagramTransport(Transport):
         deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
         self.sock = connect_socket(self.sink, self.address, should_stop, deadline, self.faults,
                                    prepare=self._prepare)
+        return Outcome.NOTHING
 
     def _prepare(self, sock, family):
         if family == socket.AF_UNIX:

@@ -399,7 +399,7 @@ class HttpTransport(StreamTransport):
     def close(self):
         self.reusable = False
         self.chain.set_unacked(0)  # nothing is in flight without a connection
-        super().close()
+        return super().close()
 
 
 def _gzip(body):

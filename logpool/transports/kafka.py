@@ -167,9 +167,11 @@ class KafkaTransport(Transport):
                 raise ConnectionRefusedError(111, f"no Kafka broker answered within "
                                              f"connect_timeout_ms "
                                              f"{self.sink.connect_timeout_ms}: {refused}")
+        return Outcome.NOTHING
 
     def close(self):
         """A broken "connection" is librdkafka's to mend: keep the producer and its queue."""
+        return Outcome.NOTHING
 
     def shutdown(self):
         """The writer stops: give up what librdkafka still holds (it stays in the chain and

@@ -75,7 +75,7 @@ class AcknowledgedTransport(StreamTransport):
                 self._frame_more()
             if self.broken is None and self.out is not None:
                 sent = self._send_out()
-        return Outcome.sent(sent) + self._settled()
+        return Outcome.progressed(sent) + self._settled()
 
     def _settled(self):
         acked, self.acked = self.acked, 0

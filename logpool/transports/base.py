@@ -14,7 +14,7 @@ import threading
 import time
 
 from logpool.errors import ConfigError
-from logpool.transports.schema import TLS_OPTIONS
+from logpool.transports.schema import TLS_OPTIONS, Values
 from logpool.transports.contract import (  # noqa: F401 — the contract's names, re-exported
     Fate, HandshakeError, Outcome, ProtocolError, RetryLater, Stopped, Unsendable)
 
@@ -156,16 +156,19 @@ class Transport:
     RAW_FRAMING_ONLY = None  # why, for transports that frame each message themselves
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
-        """Config-time checks of one sink's options (raise ConfigError)."""
+    def check_sink(cls, where, sink, given, values, opts, framing):
+        """Config-time checks of one sink across its keys (raise ConfigError), once each key
+        is valid: sink is the sink's object as written (what it set itself), given the
+        validated transport keys set for it (pool-wide or its own), values those with the
+        defaults, opts the engine's options (a transport may shrink a default there)."""
         if cls.RAW_FRAMING_ONLY and framing != "raw":
             raise ConfigError(f"{where}.framing: {cls.RAW_FRAMING_ONLY}; leave framing raw")
 
     @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        """The transport's own options, merged (top level, then sink), as the object the
-        transport gets back as sink.transport_options."""
-        return None
+    def parse_options(cls, where, scheme, address, values):
+        """What the transport gets back as sink.transport_options, from its validated keys
+        (every key of options_for(scheme), defaults applied by config)."""
+        return Values(values)
 
     def __init__(self, sink, chain, faults=None):
         self.sink = sink

@@ -21,7 +21,7 @@ class DatagramTransport(Transport):
     FAILOVER = False  # a datagram never says whether anyone received it
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
+    def check_sink(cls, where, sink, given, values, opts, framing):
         """One message per datagram: octet counting is meaningless and size has a limit."""
         if framing == "octet-counting":
             inherited = "" if "framing" in sink else " (the pool-wide framing)"

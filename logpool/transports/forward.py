@@ -33,7 +33,7 @@ from collections import deque
 from logpool.errors import ConfigError
 from logpool.transports.base import ProtocolError
 from logpool.transports.formats.common import as_object, record_time_ns
-from logpool.transports.schema import Option, defaults, int_range, non_empty
+from logpool.transports.schema import Option, defaults, int_range, non_empty, optional, text
 from logpool.transports.session import AcknowledgedTransport
 
 DEFAULT_WINDOW = 8
@@ -42,20 +42,14 @@ CHUNK_MESSAGES = 4096
 MAX_REPLY_BYTES = 64 * 1024  # an ack, a HELO or a PONG is small
 FORWARD_OPTIONS = (
     Option("forward_tag", "string", "logpool", "the tag of every record",
-           lambda where, value: _tag(where, value)),
+           text(r"(?s).{1,1024}", "a non-empty string of at most 1024 characters")),
     Option("forward_shared_key", "string or null", None, "the collector's shared key: "
-           "enables the HELO/PING/PONG handshake", lambda w, v: v if v is None else
-           non_empty(w, v), default_doc="none: no handshake"),
+           "enables the HELO/PING/PONG handshake", optional(non_empty),
+           default_doc="none: no handshake"),
     Option("forward_window", "integer", DEFAULT_WINDOW, "chunks sent and not yet "
            "acknowledged, at most", int_range(1, 1024)),
 )
 OPTIONS = defaults(FORWARD_OPTIONS)
-
-
-def _tag(where, value):
-    if not value or len(value) > 1024:
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-    return value
 
 
 def event_time(ns):
@@ -103,7 +97,7 @@ class ForwardTransport(AcknowledgedTransport):
     OPTIONS = FORWARD_OPTIONS
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
+    def check_sink(cls, where, sink, given, values, opts, framing):
         if framing != "raw":
             raise ConfigError(f"{where}.framing: forward frames each message itself (a msgpack "
                               f"record); leave framing raw")
@@ -113,13 +107,8 @@ class ForwardTransport(AcknowledgedTransport):
             raise ConfigError(f"{where}.url: forward:// needs the msgpack package (pip "
                               f"install msgpack, or logpool[forward])") from None
 
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        parsed = super().parse_options(where, scheme, address, options)  # the TLS block
-        return ForwardOptions(parsed.tls, **parsed.own)
-
     def __init__(self, sink, chain, faults=None):
-        options = sink.transport_options or ForwardOptions(None)
+        options = sink.transport_options
         self.tag = options.forward_tag
         self.shared_key = options.forward_shared_key
         self.window = options.forward_window
@@ -243,13 +232,3 @@ class ForwardTransport(AcknowledgedTransport):
             self._raise_if_gone()
             self._wait(select.POLLIN, should_stop, deadline, what)
             self._recv_available()
-
-
-class ForwardOptions:
-    def __init__(self, tls, **options):
-        self.tls = tls
-        for key, default in OPTIONS.items():
-            setattr(self, key, options.get(key, default))
-
-    def get(self, key, default=None):
-        return getattr(self, key, default)

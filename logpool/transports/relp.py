@@ -35,7 +35,7 @@ class RelpTransport(AcknowledgedTransport):
                       "acknowledged, at most", int_range(1, 65536)),)
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
+    def check_sink(cls, where, sink, given, values, opts, framing):
         if framing == "octet-counting":
             raise ConfigError(f"{where}.framing: RELP frames each message itself; use raw "
                               f"(the default) or newline (one trailing newline is dropped)")

@@ -6,23 +6,9 @@ import errno
 import socket
 import time
 
-from logpool.record import Record
 from logpool.transports.tls import handshake, read_nonblocking, tls_config
 from logpool.transports.base import Outcome, Transport, connect_socket
-from logpool.transports.schema import TLS_OPTIONS, defaults
-
-TLS_KEYS = frozenset(o.name for o in TLS_OPTIONS)
-
-
-class SocketOptions(Record):
-    """What a socket transport parsed of its keys: the TLS block (None: plain) and its own."""
-    __slots__ = ("tls", "own")
-
-    def __getattr__(self, name):  # own options as attributes (relp_window, http_format...)
-        try:
-            return self.own[name]
-        except KeyError:
-            raise AttributeError(name) from None
+from logpool.transports.schema import Values
 
 
 class StreamTransport(Transport):
@@ -31,19 +17,14 @@ class StreamTransport(Transport):
     TLS_SCHEMES = frozenset(("tls",))
 
     @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        tls = None
-        if scheme in cls.TLS_SCHEMES:
-            tls = tls_config(where, address,
-                                      {k: v for k, v in options.items() if k in TLS_KEYS})
-        own = {**defaults(cls.OPTIONS), **{k: v for k, v in options.items()
-                                            if k not in TLS_KEYS}}
-        return SocketOptions(tls=tls, own=own)
+    def parse_options(cls, where, scheme, address, values):
+        """The keys as attributes, and tls: the TLS block's config (None: plain)."""
+        tls = tls_config(where, values) if scheme in cls.TLS_SCHEMES else None
+        return Values(values, tls=tls)
 
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
-        options = sink.transport_options
-        self.tls = options.tls if options is not None else None  # TlsConfig, or plain
+        self.tls = sink.transport_options.tls  # TlsConfig, or None: plain
         self.session = None  # reused on reconnect (TLS session resumption)
         self.resumed = False  # the last handshake resumed a session
 

@@ -37,44 +37,10 @@ class Answer:
         return f"Answer({self.kind!r}, {self.reason!r}, rejected={self.rejected})"
 
 
-def _fail(where, what, value):
-    from logpool.errors import ConfigError
-    raise ConfigError(f"{where}: must be {what}, got {value!r}")
-
-
-def text_option(pattern=None, what="a string", allow_none=False):
-    """A checker for a string key (fullmatching pattern, if given)."""
-    import re
-
-    def check(where, value):
-        if value is None and allow_none:
-            return None
-        if not isinstance(value, str) or not value or (
-                pattern is not None and re.fullmatch(pattern, value) is None):
-            _fail(where, what, value)
-        return value
-    return check
-
-
-def choice_option(*choices):
-    def check(where, value):
-        if value not in choices:
-            _fail(where, " or ".join(map(repr, choices)), value)
-        return value
-    return check
-
-
-def table_option(key_pattern, what):
-    """A checker for an object of strings to strings (names fullmatching key_pattern)."""
-    import re
-
-    def check(where, value):
-        if not isinstance(value, dict) or not all(
-                isinstance(k, str) and re.fullmatch(key_pattern, k) and isinstance(v, str)
-                for k, v in value.items()):
-            _fail(where, what, value)
-        return dict(value)
-    return check
+# The formats' option checkers are the schema's (one vocabulary for every key), under the
+# names the formats import them by.
+from logpool.transports.schema import (  # noqa: E402,F401
+    choice as choice_option, table as table_option, text as text_option)
 
 
 def body_text(response, limit=200):

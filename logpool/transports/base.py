@@ -1,26 +1,24 @@
-"""What every transport shares: the interface the delivery engine calls, the view of a sink's
-C chain a transport sends from, name resolution and socket connects that watch the stop
-flag and the connect deadline.
+"""What every transport shares: the interface the delivery engine calls (Transport: the
+contract of logpool/transports/contract.py, every name the engine reads declared here) and
+the view of a sink's C chain a transport sends from. What a socket transport needs besides
+(resolution, failover over the opening exchange, TLS, deadlines) is a Connection it composes
+(logpool/transports/connection.py), not a base class.
 
 A transport is one connection to one collector. The engine (logpool/engine/writer.py)
 decides when to connect, what is due, how long to back off and what to resend; the
 transport connects, writes frames from the chain, says what was written, and closes.
 """
-import errno
-import os
 import select
 import socket
-import threading
-import time
 
 from logpool.errors import ConfigError
+from logpool.transports.connection import Collectors, Connection
 from logpool.transports.schema import TLS_OPTIONS, Values
+from logpool.transports.tls import tls_config
 from logpool.transports.contract import (  # noqa: F401 — the contract's names, re-exported
-    Fate, HandshakeError, Outcome, ProtocolError, RetryLater, Stopped, Unsendable)
+    SLICE_S, Fate, HandshakeError, Outcome, ProtocolError, RetryLater, Stopped, Unsendable,
+    wait_io)
 
-# How often a blocked connect/send looks at the stop flag: logpool_close waits for the
-# writer to notice, so this bounds how long a close can take after its own timeout.
-SLICE_S = 0.05
 IOV_BATCH = 64  # chunks per sendmsg (IOV_MAX is 1024), datagrams per sendmmsg
 
 
@@ -130,9 +128,10 @@ class Chain:
 
 
 class Transport:
-    """The interface. Class attributes declare what config accepts for the schemes a
-    transport serves; instances live as long as their writer (state such as a TLS session
-    survives reconnects)."""
+    """The interface, and the only base class of a transport. Class attributes declare what
+    config accepts for the schemes a transport serves; instances live as long as their
+    writer (state such as a TLS session survives reconnects). A socket transport sets
+    self.conn to a Connection; the defaults below then serve it."""
 
     SCHEMES = ()
     ADDRESS = {}  # scheme -> "path" (unix:/path) or "host_port" (scheme://host:port)
@@ -143,17 +142,15 @@ class Transport:
     FAILOVER = True  # a sink may list several collectors
     STALLS = True  # no progress for send_timeout_ms means the connection is broken
     IDLE_TICK_MS = -1  # > 0: call idle() this often while there is nothing to send
+    RAW_FRAMING_ONLY = None  # why, for transports that frame each message themselves
 
     # What the engine reads between calls (the contract's list):
     inflight = 0  # messages sent and not settled yet: held by the session, not to spill
-    resumed = False  # the last TLS handshake resumed a session (counted in tls_resumed)
 
     @classmethod
     def options_for(cls, scheme):
         """The Options a sink of this scheme takes."""
         return cls.OPTIONS + (TLS_OPTIONS if scheme in cls.TLS_SCHEMES else ())
-
-    RAW_FRAMING_ONLY = None  # why, for transports that frame each message themselves
 
     @classmethod
     def check_sink(cls, where, sink, given, values, opts, framing):
@@ -167,53 +164,54 @@ class Transport:
     @classmethod
     def parse_options(cls, where, scheme, address, values):
         """What the transport gets back as sink.transport_options, from its validated keys
-        (every key of options_for(scheme), defaults applied by config)."""
-        return Values(values)
+        (every key of options_for(scheme), defaults applied by config); tls: the TLS block's
+        config on a TLS scheme, else None."""
+        return Values(values, tls=tls_config(where, values) if scheme in cls.TLS_SCHEMES
+                      else None)
 
     def __init__(self, sink, chain, faults=None):
         self.sink = sink
         self.chain = chain
         self.faults = faults
-        self.sock = None
-        self.collectors = sink.collectors or ((sink.url, sink.scheme, sink.address),)
-        self.current = 0  # the collector in use, or tried first at the next connect
-        # Per collector: [connects, connect failures], for metrics.
-        self.collector_stats = {url: [0, 0] for url, _, _ in self.collectors}
+        self.failover = Collectors(sink)
+        self.conn = None  # a socket transport's Connection
+
+    def connection(self, prepare=None):
+        """The Connection of this sink (TLS on its TLS schemes), for socket transports."""
+        options = self.sink.transport_options
+        return Connection(self.sink, self.failover, options.tls if options else None,
+                          self.faults, prepare)
+
+    # -- what the engine reads --
 
     @property
     def url(self):
-        return self.collectors[self.current][0]
+        return self.failover.url
 
     @property
     def address(self):
-        return self.collectors[self.current][2]
+        return self.failover.address
 
-    def connect_any(self, should_stop, connect_one):
-        """connect_one() (the whole opening exchange) against each collector in failover
-        order, from the current one; the first that works stays current. Returns
-        Outcome.opened with the (url, error) of the collectors that failed before it, for
-        the engine to count and report; raises the last failure when none works."""
-        last, skipped = None, []
-        for _ in range(len(self.collectors)):
-            url = self.url
-            try:
-                connect_one()
-                self.collector_stats[url][0] += 1
-                return Outcome.opened(skipped)
-            except Stopped:
-                raise
-            except OSError as exc:
-                self.collector_stats[url][1] += 1
-                self.close()
-                skipped.append((url, exc))
-                last = exc if len(self.collectors) == 1 else type(exc)(
-                    exc.errno, f"{url}: {exc.strerror or exc}")
-                self.current = (self.current + 1) % len(self.collectors)
-        raise last
+    @property
+    def collectors(self):
+        return self.failover.all
+
+    @property
+    def collector_stats(self):
+        return self.failover.stats
+
+    @property
+    def resumed(self):
+        """The last TLS handshake resumed a session (counted in tls_resumed)."""
+        return self.conn is not None and self.conn.resumed
+
+    @property
+    def sock(self):
+        return self.conn.sock if self.conn is not None else None
 
     def failed(self):
         """The session broke: the next connect starts with the next collector."""
-        self.current = (self.current + 1) % len(self.collectors)
+        self.failover.next()
 
     def wants(self):
         """poll() events to wait for when write() made no progress."""
@@ -222,10 +220,7 @@ class Transport:
     def wait_ready(self, timeout_s):
         """Wait until write() may progress, at most timeout_s. True when the connection
         reported an error or a hang-up."""
-        poller = select.poll()
-        poller.register(self.sock, self.wants())
-        events = poller.poll(timeout_s * 1000)
-        return bool(events and events[0][1] & (select.POLLERR | select.POLLHUP))
+        return self.conn.wait_ready(self.wants(), timeout_s)
 
     def shutdown(self):
         """The writer stops for good."""
@@ -237,7 +232,7 @@ class Transport:
 
     def announce(self):
         """A line for the error log when the writer starts, or None."""
-        return None
+        return self.conn.announce() if self.conn is not None else None
 
     def connect(self, should_stop):
         """Open a session within connect_timeout_ms (the whole opening exchange). Returns
@@ -255,96 +250,9 @@ class Transport:
 
     def close(self):
         """End the session; an Outcome of what a closing exchange settled."""
-        if self.sock is not None:
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-            self.sock = None
+        if self.conn is not None:
+            self.conn.close()
         return Outcome.NOTHING
 
     def fileno(self):
         return self.sock.fileno()
-
-
-def wait_io(sock, events, deadline, should_stop, what):
-    """Poll in slices until sock is ready, stop is requested or the deadline passes."""
-    poller = select.poll()
-    poller.register(sock, events)
-    while not poller.poll(SLICE_S * 1000):
-        if should_stop():
-            raise Stopped()
-        if time.monotonic() >= deadline:
-            raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")
-
-
-def resolve(sink, address, deadline, should_stop, faults=None):
-    """[(family, sockaddr)] of the sink, resolved within the connect deadline. getaddrinfo
-    cannot be interrupted: it runs in a helper thread that is left behind (it ends on its
-    own) when the deadline passes or the pool closes."""
-    if sink.address_kind == "path":
-        return [(socket.AF_UNIX, address)]
-    host, port = address[:2]
-    delay = faults.resolve_delay_s if faults is not None and faults.hit("resolve_delay") else 0
-    done = threading.Event()
-    answer = {}
-
-    def lookup():
-        try:
-            if delay:
-                time.sleep(delay)  # the injected slow resolver
-            answer["infos"] = socket.getaddrinfo(host, port, type=sink.socket_type)
-        except UnicodeError as exc:  # a name IDNA cannot encode
-            answer["error"] = OSError(errno.EINVAL, f"bad host name {host!r}: {exc}")
-        except OSError as exc:
-            answer["error"] = OSError(exc.errno or errno.EHOSTUNREACH,
-                                      f"cannot resolve {host!r}: {exc.strerror or exc}")
-        finally:
-            done.set()
-
-    threading.Thread(target=lookup, name="logpool-resolve", daemon=True).start()
-    while not done.wait(SLICE_S):
-        if should_stop():
-            raise Stopped()
-        if time.monotonic() >= deadline:
-            raise TimeoutError(errno.ETIMEDOUT, f"resolving {host!r} timed out "
-                               f"(connect_timeout_ms {sink.connect_timeout_ms})")
-    if "error" in answer:
-        raise answer["error"]
-    if not answer["infos"]:
-        raise OSError(errno.EHOSTUNREACH, f"{host} resolves to no address")
-    return [(family, sockaddr) for family, _, _, _, sockaddr in answer["infos"]]
-
-
-def connect_socket(sink, address, should_stop, deadline, faults=None, prepare=None,
-                   established=None):
-    """A connected non-blocking socket to the first address `address` resolves to that
-    answers (names are resolved again at every connect).
-    prepare(sock, family) runs before connect; established(sock, family) after it and may
-    return another object (a TLS socket); a HandshakeError it raises ends the search."""
-    last_error = None
-    for family, sockaddr in resolve(sink, address, deadline, should_stop, faults):
-        sock = socket.socket(family, sink.socket_type)
-        try:
-            sock.setblocking(False)
-            if prepare is not None:
-                prepare(sock, family)
-            rc = sock.connect_ex(sockaddr)
-            if rc in (errno.EINPROGRESS, errno.EALREADY):
-                wait_io(sock, select.POLLOUT, deadline, should_stop,
-                        f"connect (connect_timeout_ms {sink.connect_timeout_ms})")
-                rc = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if rc != 0:
-                raise OSError(rc, os.strerror(rc))
-            return established(sock, family) if established is not None else sock
-        except HandshakeError:
-            raise  # the next address would present the same certificate
-        except Stopped:
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            last_error = exc
-            if time.monotonic() >= deadline:
-                break  # the next address would only report the spent deadline
-    raise last_error

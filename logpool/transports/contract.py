@@ -80,6 +80,13 @@ one-line doc, check): config checking, the Lua option list and the docs' key tab
 them. TLS is an option block of any socket transport (the +tls schemes), not a subclass.
 """
 import enum
+import errno
+import select
+import time
+
+# How often a blocked connect/send looks at the stop flag: logpool_close waits for the
+# writer to notice, so this bounds how long a close can take after its own timeout.
+SLICE_S = 0.05
 
 
 class Fate(enum.Enum):
@@ -180,3 +187,15 @@ class ProtocolError(OSError):
 
     def __init__(self, *args):
         super().__init__(*((71,) + args if len(args) == 1 else args))  # EPROTO
+
+
+def wait_io(sock, events, deadline, should_stop, what):
+    """Poll in slices until sock is ready, stop is requested or the deadline passes: the one
+    wait every transport's waits on a peer are made of."""
+    poller = select.poll()
+    poller.register(sock, events)
+    while not poller.poll(SLICE_S * 1000):
+        if should_stop():
+            raise Stopped()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")

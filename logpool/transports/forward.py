@@ -31,10 +31,10 @@ import time
 from collections import deque
 
 from logpool.errors import ConfigError
-from logpool.transports.base import ProtocolError
+from logpool.transports.base import ProtocolError, Transport
 from logpool.transports.formats.common import as_object, record_time_ns
 from logpool.transports.schema import Option, defaults, int_range, non_empty, optional, text
-from logpool.transports.session import AcknowledgedTransport
+from logpool.transports.session import AckSession
 
 DEFAULT_WINDOW = 8
 CHUNK_BYTES = 1024 * 1024  # messages per chunk total at most this (one larger goes alone)
@@ -89,7 +89,7 @@ def ping_digest(salt, hostname, nonce, key):
     return h.hexdigest()
 
 
-class ForwardTransport(AcknowledgedTransport):
+class ForwardTransport(Transport):
     PROTOCOL = "forward"
     SCHEMES = ("forward", "forward+tls")
     ADDRESS = {"forward": "host_port", "forward+tls": "host_port"}
@@ -108,33 +108,38 @@ class ForwardTransport(AcknowledgedTransport):
                               f"install msgpack, or logpool[forward])") from None
 
     def __init__(self, sink, chain, faults=None):
+        super().__init__(sink, chain, faults)
         options = sink.transport_options
         self.tag = options.forward_tag
         self.shared_key = options.forward_shared_key
         self.window = options.forward_window
         self.hostname = socket.gethostname()
-        super().__init__(sink, chain, faults)
+        self.conn = self.connection()
+        self.session = AckSession(self.conn, chain, self)
+        self._reset()
 
-    def reset_session(self):
-        super().reset_session()
+    def _reset(self):
         self.reader = unpacker()
         self.chunks = deque()  # (chunk id, messages) in flight, oldest first
         self.acked_ahead = set()  # chunk ids acknowledged behind an unanswered one
 
+    @property
+    def inflight(self):
+        return self.session.inflight
+
     # -- session --
 
-    def _established(self, sock, family, should_stop, deadline):
-        sock = super()._established(sock, family, should_stop, deadline)
-        self.sock = sock
-        self.reset_session()
-        try:
-            if self.shared_key is not None:
-                self._handshake(should_stop, deadline)
-        except BaseException:
-            self.sock = None
-            raise
+    def connect(self, should_stop):
+        return self.conn.open(should_stop, self._open)
+
+    def _open(self, should_stop, deadline):
+        """The handshake (when a shared key is set) is part of connecting to each
+        collector."""
+        self.session.reset()
+        self._reset()
+        if self.shared_key is not None:
+            self._handshake(should_stop, deadline)
         self.chain.set_unacked(0)
-        return sock
 
     def _handshake(self, should_stop, deadline):
         helo = self._read_one(should_stop, deadline, "forward HELO")
@@ -148,8 +153,8 @@ class ForwardTransport(AcknowledgedTransport):
         digest = ping_digest(salt, self.hostname, nonce, self.shared_key)
         import msgpack
         # No user authentication: empty username and password digest.
-        self._send_all(msgpack.packb(["PING", self.hostname, salt, digest, "", ""]),
-                       should_stop, deadline, "forward handshake")
+        self.conn.send_all(msgpack.packb(["PING", self.hostname, salt, digest, "", ""]),
+                           should_stop, deadline, "forward handshake")
         pong = self._read_one(should_stop, deadline, "forward PONG")
         if not isinstance(pong, list) or len(pong) != 5 or pong[0] != "PONG":
             raise ProtocolError(f"forward: expected PONG, got {str(pong)[:100]}")
@@ -162,27 +167,43 @@ class ForwardTransport(AcknowledgedTransport):
             raise ProtocolError("forward: the server's PONG digest does not match "
                                 "forward_shared_key")
 
+    def write(self):
+        return self.session.write()
+
+    def wants(self):
+        return self.session.wants()
+
+    def wait_ready(self, timeout_s):
+        return self.session.wait_ready(timeout_s)
+
+    def peer_closed(self):
+        return self.session.peer_closed()
+
     def close(self):
         self.chunks.clear()
         self.acked_ahead.clear()
-        return super().close()
+        outcome = self.session.end()
+        self.conn.close()
+        return outcome
 
     # -- writing and acknowledgements --
 
-    def _window_open(self):
+    def window_open(self):
         return len(self.chunks) < self.window
 
-    def _frame_more(self):
-        views = self.chain.messages(CHUNK_MESSAGES, CHUNK_BYTES, self.inflight + self.acked)
+    def frame_more(self):
+        session = self.session
+        views = self.chain.messages(CHUNK_MESSAGES, CHUNK_BYTES,
+                                    session.inflight + session.acked)
         if not views:
             return
         n = len(views)
         chunk_id = base64.b64encode(os.urandom(16)).decode()
-        self.out = memoryview(encode_chunk(self.tag, views, chunk_id, time.time_ns()))
+        session.out = memoryview(encode_chunk(self.tag, views, chunk_id, time.time_ns()))
         self.chunks.append((chunk_id, n))
-        self._sending(n)
+        session.sending(n)
 
-    def _feed(self, data):
+    def feed(self, data):
         import msgpack
         try:
             self.reader.feed(data)
@@ -198,15 +219,15 @@ class ForwardTransport(AcknowledgedTransport):
             raise ProtocolError(f"forward: an answer that is not msgpack within bounds "
                                 f"({type(exc).__name__}: {exc})") from None
 
-    def _read_acks(self, receive=True):
+    def read_acks(self, receive=True):
         if receive:
-            self._recv_available()
+            self.session.recv_available()
         for answer in self._answers():
             if not isinstance(answer, dict) or not isinstance(answer.get("ack"), str):
                 raise ProtocolError(f"forward: an answer that is not an ack: "
                                     f"{str(answer)[:100]}")
             self._ack(answer["ack"])
-        self._raise_if_gone()
+        self.session.raise_if_gone()
 
     def _ack(self, chunk_id):
         ids = [c for c, _ in self.chunks]
@@ -221,7 +242,7 @@ class ForwardTransport(AcknowledgedTransport):
             self.acked_ahead.discard(cid)
             released += n
         if released:
-            self._release(released)
+            self.session.release(released)
 
     # -- the opening exchange --
 
@@ -229,6 +250,6 @@ class ForwardTransport(AcknowledgedTransport):
         while True:
             for answer in self._answers():
                 return answer
-            self._raise_if_gone()
-            self._wait(select.POLLIN, should_stop, deadline, what)
-            self._recv_available()
+            self.session.raise_if_gone()
+            self.conn.wait(select.POLLIN, should_stop, deadline, what)
+            self.session.recv_available()

@@ -43,13 +43,12 @@ import time
 import zlib
 
 from logpool.errors import ConfigError
-from logpool.transports.base import Fate, Outcome, RetryLater, Unsendable
+from logpool.transports.base import Fate, Outcome, RetryLater, Transport, Unsendable
 from logpool.transports.formats import FORMATS, all_options as format_options
 from logpool.transports.formats import owner as format_owner
 from logpool.transports.formats.common import ACK, REJECT, RETRY, Answer, body_text
 from logpool.transports.http_exchange import Exchange, HttpProtocolError
 from logpool.transports.schema import Option, all_of, choice, http_headers, int_range, needs
-from logpool.transports.stream import StreamTransport
 
 COMPRESSIONS = ("none", "gzip", "zstd")
 METHODS = ("POST", "PUT")
@@ -143,7 +142,7 @@ class Batch:
         self.positions, self.request, self.body = positions, request, body
 
 
-class HttpTransport(StreamTransport):
+class HttpTransport(Transport):
     SCHEMES = ("http", "https")
     ADDRESS = {"http": "http", "https": "http"}
     TLS_SCHEMES = frozenset(("https",))
@@ -177,6 +176,7 @@ class HttpTransport(StreamTransport):
 
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
+        self.conn = self.connection()
         self.options = sink.transport_options
         self.encoder = FORMATS[self.options.http_format](
             self.options.format_options, self.address[2])
@@ -197,9 +197,9 @@ class HttpTransport(StreamTransport):
 
     def connect(self, should_stop):
         self._should_stop = should_stop
-        skipped = super().connect(should_stop)
+        opened = self.conn.open(should_stop)
         self.reusable = True
-        return skipped
+        return opened
 
     def peer_closed(self):
         return False  # an idle keep-alive connection the server closed is reopened in write
@@ -207,7 +207,7 @@ class HttpTransport(StreamTransport):
     def _reopen_if_closed(self):
         """Servers close idle keep-alive connections (and some close after every response):
         that is not an error, just open a new one."""
-        if self.sock is None or not self.reusable or StreamTransport.peer_closed(self):
+        if self.sock is None or not self.reusable or self.conn.peer_closed():
             self.close()
             self.connect(self._should_stop)
 

@@ -1,14 +1,14 @@
 """The TLS block of every socket transport (tls://, relp+tls://, https://): TLS >= 1.2 with
 the standard library's ssl, verification on by default, SNI, client certificates, session
-resumption across reconnects, close_notify. The stream transport (stream.py) runs it on
-its TLS schemes; this module holds the configuration and the handshake."""
+resumption across reconnects, close_notify. The Connection (connection.py) runs it on its
+sink's TLS schemes; this module holds the configuration and the handshake."""
 import errno
 import select
 import time
 
 from logpool.errors import ConfigError
 from logpool.record import Record
-from logpool.transports.base import HandshakeError, wait_io
+from logpool.transports.contract import HandshakeError, wait_io
 
 # In TLS 1.3 the server checks a client certificate after the client's handshake is done,
 # and sends session tickets then: wait this long for that first record, so that a refusal is

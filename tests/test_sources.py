@@ -229,6 +229,11 @@ def lua_option_set(name):
     return set(re.findall(r"(\w+) = true", block))
 
 
+def test_the_lua_option_list_is_generated_from_the_schemas():
+    assert LUA_OPTIONS == reference.lua_options(), \
+        "regenerate: python -m logpool config-reference --lua > lua/resty/logpool/options.lua"
+
+
 def test_the_lua_option_checks_cover_exactly_the_config_keys():
     """options.lua's type lists are the option schemas' types, key for key."""
     from logpool.transports.schema import TYPES

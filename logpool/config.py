@@ -6,7 +6,6 @@ Every error is a ConfigError whose message names the offending key, e.g.
 import json
 import os
 import urllib.parse
-import re
 import socket
 
 from logpool import transports
@@ -59,8 +58,6 @@ POOL_ONLY_SCHEMA = (
 POOL_ONLY_OPTIONS = defaults(POOL_ONLY_SCHEMA)
 # Every key a sink (or the top level, for all sinks) takes besides its transport's.
 SHARED_SCHEMA = SINK_SCHEMA + (FRAMING_OPTION,) + SPOOL_SCHEMA
-# Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
-UNIX_PATH_MAX = 107
 URL_FORMS = transports.url_forms()
 # Keys that no longer exist, and what to do instead: a config naming one fails with this
 # text (not a bare "unknown key"), so an old config says how to mend it.
@@ -92,7 +89,7 @@ class SinkConfig(Record):
 
     @property
     def address_kind(self):
-        return self.transport.ADDRESS[self.scheme]
+        return self.transport.ADDRESS[self.scheme].name
 
     @property
     def socket_type(self):
@@ -130,8 +127,9 @@ def sink_index(sinks, sink):
 
 
 def parse_url(where, url, allow_port_zero=False):
-    """(scheme, address): a path for unix and unixgram, (host, port) for tcp, tls and udp.
-    Names are resolved later, by the writer. Port 0 (any free port) is for listeners."""
+    """(scheme, address): the address in its transport's form (logpool/transports/address.py:
+    a path for unix and unixgram, (host, port) for tcp, tls and udp, ...). Names are resolved
+    later, by the writer. Port 0 (any free port) is for listeners."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"{where}: must be a non-empty string like {URL_FORMS}, got {url!r}")
     scheme, sep, rest = url.partition(":")
@@ -141,91 +139,7 @@ def parse_url(where, url, allow_port_zero=False):
     transport = transports.for_scheme(scheme)
     if transport is None:
         raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
-    if transport.ADDRESS[scheme] == "http":
-        return scheme, _http_address(where, scheme, url, allow_port_zero)
-    if transport.ADDRESS[scheme] == "kafka":
-        return scheme, _kafka_address(where, url)
-    if transport.ADDRESS[scheme] == "path":
-        path = rest[2:] if rest.startswith("//") else rest
-        if not path.startswith("/"):
-            raise ConfigError(f"{where}: {scheme} sink needs an absolute path, got {url!r}")
-        if "\0" in path:
-            raise ConfigError(f"{where}: {scheme} path contains NUL")
-        if len(path.encode()) > UNIX_PATH_MAX:
-            raise ConfigError(f"{where}: {scheme} path is {len(path.encode())} bytes, longer "
-                              f"than the {UNIX_PATH_MAX} the OS allows")
-        return scheme, path
-    if not rest.startswith("//"):
-        raise ConfigError(f"{where}: expected {scheme}://host:port, got {url!r}")
-    hostport = rest[2:]
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.%a-zA-Z]+)\]:(\d+)|([^:/\[\]\s]+):(\d+)", hostport)
-    if m is None:
-        raise ConfigError(f"{where}: expected {scheme}://host:port or "
-                          f"{scheme}://[v6addr]:port, got {url!r}")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if m.group(3) is not None:
-        _check_host_name(where, host, url)
-    if not (0 if allow_port_zero else 1) <= port <= 65535:
-        raise ConfigError(f"{where}: port {port} out of range 1-65535")
-    return scheme, (host, port)
-
-
-def _http_address(where, scheme, url, allow_port_zero):
-    """(host, port, path with query) of an http(s) URL."""
-    import urllib.parse
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {url!r}: {exc}") from None
-    host = parts.hostname
-    if not host or parts.username or parts.password or parts.fragment:
-        raise ConfigError(f"{where}: expected {scheme}://host[:port]/path (no credentials, "
-                          f"no fragment; put secrets in http_headers), got {url!r}")
-    if ":" not in host:
-        _check_host_name(where, host, url)
-    if port is None:
-        port = 443 if scheme == "https" else 80
-    if not (0 if allow_port_zero else 1) <= port <= 65535:
-        raise ConfigError(f"{where}: port {port} out of range 1-65535")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return host, port, path
-
-
-def _kafka_address(where, url):
-    """(bootstrap servers, topic) of kafka://host:port[,host:port...]/topic."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    brokers, _, topic = rest.partition("/")
-    if not brokers or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
-        raise ConfigError(f"{where}: expected kafka://host:port[,host:port...]/topic (a topic "
-                          f"of letters, digits, '.', '_', '-'), got {url!r}")
-    for broker in brokers.split(","):
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:/\[\]\s,]+):(\d+)", broker)
-        if m is None or not 1 <= int(m.group(2) or m.group(4)) <= 65535:
-            raise ConfigError(f"{where}: broker {broker!r} in {url!r} is not host:port")
-        if m.group(3) is not None:
-            _check_host_name(where, m.group(3), url)
-    return brokers, topic
-
-
-def _check_host_name(where, host, url):
-    """A name the resolver could never be asked for (empty or over-long labels, characters
-    IDNA refuses) is a config error now, not a writer error later."""
-    for family in (socket.AF_INET, socket.AF_INET6):  # (ipaddress would cost each worker 0.3 MiB)
-        try:
-            socket.inet_pton(family, host)
-            return
-        except OSError:
-            pass
-    try:
-        encoded = host.encode("idna")
-    except UnicodeError as exc:
-        raise ConfigError(f"{where}: {host!r} in {url!r} is not a valid host name "
-                          f"({exc})") from None
-    if len(encoded) > 253:
-        raise ConfigError(f"{where}: host name in {url!r} is {len(encoded)} bytes, longer than "
-                          f"the 253 DNS allows")
+    return scheme, transport.ADDRESS[scheme].parse(where, scheme, url, allow_port_zero)
 
 
 def _check_keys(where, obj, allowed):

@@ -144,6 +144,34 @@ def test_every_transport_is_one_level_below_the_contract():
     assert Transport.__bases__ == (object,)
 
 
+def test_a_new_transport_is_one_module_and_one_registry_line(monkeypatch):
+    """Its address form, its keys (checked, with defaults), its Lua types and its reference
+    entry all come from the class: registering it is all the rest of the package needs."""
+    from logpool.transports.address import AddressForm
+    from logpool.transports.base import Transport
+    from logpool.transports.schema import Option, int_range
+
+    class Echo(Transport):
+        SCHEMES = ("echo",)
+        ADDRESS = {"echo": AddressForm("echo", "{s}://name",
+                                       lambda where, scheme, url, zero: url.split("://")[1])}
+        OPTIONS = (Option("echo_depth", "integer", 3, "how deep it echoes", int_range(1, 9)),)
+
+    monkeypatch.setattr(transports, "TRANSPORTS", transports.TRANSPORTS + (Echo,))
+    monkeypatch.setitem(transports.BY_SCHEME, "echo", Echo)
+    sink, = config.parse({"sinks": [{"url": "echo://x", "echo_depth": 5}]}).sinks
+    assert (sink.address, sink.address_kind, sink.transport_options.echo_depth) == ("x", "echo",
+                                                                                   5)
+    assert config.parse({"sinks": ["echo://y"]}).sinks[0].transport_options.echo_depth == 3
+    with pytest.raises(errors.ConfigError, match=r"echo_depth: must be an integer from 1 to 9"):
+        config.parse({"sinks": [{"url": "echo://x", "echo_depth": 0}]})
+    with pytest.raises(errors.ConfigError, match=r"only echo:// sinks take"):
+        config.parse({"sinks": [{"url": "tcp://h:1", "echo_depth": 2}]})
+    assert "| `echo_depth` | integer | 3 | how deep it echoes |" in reference.markdown()
+    assert "    echo_depth = true,\n" in reference.lua_options()
+    assert "echo://name" in transports.url_forms()
+
+
 CONTRACT_CALLS = ("connect", "write", "close", "idle")
 
 

@@ -134,7 +134,7 @@ class Transport:
     self.conn to a Connection; the defaults below then serve it."""
 
     SCHEMES = ()
-    ADDRESS = {}  # scheme -> "path" (unix:/path) or "host_port" (scheme://host:port)
+    ADDRESS = {}  # scheme -> its address form (logpool/transports/address.py)
     SOCKET_TYPE = socket.SOCK_STREAM
     OPTIONS = ()  # schema.Option: valid at the top level and per sink of these schemes
     TLS_SCHEMES = frozenset()  # schemes of this transport that speak TLS (take TLS_OPTIONS)

@@ -202,7 +202,7 @@ def resolve(sink, address, deadline, should_stop, faults=None):
     """[(family, sockaddr)] of the sink, resolved within the connect deadline. getaddrinfo
     cannot be interrupted: it runs in a helper thread that is left behind (it ends on its
     own) when the deadline passes or the pool closes."""
-    if sink.address_kind == "path":
+    if sink.address_kind == "path":  # (address.PATH)
         return [(socket.AF_UNIX, address)]
     host, port = address[:2]
     delay = faults.resolve_delay_s if faults is not None and faults.hit("resolve_delay") else 0

@@ -5,6 +5,7 @@ import os
 import socket
 
 from logpool.errors import ConfigError
+from logpool.transports.address import HOST_PORT, PATH
 from logpool.transports.base import Outcome, Transport, Unsendable
 
 # The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); unix datagram
@@ -14,7 +15,7 @@ MAX_DATAGRAM = 65507
 
 class DatagramTransport(Transport):
     SCHEMES = ("udp", "unixgram")
-    ADDRESS = {"udp": "host_port", "unixgram": "path"}
+    ADDRESS = {"udp": HOST_PORT, "unixgram": PATH}
     SOCKET_TYPE = socket.SOCK_DGRAM
     UNIT = "datagram"
     FAILOVER = False  # a datagram never says whether anyone received it

@@ -31,6 +31,7 @@ import time
 from collections import deque
 
 from logpool.errors import ConfigError
+from logpool.transports.address import HOST_PORT
 from logpool.transports.base import ProtocolError, Transport
 from logpool.transports.formats.common import as_object, record_time_ns
 from logpool.transports.schema import Option, defaults, int_range, non_empty, optional, text
@@ -92,7 +93,7 @@ def ping_digest(salt, hostname, nonce, key):
 class ForwardTransport(Transport):
     PROTOCOL = "forward"
     SCHEMES = ("forward", "forward+tls")
-    ADDRESS = {"forward": "host_port", "forward+tls": "host_port"}
+    ADDRESS = {"forward": HOST_PORT, "forward+tls": HOST_PORT}
     TLS_SCHEMES = frozenset(("forward+tls",))
     OPTIONS = FORWARD_OPTIONS
 

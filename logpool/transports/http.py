@@ -43,6 +43,7 @@ import time
 import zlib
 
 from logpool.errors import ConfigError
+from logpool.transports.address import HTTP
 from logpool.transports.base import Fate, Outcome, RetryLater, Transport, Unsendable
 from logpool.transports.formats import FORMATS, all_options as format_options
 from logpool.transports.formats import owner as format_owner
@@ -144,7 +145,7 @@ class Batch:
 
 class HttpTransport(Transport):
     SCHEMES = ("http", "https")
-    ADDRESS = {"http": "http", "https": "http"}
+    ADDRESS = {"http": HTTP, "https": HTTP}
     TLS_SCHEMES = frozenset(("https",))
     OPTIONS = HTTP_OPTIONS
 

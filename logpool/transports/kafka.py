@@ -10,9 +10,11 @@ releases finished messages from the head of the chain in order (reports of diffe
 partitions may come back in any order). Python only configures, connects and reports.
 """
 import json
+import re
 import time
 
 from logpool.errors import ConfigError
+from logpool.transports.address import AddressForm, check_host_name
 from logpool.transports.base import SLICE_S, Outcome, Stopped, Transport
 from logpool.transports.schema import Option, Values, properties
 
@@ -33,6 +35,25 @@ RESERVED = ("bootstrap.servers", "metadata.broker.list", "on_delivery", "deliver
             "error_cb", "stats_cb")
 LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.bytes
 WINDOW = 1 << 16  # messages handed to librdkafka and not reported yet, at most
+
+
+def _brokers_and_topic(where, scheme, url, allow_port_zero):
+    """(bootstrap servers, topic) of kafka://host:port[,host:port...]/topic."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    brokers, _, topic = rest.partition("/")
+    if not brokers or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+        raise ConfigError(f"{where}: expected kafka://host:port[,host:port...]/topic (a topic "
+                          f"of letters, digits, '.', '_', '-'), got {url!r}")
+    for broker in brokers.split(","):
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:/\[\]\s,]+):(\d+)", broker)
+        if m is None or not 1 <= int(m.group(2) or m.group(4)) <= 65535:
+            raise ConfigError(f"{where}: broker {broker!r} in {url!r} is not host:port")
+        if m.group(3) is not None:
+            check_host_name(where, m.group(3), url)
+    return brokers, topic
+
+
+BROKERS = AddressForm("kafka", "{s}://host:port[,host:port...]/topic", _brokers_and_topic)
 
 
 def librdkafka_path():
@@ -57,7 +78,7 @@ def property_text(value):
 
 class KafkaTransport(Transport):
     SCHEMES = ("kafka",)
-    ADDRESS = {"kafka": "kafka"}
+    ADDRESS = {"kafka": BROKERS}
     OPTIONS = (
         Option("kafka", "object", {}, "librdkafka properties (strings, numbers, booleans) over "
                "logpool's defaults", properties(RESERVED, "set by logpool (the URL names the "

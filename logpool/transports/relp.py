@@ -15,6 +15,7 @@ import time
 from logpool.errors import ConfigError
 from logpool.protocols.relp import (ACK_SUFFIX, OFFERS, TXNR_MAX, RelpError, next_txnr,
                                     parse_frame)
+from logpool.transports.address import HOST_PORT
 from logpool.transports.base import SLICE_S, ProtocolError, Transport
 from logpool.transports.schema import Option, int_range
 from logpool.transports.session import AckSession
@@ -29,7 +30,7 @@ MAX_REPLY_BYTES = 64 * 1024
 class RelpTransport(Transport):
     PROTOCOL = "RELP"
     SCHEMES = ("relp", "relp+tls")
-    ADDRESS = {"relp": "host_port", "relp+tls": "host_port"}
+    ADDRESS = {"relp": HOST_PORT, "relp+tls": HOST_PORT}
     TLS_SCHEMES = frozenset(("relp+tls",))
     OPTIONS = (Option("relp_window", "integer", DEFAULT_WINDOW, "messages sent and not yet "
                       "acknowledged, at most", int_range(1, 65536)),)

@@ -5,12 +5,13 @@ this transport with it on."""
 import errno
 import time
 
+from logpool.transports.address import HOST_PORT, PATH
 from logpool.transports.base import Outcome, Transport
 
 
 class StreamTransport(Transport):
     SCHEMES = ("unix", "tcp", "tls")
-    ADDRESS = {"unix": "path", "tcp": "host_port", "tls": "host_port"}
+    ADDRESS = {"unix": PATH, "tcp": HOST_PORT, "tls": HOST_PORT}
     TLS_SCHEMES = frozenset(("tls",))
 
     def __init__(self, sink, chain, faults=None):

@@ -207,8 +207,10 @@ def parse(config):
                 raise ConfigError(f"{where}.url: the collectors of one sink share a scheme, "
                                   f"got {', '.join(sorted({c[1] for c in collectors}))}")
             if not transport.FAILOVER:
+                takers = ", ".join(f"{s}://" for cls in transports.TRANSPORTS if cls.FAILOVER
+                                   for s in cls.SCHEMES)
                 raise ConfigError(f"{where}.url: a list of collectors (failover) is for stream "
-                                  f"and RELP sinks, not {scheme}")
+                                  f"and session sinks ({takers}), not {scheme}")
         if "name" in sink:
             name = sink["name"]
         else:  # unnamed: the URL, made unique when another sink has it (metrics label)

@@ -211,34 +211,77 @@ def _range(values, fmt):
         f"{format(low, fmt)}–{format(high, fmt)}"
 
 
+def _ratio(x, y, fmt=".2f", unit=""):
+    return f"{x / y:{fmt}}{unit}"
+
+
+def _percent(share):
+    return f"{share:.0%}".replace("%", " %")
+
+
+def _perf(r, field):
+    perf = r["nginx"]["perf"]
+    return _range([perf[c][field] for c in ("c_build_and_ship", "f_map_ship")], ".2f") + " %"
+
+
+def _throughput_ratio(r, size):
+    x = next(x for x in r["throughput"] if x["size"] == size)
+    return _ratio(x["logpool_mb_s"], x["raw_mb_s"])
+
+
+def _ship_vs_build(r):
+    pairs = (("c_build_and_ship", "b_build_line"), ("f_map_ship", "e_map_build_line"))
+    return _range([_cpu(r, w, b) / _cpu(r, w, x) for w in (1, 2) for x, b in pairs], ".3f")
+
+
+def _map_form_gain(r):
+    gains = [(_cpu(r, w, "c_build_and_ship") / _cpu(r, w, "f_map_ship") - 1) * 100
+             for w in (1, 2)]
+    return _range(gains, ".0f") + " %"
+
+
+def _rounds_spread(r):
+    case, low, high = _widest_rounds(r)
+    return f"({case.split('_', 1)[0]}) {low / 1000:.0f}k and {high / 1000:.0f}k req/s"
+
+
 # name -> (the benchmark whose figures it reads, r -> the text quoted).
 FIGURES = {
-    "hot_median_ratio": ("hotpath", lambda r: f"{_hot(r)['logpool']['median'] / _hot(r)['floor']['median']:.2f}×"),
-    "naive_median_ratio": ("hotpath", lambda r: f"{_hot(r)['naive']['median'] / _hot(r)['logpool']['median']:.1f}×"),
-    "naive_p999": ("hotpath", lambda r: f"{_hot(r)['naive']['p999'] / 1000:.1f} µs"),
+    "hot_median_ratio": ("hotpath", lambda r: _ratio(
+        _hot(r)["logpool"]["median"], _hot(r)["floor"]["median"], unit="×")),
     "hot_p999": ("hotpath", lambda r: f"{_hot(r)['logpool']['p999'] / 1000:.1f} µs"),
-    "dead_vs_fresh": ("hotpath", lambda r: f"{_hot(r)['mean']['dead']['mean'] / _hot(r)['mean']['fresh']['mean']:.2f}"),
-    "dead_vs_floor": ("hotpath", lambda r: f"{_hot(r)['mean']['dead']['mean'] / _hot(r)['mean']['floor']['mean']:.2f}×"),
-    "burst_vs_floor": ("hotpath", lambda r: f"{_hot(r)['burst']['logpool']['mean'] / _hot(r)['burst']['floor']['mean']:.2f}×"),
+    "naive_median_ratio": ("hotpath", lambda r: _ratio(
+        _hot(r)["naive"]["median"], _hot(r)["logpool"]["median"], ".1f", "×")),
+    "naive_p999": ("hotpath", lambda r: f"{_hot(r)['naive']['p999'] / 1000:.1f} µs"),
+    "dead_vs_fresh": ("hotpath", lambda r: _ratio(
+        _hot(r)["mean"]["dead"]["mean"], _hot(r)["mean"]["fresh"]["mean"])),
+    "dead_vs_floor": ("hotpath", lambda r: _ratio(
+        _hot(r)["mean"]["dead"]["mean"], _hot(r)["mean"]["floor"]["mean"], unit="×")),
+    "burst_vs_floor": ("hotpath", lambda r: _ratio(
+        _hot(r)["burst"]["logpool"]["mean"], _hot(r)["burst"]["floor"]["mean"], unit="×")),
     "burst_p99": ("hotpath", lambda r: f"{_hot(r)['burst']['logpool']['p99']:.0f} ns"),
     "burst_floor_p99": ("hotpath", lambda r: f"{_hot(r)['burst']['floor']['p99']:.0f} ns"),
     "live_mean": ("hotpath", lambda r: f"{_hot(r)['mean']['live']['mean']:.1f} ns"),
-    "perf_log_cdata": ("nginx", lambda r: _range([r["nginx"]["perf"][c]["liblogpool_pct"] for c in ("c_build_and_ship", "f_map_ship")], ".2f") + " %"),
-    "perf_writer": ("nginx", lambda r: _range([r["nginx"]["perf"][c]["writer_pct"] for c in ("c_build_and_ship", "f_map_ship")], ".2f") + " %"),
+    "perf_log_cdata": ("nginx", lambda r: _perf(r, "liblogpool_pct")),
+    "perf_writer": ("nginx", lambda r: _perf(r, "writer_pct")),
     "require_log_ns": ("nginx", lambda r: f"{_call(r, 'require_log'):.0f} ns"),
     "bare_ffi_ns": ("nginx", lambda r: f"{_call(r, 'log_cdata'):.0f} ns"),
     "ngx_var_ns": ("nginx", lambda r: f"{_call(r, 'ngx_var'):.0f} ns"),
     "request_cpu_us": ("nginx", lambda r: f"{_cpu(r, 1, 'f_map_ship') / 1000:.1f} µs"),
-    "require_log_share": ("nginx", lambda r: f"{_call(r, 'require_log') / _cpu(r, 1, 'f_map_ship'):.1%}".replace("%", " %")),
-    "ship_vs_build": ("nginx", lambda r: _range([_cpu(r, w, b) / _cpu(r, w, x) for w in (1, 2) for x, b in (("c_build_and_ship", "b_build_line"), ("f_map_ship", "e_map_build_line"))], ".3f")),
-    "map_form_gain": ("nginx", lambda r: _range([(_cpu(r, w, "c_build_and_ship") / _cpu(r, w, "f_map_ship") - 1) * 100 for w in (1, 2)], ".0f") + " %"),
-    "rounds_spread": ("nginx", lambda r: "({}) {:.0f}k and {:.0f}k req/s".format(_widest_rounds(r)[0].split("_", 1)[0], _widest_rounds(r)[1] / 1000, _widest_rounds(r)[2] / 1000)),
+    "require_log_share": ("nginx", lambda r: "{:.1f} %".format(
+        _call(r, "require_log") / _cpu(r, 1, "f_map_ship") * 100)),
+    "ship_vs_build": ("nginx", _ship_vs_build),
+    "map_form_gain": ("nginx", _map_form_gain),
+    "rounds_spread": ("nginx", _rounds_spread),
     "uss_added": ("nginx", lambda r: f"{_uss_added_mib(r, 'c_build_and_ship'):.1f} MiB"),
-    "uss_tls_metrics_more": ("nginx", lambda r: f"{_uss_added_mib(r, 'g_map_ship_tls_metrics') - _uss_added_mib(r, 'c_build_and_ship'):.1f} MiB"),
-    "throughput_64_ratio": ("throughput", lambda r: "{:.2f}".format(next(x["logpool_mb_s"] / x["raw_mb_s"] for x in r["throughput"] if x["size"] == 64))),
-    "throughput_4k_ratio": ("throughput", lambda r: "{:.2f}".format(next(x["logpool_mb_s"] / x["raw_mb_s"] for x in r["throughput"] if x["size"] == 4096))),
-    "tls_vs_tcp": ("transports", lambda r: f"{_transport(r, 'tls')['sent_mb_s'] / _transport(r, 'tcp')['sent_mb_s']:.2f}"),
-    "udp_unread": ("transports", lambda r: f"{1 - _transport(r, 'udp')['delivered'] / _transport(r, 'udp')['accepted']:.0%}".replace("%", " %")),
+    "uss_tls_metrics_more": ("nginx", lambda r: "{:.1f} MiB".format(
+        _uss_added_mib(r, "g_map_ship_tls_metrics") - _uss_added_mib(r, "c_build_and_ship"))),
+    "throughput_64_ratio": ("throughput", lambda r: _throughput_ratio(r, 64)),
+    "throughput_4k_ratio": ("throughput", lambda r: _throughput_ratio(r, 4096)),
+    "tls_vs_tcp": ("transports", lambda r: _ratio(
+        _transport(r, "tls")["sent_mb_s"], _transport(r, "tcp")["sent_mb_s"])),
+    "udp_unread": ("transports", lambda r: _percent(
+        1 - _transport(r, "udp")["delivered"] / _transport(r, "udp")["accepted"])),
 }
 FIGURE = re.compile(r"<!-- fig:(\w+) -->(.*?)<!-- /fig -->", re.S)
 

@@ -29,7 +29,7 @@ class Chain:
     transport's Outcome through it; transports never touch the C library."""
 
     def __init__(self, ffi, lib, csink):
-        self.ffi, self.lib, self.c = ffi, lib, csink
+        self.ffi, self.lib, self.csink = ffi, lib, csink
         self.iov = ffi.new("logpool__iov_t[]", IOV_BATCH)
         self.msg_iov = None  # grown on demand by messages()
         self.completed = 0  # messages completely written or settled through this view, ever
@@ -38,14 +38,14 @@ class Chain:
 
     def pending(self):
         """Bytes pending (taken from the producers, not yet settled)."""
-        return self.lib.logpool__sink_pending(self.c)
+        return self.lib.logpool__sink_pending(self.csink)
 
     def pending_messages(self):
-        return self.lib.logpool__sink_pending_messages(self.c)
+        return self.lib.logpool__sink_pending_messages(self.csink)
 
     def views(self, max_chunks=IOV_BATCH):
         """The pending bytes as buffers over the C chunks (no copy), in order."""
-        n = self.lib.logpool__sink_iov(self.c, self.iov, max_chunks)
+        n = self.lib.logpool__sink_iov(self.csink, self.iov, max_chunks)
         return [self.ffi.buffer(self.iov[i].base, self.iov[i].len) for i in range(n)]
 
     def messages(self, max_count, max_bytes, skip=0):
@@ -53,7 +53,7 @@ class Chain:
         in order: at most max_count and max_bytes in all (always at least one)."""
         if self.msg_iov is None or len(self.msg_iov) < max_count:
             self.msg_iov = self.ffi.new("logpool__iov_t[]", max_count)
-        n = self.lib.logpool__sink_message_iov(self.c, self.msg_iov, max_count, max_bytes, skip)
+        n = self.lib.logpool__sink_message_iov(self.csink, self.msg_iov, max_count, max_bytes, skip)
         return [self.ffi.buffer(self.msg_iov[i].base, self.msg_iov[i].len) for i in range(n)]
 
     def frame_buffer(self, size):
@@ -64,14 +64,14 @@ class Chain:
         """RELP "syslog" commands for up to max_msgs messages after the first `skip`, framed
         in C into `out` (a frame_buffer). Returns (how many, a buffer over the frames)."""
         used = self.ffi.new("size_t *")
-        n = self.lib.logpool__sink_relp_frames(self.c, out, len(out), skip, max_msgs,
+        n = self.lib.logpool__sink_relp_frames(self.csink, out, len(out), skip, max_msgs,
                                                first_txnr, used)
         return n, self.ffi.buffer(out, used[0])
 
     def send_datagrams(self, fd):
         """Pending messages, one datagram each, by sendmmsg in C (consumed and counted
         there). Returns how many were sent, or -errno."""
-        sent = self.lib.logpool__sink_send_datagrams(self.c, fd, IOV_BATCH)
+        sent = self.lib.logpool__sink_send_datagrams(self.csink, fd, IOV_BATCH)
         if sent > 0:
             self.completed += sent
         return sent
@@ -82,49 +82,49 @@ class Chain:
         """nbytes more of the stream were written: counts the write and the messages it
         completed."""
         self.count_write()
-        done = self.lib.logpool__sink_consume(self.c, nbytes)
+        done = self.lib.logpool__sink_consume(self.csink, nbytes)
         self.completed += done
         return done
 
     def ack(self, n):
         """The first n pending messages are acknowledged: released, counted as sent."""
-        self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_SENT)
+        self.lib.logpool__sink_consume_messages(self.csink, n, self.lib.LOGPOOL__DONE_SENT)
         self.completed += n
 
     def reject(self, n):
         """The first n pending messages were refused for good: released, counted in
         dropped_rejected."""
-        self.lib.logpool__sink_consume_messages(self.c, n, self.lib.LOGPOOL__DONE_REJECTED)
+        self.lib.logpool__sink_consume_messages(self.csink, n, self.lib.LOGPOOL__DONE_REJECTED)
         self.completed += n
 
     def drop_first(self):
         """Drop the first pending message (counted in dropped_unsendable); its size."""
-        return self.lib.logpool__sink_drop_message(self.c)
+        return self.lib.logpool__sink_drop_message(self.csink)
 
     # -- gauges and counters a transport reports --
 
     def set_unacked(self, n):
-        self.lib.logpool__sink_set_unacked(self.c, n)
+        self.lib.logpool__sink_set_unacked(self.csink, n)
 
     def count_write(self, n=1):
-        self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__WRITES, n)
+        self.lib.logpool__sink_count(self.csink, self.lib.LOGPOOL__WRITES, n)
 
     def count_resent(self, n):
         """n messages go again after an answer that was never seen (a broken session, a
         timeout): the collector may have stored them, so each may arrive twice."""
         if n:
-            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__RESENT_MESSAGES, n)
+            self.lib.logpool__sink_count(self.csink, self.lib.LOGPOOL__RESENT_MESSAGES, n)
 
     def count_retried(self, n):
         """n messages go again after a definite refusal or "later" (HTTP 429/5xx, a
         per-item retry, a narrowing split): nothing was stored, no duplicate can come of it."""
         if n:
-            self.lib.logpool__sink_count(self.c, self.lib.LOGPOOL__RETRIED_MESSAGES, n)
+            self.lib.logpool__sink_count(self.csink, self.lib.LOGPOOL__RETRIED_MESSAGES, n)
 
     def native(self, kind):
         """The C side of a transport that has one (e.g. "kafka"), bound to this sink."""
         from logpool.transports.native import KINDS
-        return KINDS[kind](self.ffi, self.lib, self.c)
+        return KINDS[kind](self.ffi, self.lib, self.csink)
 
 
 class Transport:

@@ -310,9 +310,9 @@ def test_a_live_pool_adopts_what_a_pool_that_exits_later_left_in_order_once_with
 
 def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
     import fcntl
-    from logpool.engine import spool as spool_module
+    from logpool.engine.spool import adoption, segments as segment_files
     sink_dir = tmp_path / "spool" / "app"
-    seen_unlocked, real_flock = [], fcntl.flock
+    seen_unlocked, flocks, real_flock = [], [], fcntl.flock
 
     class CheckingFcntl:
         """fcntl for the spool module: before each flock it takes, look for a segment
@@ -321,6 +321,7 @@ def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
 
         @staticmethod
         def flock(fd, op):
+            flocks.append(op)
             for name in segments(tmp_path / "spool"):
                 probe = os.open(sink_dir / name, os.O_RDONLY)
                 try:
@@ -332,7 +333,8 @@ def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
                     os.close(probe)
             return real_flock(fd, op)
 
-    monkeypatch.setattr(spool_module, "fcntl", CheckingFcntl)
+    for module in (segment_files, adoption):  # every flock the spool takes
+        monkeypatch.setattr(module, "fcntl", CheckingFcntl)
     pool = logpool.Pool(spool_config("unix:" + sock_path(tmp_path, "none.sock"),
                                      tmp_path / "spool"))
     try:
@@ -342,6 +344,7 @@ def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
     finally:
         pool.close(0)  # writes a segment in front, too
     assert segments(tmp_path / "spool") and seen_unlocked == []
+    assert flocks, "the check saw no flock: it looks at the wrong module"
 
 
 def test_bad_spool_entries_are_skipped_counted_logged_once_and_every_sink_starts(

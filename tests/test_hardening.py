@@ -185,7 +185,7 @@ def test_slow_dns_is_bounded_by_connect_timeout_and_close_does_not_wait_for_it(m
         started = time.monotonic()
         assert pool.close(0.1) == 1
         assert time.monotonic() - started < 10  # 30 s if close waited for the resolver
-        writer = logpool._embedded.describe(pool._address)[1][0]
+        writer = logpool._embedded.started_pool(pool._address)[1][0]
         writer.join(10)
         assert not writer.is_alive()  # stopped, not left behind in the resolver
     finally:

@@ -385,7 +385,7 @@ def test_bad_spool_entries_are_skipped_counted_logged_once_and_every_sink_starts
         assert os.path.exists(foreign) and os.path.exists(str(sink_dir / good[-1]) + ".done.bad")
         # A look at the directory later (every second) counts and logs none of them again.
         from logpool import _embedded
-        writer_thread = _embedded.describe(pool._address)[1][0].native_id
+        writer_thread = _embedded.started_pool(pool._address)[1][0].native_id
         spooled_by_a_pool_that_exits(dead, spool, 1000, 100)
         wait_for(lambda: r_app.snapshot().messages >= len(got) + 100, what="a later orphan")
         assert pool.stats(0)["spool_bad_entries"] == 5

@@ -260,8 +260,15 @@ def spooled_by_a_pool_that_exits(url, spool_dir, first, n, length=100, **extra):
 
 
 def seg_bytes(spool_dir, sink="app"):
+    """Bytes of the segments on disk now (one the writer deletes meanwhile counts 0)."""
     d = os.path.join(spool_dir, sink)
-    return sum(os.path.getsize(os.path.join(d, s)) for s in segments(spool_dir, sink))
+    total = 0
+    for s in segments(spool_dir, sink):
+        try:
+            total += os.path.getsize(os.path.join(d, s))
+        except FileNotFoundError:
+            pass
+    return total
 
 
 EXITING = """

@@ -245,6 +245,36 @@ def _rounds_spread(r):
     return f"({case.split('_', 1)[0]}) {low / 1000:.0f}k and {high / 1000:.0f}k req/s"
 
 
+ENCODER_NOTES = {"ndjson": "unchanged code: the before run's noise",
+                 "json_array": "now checks every line (was unchecked)"}
+
+
+def _encoders(r, key="encoders"):
+    rows = r[key]["results"] if isinstance(r[key], dict) else r[key]
+    return {x["format"]: x for x in rows if "mean_us" in x}
+
+
+def _encoders_table(r):
+    """before / after per format, mean / median µs; the before run is encoders_before."""
+    after, before = _encoders(r), _encoders(r, "encoders_before")
+    out = ["", "  | format | before | after | |", "  |---|---|---|---|"]
+    for name, b in before.items():
+        a = after[name]
+        note = ENCODER_NOTES.get(name) or _ratio(b["mean_us"], a["mean_us"], ".1f", "×")
+        label = f"{name} (baseline)" if name == "ndjson" else name
+        out.append(f"  | {label} | {b['mean_us']:.2f} / {b['median_us']:.2f} | "
+                   f"{a['mean_us']:.2f} / {a['median_us']:.2f} | {note} |")
+    return "\n".join(out) + "\n\n"
+
+
+def _encoders_range(r, key, names):
+    rows = _encoders(r, key)
+    return _range([rows[n]["mean_us"] for n in names], ".1f") + " µs"
+
+
+SLOWER = ("loki", "otlp", "otlp_json", "splunk_hec", "datadog", "forward")
+OLD = ("elasticsearch", "loki", "otlp", "otlp_json", "splunk_hec", "datadog", "forward")
+
 # name -> (the benchmark whose figures it reads, r -> the text quoted).
 FIGURES = {
     "hot_median_ratio": ("hotpath", lambda r: _ratio(
@@ -280,6 +310,12 @@ FIGURES = {
     "throughput_4k_ratio": ("throughput", lambda r: _throughput_ratio(r, 4096)),
     "tls_vs_tcp": ("transports", lambda r: _ratio(
         _transport(r, "tls")["sent_mb_s"], _transport(r, "tcp")["sent_mb_s"])),
+    "encoder_line_bytes": ("encoders", lambda r: "{:.0f}".format(
+        _encoders(r)["ndjson"]["line_bytes"])),
+    "encoders_table": ("encoders", _encoders_table),
+    "encoders_after_slower": ("encoders", lambda r: _encoders_range(r, "encoders", SLOWER)),
+    "encoders_before_range": ("encoders", lambda r: _encoders_range(r, "encoders_before",
+                                                                     OLD)),
     "udp_unread": ("transports", lambda r: _percent(
         1 - _transport(r, "udp")["delivered"] / _transport(r, "udp")["accepted"])),
 }

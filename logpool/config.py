@@ -45,9 +45,15 @@ FRAMING_OPTION = Option("framing", "string", "raw", "raw (bytes as given), newli
 SPOOL_SCHEMA = (
     Option("spool_dir", "string or null", None, "enables the disk spool: each sink spools "
            "under spool_dir/NAME (its name, escaped); must be writable by the worker user only",
-           optional(absolute_path)),
+           optional(absolute_path("directory"))),
     Option("max_spool_bytes", "integer", 1 << 30, "per sink: the most its spool holds",
            int_range(1, 2**62)),
+    Option("dead_letter_path", "string or null", None, "a file where every message the "
+           "collector rejects for good is appended (one JSON object per line: time, sink, "
+           "reason, message); written by the writer thread, never by log_cdata",
+           optional(absolute_path("file"))),
+    Option("dead_letter_max_bytes", "integer", 64 << 20, "the dead-letter file is rotated "
+           "once (to PATH.1, replacing it) when it would grow past this", int_range(1, 2**62)),
 )
 SPOOL_OPTIONS = defaults(SPOOL_SCHEMA)
 POOL_ONLY_SCHEMA = (
@@ -79,9 +85,12 @@ class SinkConfig(Record):
         "collectors",  # ((url, scheme, address), ...): failover order, first = url
         "spool_dir",  # this sink's spool directory (spool_dir/<quoted name>), or None
         "max_spool_bytes",
+        "dead_letter_path",  # rejected messages are appended here, or None
+        "dead_letter_max_bytes",
     )
     DEFAULTS = {"framing": "raw", "transport_options": None, "collectors": (),
-                "spool_dir": None, "max_spool_bytes": 1 << 30}
+                "spool_dir": None, "max_spool_bytes": 1 << 30, "dead_letter_path": None,
+                "dead_letter_max_bytes": 64 << 20}
 
     @property
     def transport(self):

@@ -161,6 +161,14 @@ class PoolCollector:
                 failures.add_metric([sink.name, url], failed)
         yield connects
         yield failures
+        rejected = Family(
+            "logpool_rejected_messages", "counter", "Messages the collector refused for good "
+            "(also in dropped_messages_total{reason=\"rejected\"}), by kind of reason (at "
+            "most 32 kinds per sink, then \"other\").", ["sink", "reason"])
+        for sink, w in zip(self.cfg.sinks, self.writers):
+            for kind, count in sorted(w.rejected_by_kind.items()):
+                rejected.add_metric([sink.name, kind], count)
+        yield rejected
         yield from kafka_families(self.cfg.sinks, self.writers)
         for metric, help_text in WriterHistograms.HELP.items():
             fam = Family(f"logpool_{metric}", "histogram", help_text, ["sink"])

@@ -36,6 +36,8 @@ def test_each_format_is_a_complete_sink_with_its_defaults_alone(fmt):
      "otlp_resource_attributes: must be"),
     ({"http_format": "datadog", "datadog_service": ""}, "datadog_service: must be"),
     ({"http_format": "protobuf"}, "http_format: must be 'ndjson' or"),
+    ({"http_format": "loki", "loki_labels": {"job": "\ud800"}}, "loki_labels: must be"),
+    ({"http_format": "datadog", "datadog_service": "a\udfffb"}, "datadog_service: must be"),
 ])
 def test_backend_keys_are_checked_and_named(sink, text):
     with pytest.raises(logpool.ConfigError) as exc:

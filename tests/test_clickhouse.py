@@ -1,6 +1,6 @@
-"""The clickhouse http_format (INSERT ... FORMAT JSONEachRow) against a strict scripted receiver built from the backend's published API on a real
-socket: it checks every request the way the backend would and answers the backend's
-documented failures."""
+"""The clickhouse http_format (INSERT ... FORMAT JSONEachRow) against a strict scripted
+receiver built from the backend's published API on a real socket: it checks every request
+the way the backend would and answers the backend's documented failures."""
 import hashlib
 import json
 import urllib.parse

@@ -1,6 +1,6 @@
-"""The datadog http_format (logs intake) against a strict scripted receiver built from the backend's published API on a real
-socket: it checks every request the way the backend would and answers the backend's
-documented failures."""
+"""The datadog http_format (logs intake) against a strict scripted
+receiver built from the backend's published API on a real socket: it checks every request
+the way the backend would and answers the backend's documented failures."""
 import json
 
 from backends import FAST, log_all, numbered

@@ -1,6 +1,6 @@
-"""The elasticsearch http_format (_bulk) against a strict scripted receiver built from the backend's published API on a real
-socket: it checks every request the way the backend would and answers the backend's
-documented failures."""
+"""The elasticsearch http_format (_bulk) against a strict scripted
+receiver built from the backend's published API on a real socket: it checks every request
+the way the backend would and answers the backend's documented failures."""
 import json
 import threading
 import urllib.parse

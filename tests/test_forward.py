@@ -18,6 +18,7 @@ from httppeer import assert_logged
 @pytest.mark.parametrize("sink, text", [
     ({"url": "forward://h:24224", "forward_window": 0}, "forward_window: must be"),
     ({"url": "forward://h:24224", "forward_tag": ""}, "forward_tag: must be"),
+    ({"url": "forward://h:24224", "forward_tag": "app\ud800"}, "forward_tag: must be"),
     ({"url": "forward://h:24224", "framing": "newline"}, "forward frames each message"),
     ({"url": "forward://h:24224", "http_format": "loki"}, "only http:// and https://"),
     ({"url": "forward:/h"}, "expected forward://host:port"),

@@ -1,6 +1,6 @@
-"""The loki http_format (push API) against a strict scripted receiver built from the backend's published API on a real
-socket: it checks every request the way the backend would and answers the backend's
-documented failures.
+"""The loki http_format (push API) against a strict scripted
+receiver built from the backend's published API on a real socket: it checks every request
+the way the backend would and answers the backend's documented failures.
 Also the nginx recipes that ship JSON lines to Loki with the time they were logged."""
 import json
 import time

@@ -1,7 +1,7 @@
 """The otlp and otlp_json http_formats (OTLP/HTTP logs, decoded with the official
-schema) against a strict scripted receiver built from the backend's published API on a real
-socket: it checks every request the way the backend would and answers the backend's
-documented failures."""
+schema) against a strict scripted
+receiver built from the backend's published API on a real socket: it checks every request
+the way the backend would and answers the backend's documented failures."""
 import threading
 
 import pytest

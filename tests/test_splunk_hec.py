@@ -1,12 +1,12 @@
-"""The splunk_hec http_format (HTTP Event Collector) against a strict scripted receiver built from the backend's published API on a real
-socket: it checks every request the way the backend would and answers the backend's
-documented failures."""
+"""The splunk_hec http_format (HTTP Event Collector) against a strict scripted
+receiver built from the backend's published API on a real socket: it checks every request
+the way the backend would and answers the backend's documented failures."""
 import json
 
 import pytest
 
 from backends import FAST, log_all
-from httppeer import assert_logged, response
+from httppeer import assert_logged, response, wait_for_log
 
 
 # -- Splunk HEC ------------------------------------------------------------------------------
@@ -79,24 +79,42 @@ def test_splunk_hec_400_403_keep_the_data_and_log_once(peer, pools, capfd, statu
 
 
 def test_splunk_hec_a_refused_event_is_dropped_and_the_rest_sent_again(peer, pools, capfd):
-    # HEC processes events in order: on a blank event it answers 400 code 13 naming it
-    # (invalid-event-number); the events before it were indexed, the rest were not.
+    # HEC processes events in order: on an event it refuses it answers 400 (code 6, invalid
+    # data format) naming it (invalid-event-number); the events before it were indexed, the
+    # rest were not. A blank event (code 13) is never sent: the encoder rejects it alone.
     taken = []
 
     def answer(request):
         events = [json.loads(line) for line in request.body.splitlines()]
         for i, event in enumerate(events):
-            if event["event"] == "":
+            if event["event"] in ("", "refuse-me"):
                 taken.extend(e["event"] for e in events[:i])
-                return [response(400, json.dumps({"text": "Event field cannot be blank",
-                                                  "code": 13, "invalid-event-number": i}))]
+                return [response(400, json.dumps({"text": "Invalid data format", "code": 6,
+                                                  "invalid-event-number": i}))]
         taken.extend(e["event"] for e in events)
         return [response(200, '{"text":"Success","code":0}')]
     server = peer(answer)
     pool = pools({"sinks": [{"url": server.url + "/", "http_format": "splunk_hec"}],
                   **{**FAST, "periodic_flush_ms": 300}})
-    log_all(pool, [b"a", b"b", b"\n", b"c", b"d"])  # "\n": a blank event
+    log_all(pool, [b"a", b"b", b"\n", b"refuse-me", b"c", b"d"])  # "\n": a blank event
     assert taken == ["a", "b", "c", "d"]  # once each, in order
     st = pool.stats(0)
-    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 4
-    assert_logged(capfd, "Event field cannot be blank")
+    assert st["dropped_rejected"] == 2 and st["sent_messages"] == 4
+    seen = assert_logged(capfd, "Invalid data format")
+    assert "a blank event" in seen + wait_for_log(capfd, "a blank event")
+
+
+def test_a_batch_the_encoder_rejects_whole_is_never_sent(peer, pools, capfd):
+    # Every message of the batch is one the format cannot carry (HEC: blank events): they
+    # are rejected there and then, no request goes out, and the next batch is sent as usual.
+    server = peer(lambda request: [response(200, '{"text":"Success","code":0}')])
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "splunk_hec"}],
+                  **FAST})
+    log_all(pool, [b"\n", b"  ", b"\t"])
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 3 and st["sent_messages"] == 0
+    assert server.requests == []
+    assert_logged(capfd, "a blank event")
+    log_all(pool, [b"after"])
+    assert [json.loads(r.body)["event"] for r in server.requests] == ["after"]
+    assert pool.stats(0)["sent_messages"] == 1

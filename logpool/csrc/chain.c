@@ -57,12 +57,44 @@ void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
     pthread_mutex_unlock(&s->lock);
 }
 
+/* The producers' share of the buffer (records read back from the spool are not theirs). */
+static uint64_t producers_buffered(logpool__sink_t *s)
+{
+    uint64_t buffered = logpool__sink_buffered_bytes(s);
+    uint64_t replay = ATOMIC_LOAD(&s->replay_inflight);
+    return buffered > replay ? buffered - replay : 0;
+}
+
+/* The spiller's wait, under s->lock: it spills the producer chain as soon as the buffer
+ * reaches spill_bytes, counting what the writer holds too (a large batch in flight leaves
+ * less room for the chain), so EFULL comes only when memory and the spool are both full. */
+static int spiller_wait_locked(logpool__sink_t *s, int mode, uint64_t deadline)
+{
+    for (;;) {
+        if (s->stop)
+            return LOGPOOL__WAIT_STOP;
+        if (mode == LOGPOOL__WAIT_FOR_SPILL && s->spill_bytes > 0 && s->head != NULL &&
+            producers_buffered(s) >= s->spill_bytes)
+            return LOGPOOL__WAIT_SPILL;
+        if (logpool__now_ns() >= deadline)
+            return LOGPOOL__WAIT_TIMEOUT;
+        s->spiller_waiting = mode == LOGPOOL__WAIT_FOR_SPILL;
+        logpool__cond_wait_until(&s->spill_wake, &s->lock, deadline);
+        s->spiller_waiting = 0;
+    }
+}
+
 int logpool__sink_wait(logpool__sink_t *s, int mode, int timeout_ms)
 {
     uint64_t user_deadline = logpool__deadline_after(timeout_ms);
     int result = LOGPOOL__WAIT_TIMEOUT;
     chunk_t *drop = NULL;
     pthread_mutex_lock(&s->lock);
+    if (mode == LOGPOOL__WAIT_FOR_SPILL || mode == LOGPOOL__WAIT_SPILLER_IDLE) {
+        result = spiller_wait_locked(s, mode, user_deadline);
+        pthread_mutex_unlock(&s->lock);
+        return result;
+    }
     for (;;) {
         if (s->stop) {
             result = LOGPOOL__WAIT_STOP;
@@ -176,7 +208,7 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             m++;
         done_msgs += m - s->pend_msg;
         done_bytes += msg_start(c, m) - msg_start(c, s->pend_msg);
-        if (c->replay)
+        if (c->replay == CHUNK_REPLAY)
             replay_done += msg_start(c, m) - msg_start(c, s->pend_msg);
         s->pend_msg = m;
         if (s->pend_off == c->used) {
@@ -189,6 +221,11 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             logpool__chunk_recycle_locked(s, c);
             pthread_mutex_unlock(&s->lock);
         }
+    }
+    if (sent == LOGPOOL__DONE_REQUEUED) { /* still buffered: now the producers' share */
+        if (replay_done > 0)
+            ATOMIC_SUB(&s->replay_inflight, replay_done);
+        return (size_t)done_msgs;
     }
     if (done_msgs > 0) {
         if (replay_done > 0) /* producers read both under the lock: never a spurious EFULL */

@@ -58,12 +58,16 @@ typedef struct chunk_s {
     size_t used;
     size_t room_charged; /* unfilled room charged to the sink's memory when it was retired */
     uint32_t nmsgs;
-    uint32_t replay; /* records read back from the spool: not charged to the sink's memory */
+    uint32_t replay; /* not charged to the sink's memory: CHUNK_REPLAY (records read back from
+                      * the spool, not the producers' share) or CHUNK_REQUEUED (per-item
+                      * retries: still the producers' share, counted in buffered) */
     uint32_t out; /* a standard chunk in the chain or with the writer: counted in chunks_out */
     char data[];
 } chunk_t;
 
 #define END_SLOT sizeof(uint32_t)
+#define CHUNK_REPLAY 1
+#define CHUNK_REQUEUED 2
 
 static inline uint32_t *chunk_ends(const chunk_t *c)
 {
@@ -120,6 +124,10 @@ struct logpool__sink_s {
     uint64_t buffered_in_bytes;
     uint64_t buffered_in_msgs;
     int writer_waiting;
+    /* The spiller thread (sinks with a spool) sleeps on spill_wake; producers signal it once
+     * the buffered bytes reach spill_bytes, whatever the writer is doing. */
+    int spiller_waiting;
+    pthread_cond_t spill_wake;
     int flush_requested;
     int stop;
     int writer_running;
@@ -230,12 +238,9 @@ static inline uint64_t logpool__sink_buffered_messages(logpool__sink_t *s)
 /* The writer released (or the pool dropped) bytes/msgs from the buffer. */
 static inline void logpool__sink_unbuffer(logpool__sink_t *s, uint64_t bytes, uint64_t msgs)
 {
-    __atomic_store_n(&s->buffered_out_bytes,
-                     __atomic_load_n(&s->buffered_out_bytes, __ATOMIC_RELAXED) + bytes,
-                     __ATOMIC_RELEASE);
-    __atomic_store_n(&s->buffered_out_msgs,
-                     __atomic_load_n(&s->buffered_out_msgs, __ATOMIC_RELAXED) + msgs,
-                     __ATOMIC_RELEASE);
+    /* Locked adds: the writer (consume) and the spiller (spill_done) both release. */
+    __atomic_fetch_add(&s->buffered_out_bytes, bytes, __ATOMIC_RELEASE);
+    __atomic_fetch_add(&s->buffered_out_msgs, msgs, __ATOMIC_RELEASE);
 }
 
 /* Under sink->lock, the writer gone: nothing is buffered any more. */

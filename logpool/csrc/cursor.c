@@ -7,6 +7,8 @@
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
 
+#include <string.h>
+
 /* The first `count` pending messages are done (acknowledged, or refused for good): release
  * them with that fate. Returns how many were released. */
 size_t logpool__sink_consume_messages(logpool__sink_t *s, uint32_t count, int fate)
@@ -22,6 +24,93 @@ size_t logpool__sink_consume_messages(logpool__sink_t *s, uint32_t count, int fa
         }
     }
     return logpool__sink_consume_as(s, bytes, fate);
+}
+
+/* Walks the pending messages from the cursor, one at a time. */
+typedef struct {
+    chunk_t *c;
+    size_t off;  /* where the next message starts */
+    uint32_t m;  /* the next message in c */
+} walk_t;
+
+/* The next pending message (its start and end in w->c), or 0 when there is none. */
+static int walk_next(walk_t *w, size_t *start, size_t *end)
+{
+    while (w->c != NULL && w->m >= w->c->nmsgs) {
+        w->c = w->c->next;
+        w->off = 0;
+        w->m = 0;
+    }
+    if (w->c == NULL)
+        return 0;
+    *start = w->off;
+    *end = chunk_end(w->c, w->m);
+    w->off = *end;
+    w->m++;
+    return 1;
+}
+
+int logpool__sink_settle_each(logpool__sink_t *s, const uint8_t *fates, uint32_t n)
+{
+    /* The copy holds the requeued messages, then the rest of the chunk the n-th message is
+     * in: the copy replaces the head of the pending list, whose cursor then starts at 0 (a
+     * chunk after the head always starts at its first message). */
+    walk_t w = {s->pend_head, s->pend_off, s->pend_msg};
+    size_t bytes = 0, start, end;
+    uint32_t msgs = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (!walk_next(&w, &start, &end))
+            return -1; /* fewer pending messages than fates: nothing settled */
+        if (fates[i] == LOGPOOL__DONE_REQUEUED) {
+            bytes += end - start;
+            msgs++;
+        }
+    }
+    if (msgs == 0) {
+        for (uint32_t i = 0; i < n;) {
+            uint32_t run = 1;
+            while (i + run < n && fates[i + run] == fates[i])
+                run++;
+            logpool__sink_consume_messages(s, run, fates[i]);
+            i += run;
+        }
+        return 0;
+    }
+    chunk_t *last = w.c;
+    uint32_t rest = last != NULL && w.m < last->nmsgs ? last->nmsgs - w.m : 0;
+    if (rest > 0)
+        bytes += last->used - w.off;
+    chunk_t *copy = logpool__chunk_new((bytes + END_SLOT * (msgs + rest) + 7) & ~(size_t)7);
+    if (copy == NULL)
+        return -1;
+    copy->replay = CHUNK_REQUEUED;
+    walk_t r = {s->pend_head, s->pend_off, s->pend_msg};
+    for (uint32_t i = 0; i < n + rest; i++) {
+        walk_next(&r, &start, &end);
+        if (i >= n || fates[i] == LOGPOOL__DONE_REQUEUED) {
+            memcpy(copy->data + copy->used, r.c->data + start, end - start);
+            copy->used += end - start;
+            chunk_ends(copy)[-1 - (long)copy->nmsgs++] = (uint32_t)copy->used;
+        }
+    }
+    /* Settle in runs of one fate, oldest first; the rest of the last chunk moves too. */
+    for (uint32_t i = 0; i < n;) {
+        uint32_t run = 1;
+        while (i + run < n && fates[i + run] == fates[i])
+            run++;
+        logpool__sink_consume_messages(s, run, fates[i]);
+        i += run;
+    }
+    if (rest > 0)
+        logpool__sink_consume_messages(s, rest, LOGPOOL__DONE_REQUEUED);
+    copy->next = s->pend_head;
+    s->pend_head = copy;
+    if (s->pend_tail == NULL)
+        s->pend_tail = copy;
+    s->pend_off = 0;
+    s->pend_msg = 0;
+    s->pend_bytes += copy->used;
+    return (int)msgs;
 }
 
 /* One iovec per pending message after the first `skip` (handed over already, awaiting

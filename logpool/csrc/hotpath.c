@@ -156,6 +156,10 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
         (before == 0 || (before < s->flush_limit && s->chain_bytes >= s->flush_limit) ||
          (s->spill_bytes > 0 && before < s->spill_bytes && s->chain_bytes >= s->spill_bytes)))
         pthread_cond_signal(&s->wake);
+    /* Sinks with a spool: past the spill mark, whatever the writer is doing (connecting,
+     * awaiting an answer), the spiller moves the chain to disk. One flag read otherwise. */
+    if (s->spiller_waiting && buffered + frame >= s->spill_bytes)
+        pthread_cond_signal(&s->spill_wake);
     pthread_mutex_unlock(&s->lock);
     return (int)len;
 }

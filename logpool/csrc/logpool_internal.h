@@ -55,7 +55,11 @@ enum logpool__wait_result {
 enum logpool__wait_mode {
     LOGPOOL__WAIT_FOR_BATCH = 0,
     LOGPOOL__WAIT_FOR_STOP = 1,
-    LOGPOOL__WAIT_FOR_STOP_NO_SPILL = 2 /* the spool cannot take a spill now: stop only */
+    LOGPOOL__WAIT_FOR_STOP_NO_SPILL = 2, /* the spool cannot take a spill now: stop only */
+    /* The spiller thread's waits (its own flag and condition variable): */
+    LOGPOOL__WAIT_FOR_SPILL = 3,  /* SPILL once the producers' buffered bytes reach
+                                     spill_bytes with a producer chain to spill */
+    LOGPOOL__WAIT_SPILLER_IDLE = 4 /* the spool is full: stop or the timeout only */
 };
 
 /* What became of messages the writer releases from its chain. */
@@ -63,7 +67,9 @@ enum logpool__fate {
     LOGPOOL__DONE_UNSENDABLE = 0,  /* no socket could ever take it (dropped_unsendable) */
     LOGPOOL__DONE_SENT = 1,        /* written, or acknowledged (sent_messages) */
     LOGPOOL__DONE_REJECTED = 2,    /* refused for good by the collector (dropped_rejected) */
-    LOGPOOL__DONE_SPOOLED = 3      /* read back from the spool, still in its file: back there */
+    LOGPOOL__DONE_SPOOLED = 3,     /* read back from the spool, still in its file: back there */
+    LOGPOOL__DONE_REQUEUED = 4     /* copied to the head of the pending list (a per-item retry):
+                                      still buffered, no fate yet */
 };
 
 enum logpool__counter {
@@ -97,6 +103,11 @@ size_t logpool__sink_rewind(logpool__sink_t *sink);
 int logpool__sink_relp_frames(logpool__sink_t *sink, char *out, size_t cap, uint32_t skip,
                               uint32_t max_msgs, uint32_t first_txnr, size_t *used);
 size_t logpool__sink_consume_messages(logpool__sink_t *sink, uint32_t count, int fate);
+/* Settle the first n pending messages one by one: fates[i] is LOGPOOL__DONE_SENT,
+ * LOGPOOL__DONE_REJECTED or LOGPOOL__DONE_REQUEUED; the requeued ones (a per-item retry) are
+ * copied, in order, to a new chunk at the head of the pending list and stay buffered.
+ * Returns how many were requeued, or -1 without memory for the copy (nothing settled). */
+int logpool__sink_settle_each(logpool__sink_t *sink, const uint8_t *fates, uint32_t n);
 int logpool__sink_message_iov(logpool__sink_t *sink, logpool__iov_t *iov, int max_iov,
                               size_t max_bytes, uint32_t skip);
 void logpool__sink_set_unacked(logpool__sink_t *sink, uint64_t n);

@@ -68,6 +68,7 @@ logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms)
         pthread_mutex_init(&s->lock, &mattr);
         pthread_cond_init(&s->wake, &attr);
         pthread_cond_init(&s->progress, &attr);
+        pthread_cond_init(&s->spill_wake, &attr);
     }
     pthread_mutexattr_destroy(&mattr);
     pthread_condattr_destroy(&attr);
@@ -116,6 +117,7 @@ static void pool_destroy(logpool_t *pool)
         pthread_mutex_destroy(&s->lock);
         pthread_cond_destroy(&s->wake);
         pthread_cond_destroy(&s->progress);
+        pthread_cond_destroy(&s->spill_wake);
     }
     pthread_mutex_destroy(&pool->close_lock);
     free(pool->sinks);
@@ -303,6 +305,7 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
         pthread_mutex_lock(&s->lock);
         s->stop = 1;
         pthread_cond_broadcast(&s->wake);
+        pthread_cond_broadcast(&s->spill_wake);
         while (s->writer_running && !s->writer_exited) {
             if (logpool__cond_wait_until(&s->progress, &s->lock, grace) == ETIMEDOUT)
                 break;

@@ -98,7 +98,7 @@ int logpool__sink_inject(logpool__sink_t *s, const char *data, size_t len,
         chunk_ends(c)[-1 - (long)i] = ends[i];
     c->nmsgs = nmsgs;
     c->room_charged = 0;
-    c->replay = 1; /* not charged to the sink's memory (producers' EFULL) */
+    c->replay = CHUNK_REPLAY; /* not charged to the sink's memory (producers' EFULL) */
     s->pend_head = s->pend_tail = c;
     s->pend_off = 0;
     s->pend_msg = 0;

@@ -11,14 +11,26 @@ import threading
 import time
 
 from logpool.engine.backoff import Backoff
+from logpool.engine.deadletter import DeadLetters
 from logpool.engine.faults import FaultInjector, InjectedCrash
 from logpool.engine.report import REPORT_INTERVAL_S, ErrorReporter, describe
+
+DROPS_CHECK_S = 0.25  # how often a busy writer looks for new refusals (reported within 1 s)
 from logpool.engine.histograms import WriterHistograms
 from logpool.engine.spooling import SpoolingWriter
 from logpool.transports import for_scheme
 from logpool.transports.base import (SLICE_S, Chain, Fate, HandshakeError, Stopped,
                                     Unsendable)
 
+
+
+MAX_REJECTION_KINDS = 32  # kinds of reasons counted apart (metrics' cardinality); then "other"
+
+
+def rejection_kind(reason):
+    """The kind of a refusal: its reason up to the first colon (e.g. "HTTP 400", "item 400
+    mapper_parsing_exception"), at most 60 characters."""
+    return (reason or "unknown").split(":", 1)[0][:60].strip() or "unknown"
 
 
 class SinkWriter(SpoolingWriter, threading.Thread):
@@ -44,6 +56,11 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         self.next_rescan = 0.0  # when to look for segments other processes left
         self.spill_blocked_until = 0.0  # the spool was full: no spill attempt before this
         self.spill_iov = ffi.new("logpool__iov_t[]", 1024)  # pending messages, at exit
+        self.spool_lock = threading.RLock()  # the Spool object and spills (spooling.py)
+        self.replay_reordered = False  # a per-item retry reordered the replayed batch
+        self.rejected_by_kind = {}  # kind of reason -> messages (Prometheus' reason label)
+        self.dead_letters = None if sink.dead_letter_path is None else DeadLetters(
+            sink.dead_letter_path, sink.dead_letter_max_bytes, sink.name, self.reporter.report)
 
     def _count(self, counter, n=1):
         self.lib.logpool__sink_count(self.c, counter, n)
@@ -59,11 +76,14 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                 self.reporter.emit(announcement)
             self._supervise()
         finally:
+            self._note_unseen()
             self._disconnect()
             self.transport.shutdown()
             if self.spool is not None:
                 self._spool_at_exit()
             self._report_drops(final=True)
+            if self.dead_letters is not None:
+                self.dead_letters.close()
             # Last touch of C memory: once this returns, logpool_free may release the pool.
             self.lib.logpool__sink_writer_exit(self.c)
 
@@ -95,14 +115,17 @@ class SinkWriter(SpoolingWriter, threading.Thread):
 
     _drops_reported = (0, 0, 0, 0, 0)
     _drops_reported_at = -REPORT_INTERVAL_S
+    _drops_checked_at = -REPORT_INTERVAL_S
 
     def _report_drops(self, final=False):
         """Drops happen in C, where nothing may be printed: the writer summarises them, at
         most once per REPORT_INTERVAL_S (of the reporter's clock), and abandonment when it
         leaves."""
         now = self.reporter.clock()
-        if not final and now - self._drops_reported_at < REPORT_INTERVAL_S:
+        if not final and (now - self._drops_reported_at < REPORT_INTERVAL_S
+                          or now - self._drops_checked_at < DROPS_CHECK_S):
             return
+        self._drops_checked_at = now
         st = self.ffi.new("logpool_stats_t *")
         self.lib.logpool__sink_stats(self.c, st)
         # At exit, what is still unsent is about to be abandoned by writer_exit.
@@ -116,26 +139,45 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         if not any(delta):
             return
         self._drops_reported, self._drops_reported_at = current, now
-        parts = []
+        parts, counters = [], []
         if delta[0]:
-            parts.append(f"{delta[0]} refused: buffer full at max_buffer_length "
-                         f"{self.sink.max_buffer_length} bytes (the sink is not keeping up)")
+            full = (f"memory (max_buffer_length {self.sink.max_buffer_length} bytes) and the "
+                    f"spool are both full" if self.spool is not None and self.spool.enabled
+                    else f"buffer full at max_buffer_length {self.sink.max_buffer_length} "
+                    f"bytes (the sink is not keeping up)")
+            parts.append(f"{delta[0]} refused: {full}")
+            counters.append('logpool_dropped_messages_total{reason="full"}')
         if delta[1]:
             parts.append(f"{delta[1]} refused: larger than max_message_size "
                          f"{self.sink.max_message_size}")
+            counters.append('logpool_dropped_messages_total{reason="too_big"}')
         if delta[2]:
             parts.append(f"{delta[2]} refused: pool closed")
+            counters.append('logpool_dropped_messages_total{reason="closed"}')
         if delta[3]:
             parts.append(f"{delta[3]} accepted messages abandoned at close")
+            counters.append("logpool_abandoned_messages_total")
         if delta[4]:
             parts.append(f"{delta[4]} accepted, then refused by the socket for good")
+            counters.append('logpool_dropped_messages_total{reason="unsendable"}')
         self.reporter.emit(f"messages lost: {'; '.join(parts)}; counted in "
-                           f"logpool_dropped_messages_total and "
-                           f"logpool_abandoned_messages_total")
+                           f"{' and '.join(counters)}")
 
     def _should_stop(self):
+        """Asked by every wait on a peer at least every SLICE_S: so losses are reported
+        within a second whatever the writer is doing (the spiller moves memory to disk)."""
         lib = self.lib
-        return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP, 0) == lib.LOGPOOL__WAIT_STOP
+        self._report_drops()
+        return lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP_NO_SPILL, 0) == \
+            lib.LOGPOOL__WAIT_STOP
+
+    def _note_unseen(self):
+        """How many pending messages went out without an answer (the unacked gauge), before
+        the connection goes: if they are spooled now, their segment says so."""
+        if self.connected and self.spool is not None:
+            st = self.ffi.new("logpool_stats_t *")
+            self.lib.logpool__sink_stats(self.c, st)
+            self.unseen = st.unacked_messages
 
     def _wait_for_stop(self, seconds):
         """Sleep up to `seconds` unless the pool stops first (True then); spill to the spool
@@ -150,13 +192,11 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                 wake = min(wake, self.next_rescan)
                 if now < self.spill_blocked_until:
                     wake = min(wake, self.spill_blocked_until)
-            mode = lib.LOGPOOL__WAIT_FOR_STOP if self._may_spill() else \
-                lib.LOGPOOL__WAIT_FOR_STOP_NO_SPILL
-            r = lib.logpool__sink_wait(self.c, mode, max(1, int((wake - now) * 1000)))
+            r = lib.logpool__sink_wait(self.c, lib.LOGPOOL__WAIT_FOR_STOP_NO_SPILL,
+                                       max(1, int((wake - now) * 1000)))
             if r == lib.LOGPOOL__WAIT_STOP:
                 return True
-            if r == lib.LOGPOOL__WAIT_SPILL:
-                self._spill()
+            self._report_drops()
             self._maybe_adopt()
             if time.monotonic() >= deadline:
                 return False
@@ -189,7 +229,10 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                             self._apply(self.transport.idle())
                         continue
                     self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
-                    self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
+                    with self.spool_lock:
+                        if self.spool is not None and self.spool.has_records():
+                            continue  # spilled meanwhile: the spool goes first (order)
+                        self.histograms.batch_bytes.observe(lib.logpool__sink_take(self.c))
                     if self.transport.peer_closed():
                         self._broken("write", "the peer closed the connection")
                         continue
@@ -197,8 +240,8 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                     raise InjectedCrash("injected: the writer loop crashed")
                 self._send_pending()
                 if self.replaying:
-                    self.replaying = False
-                    self.spool.batch_done()
+                    self.replaying = self.replay_reordered = False
+                    self._replay_done()
                     self.spill_blocked_until = 0.0  # room in the spool again
             except Stopped:
                 return
@@ -251,6 +294,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                                  f"retrying in {delay * 1000:.0f} ms")
             return True
         self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
+        self.unseen = 0  # the transport counts what it sends again on this connection
         for url, exc in opened.failed_over:  # collectors that failed before one opened
             self._count(lib.LOGPOOL__CONNECT_FAILURES)
             if isinstance(exc, HandshakeError):
@@ -281,6 +325,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         if kind is not None:
             self._count(self.lib.LOGPOOL__WRITE_ERRORS)
         url = self.transport.url
+        self._note_unseen()
         self._disconnect()
         self.transport.failed()
         self.lib.logpool__sink_rewind(self.c)
@@ -326,30 +371,88 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         settled = outcome.settled
         if outcome.wrote_bytes:
             settled += chain.consume(outcome.wrote_bytes)
-        retrying = False
-        for fate, n, reason in outcome.fates:
-            if retrying:  # behind a message sent again: these go again too (order kept)
-                chain.count_resent(n)
-                continue
+        fates = outcome.fates
+        first_retry = next((i for i, f in enumerate(fates) if f[0] is Fate.RETRY), None)
+        if first_retry is not None and any(f[0] is not Fate.RETRY
+                                           for f in fates[first_retry + 1:]):
+            settled += self._settle_each(fates)  # retry only the items that failed
+            fates = ()
+        for fate, n, reason in fates:
             if fate is Fate.ACK:
                 chain.ack(n)
                 settled += n
             elif fate is Fate.REJECT:
-                chain.reject(n)
+                self._reject(n, reason)
                 settled += n
-                kind = (reason or "").split(":", 1)[0][:60]  # logged once per kind
-                self.reporter.report(f"rejected {kind}".strip(),
-                                     f"{self.transport.url}: the collector refused a batch "
-                                     f"of {n} message{'s' if n != 1 else ''} for good "
-                                     f"({reason}); dropped, counted in dropped_rejected")
-            else:
-                retrying = True
+            else:  # the rest of the batch stays at the head of the pending list
+                chain.count_retried(n)
+                break
         for kind, text in outcome.reports:
             self.reporter.report(kind, f"{self.transport.url}: {text}, counted in "
                                  f"dropped_rejected")
         if outcome.progress > 0 and not outcome.wrote_bytes:
             chain.count_write()  # (consume counted the stream's)
         return settled
+
+    def _reject(self, n, reason, messages=None):
+        """The first n pending messages (or `messages`, their copies, already released)
+        were refused for good: counted per kind of reason, logged once per kind, appended
+        to the dead-letter file when there is one."""
+        release = messages is None
+        if release and self.dead_letters is not None:
+            messages = [bytes(m) for m in self.chain.messages(n, 1 << 62)]
+        kind = rejection_kind(reason)
+        if kind not in self.rejected_by_kind and len(self.rejected_by_kind) >= MAX_REJECTION_KINDS:
+            kind = "other"
+        self.rejected_by_kind[kind] = self.rejected_by_kind.get(kind, 0) + n
+        where = ""
+        if self.dead_letters is not None and messages:
+            written = self.dead_letters.append(self.transport.url, reason or "", messages)
+            self._count(self.lib.LOGPOOL__DEAD_LETTERS, written)
+            where = f", appended to {self.sink.dead_letter_path}"
+        if release:  # after the dead letters: flush returns once they are written
+            self.chain.reject(n)
+        self.reporter.report(f"rejected {kind}", f"{self.transport.url}: the collector "
+                             f"refused a batch of {n} message{'s' if n != 1 else ''} for good "
+                             f"({reason}); dropped, counted in dropped_rejected{where}")
+
+    def _settle_each(self, fates):
+        """A per-item answer with retries among acknowledged or rejected items: settle each
+        message by its own fate and put only the retried ones back at the head of the
+        pending list (they go again before later messages, after the batch's delivered ones:
+        the one reordering, documented). Returns how many were settled."""
+        lib = self.lib
+        code = {Fate.ACK: lib.LOGPOOL__DONE_SENT, Fate.REJECT: lib.LOGPOOL__DONE_REJECTED,
+                Fate.RETRY: lib.LOGPOOL__DONE_REQUEUED}
+        codes, rejected, at = bytearray(), [], 0
+        for fate, n, reason in fates:
+            codes += bytes((code[fate],)) * n
+            if fate is Fate.REJECT:
+                rejected.append((at, n, reason))
+            at += n
+        copies = {}
+        if rejected and self.dead_letters is not None:
+            views = self.chain.messages(at, 1 << 62)
+            copies = {first: [bytes(v) for v in views[first:first + n]]
+                      for first, n, _ in rejected}
+        for first, n, reason in rejected:  # before the release: flush waits for them
+            self._reject(n, reason, copies.get(first, ()))
+        requeued = lib.logpool__sink_settle_each(self.c, self.ffi.from_buffer(codes), at)
+        if requeued < 0:  # no memory for the copy: release the head only, the rest goes again
+            first_retry = next(i for i, f in enumerate(fates) if f[0] is Fate.RETRY)
+            head = fates[:first_retry]
+            for fate, n, reason in head:
+                if fate is Fate.ACK:
+                    self.chain.ack(n)
+                else:
+                    self.chain.reject(n)
+            self.chain.count_retried(at - sum(n for _, n, _ in head))
+            return sum(n for _, n, _ in head)
+        self.chain.completed += at - requeued
+        self.chain.count_retried(requeued)
+        if self.replaying:
+            self.replay_reordered = True
+        return at - requeued
 
     def _wait_for_room(self, stalled_since):
         """The peer is not reading: wait for room in slices, watching the stop flag and
@@ -362,9 +465,6 @@ class SinkWriter(SpoolingWriter, threading.Thread):
             raise TimeoutError(errno.ETIMEDOUT, f"no progress for "
                                f"{self.sink.send_timeout_ms} ms (send_timeout_ms)")
         self._report_drops()
-        if (self._may_spill() and self.lib.logpool__sink_wait(
-                self.c, self.lib.LOGPOOL__WAIT_FOR_STOP, 0) == self.lib.LOGPOOL__WAIT_SPILL):
-            self._spill()  # the collector is stalled and producers passed the spill mark
         if self.transport.wait_ready(SLICE_S):
             raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
         if self._should_stop():

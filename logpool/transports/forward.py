@@ -10,9 +10,12 @@ chunk not in flight, or no progress for send_timeout_ms reconnects (with the eng
 backoff) and resends every message not acknowledged, in order: at-least-once delivery
 (resends counted in resent_messages).
 
-Records: the message when it is a JSON object, else ``{"message": "<line>"}``; the time is
-the record time of logpool.transports.formats (a time field of the message, else when the
-chunk was framed).
+Records: the message when it is a JSON object (strict JSON) msgpack can carry, else
+``{"message": "<line>"}`` (invalid UTF-8 bytes as U+FFFD; also a JSON object holding an
+integer beyond 64 bits); the time is the record time of logpool.transports.formats (a time
+field of the message, else when the chunk was framed). A time field out of range (before 1970,
+after 2106-02-07, not finite, not a time: EventTime's seconds are 32 bits) gives the chunk's
+time; the record keeps the original value. Encoding never fails a chunk (encode_entries).
 
 forward_shared_key: the optional handshake (HELO from the server, PING with
 sha512(salt + hostname + nonce + key), PONG checked the same way) happens inside connect, so a
@@ -26,17 +29,18 @@ import hashlib
 import os
 import select
 import socket
-import struct
 import time
 from collections import deque
 
 from logpool.errors import ConfigError
 from logpool.transports.address import HOST_PORT
 from logpool.transports.base import ProtocolError, Transport
-from logpool.transports.formats.common import as_object, record_time_ns
+from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, TIME_FIELDS, batch_time,
+                                               number_ns, text_ns, utf8_line, valid_utf8)
 from logpool.transports.schema import Option, defaults, int_range, non_empty, optional, text
 from logpool.transports.session import AckSession
 
+EVENT_TIMES = {}  # a time field's text -> its EventTime (log lines repeat their second)
 DEFAULT_WINDOW = 8
 CHUNK_BYTES = 1024 * 1024  # messages per chunk total at most this (one larger goes alone)
 CHUNK_MESSAGES = 4096
@@ -53,22 +57,82 @@ FORWARD_OPTIONS = (
 OPTIONS = defaults(FORWARD_OPTIONS)
 
 
-def event_time(ns):
-    """Fluent's EventTime: msgpack ext type 0, seconds and nanoseconds, big-endian."""
-    import msgpack
-    return msgpack.ExtType(0, struct.pack(">II", ns // 10**9, ns % 10**9))
+def encode_entries(messages, now_ns):
+    """The PackedForward entries of `messages`: the concatenation of msgpack
+    [EventTime, record] pairs, a pure function of the messages and the fallback time (the
+    batch's: for a message with no time field in range). Never raises: a record msgpack
+    cannot carry (an integer beyond 64 bits) goes as {"message": <the line>}."""
+    packed, start = _packed_pairs(messages, now_ns)
+    return packed[start:]
+
+
+def _packed_pairs(messages, now_ns):
+    """(a msgpack array of the [EventTime, record] pairs, where its items start)."""
+    import logpool.transports.formats.codec as codec
+    event_time, pack = codec.event_time, codec.pack_msgpack
+    fallback = event_time(batch_time(now_ns))
+    decode = codec.ANY.decode
+    pairs = []
+    for m in messages:
+        line = bytes(m).rstrip(b"\n")
+        if not line.isascii():
+            line = valid_utf8(line)
+        doc = None
+        if line[:1] == b"{":
+            try:
+                doc = decode(line)
+            except NOT_JSON:
+                pass
+        if type(doc) is not dict:
+            pairs.append((fallback, {"message": line.decode()}))
+            continue
+        when = fallback
+        for key in TIME_FIELDS:
+            value = doc.get(key)
+            if value is not None:
+                if type(value) is str:
+                    when = EVENT_TIMES.get(value)
+                    if when is None:
+                        ns = text_ns(value)
+                        when = fallback if ns is None else event_time(ns)
+                        if ns is not None:
+                            if len(EVENT_TIMES) > CACHED_TIMES:  # (keys: short texts)
+                                EVENT_TIMES.clear()
+                            EVENT_TIMES[value] = when
+                else:
+                    ns = number_ns(value)
+                    if ns is not None:
+                        when = event_time(ns)
+                if when is not fallback:
+                    break
+        pairs.append((when, doc))
+    try:
+        packed = pack(pairs)
+    except (OverflowError, ValueError, TypeError, RecursionError):
+        packed = pack([(when, _packable(pack, doc, m)) for (when, doc), m in zip(pairs, messages)])
+    n = len(pairs)  # (the array's header: fixarray, array 16 or array 32)
+    return packed, 1 if n < 16 else 3 if n < 65536 else 5
+
+
+def _packable(pack, doc, message):
+    try:
+        pack(doc)
+        return doc
+    except (OverflowError, ValueError, TypeError, RecursionError):
+        return {"message": utf8_line(message).decode()}
 
 
 def encode_chunk(tag, messages, chunk_id, now_ns):
-    """One PackedForward message (bytes) carrying `messages` as chunk `chunk_id`."""
-    import msgpack
-    packer = msgpack.Packer(use_bin_type=True)
-    entries = bytearray()
-    for m in messages:
-        doc, text = as_object(m)
-        record = doc if doc is not None else {"message": text}
-        entries += packer.pack([event_time(record_time_ns(doc, now_ns)), record])
-    return packer.pack([tag, bytes(entries), {"size": len(messages), "chunk": chunk_id}])
+    """One PackedForward message (bytes) carrying `messages` as chunk `chunk_id`:
+    [tag, entries (bin), option], the entries copied once, from the packed pairs."""
+    from logpool.transports.formats.codec import pack_msgpack as pack
+    packed, start = _packed_pairs(messages, now_ns)
+    size = len(packed) - start
+    bin_header = (b"\xc4" + bytes((size,)) if size < 1 << 8 else
+                  b"\xc5" + size.to_bytes(2, "big") if size < 1 << 16 else
+                  b"\xc6" + size.to_bytes(4, "big"))
+    return b"".join((b"\x93", pack(tag), bin_header, memoryview(packed)[start:],
+                     pack({"size": len(messages), "chunk": chunk_id})))
 
 
 def unpacker():

@@ -261,11 +261,17 @@ class HttpTransport(Transport):
             batch = self._next_batch()
             if batch is None:
                 return Outcome.NOTHING
-            resent = sum(1 for p in batch.positions if p < self.on_wire)
+            rejected = batch.request.rejected  # by the encoder: not in the body
+            count = len(batch.positions) - len(rejected)  # the messages the body carries
+            if count == 0:
+                self.batch = None
+                self.on_wire = max(0, self.on_wire - len(batch.positions))
+                return with_rejections(Outcome.NOTHING, rejected)
+            left_out = {index for index, _ in rejected}
+            resent = sum(1 for p in batch.positions if p < self.on_wire and p not in left_out)
             self.chain.count_resent(resent)
             self.on_wire = max(self.on_wire, batch.positions[-1] + 1)
             self.chain.set_unacked(len(batch.positions))
-            count = len(batch.positions)
             exchange = Exchange(self.sock, time.monotonic() + self.sink.send_timeout_ms / 1000,
                                 self._should_stop, f"HTTP {self.url}")
             try:
@@ -281,28 +287,29 @@ class HttpTransport(Transport):
                 answer = generic_answer(response, count, answer.reason if answer else "")
             done = self._apply(answer, batch, response)
             if done is not None:
-                return done
+                return with_rejections(done, rejected)
 
     def _apply(self, answer, batch, response):
         """The Outcome of the batch by the answer, or None to send the (halved) batch again
         now; raises for a retry later."""
-        count = len(batch.positions)
+        total = len(batch.positions)  # on_wire counts positions, the body's left-outs too
+        count = total - len(batch.request.rejected)  # in the body
         kind = answer.kind
         if kind in ("ok", "partial", "reject", "items"):
             self.batch = None
             self.chain.set_unacked(0)
         if kind == "ok":
-            self.on_wire = max(0, self.on_wire - count)
+            self.on_wire = max(0, self.on_wire - total)
             if self.count_cap is not None:
                 self.count_cap = None if self.count_cap * 2 > MAX_BATCH else self.count_cap * 2
             return Outcome.acked(count)
         if kind == "partial":
-            self.on_wire = max(0, self.on_wire - count)
+            self.on_wire = max(0, self.on_wire - total)
             taken = count - answer.rejected
             return Outcome.per_message([(Fate.ACK, None)] * taken +
                                        [(Fate.REJECT, answer.reason)] * answer.rejected)
         if kind == "reject":
-            self.on_wire = max(0, self.on_wire - count)
+            self.on_wire = max(0, self.on_wire - total)
             return Outcome.rejected(count, answer.reason)
         if kind == "items":
             fates = [({ACK: Fate.ACK, RETRY: Fate.RETRY, REJECT: Fate.REJECT}[fate],
@@ -316,7 +323,7 @@ class HttpTransport(Transport):
                     self.items_to_retry = (f"{len(retry)} of {count} items to send again "
                                            f"({retry[0]})")
             else:
-                self.on_wire = max(0, self.on_wire - count)
+                self.on_wire = max(0, self.on_wire - total)
             return Outcome.per_message(fates)
         if kind == "split":
             self.batch = None
@@ -337,6 +344,18 @@ class HttpTransport(Transport):
         self.reusable = False
         self.chain.set_unacked(0)  # nothing is in flight without a connection
         return super().close()
+
+
+def with_rejections(outcome, rejected):
+    """The Outcome of a batch from that of its body (outcome, whose fates are those of the
+    messages the body carries, in order) and the encoder's rejections ((index in the batch,
+    reason), ...): each rejected message refused for good at its place."""
+    if not rejected:
+        return outcome
+    fates = [(fate, reason) for fate, n, reason in outcome.fates for _ in range(n)]
+    for index, reason in rejected:  # ascending: each lands at its place in the batch
+        fates.insert(index, (Fate.REJECT, reason))
+    return Outcome.per_message(fates)
 
 
 def _gzip(body):

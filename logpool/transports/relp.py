@@ -5,6 +5,13 @@
 reply or a serverclose reconnects (with the engine's backoff) and resends every message not
 acknowledged, in order: at-least-once delivery.
 
+A message the collector refuses (a non-200 reply names its txnr) is sent again on a new
+session once; refused again there, it is held while the session goes on, and rejected for
+good (dropped_rejected, with the collector's text) as soon as the collector acknowledges
+another message: refused alone while others are taken. A collector that refuses everything
+(an outage that answers) never turns into rejections: nothing is taken, so nothing is
+rejected. The bound: one reconnect with backoff per poison message.
+
 Frames: TXNR SP COMMAND SP DATALEN [SP DATA] LF. Commands are framed in C straight from the
 chunks (Chain.relp_frames); replies are parsed here.
 """
@@ -44,6 +51,7 @@ class RelpTransport(Transport):
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
         self.window = sink.transport_options.relp_window
+        self.refusals = {}  # message index (chain.completed based) -> times refused
         self.frames = chain.frame_buffer(max(256 * 1024, sink.max_message_size + 64))
         self.conn = self.connection()
         self.session = AckSession(self.conn, chain, self)
@@ -54,6 +62,8 @@ class RelpTransport(Transport):
         self.oldest_txnr = 2  # txnr of the first message in flight (1 was "open")
         self.txnr = 2  # txnr of the next command
         self.acked_ahead = set()  # txnrs acknowledged out of order, behind an unanswered one
+        self.refused_held = {}  # txnr -> reason: refused again, rejected once others are taken
+        self.refused_reasons = {}  # txnr -> reason: answered with a refusal, released as such
 
     @property
     def inflight(self):
@@ -179,32 +189,66 @@ class RelpTransport(Transport):
                     raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed "
                                                "the session (serverclose)")
                 if command != b"rsp" or not data.startswith(b"200"):
-                    del buf[:pos]
-                    raise RelpError(errno.EPROTO, f"RELP reply to command {txnr}: "
-                                    f"{command.decode()} "
-                                    f"{data[:200].decode('utf-8', 'replace')!r}")
+                    why = (f"RELP reply to command {txnr}: {command.decode()} "
+                           f"{data[:200].decode('utf-8', 'replace')!r}")
+                    if command != b"rsp" or not self._refused(txnr, why):
+                        del buf[:pos]
+                        raise RelpError(errno.EPROTO, why)
+                    continue
             self._ack(txnr)
+            if self.refused_held:  # another message was taken: the held ones are refused alone
+                held, self.refused_held = self.refused_held, {}
+                for refused, why in sorted(held.items(), key=lambda kv: self._offset(kv[0])):
+                    self._ack(refused, why)
         del buf[:pos]
         if len(buf) > MAX_REPLY_BYTES:
             raise ProtocolError(f"RELP: a reply longer than {MAX_REPLY_BYTES} bytes")
         self.session.raise_if_gone()
 
-    def _ack(self, txnr):
+    def _offset(self, txnr):
+        return (txnr - self.oldest_txnr) % TXNR_MAX
+
+    def _refused(self, txnr, why):
+        """A non-200 reply for txnr: False the first time that message is refused (the
+        session breaks, the message goes again); after that, True: it is held until the
+        collector takes another message, then rejected."""
+        offset = self._offset(txnr)
+        if not 1 <= txnr <= TXNR_MAX or offset >= self.session.inflight or \
+                txnr in self.acked_ahead:
+            return False  # not in flight: the protocol error is raised
+        index = self.chain.completed + self.session.acked + offset
+        if len(self.refusals) > 4096:  # settled ones are forgotten
+            self.refusals = {i: n for i, n in self.refusals.items()
+                             if i >= self.chain.completed}
+        self.refusals[index] = self.refusals.get(index, 0) + 1
+        if self.refusals[index] < 2:
+            return False
+        self.refused_held[txnr] = why
+        return True
+
+    def _ack(self, txnr, rejected=None):
         inflight = self.session.inflight
         offset = (txnr - self.oldest_txnr) % TXNR_MAX
         if not 1 <= txnr <= TXNR_MAX or offset >= inflight or txnr in self.acked_ahead:
             raise ProtocolError(f"RELP: an acknowledgement for command {txnr}, which is "
                                 f"{'acknowledged already' if txnr in self.acked_ahead else 'not in flight'}"
                                 f" (in flight: {inflight} from {self.oldest_txnr})")
+        if rejected is not None:
+            self.refused_reasons[txnr] = rejected
         if offset:
             self.acked_ahead.add(txnr)
             return
-        released = 1
-        self.oldest_txnr = next_txnr(self.oldest_txnr)
-        while self.oldest_txnr in self.acked_ahead:
-            self.acked_ahead.discard(self.oldest_txnr)
-            self.oldest_txnr = next_txnr(self.oldest_txnr)
+        released = 0
+        while True:
+            why = self.refused_reasons.pop(self.oldest_txnr, None) \
+                if self.refused_reasons else None
+            if why is not None:
+                self.session.rejections.append((self.session.acked + released, why))
             released += 1
+            self.oldest_txnr = next_txnr(self.oldest_txnr)
+            if self.oldest_txnr not in self.acked_ahead:
+                break
+            self.acked_ahead.discard(self.oldest_txnr)
         self.session.release(released)
 
     def _in_order_prefix(self, buf, last):

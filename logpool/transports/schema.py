@@ -76,14 +76,25 @@ def choice(*choices, listed=False):
     return check
 
 
+def unicode_text(text):
+    """Text a body can carry (JSON's "\ud800" escape makes a lone surrogate, which no
+    encoder can write)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def text(pattern=None, what="a string", allow_none=False):
-    """A non-empty string (fullmatching pattern, if given); None too when allow_none."""
+    """A non-empty string a body can carry (fullmatching pattern, if given); None too when
+    allow_none."""
     import re
 
     def check(where, value):
         if value is None and allow_none:
             return None
-        if not isinstance(value, str) or not value or (
+        if not isinstance(value, str) or not value or not unicode_text(value) or (
                 pattern is not None and re.fullmatch(pattern, value) is None):
             _fail(where, what, value)
         return value
@@ -91,13 +102,14 @@ def text(pattern=None, what="a string", allow_none=False):
 
 
 def table(key_pattern, what):
-    """An object of strings to strings (names fullmatching key_pattern); a copy."""
+    """An object of strings to strings a body can carry (names fullmatching key_pattern);
+    a copy."""
     import re
 
     def check(where, value):
         if not isinstance(value, dict) or not all(
                 isinstance(k, str) and re.fullmatch(key_pattern, k) and isinstance(v, str)
-                for k, v in value.items()):
+                and unicode_text(k) and unicode_text(v) for k, v in value.items()):
             _fail(where, what, value)
         return dict(value)
     return check
@@ -141,10 +153,13 @@ def http_headers(reserved, why):
     return check
 
 
-def absolute_path(where, value):
-    if value is not None and (not value.startswith("/") or "\0" in value):
-        _fail(where, "an absolute directory path", value)
-    return value
+def absolute_path(what):
+    """An absolute path (of a directory or a file: what)."""
+    def check(where, value):
+        if not value.startswith("/") or "\0" in value:
+            _fail(where, f"an absolute {what} path", value)
+        return value
+    return check
 
 
 def non_empty(where, value):

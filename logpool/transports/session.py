@@ -23,7 +23,7 @@ import errno
 import select
 
 from logpool.transports.connection import would_block
-from logpool.transports.contract import Outcome
+from logpool.transports.contract import Fate, Outcome
 
 
 class AckSession:
@@ -37,6 +37,7 @@ class AckSession:
         self.out = None  # memoryview of frames not completely written yet
         self.inflight = 0  # sent, not acknowledged: the first `inflight` pending messages
         self.acked = 0  # acknowledged messages not reported in an Outcome yet
+        self.rejections = []  # (offset among those `acked`, reason): refused for good
         self.broken = None  # the error that ended the session, raised once acks are out
         self.peer_gone = False  # the collector closed the connection (EOF read)
 
@@ -57,6 +58,12 @@ class AckSession:
 
     def settled(self):
         acked, self.acked = self.acked, 0
+        if self.rejections:
+            fates = [(Fate.ACK, None)] * acked
+            for offset, reason in self.rejections:
+                fates[offset] = (Fate.REJECT, reason)
+            self.rejections = []
+            return Outcome.per_message(fates)
         return Outcome.acked(acked) if acked else Outcome.NOTHING
 
     def release(self, n):

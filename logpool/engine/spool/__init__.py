@@ -56,8 +56,10 @@ class Spool:
     max_message_size are the sink's (recorded in new segments, checked at replay)."""
 
     def __init__(self, directory, max_bytes, report, framing=0, max_message_size=None,
-                 emit=None, scan=None):
+                 emit=None, scan=None, url=None):
         self.dir, self.max_bytes, self.report = directory, max_bytes, report
+        self.url = url  # recorded in new segments; an adopted one written for another is said
+        self.other_urls = set()  # URLs of adopted segments already reported
         # scan(fd, start) -> (messages, frame bytes, readable end, torn): the writer passes
         # the C one (logpool__spool_scan, GIL released); segments.scan is its Python twin.
         self.scan = scan or segments.scan
@@ -68,6 +70,7 @@ class Spool:
         self.current = None  # the segment appended to
         self.batch = None  # (segment, offset after the batch, records, their bytes on disk)
         self.batch_records = ((), ())  # the batch's record lengths, the records kept
+        self.batch_possible_dups = 0  # of the last batch: records sent before, unacknowledged
         self.corrupt_found = 0  # torn or corrupt records met while reading back
         self.bad_found = 0  # directory entries skipped (not regular, not ours, unreadable)
         self.lost = [0, 0, 0]  # dropped at replay: messages, bytes; re-framing's byte delta
@@ -104,19 +107,21 @@ class Spool:
     def on_disk(self):
         return sum(s.end - s.done for s in self.segments)
 
-    def append(self, frames, front=False):
+    def append(self, frames, front=False, possible_dups=0):
         """Write frames (buffers) as records, after everything spooled (or, front=True, in a
-        segment before all others: older messages, at exit). False when the spool cannot take
-        them all; then it holds none of them."""
+        segment before all others: older messages, at exit). possible_dups: how many of the
+        first frames were sent before without an answer (front only: recorded in the header,
+        counted in resent_messages when sent again). False when the spool cannot take them
+        all; then it holds none of them."""
         need = sum(len(f) for f in frames) + RECORD.size * len(frames)
 
         def write(fd, offset, room):
             if need > room:
                 return -errno.EFBIG, 0
             return write_records(fd, offset, frames), len(frames)
-        return not frames or self.append_with(write, front)
+        return not frames or self.append_with(write, front, possible_dups)
 
-    def append_with(self, write, front=False):
+    def append_with(self, write, front=False, possible_dups=0):
         """Append records written by write(fd, offset, room) -> (bytes written, records), or
         (-EFBIG, 0) when they do not fit in room (nothing written), or (-errno, 0) (a partial
         write is truncated here). True once written; False when the spool cannot take them
@@ -126,7 +131,7 @@ class Spool:
         try:
             if front:
                 seq = (self.segments[0].seq if self.segments else FIRST_SEQ) - 1
-                segment = self._new_segment(seq)
+                segment = self._new_segment(seq, possible_dups)
                 self.segments.insert(0, segment)
             else:
                 if self.current is None or self.current.end >= self.segment_bytes:
@@ -151,8 +156,9 @@ class Spool:
                         f"{os.geteuid()}); these messages stay in memory")
             return False
 
-    def _new_segment(self, seq):
-        return new_segment(self.dfd, self.dir, seq, self.framing, self.max_message_size)
+    def _new_segment(self, seq, possible_dups=0):
+        return new_segment(self.dfd, self.dir, seq, self.framing, self.max_message_size,
+                           self.url, possible_dups)
 
     def _finish_current(self):
         if self.current is not None:

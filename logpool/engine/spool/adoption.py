@@ -7,7 +7,8 @@ import os
 import stat
 import time
 
-from logpool.engine.spool.segments import O_FILE, owner_ok, read_header, unlink
+from logpool.engine.spool.segments import (O_FILE, count_records, owner_ok, read_header,
+                                           unlink)
 
 RESCAN_S = 1.0  # a running writer looks for orphaned segments this often
 STALE_TMP_S = 60.0  # an unlocked temporary segment this old was left by a dead process
@@ -67,6 +68,15 @@ def _adopt_one(spool, name):
             return None
         segment = read_header(spool.dir, name, fd)
         segment.done = _read_done(spool, name, segment)
+        if segment.possible_dups and segment.done > segment.start:
+            segment.possible_dups = max(0, segment.possible_dups - count_records(
+                fd, segment.start, segment.done))
+        if segment.url is not None and spool.url is not None and segment.url != spool.url \
+                and segment.url not in spool.other_urls:
+            spool.other_urls.add(segment.url)
+            spool.emit(f"spool: adopting {name}, spooled for {segment.url}, into this "
+                       f"sink's {spool.url}: a backlog follows the sink's name (said once "
+                       f"per URL)")
         segment.msgs, segment.bytes, segment.end, torn = spool.scan(fd, segment.done)
         spool.corrupt_found += torn
         fd = None  # the segment owns it now

@@ -28,6 +28,7 @@ def next_batch(spool):
             spool.release(segment)
             continue
         spool.batch = (segment, segment.done + pos, len(frames), disk_bytes)
+        spool.batch_possible_dups = min(segment.possible_dups, len(frames))
         lengths = [len(f) for f in frames]
         frames, kept = _fit(spool, segment, frames)
         spool.batch_records = (lengths, kept)
@@ -124,6 +125,7 @@ def batch_done(spool):
     segment.done = offset
     segment.msgs = max(0, segment.msgs - records)
     segment.bytes = max(0, segment.bytes - disk_bytes)
+    segment.possible_dups = max(0, segment.possible_dups - records)
     if segment.done >= segment.end:
         spool.release(segment)  # the one appended to as well: the disk bound
         return

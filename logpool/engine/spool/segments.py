@@ -14,6 +14,11 @@ RECORD = struct.Struct("<II")  # frame length, CRC-32 of the frame
 # format, whose empty frame has CRC 0), magic, header size, framing, max_message_size.
 HEADER = struct.Struct("<I4sIIQ")
 MAGIC = b"LPS2"
+# Its extension (readers that predate it skip to the header size): how many records at the
+# segment's start were sent before and never acknowledged (possible duplicates when sent
+# again), and the URL the segment was written for.
+HEADER_EXT = struct.Struct("<IH")
+MAX_URL_BYTES = 4096
 SEGMENT_BYTES = 8 << 20  # a segment is closed at most this large ...
 MIN_SEGMENT_BYTES = 64 << 10  # ... and at least this large (max_spool_bytes / 4 between)
 SCAN_BYTES = 4 << 20  # read this much at a time when adopting
@@ -26,11 +31,14 @@ class Untrusted(Exception):
 
 
 class Segment:
-    def __init__(self, name, path, fd, start, end, done, framing=None, max_message_size=None):
+    def __init__(self, name, path, fd, start, end, done, framing=None, max_message_size=None,
+                 possible_dups=0, url=None):
         self.name, self.path, self.fd = name, path, fd
         self.start, self.end, self.done = start, end, done
         self.framing, self.max_message_size = framing, max_message_size  # None: first format
         self.msgs = self.bytes = 0  # records (frame bytes) between done and end
+        self.possible_dups = possible_dups  # records from `done` on sent once, unacknowledged
+        self.url = url  # the sink's URL when it was written (None: an older segment)
 
     @property
     def seq(self):
@@ -98,7 +106,7 @@ def open_spool_dir(directory):
             os.close(pfd)
 
 
-def new_segment(dfd, directory, seq, framing, max_message_size):
+def new_segment(dfd, directory, seq, framing, max_message_size, url=None, possible_dups=0):
     """A new segment, locked and with its header before anyone can see it."""
     while True:
         name = f"{seq:020d}-{os.getpid()}.seg"
@@ -112,8 +120,11 @@ def new_segment(dfd, directory, seq, framing, max_message_size):
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_FILE, 0o600, dir_fd=dfd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else knows this name
-        header = HEADER.pack(0, MAGIC, HEADER.size, framing, max_message_size or 0)
-        if os.pwrite(fd, header, 0) != HEADER.size:
+        url_bytes = (url or "").encode("utf-8")[:MAX_URL_BYTES]
+        size = HEADER.size + HEADER_EXT.size + len(url_bytes)
+        header = HEADER.pack(0, MAGIC, size, framing, max_message_size or 0) + \
+            HEADER_EXT.pack(min(possible_dups, 2**32 - 1), len(url_bytes)) + url_bytes
+        if os.pwrite(fd, header, 0) != size:
             raise OSError(errno.EIO, "short write of a segment header")
         os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException:
@@ -123,19 +134,25 @@ def new_segment(dfd, directory, seq, framing, max_message_size):
         except OSError:
             pass
         raise
-    return Segment(name, os.path.join(directory, name), fd, HEADER.size, HEADER.size,
-                   HEADER.size, framing, max_message_size)
+    return Segment(name, os.path.join(directory, name), fd, size, size, size, framing,
+                   max_message_size, possible_dups, url)
 
 
 def read_header(directory, name, fd):
     """The segment `name` as its header describes it (none: the first format, records from
     offset 0)."""
     path = os.path.join(directory, name)
-    head = os.pread(fd, HEADER.size, 0)
-    if len(head) == HEADER.size:
-        zero, magic, size, framing, max_size = HEADER.unpack(head)
+    head = os.pread(fd, HEADER.size + HEADER_EXT.size + MAX_URL_BYTES, 0)
+    if len(head) >= HEADER.size:
+        zero, magic, size, framing, max_size = HEADER.unpack_from(head)
         if zero == 0 and magic == MAGIC and size >= HEADER.size:
-            return Segment(name, path, fd, size, size, size, framing, max_size)
+            dups, url = 0, None
+            if size >= HEADER.size + HEADER_EXT.size and len(head) >= size:
+                dups, url_len = HEADER_EXT.unpack_from(head, HEADER.size)
+                at = HEADER.size + HEADER_EXT.size
+                if at + url_len <= size:
+                    url = head[at:at + url_len].decode("utf-8", "replace")
+            return Segment(name, path, fd, size, size, size, framing, max_size, dups, url)
     return Segment(name, path, fd, 0, 0, 0)
 
 
@@ -163,6 +180,16 @@ def scan(fd, start):
         pos += RECORD.size + length
         msgs, nbytes = msgs + 1, nbytes + length
     return msgs, nbytes, pos, 0
+
+
+def count_records(fd, start, end):
+    """Records between two offsets of a segment (delivered ones, at adoption)."""
+    count, pos = 0, start
+    while pos + RECORD.size <= end:
+        length, _ = RECORD.unpack(os.pread(fd, RECORD.size, pos))
+        pos += RECORD.size + length
+        count += 1
+    return count
 
 
 def write_records(fd, offset, frames):

@@ -1,9 +1,13 @@
 """Body formats of HTTP sinks (`http_format`), one module per backend, each plugging into one
 seam: an Encoder built once per sink from its options, with
 
-- ``encode(messages, now_ns) -> Request(path, headers, body)``: a pure function of the
-  messages (bytes, in order) and of the fallback record time (the same arguments give the
-  same bytes: a retried batch is byte-identical, which deduplicating backends rely on);
+- ``encode(messages, now_ns) -> Request(path, headers, body, rejected)``: a pure function of
+  the messages (buffers, in order) and of the fallback record time (the same arguments give
+  the same bytes: a retried batch is byte-identical, which deduplicating backends rely on).
+  It never raises: a value the format cannot represent has a documented fallback, and a
+  message it cannot carry at all is left out of the body and named in ``rejected``
+  (``((index in messages, reason), ...)``, ascending; the HTTP transport makes each a
+  rejection at its place among the answer's fates);
 - ``interpret(response, count) -> Answer``: what the collector's answer means for each
   message of the request (``None``: the generic HTTP rules of logpool.transports.http).
 
@@ -12,12 +16,16 @@ A new backend is one module here plus one line in FORMATS. Its keys are named
 which config checks, the Lua option list and the docs' key tables come.
 
 Record time: backends with a timestamp per record get the time the line was logged when the
-message is a JSON object carrying it (first of ``@timestamp``, ``timestamp``, ``time``,
-``ts``: a number of seconds since the epoch, e.g. nginx's ``$msec``, or an RFC 3339 string,
-e.g. ``$time_iso8601``); otherwise the time the batch was first encoded (kept for retries).
-Nothing is captured on the hot path, so no sink pays for it.
+message is a JSON object carrying it (the first of ``@timestamp``, ``timestamp``, ``time``,
+``ts`` holding a time from 1970 to 2106-02-07: a number of seconds since the epoch, e.g.
+nginx's ``$msec``, milli-, micro- or nanoseconds told apart by size, or an RFC 3339 string,
+e.g. ``$time_iso8601``); otherwise the time the batch was first encoded (kept for retries),
+the original value staying in the record. Nothing is captured on the hot path, so no sink
+pays for it.
 
-Messages that are not JSON where a backend needs a JSON document are wrapped as
+A line is read once (common.parse_line's steps): valid UTF-8 (an invalid byte becomes
+U+FFFD), checked as strict JSON by msgspec, and only the fields the format needs decoded.
+Messages that are not a JSON object where a backend needs a JSON document are wrapped as
 ``{"message": "<the line>"}`` (never rejected: the line reaches the backend).
 """
 from logpool.transports.formats.clickhouse import ClickHouse

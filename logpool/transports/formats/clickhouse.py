@@ -15,7 +15,7 @@ import hashlib
 import urllib.parse
 
 from logpool.transports.formats.common import (Answer, Encoder, Option, Request, add_query,
-                                        as_object, body_text, compact, text_option)
+                                        body_text, text_option)
 
 
 class ClickHouse(Encoder):
@@ -35,11 +35,12 @@ class ClickHouse(Encoder):
         self.path = add_query(self.path, "query=" + urllib.parse.quote(query, safe=""))
 
     def encode(self, messages, now_ns):
+        import logpool.transports.formats.codec as codec
         rows = []
         for m in messages:
-            doc, text = as_object(m)
+            doc, text = codec.as_object(m)
             rows.append(text.encode() if doc is not None and "\n" not in text else
-                        compact(doc if doc is not None else {"message": text}).encode())
+                        codec.compact(doc if doc is not None else {"message": text}).encode())
         body = b"\n".join(rows) + b"\n"
         token = hashlib.sha256(body).hexdigest()
         return Request(add_query(self.path, "insert_deduplication_token=" + token),

@@ -1,8 +1,11 @@
 """elasticsearch: Elasticsearch / OpenSearch `_bulk` (NDJSON action + document pairs).
 
 URL: ``http://host:9200/`` (then ``/_bulk``), ``.../<index>/_bulk`` (the index from the path)
-or any path ending in ``_bulk``. Each document is the message when it is a JSON object, else
-``{"message": "<line>"}``. The action is ``create`` (what data streams need); with
+or any path ending in ``_bulk``. Each document is the message when it is one strict JSON object
+(passed through byte for byte, parsed only to check it; one spread over several lines is
+re-serialized on one), else ``{"message": "<line>"}`` (invalid UTF-8 bytes as U+FFFD). A
+document with a duplicate key goes as it is: Elasticsearch refuses it per item (400), that
+record alone. The action is ``create`` (what data streams need); with
 ``elasticsearch_id_field`` the document's field is its ``_id``, so a retried item is not
 indexed twice (its 409 "already exists" counts as acknowledged).
 
@@ -14,8 +17,10 @@ elasticsearch_id_field ES answers them 409, taken as acknowledged), so the order
 """
 import json
 
-from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option, Request,
-                                        add_query, as_object, body_text, compact, text_option)
+from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, Answer, Encoder,
+                                               Option,
+                                               Request, add_query, body_text, joined,
+                                               text_option)
 
 # Only what is read back: keeps the answer small (about 30 bytes per item).
 FILTER = "filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason"
@@ -51,26 +56,47 @@ class Elasticsearch(Encoder):
         if options["elasticsearch_pipeline"] is not None:
             meta["pipeline"] = options["elasticsearch_pipeline"]
         self.meta = meta
-        self.action = (compact({"create": meta}) + "\n").encode()
+        import logpool.transports.formats.codec as codec  # (msgspec: only once a sink is built)
+        self.action = (codec.compact({"create": meta}) + "\n").encode()
+        # The one field read from a document: its _id (none: the line is only checked).
+        self.codec = codec
+        self.decoder = (codec.JSON_OBJECT if self.id_field is None else
+                        codec.id_decoder(self.id_field))
         self.path = add_query(self.path, FILTER)
 
     def encode(self, messages, now_ns):
+        action, id_field, decoder = self.action, self.id_field, self.decoder
+        if id_field is None:
+            lines = [bytes(m).rstrip(b"\n") for m in messages]
+            if self.codec.json_array(lines, b"{") is not None:  # objects on one line: as they are
+                return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
+                               joined(action, b"\n" + action, lines, b"\n"))
         out = []
+        codec = self.codec
+        parse_line, wrapped, one_line = codec.parse_line, codec.wrapped, codec.one_line
         for m in messages:
-            doc, text = as_object(m)
-            if doc is None:
-                doc, line = {"message": text}, None
+            line, fields = parse_line(m, decoder)
+            if fields is None:
+                line = wrapped(line)
+            elif line.find(b"\n") >= 0:  # whitespace between tokens: put on one line
+                line = one_line(line)
+            if id_field is not None and fields is not None and fields.id is not None:
+                out.append(self._action_with_id(fields.id))
             else:
-                line = text if "\n" not in text else None
-            if self.id_field is not None and doc.get(self.id_field) is not None:
-                value = doc[self.id_field]
-                meta = {**self.meta, "_id": value if isinstance(value, str) else
-                        json.dumps(value)}
-                out.append((compact({"create": meta}) + "\n").encode())
-            else:
-                out.append(self.action)
-            out.append((line if line is not None else compact(doc)).encode() + b"\n")
+                out.append(action)
+            out.append(line)
+            out.append(b"\n")
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, b"".join(out))
+
+    def _action_with_id(self, raw):
+        try:
+            value = self.codec.ANY.decode(raw)
+        except NOT_JSON:  # a number beyond a double: its text
+            value = bytes(raw).decode()
+        if value is None:
+            return self.action
+        meta = {**self.meta, "_id": value if isinstance(value, str) else bytes(raw).decode()}
+        return self.codec.encode_json({"create": meta}) + b"\n"
 
     def response_limit(self, count):
         return min(64 * 1024 + 400 * count, 16 << 20)

@@ -3,20 +3,57 @@
 JSON (``application/json``, OTLP's JSON mapping).
 
 One ResourceLogs with ``otlp_resource_attributes`` (default ``{"service.name": "logpool"}``),
-one ScopeLogs (scope "logpool"), one LogRecord per message: body = the line (a string),
-time_unix_nano = the record time (see the package doc), observed_time_unix_nano = when the
-batch was first encoded.
+one ScopeLogs (scope "logpool"), one LogRecord per message: body = the line (a string; invalid
+UTF-8 bytes as U+FFFD), time_unix_nano = the record time (see the package doc),
+observed_time_unix_nano = when the batch was first encoded. A record whose time field is out
+of range or not a time gets the batch's time; the body keeps the original value. The protobuf
+body is written directly (the official schema's field numbers; the tests decode it with
+opentelemetry-proto).
 
 Answer: 2xx acknowledges, except ``partial_success.rejected_log_records`` (N > 0): N refused
 for good, with the collector's error_message; an answer body that does not decode is an error
 (kept, retried).
 """
 import json
+import struct
 
-from logpool.transports.formats.common import (Answer, Encoder, Option, Request, as_object,
-                                        body_text, record_time_ns, table_option)
+from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, Answer, Encoder, Option,
+                                               Request, batch_time, body_text,
+                                               table_option, valid_utf8)
 
-SCOPE = "logpool"
+SCOPE_NAME = "logpool"
+# Field keys (number << 3 | wire type) of the messages written by hand, from
+# opentelemetry/proto/{collector/logs/v1/logs_service,logs/v1/logs,common/v1/common}.proto.
+RESOURCE_LOGS = b"\x0a"  # ExportLogsServiceRequest.resource_logs = 1, length-delimited
+RESOURCE = b"\x0a"  # ResourceLogs.resource = 1
+SCOPE_LOGS = b"\x12"  # ResourceLogs.scope_logs = 2
+SCOPE = b"\x0a"  # ScopeLogs.scope = 1
+LOG_RECORD = b"\x12"  # ScopeLogs.log_records = 2
+TIME = b"\x09"  # LogRecord.time_unix_nano = 1, fixed64
+BODY = b"\x2a"  # LogRecord.body = 5, AnyValue
+OBSERVED = b"\x59"  # LogRecord.observed_time_unix_nano = 11, fixed64
+STRING = b"\x0a"  # AnyValue.string_value = 1 (valid UTF-8)
+
+
+ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
+
+def _time_field(ns):
+    """LogRecord.time_unix_nano (left out at 0, proto3's default)."""
+    return TIME + struct.pack("<Q", ns) if ns else b""
+
+
+def _varint(n):
+    if n < 0x80:
+        return ONE_BYTE[n]
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _check_attributes(where, value):
@@ -49,25 +86,67 @@ class Otlp(Encoder):
         from opentelemetry.proto.common.v1 import common_pb2
         from opentelemetry.proto.resource.v1 import resource_pb2
         self.pb = logs_service_pb2
-        self.resource = resource_pb2.Resource(attributes=[
+        resource = resource_pb2.Resource(attributes=[
             common_pb2.KeyValue(key=k, value=common_pb2.AnyValue(string_value=v))
-            for k, v in _attributes(options).items()])
-        self.scope = common_pb2.InstrumentationScope(name=SCOPE)
+            for k, v in _attributes(options).items()]).SerializeToString(deterministic=True)
+        scope = common_pb2.InstrumentationScope(name=SCOPE_NAME).SerializeToString(
+            deterministic=True)
+        self.resource = RESOURCE + _varint(len(resource)) + resource  # ResourceLogs.resource
+        self.scope = SCOPE + _varint(len(scope)) + scope  # ScopeLogs.scope
+        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)
+        self.frames = {}  # (line, time field, observed field sizes) -> _framing's
 
     def encode(self, messages, now_ns):
-        request = self.pb.ExportLogsServiceRequest()
-        rl = request.resource_logs.add()
-        rl.resource.CopyFrom(self.resource)
-        sl = rl.scope_logs.add()
-        sl.scope.CopyFrom(self.scope)
+        # The wire format written directly (what protobuf's deterministic serialization makes:
+        # fields in number order, a field at its default, 0, left out): one LogRecord per
+        # message after the resource and scope, the body joined once.
+        now = batch_time(now_ns)
+        observed = OBSERVED + struct.pack("<Q", now) if now else b""
+        fallback = _time_field(now)
+        import logpool.transports.formats.codec as codec
+        if self.times is None:
+            self.times = codec.TimeText(_time_field)
+        decode, cache, times, frames = codec.TIMES.decode, self.times.cache, self.times, (
+            self.frames)
+        parts = [RESOURCE_LOGS, None, self.resource, SCOPE_LOGS, None, self.scope]
+        size = len(self.scope)  # of the ScopeLogs
         for m in messages:
-            doc, text = as_object(m)
-            record = sl.log_records.add()
-            record.time_unix_nano = record_time_ns(doc, now_ns)
-            record.observed_time_unix_nano = now_ns
-            record.body.string_value = text
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
-                       request.SerializeToString(deterministic=True))
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            when = fallback
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
+                else:
+                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+                    if raw is not None:
+                        when = cache.get(bytes(raw)) or times(fields, fallback)
+            key = len(line), len(when), len(observed)
+            framing = frames.get(key) or self._framing(*key)
+            parts += (framing[0], when, framing[1], line, observed)
+            size += framing[2]
+        scope_size = _varint(size)
+        parts[4] = scope_size
+        parts[1] = _varint(len(self.resource) + 1 + len(scope_size) + size)
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, b"".join(parts))
+
+    def _framing(self, n, time_size, observed_size):
+        """(the bytes before the record's time, those between it and the body's n bytes, the
+        record's size in its ScopeLogs), memoized by the sizes (lines share their length)."""
+        string = _varint(n)
+        any_value = 1 + len(string) + n  # AnyValue{string_value}
+        any_size = _varint(any_value)
+        record = time_size + 1 + len(any_size) + any_value + observed_size
+        record_size = _varint(record)
+        if len(self.frames) > CACHED_TIMES:
+            self.frames.clear()
+        framing = self.frames[n, time_size, observed_size] = (LOG_RECORD + record_size,
+                                               BODY + any_size + STRING + string,
+                                               1 + len(record_size) + record)
+        return framing
 
     def interpret(self, response, count):
         if not 200 <= response.status < 300:
@@ -101,18 +180,35 @@ class OtlpJson(Encoder):
         super().__init__(options, url_path)
         self.resource = {"attributes": [{"key": k, "value": {"stringValue": v}}
                                         for k, v in _attributes(options).items()]}
+        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)
 
     def encode(self, messages, now_ns):
+        import logpool.transports.formats.codec as codec
+        if self.times is None:
+            self.times = codec.TimeText(str)
+        observed = str(batch_time(now_ns))
+        decode, cache, times = codec.TIMES.decode, self.times.cache, self.times
+        record, body = codec.OtlpJsonRecord, codec.OtlpJsonBody
         records = []
         for m in messages:
-            doc, text = as_object(m)
-            records.append({"timeUnixNano": str(record_time_ns(doc, now_ns)),
-                            "observedTimeUnixNano": str(now_ns),
-                            "body": {"stringValue": text}})
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            ts = observed
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
+                else:
+                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+                    if raw is not None:
+                        ts = cache.get(bytes(raw)) or times(fields, observed)
+            records.append(record(ts, observed, body(line.decode())))
         request = {"resourceLogs": [{"resource": self.resource, "scopeLogs": [
-            {"scope": {"name": SCOPE}, "logRecords": records}]}]}
-        body = json.dumps(request, separators=(",", ":"), ensure_ascii=False).encode()
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
+            {"scope": {"name": SCOPE_NAME}, "logRecords": records}]}]}
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
+                       codec.encode_json(request))
 
     def interpret(self, response, count):
         if not 200 <= response.status < 300:

@@ -3,7 +3,11 @@
 http_headers: ``{"Authorization": "Splunk <token>"}``.
 
 event: one envelope per message, ``{"time": <record time, seconds>, "event": <the message
-as JSON when it is JSON, else the line>}``, concatenated; raw: the lines, newline-separated.
+as JSON when it is a JSON object, passed through byte for byte, else the line as a string>}``,
+one per line; raw: the lines, newline-separated. A record whose time field is out of range or
+not a time gets the batch's time (the event keeps the original value). A blank message (empty
+or whitespace) is not sent: HEC refuses a blank event (code 13) and drops every event after it
+in the request, so the encoder rejects that message alone (Request.rejected).
 
 Answer: 200 with ``"code": 0`` acknowledges; ``"code": 9`` (server busy) retries; 400, 401
 and 403 about the configuration (a bad token, a disabled input, a wrong index, a channel:
@@ -15,12 +19,20 @@ process the rest, so those are acknowledged, that one is refused for good
 """
 import json
 
-from logpool.transports.formats.common import (ACK, REJECT, RETRY, Answer, Encoder, Option,
-                                               Request, as_object, body_text, choice_option,
-                                               compact, record_time_ns)
+from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, Answer, Encoder,
+                                               Option, Rejections, Request,
+                                               batch_time, body_text, choice_option, joined,
+                                               valid_utf8)
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
 DATA_CODES = (5, 6, 12, 13, 15)  # no data, invalid format, event required/blank, fields
+BLANK = "a blank event (Splunk HEC refuses it: code 13, and processes nothing after it)"
+
+
+def _seconds(ns):
+    """The envelope up to the event, after the newline ending the one before it:
+    {"time":<seconds, to the millisecond>,"event":"""
+    return b'\n{"time":%d.%03d,"event":' % (ns // 10**9, ns // 10**6 % 1000)
 
 
 class SplunkHec(Encoder):
@@ -34,19 +46,44 @@ class SplunkHec(Encoder):
         self.STANDARD_PATH = PATHS[options["splunk_hec_endpoint"]]
         super().__init__(options, url_path)
         self.raw = options["splunk_hec_endpoint"] == "raw"
+        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)
 
     def encode(self, messages, now_ns):
         if self.raw:
             body = b"".join(m if m.endswith(b"\n") else m + b"\n" for m in map(bytes, messages))
             return Request(self.path, {"Content-Type": "text/plain"}, body)
-        out = []
-        for m in messages:
-            doc, text = as_object(m)
-            seconds = record_time_ns(doc, now_ns) / 1e9
-            out.append(compact({"time": round(seconds, 3),
-                                "event": doc if doc is not None else text}))
-        return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
-                       "\n".join(out).encode() + b"\n")
+        import logpool.transports.formats.codec as codec
+        if self.times is None:
+            self.times = codec.TimeText(_seconds)
+        out, rejected = [], Rejections()
+        fallback = _seconds(batch_time(now_ns))
+        decode, cache, times = codec.TIMES.decode, self.times.cache, self.times
+        for i, m in enumerate(messages):
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            head, fields = fallback, None
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
+                else:
+                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+                    if raw is not None:
+                        head = cache.get(bytes(raw)) or times(fields, fallback)
+                    if line.find(b"\n") >= 0:  # one envelope a line
+                        line = codec.one_line(line)
+            if fields is None:
+                if not line.strip():
+                    rejected.add(i, BLANK)
+                    continue
+                line = codec.encode_json(line.decode())
+            out += (head, line, b"}")
+        if out:
+            out[0] = out[0][1:]  # (each head starts with the newline ending the one before)
+        body = joined(b"", b"", out, b"\n") if out else b""
+        return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body, rejected.result())
 
     def interpret(self, response, count):
         code, answer = None, {}

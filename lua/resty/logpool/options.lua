@@ -11,6 +11,7 @@ local _M = { _VERSION = "0.1.0" }
 -- Keys of the JSON config, by the Lua type each must have.
 local NUMBER_OPTIONS = {
     connect_timeout_ms = true,
+    dead_letter_max_bytes = true,
     exit_flush_timeout_ms = true,
     flush_limit = true,
     forward_window = true,
@@ -31,6 +32,7 @@ local STRING_OPTIONS = {
     datadog_hostname = true,
     datadog_service = true,
     datadog_source = true,
+    dead_letter_path = true,
     elasticsearch_id_field = true,
     elasticsearch_index = true,
     elasticsearch_pipeline = true,

@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 LIB := logpool/liblogpool.so
 DEB_PACKAGES := nginx-core nginx-dev libnginx-mod-http-lua luajit2 wrk libpython3.11 rsyslog rsyslog-relp \
-	rsyslog-openssl
+	rsyslog-openssl clickhouse-server clickhouse-client curl valgrind
 C_SOURCES := include/logpool.h $(wildcard logpool/csrc/*.c logpool/csrc/*.h) build_ffi.py logpool/__init__.py
 PYTEST_ARGS ?=
 # The native nginx module, built against the installed nginx's own sources (Debian's
@@ -15,7 +15,7 @@ NGX_SRC ?= /usr/share/nginx/src
 NGX_BUILD := build/nginx-src
 NGX_GEN := build/nginx-gen
 NGX_MODULE := logpool/ngx_http_logpool_module.so
-NGX_MODULE_SOURCES := nginx/ngx_http_logpool_module.c include/logpool.h $(NGX_GEN)/ngx_http_logpool_build.h
+NGX_MODULE_SOURCES := $(wildcard nginx/*.c nginx/*.h) include/logpool.h $(NGX_GEN)/ngx_http_logpool_build.h
 
 .PHONY: all build nginx-module install sanitize-nginx deps system-deps test sanitize demo bench clean
 
@@ -61,7 +61,7 @@ $(NGX_BUILD)/objs/Makefile: nginx/config
 	  || { tail -30 configure.log; exit 1; }
 
 $(NGX_MODULE): $(NGX_MODULE_SOURCES) $(NGX_BUILD)/objs/Makefile
-	rm -f $(NGX_BUILD)/objs/addon/nginx/ngx_http_logpool_module.o
+	rm -f $(NGX_BUILD)/objs/addon/nginx/*.o
 	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules
 	cp $(NGX_BUILD)/objs/ngx_http_logpool_module.so $@.tmp
 	mv $@.tmp $@
@@ -84,12 +84,12 @@ $(NGX_ASAN_BUILD)/objs/Makefile: nginx/config
 	  || { tail -30 configure.log; exit 1; }
 
 $(NGX_ASAN_MODULE): $(NGX_MODULE_SOURCES) $(NGX_ASAN_BUILD)/objs/Makefile
-	rm -f $(NGX_ASAN_BUILD)/objs/addon/nginx/ngx_http_logpool_module.o
+	rm -f $(NGX_ASAN_BUILD)/objs/addon/nginx/*.o
 	$(MAKE) -s -C $(NGX_ASAN_BUILD) -f objs/Makefile modules
 
 sanitize-nginx: build $(NGX_ASAN_MODULE)
 	LOGPOOL_NGINX_ASAN_MODULE=$(CURDIR)/$(NGX_ASAN_MODULE) \
-	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_nginx_module.py
+	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_nginx_module.py tests/test_nginx_fidelity.py
 
 # An installation nginx's worker user can load (a Python it can read, a venv, the library built
 # for that Python, the Lua module and the nginx module); prints the nginx lines to paste.

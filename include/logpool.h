@@ -146,6 +146,12 @@ void logpool_free(logpool_t *pool);
 /* Number of configured sinks, or LOGPOOL_EINVAL (NULL pool). */
 int logpool_sink_count(logpool_t *pool);
 
+/* The socket_id of the sink the config names name: its "name", or for a sink without one the
+ * name the library gives it (its URL, made unique with "#<index>" when another sink has it).
+ * Returns the socket_id (>= 0), LOGPOOL_ENOSINK (no such sink) or LOGPOOL_EINVAL (NULL pool
+ * or name). Any thread; no GIL. */
+int logpool_sink_index(logpool_t *pool, const char *name);
+
 /* Fill *out with sink socket_id's counters. Returns 0, LOGPOOL_EINVAL or LOGPOOL_ENOSINK. */
 int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out);
 
@@ -157,6 +163,20 @@ const char *logpool_strerror(int code);
  * with a larger buffer when it is >= len), or LOGPOOL_EINVAL, LOGPOOL_ECLOSED (inherited
  * across fork), LOGPOOL_ERUNTIME. Takes the GIL: for scrapes, never per request. */
 int logpool_metrics(logpool_t *pool, char *buf, size_t len);
+
+/* logpool_metrics_merge's flags. */
+enum {
+    LOGPOOL_METRICS_COUNTERS_ONLY = 1  /* keep only counter and histogram families */
+};
+
+/* Sum the Prometheus texts concatenated in texts[0..len) (one per process, e.g. each nginx
+ * worker's logpool_metrics) into out, NUL-terminated, truncated to cap - 1 bytes: samples of
+ * the same series (name and labels) summed, # HELP and # TYPE lines once, first order kept.
+ * With LOGPOOL_METRICS_COUNTERS_ONLY, gauge (and untyped) families are left out: what still
+ * holds for a process that has exited. Returns the full length (call again with a larger
+ * buffer when it is >= cap), LOGPOOL_EINVAL (NULL with a length, len > 1 GiB, unknown flags)
+ * or LOGPOOL_ERUNTIME (out of memory). Any thread, no pool needed, no GIL. */
+int logpool_metrics_merge(const char *texts, size_t len, char *out, size_t cap, int flags);
 
 /* "MAJOR.MINOR.PATCH" of the library. */
 const char *logpool_version(void);

@@ -84,6 +84,8 @@ def _start_pool(ffi, lib, cfg):
             rc = lib.logpool__sink_init(pool, sink.index, limits)
             if rc != 0:
                 raise ConfigError(f"sinks[{sink.index}]: rejected by the C core ({rc})")
+            if lib.logpool__sink_set_name(pool, sink.index, sink.name.encode("utf-8")) != 0:
+                raise MemoryError("cannot store the sink's name")
             writers.append(SinkWriter(ffi, lib, lib.logpool__pool_sink(pool, sink.index), sink))
     except BaseException:
         lib.logpool__pool_discard(pool)

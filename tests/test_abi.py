@@ -137,6 +137,65 @@ def test_sink_count(receiver):
         lib.logpool_free(p)
 
 
+def test_sink_index_follows_the_librarys_naming_rule(down_sink):
+    # named; unnamed (its URL); an unnamed sink whose URL another sink already has (URL#i);
+    # a failover list (its first URL)
+    p = new_pool({"sinks": [{"url": down_sink, "name": "main"}, {"url": down_sink},
+                            {"url": down_sink}, {"url": [down_sink + "2", down_sink]}]})
+    try:
+        index = {name: lib.logpool_sink_index(p, name.encode())
+                 for name in ("main", down_sink, down_sink + "#2", down_sink + "2", "nosuch")}
+        assert index == {"main": 0, down_sink: 1, down_sink + "#2": 2, down_sink + "2": 3,
+                         "nosuch": lib.LOGPOOL_ENOSINK}
+        assert lib.logpool_sink_index(p, ffi.NULL) == lib.LOGPOOL_EINVAL
+        assert lib.logpool_sink_index(ffi.NULL, b"main") == lib.LOGPOOL_EINVAL
+    finally:
+        lib.logpool_close(p, 0)
+        lib.logpool_free(p)
+
+
+def merge(texts, flags=0, cap=1 << 16):
+    data = "".join(texts).encode()
+    out = ffi.new("char[]", cap)
+    n = lib.logpool_metrics_merge(data, len(data), out, cap, flags)
+    assert n >= 0, n
+    return ffi.string(out).decode(), n
+
+
+WORKER = """# HELP logpool_accepted_messages_total Messages accepted.
+# TYPE logpool_accepted_messages_total counter
+logpool_accepted_messages_total{sink="main"} %d
+# HELP logpool_buffered_bytes Bytes buffered now.
+# TYPE logpool_buffered_bytes gauge
+logpool_buffered_bytes{sink="main"} %d
+# HELP logpool_buffer_await_seconds Await.
+# TYPE logpool_buffer_await_seconds histogram
+logpool_buffer_await_seconds_bucket{sink="main",le="0.1"} %d
+logpool_buffer_await_seconds_sum{sink="main"} 0.25
+logpool_buffer_await_seconds_count{sink="main"} %d
+"""
+
+
+def test_metrics_merge_sums_series_and_keeps_counters_only_when_asked():
+    text, n = merge([WORKER % (3, 100, 1, 2), WORKER % (4, 50, 2, 3)])
+    assert n == len(text)
+    assert text.count("# TYPE logpool_accepted_messages_total counter") == 1
+    assert 'logpool_accepted_messages_total{sink="main"} 7\n' in text
+    assert 'logpool_buffered_bytes{sink="main"} 150\n' in text
+    assert 'logpool_buffer_await_seconds_sum{sink="main"} 0.5\n' in text
+    counters, _ = merge([WORKER % (3, 100, 1, 2), WORKER % (4, 50, 2, 3)],
+                        lib.LOGPOOL_METRICS_COUNTERS_ONLY)
+    assert "buffered_bytes" not in counters  # a gauge says nothing once its process is gone
+    assert 'logpool_buffer_await_seconds_count{sink="main"} 5\n' in counters
+    assert 'logpool_accepted_messages_total{sink="main"} 7\n' in counters
+    # truncated to the room given, the full length returned
+    short, n = merge([WORKER % (3, 100, 1, 2)], cap=10)
+    assert len(short) == 9 and n > 10
+    assert lib.logpool_metrics_merge(ffi.NULL, 5, ffi.NULL, 0, 0) == lib.LOGPOOL_EINVAL
+    assert lib.logpool_metrics_merge(b"", 0, ffi.NULL, 0, 8) == lib.LOGPOOL_EINVAL
+    assert lib.logpool_metrics_merge(b"", 0, ffi.NULL, 0, 0) == 0
+
+
 @pytest.mark.parametrize("config, names", [
     ({"sinks": [{"url": "unix:/x"}], "flush_limt": 5}, "flush_limt"),
     ({"sinks": [{"url": "unix:/x", "bogus": 1}]}, "sinks[0].bogus"),

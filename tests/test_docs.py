@@ -136,8 +136,8 @@ def test_lua_line_numbers_in_log_examples_point_at_a_log_call(doc):
 # A file name in a comment or docstring: a path or a bare name with a source extension.
 COMMENT_PATH = re.compile(r"(?<![\w/.\-*{$<])((?:[\w-]+/)*[\w-]+\.(?:py|c|h|lua|md|json|toml))"
                           r"\b(?![\w/(>])")
-# Headers of other projects that comments name on purpose.
-OUTSIDE_FILES = {"Python.h", "rdkafka.h"}
+# Files of other projects that comments name on purpose (headers, nginx's own sources).
+OUTSIDE_FILES = {"Python.h", "rdkafka.h", "ngx_http_log_module.c", "src/core/ngx_string.c"}
 # Files whose comments name example paths (this one's patterns).
 EXAMPLE_NAMERS = {"tests/test_docs.py"}
 
@@ -255,7 +255,7 @@ def test_the_block_changes_when_a_figure_does():
 PERFORMANCE = "docs/performance.md"
 # A measured figure: a number with the unit of a time, a share, a ratio, a rate or a size in
 # MiB (message sizes in B/KiB and counts are the benchmarks' settings, not their results).
-TYPED_FIGURE = re.compile(r"(?<![\w.])[±~]?\d[\d.,]*(?:[–-]\d[\d.,]*)?\s*"
+TYPED_FIGURE = re.compile(r"(?<![\w.=])[±~]?\d[\d.,]*(?:[–-]\d[\d.,]*)?\s*"
                           r"(?:ns|µs|us|ms|%|×(?!\s*\d)|x\b|MiB|MB/s|req/s|k\b)")
 
 

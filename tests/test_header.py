@@ -11,7 +11,8 @@ from logpool import paths
 CONTRACT = {
     "log_cdata", "logpool_new", "logpool_last_error", "logpool_flush", "logpool_close",
     "logpool_free", "logpool_sink_count", "logpool_stats", "logpool_strerror", "logpool_version",
-    "logpool_metrics", "logpool_shutdown", "logpool_last_error_code",
+    "logpool_metrics", "logpool_shutdown", "logpool_last_error_code", "logpool_sink_index",
+    "logpool_metrics_merge",
 }
 
 
@@ -53,7 +54,7 @@ def test_code_table_and_enum_agree():
     table = dict((name, int(value)) for name, value in
                  re.findall(r"XX\((\w+),\s*(-?\d+),", header))
     enum = dict((name, int(value)) for name, value in
-                re.findall(r"LOGPOOL_(\w+) = (-?\d+)", header))
+                re.findall(r"LOGPOOL_(E[A-Z]+|OK) = (-?\d+)", header))
     assert table == enum and len(table) == 9
 
 

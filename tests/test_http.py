@@ -160,23 +160,99 @@ def test_retry_after_as_an_http_date_is_capped_by_max_retry_interval(scripted, p
 
 
 @pytest.mark.parametrize("status", [400, 422])
-def test_a_batch_refused_for_good_is_dropped_counted_and_logged(scripted, pools, capfd,
-                                                                status):
+def test_a_refusal_naming_no_record_is_narrowed_and_loses_nothing_good(scripted, pools,
+                                                                       status):
+    # One request refused with a 4xx that names no record: split and sent again as halves,
+    # which the collector takes: nothing is rejected, nothing stored twice, in order.
     server = scripted([200, status])
     pool = pools({"sinks": [{"url": server.url, "http_max_body_bytes": 2048}], **FAST})
     n = 200
     log_numbered(pool, n)
     st = pool.stats(0)
-    kept = seqs(server.kept)
-    assert st["dropped_rejected"] > 0 and st["sent_messages"] + st["dropped_rejected"] == n
-    assert len(kept) == st["sent_messages"] and kept == sorted(kept)  # the rest, in order
-    missing = sorted(set(range(n)) - set(kept))  # exactly one batch, the refused one
-    assert missing == list(range(missing[0], missing[0] + len(missing)))
-    assert len(missing) == st["dropped_rejected"]
+    assert seqs(server.kept) == list(range(n))
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == n
+    assert st["retried_messages"] > 0 and st["resent_messages"] == 0
+
+
+@pytest.mark.parametrize("status", [400, 422])
+def test_a_record_refused_for_ever_is_rejected_alone_and_logged(peer, pools, capfd, status):
+    # The collector refuses every request that holds the poison record, naming no record.
+    def answer(request):
+        if b"poison" in request.body:
+            return [response(status, "refused by the test")]
+        return [response(200)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/in"}], **FAST})
+    lines = [message(0, i) for i in range(100)]
+    lines[37] = b"poison\n"
+    for line in lines:
+        pool.log(0, line)
+    pool.flush(timeout=30)
+    kept = [parse_line(line + b"\n")[1] for r in server.requests if b"poison" not in r.body
+            for line in r.body.splitlines()]
+    assert kept == [i for i in range(100) if i != 37]  # every good record once, in order
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 99
+    refused = sum(1 for r in server.requests if b"poison" in r.body)
+    assert refused <= 2 * (100).bit_length() + 2  # the bound: about 2*log2(batch) requests
     err = wait_for_log(capfd, "refused by the test")
-    assert f"refused a batch of {st['dropped_rejected']} messages for good (HTTP {status}" in err
-    assert "refused by the test" in err
+    assert f"refused a batch of 1 message for good (HTTP {status}" in err
     assert 'reason="rejected"' in pool.metrics()
+
+
+def test_a_record_refused_alone_first_is_judged_against_the_next_pending_messages(peer, pools):
+    # The first request holds the refused record alone (it fills http_max_body_bytes) and
+    # nothing has succeeded yet: it is not rejected on that answer; the messages after it
+    # go first, succeed, and then it is refused alone again right after a success:
+    # rejected, and only it.
+    def answer(request):
+        if b"poison" in request.body or not request.body:
+            return [response(400, "refused by the test")]
+        return [response(200)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_max_body_bytes": 1024}],
+                  **{**FAST, "periodic_flush_ms": 300}})  # one take: all 21 pending
+    pool.log(0, b"poison " + b"p" * 1000 + b"\n")
+    for i in range(20):
+        pool.log(0, message(0, i))
+    pool.flush(timeout=30)
+    kept = [parse_line(line + b"\n")[1] for r in server.requests if b"poison" not in r.body
+            for line in r.body.splitlines()]
+    assert sorted(kept) == list(range(20))  # each once
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 20
+    # Refused alone, then the messages after it taken, then refused alone again right after
+    # that success: the probe after it (a request without data, which this collector also
+    # refuses) leaves that verdict standing.
+    assert [(b"poison" in r.body, bool(r.body)) for r in server.requests][:4] == [
+        (True, True), (False, True), (True, True), (False, False)]
+
+
+def test_a_good_record_refused_alone_as_an_outage_begins_is_not_rejected(peer, pools):
+    # Requests of two messages. The first is refused once (naming no record): narrowed, its
+    # first message goes through, and just then the collector starts refusing everything:
+    # the second message is refused alone right after a success. The next request is
+    # refused too, so that refusal proves nothing about the message: nothing is rejected,
+    # and everything arrives once the collector recovers.
+    seen = []
+
+    def answer(request):
+        seen.append(request.body)
+        if len(seen) == 1 or 3 <= len(seen) <= 12:
+            return [response(400, "refused by the test")]
+        return [response(200)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/in", "http_max_body_bytes": 1024}],
+                  **{**FAST, "periodic_flush_ms": 300}})  # one take: all 10 pending
+    for i in range(10):
+        pool.log(0, message(0, i, length=450))
+    pool.flush(timeout=30)
+    kept = [parse_line(line + b"\n")[1] for i, body in enumerate(seen)
+            if i == 1 or i >= 12 for line in body.splitlines()]
+    assert sorted(kept) == list(range(10))  # each once
+    assert seen[2].count(b"\n") == 1  # the second message alone, refused right after a success
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == 10
 
 
 def test_put_and_a_path_with_a_query(scripted, pools):
@@ -305,8 +381,9 @@ def test_retry_statuses_send_the_same_batch_again(peer, pools, status):
     first, second = server.requests[0].body, server.requests[1].body
     assert first == second  # the same batch, byte for byte
     st = pool.stats(0)
-    assert st["dropped_rejected"] == 0 and st["resent_messages"] >= 2 * len(
-        first.splitlines())
+    # Refused twice: nothing was stored, so these are retries, never possible duplicates.
+    assert st["dropped_rejected"] == 0 and st["retried_messages"] >= 2 * len(
+        first.splitlines()) and st["resent_messages"] == 0
 
 
 def test_413_halves_the_batch_and_only_a_single_message_is_rejected(peer, pools, capfd):

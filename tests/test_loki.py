@@ -84,14 +84,54 @@ def test_loki_400_out_of_order_counts_the_ignored_entries_as_rejected(peer, pool
     assert_logged(capfd, "entry out of order")
 
 
-def test_loki_400_too_old_without_counts_rejects_the_request(peer, pools):
-    loki = FakeLoki([(400, "entry for stream '{job=\"logpool\"}' has timestamp too old", 5)])
+def test_loki_400_rejects_only_the_entries_loki_named_and_the_rest_is_stored(peer, pools,
+                                                                            capfd):
+    # As Loki validates a push: it stores the valid entries and answers 400 naming the
+    # refused ones (an over-long line, a timestamp too old), in its own words.
+    cutoff_ns, max_line = 1_700_000_000 * 10**9, 100
+    stored = []
+
+    def answer(request):
+        errors = []
+        for stream in json.loads(request.body)["streams"]:
+            for ts, line in stream["values"]:
+                if len(line.encode()) > max_line:
+                    errors.append(f"Max entry size '{max_line}' bytes exceeded for stream "
+                                  f"'{{job=\"logpool\"}}' while adding an entry with length "
+                                  f"'{len(line.encode())}' bytes")
+                elif int(ts) < cutoff_ns:
+                    errors.append("entry for stream '{job=\"logpool\"}' has timestamp too "
+                                  "old: 2020-01-01T00:00:00Z, oldest acceptable timestamp "
+                                  "is: 2023-11-14T22:13:20Z")
+                else:
+                    stored.append(line)
+        if errors:
+            return [response(400, f"{len(errors)} errors like: " + "\n".join(errors))]
+        return [response(204)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "loki"}],
+                  **{**FAST, "periodic_flush_ms": 300}})
+    lines = [json.dumps({"seq": i, "time": 1_700_000_100}).encode() for i in range(10)]
+    lines[3] = json.dumps({"seq": 3, "time": 1_600_000_000}).encode()  # too old
+    lines[6] = json.dumps({"seq": 6, "time": 1_700_000_100, "pad": "x" * 200}).encode()
+    log_all(pool, lines)
+    assert [json.loads(line)["seq"] for line in stored] == [0, 1, 2, 4, 5, 7, 8, 9]
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 2 and st["sent_messages"] == 8
+    assert st["retried_messages"] == 0 and st["resent_messages"] == 0  # nothing sent again
+    assert_logged(capfd, "Max entry size")
+
+
+def test_loki_400_naming_no_entry_is_narrowed(peer, pools):
+    # A 400 Loki gives for the whole push once (no entry named): narrowed, nothing lost.
+    loki = FakeLoki([(400, "error parsing labels", 5)])
     server = peer(loki)
     pool = pools({"sinks": [{"url": server.url + "/", "http_format": "loki"}],
                   **{**FAST, "periodic_flush_ms": 300}})
     log_all(pool, [message(0, i) for i in range(5)])
     st = pool.stats(0)
-    assert st["dropped_rejected"] == 5 and st["sent_messages"] == 0
+    assert st["dropped_rejected"] == 0 and st["sent_messages"] == 5
+    assert len(loki.entries) == 5
 
 
 # -- nginx: JSON lines with the time they were logged ----------------------------------------

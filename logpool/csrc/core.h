@@ -88,6 +88,7 @@ static inline size_t chunk_room(const chunk_t *c)
 struct logpool__sink_s {
     logpool_t *pool;
     int id;
+    char *name; /* the config's name for it (logpool_sink_index); owned */
     pthread_mutex_t lock;
     pthread_cond_t wake;     /* the writer waits here for a batch or stop */
     pthread_cond_t progress; /* flush/close wait here for sent messages or writer exit */

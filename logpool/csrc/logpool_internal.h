@@ -88,6 +88,7 @@ enum logpool__counter {
 
 logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms);
 int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *limits);
+int logpool__sink_set_name(logpool_t *pool, int socket_id, const char *name);
 logpool__sink_t *logpool__pool_sink(logpool_t *pool, int socket_id);
 void logpool__pool_discard(logpool_t *pool);
 void logpool__set_error(int code, const char *message);

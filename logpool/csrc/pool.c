@@ -102,6 +102,20 @@ int logpool__sink_init(logpool_t *pool, int socket_id, const logpool__limits_t *
     return LOGPOOL_OK;
 }
 
+/* The config's name of a sink (Python's config owns the naming rule), copied. */
+int logpool__sink_set_name(logpool_t *pool, int socket_id, const char *name)
+{
+    if (pool == NULL || socket_id < 0 || socket_id >= pool->nsinks || name == NULL)
+        return LOGPOOL_EINVAL;
+    logpool__sink_t *s = &pool->sinks[socket_id];
+    char *copy = strdup(name);
+    if (copy == NULL)
+        return LOGPOOL_ERUNTIME;
+    free(s->name);
+    s->name = copy;
+    return LOGPOOL_OK;
+}
+
 logpool__sink_t *logpool__pool_sink(logpool_t *pool, int socket_id)
 {
     if (pool == NULL || socket_id < 0 || socket_id >= pool->nsinks)
@@ -118,6 +132,7 @@ static void pool_destroy(logpool_t *pool)
         pthread_cond_destroy(&s->wake);
         pthread_cond_destroy(&s->progress);
         pthread_cond_destroy(&s->spill_wake);
+        free(s->name);
     }
     pthread_mutex_destroy(&pool->close_lock);
     free(pool->sinks);
@@ -163,6 +178,17 @@ LOGPOOL_API logpool_t *logpool_new(const char *config_json)
 LOGPOOL_API int logpool_sink_count(logpool_t *pool)
 {
     return pool == NULL ? LOGPOOL_EINVAL : pool->nsinks;
+}
+
+LOGPOOL_API int logpool_sink_index(logpool_t *pool, const char *name)
+{
+    if (pool == NULL || name == NULL)
+        return LOGPOOL_EINVAL;
+    for (int i = 0; i < pool->nsinks; i++) {
+        if (pool->sinks[i].name != NULL && strcmp(pool->sinks[i].name, name) == 0)
+            return i;
+    }
+    return LOGPOOL_ENOSINK;
 }
 
 LOGPOOL_API int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out)

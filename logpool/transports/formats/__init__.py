@@ -1,15 +1,17 @@
 """Body formats of HTTP sinks (`http_format`), one module per backend, each plugging into one
 seam: an Encoder built once per sink from its options, with
 
-- ``encode(messages, now_ns) -> Request(path, headers, body, rejected)``: a pure function of
-  the messages (buffers, in order) and of the fallback record time (the same arguments give
-  the same bytes: a retried batch is byte-identical, which deduplicating backends rely on).
-  It never raises: a value the format cannot represent has a documented fallback, and a
+- ``encode(messages, now_ns) -> Request(path, headers, body, rejected)``: a function of the
+  messages (buffers, in order) and of the fallback record time; the transport freezes a
+  request once sent, so a retried batch is byte-identical, which deduplicating backends rely
+  on. It never raises: a value the format cannot represent has a documented fallback, and a
   message it cannot carry at all is left out of the body and named in ``rejected``
   (``((index in messages, reason), ...)``, ascending; the HTTP transport makes each a
   rejection at its place among the answer's fates);
-- ``interpret(response, count) -> Answer``: what the collector's answer means for each
-  message of the request (``None``: the generic HTTP rules of logpool.transports.http).
+- ``interpret(response, request, count) -> Outcome``: what the collector's answer means for
+  the messages of the request, in the contract's own terms (an Outcome, or RetryLater,
+  Misconfigured, Refused, SendAgain, ProtocolError raised; ``None``: the generic HTTP rules
+  of logpool.transports.http). Answers are translated once, here.
 
 A new backend is one module here plus one line in FORMATS. Its keys are named
 ``<format>_<field>`` and declared as typed Options (name, type, default, one-line doc), from
@@ -30,7 +32,7 @@ Messages that are not a JSON object where a backend needs a JSON document are wr
 """
 from logpool.transports.formats.clickhouse import ClickHouse
 from logpool.transports.formats.common import (  # noqa: F401 — re-exported
-    ACK, REJECT, RETRY, Answer, Encoder, Option, Request, Response, body_text)
+    Encoder, Misconfigured, Option, Refused, Request, Response, SendAgain, body_text)
 from logpool.transports.formats.datadog import Datadog
 from logpool.transports.formats.elasticsearch import Elasticsearch
 from logpool.transports.formats.lines import JsonArray, Ndjson

@@ -1,8 +1,11 @@
-"""What every body format shares: the Encoder base class, Request/Response/Answer, option
+"""What every body format shares: the Encoder base class, Request/Response, the answer vocabulary, option
 checkers, record time and JSON helpers (the package doc says how formats plug in)."""
 import datetime
+import errno
 from collections import namedtuple
 
+from logpool.transports.contract import (  # noqa: F401 — the answer readers' vocabulary
+    Fate, Outcome, ProtocolError, RetryLater)
 from logpool.transports.schema import Option  # noqa: F401 — the formats' keys are Options
 
 # rejected: ((index in the messages, reason), ...) of the messages left out of the body, each
@@ -10,30 +13,53 @@ from logpool.transports.schema import Option  # noqa: F401 — the formats' keys
 Request = namedtuple("Request", "path headers body rejected", defaults=((),))
 Response = namedtuple("Response", "status reason headers body")  # headers: lower-case keys
 
-ACK, RETRY, REJECT = "ack", "retry", "reject"
 TIME_FIELDS = ("@timestamp", "timestamp", "time", "ts")
 RESPONSE_LIMIT = 64 * 1024  # bytes of a response body kept (the rest is discarded)
 
+# What an answer reader (Encoder.interpret) gives back, in the contract's own terms
+# (logpool/transports/contract.py): an Outcome for the messages of the request (acked,
+# rejected, or one fate per message), or one of these raised. The HTTP transport adds only
+# what is HTTP's own: 413 halving, Retry-After, and narrowing a Refused request down.
+#   RetryLater(text)     the collector said "later": the same request again after backoff
+#   Misconfigured(text)  the configuration is wrong, not the data: kept, logged once, sent
+#                        again on the retry schedule
+#   Refused(text, item)  refused for its data without saying which record (item None) or
+#                        naming the record by its position: narrowed to the record
+#   SendAgain(text)      the format changed what it sends: the same messages again at once
+#   Unconfirmed(token)   received, not yet stored for good: released once the format's
+#                        confirm_request(token) is answered so (Splunk HEC's indexer ack)
+#   ProtocolError(text)  an answer not understood: kept, sent again on a new connection
 
-class Answer:
-    """What a response means for the messages of a request.
 
-    kind: "ok" (all acknowledged), "partial" (``rejected`` of them refused for good, the rest
-    taken), "items" (``fates``: one (ACK | RETRY | REJECT, reason) per message), "reject" (all
-    refused for good), "retry" (all, later; ``retry_after`` seconds or None), "keep" (the
-    configuration is wrong, not the data: kept, logged once, retried on the schedule),
-    "split" (too large: send half), "error" (an answer not understood: kept, retried)."""
+class Misconfigured(OSError):
+    """The answer says the configuration is wrong (a URL, a credential, a table): the data
+    is kept, logged once, and sent again on the retry schedule."""
 
-    __slots__ = ("kind", "reason", "fates", "rejected", "retry_after", "backoff")
+    def __init__(self, text):
+        super().__init__(errno.EREMOTEIO, text)
 
-    def __init__(self, kind, reason="", fates=None, rejected=0, retry_after=None,
-                 backoff=True):
-        self.kind, self.reason, self.fates = kind, reason, fates
-        self.rejected, self.retry_after = rejected, retry_after
-        self.backoff = backoff  # "items": wait before sending the RETRY ones again
 
-    def __repr__(self):
-        return f"Answer({self.kind!r}, {self.reason!r}, rejected={self.rejected})"
+class Refused(Exception):
+    """The collector refused the request for its data and named no record (item None), or
+    named it by its 0-based position in the request (item)."""
+
+    def __init__(self, reason, item=None):
+        super().__init__(reason)
+        self.reason, self.item = reason, item
+
+
+class Unconfirmed(Exception):
+    """Received, not yet confirmed: the transport polls confirm_request(token) until
+    confirmed(response, token) says so, for at most confirm_timeout_s."""
+
+    def __init__(self, token):
+        super().__init__(token)
+        self.token = token
+
+
+class SendAgain(Exception):
+    """Send the same messages again at once: the format changed what it sends (e.g. a
+    setting the server does not know was dropped)."""
 
 
 # The formats' option checkers are the schema's (one vocabulary for every key), under the
@@ -195,7 +221,35 @@ class Encoder:
     def response_limit(self, count):
         return RESPONSE_LIMIT
 
-    def interpret(self, response, count):
+    def interpret(self, response, request, count):
+        """The answer to `request` (carrying `count` messages): an Outcome, or None for
+        the generic HTTP rules (logpool/transports/http.py), or raises (see above)."""
         return None
+
+    confirm_timeout_s = 30.0
+    url = None  # the collector the requests go to now (set by the transport)
+
+    def confirm_request(self, token):
+        raise NotImplementedError
+
+    def confirmed(self, response, token):
+        raise NotImplementedError
+
+    def describe(self, response):
+        """The answer in words, for the generic rules' reasons."""
+        return f"HTTP {response.status} {response.reason[:60]!r}: {body_text(response)!r}"
+
+    def finish(self, request):
+        """The request as it goes out now (a format may leave out what the server was found
+        not to know); a frozen request's body never changes."""
+        return request
+
+    def probe(self):
+        """A request to send once per session before the first batch (to learn the server's
+        version), or None."""
+        return None
+
+    def learn(self, url, response):
+        """The probe's answer from the collector at url."""
 
 

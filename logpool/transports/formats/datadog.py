@@ -11,7 +11,11 @@ A message whose own ``timestamp`` is out of range or not a time gets the batch's
 original value kept as ``original_timestamp``; a record time out of range elsewhere also
 becomes the batch's time. At most 1000 entries per request (the intake's limit).
 
-Answer: 202 (any 2xx) acknowledges; 413 halves the request; 429 and 5xx retry.
+Answer, by the intake's published statuses (the generic HTTP rules): 202 (any 2xx)
+acknowledges; 400 (a payload it cannot take) is narrowed down to the record, rejected with
+the intake's answer; 401 and 403 (the API key) keep the data, logged once, retried on the
+schedule; 408, 429, 500, 502, 503, 504 are retried after backoff honouring Retry-After; 413
+halves the request (a single entry answered 413 is rejected).
 """
 import itertools
 import socket

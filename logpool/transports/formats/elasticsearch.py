@@ -10,17 +10,17 @@ record alone. The action is ``create`` (what data streams need); with
 indexed twice (its 409 "already exists" counts as acknowledged).
 
 Answer: 200 with ``"errors": false`` acknowledges all; ``"errors": true`` is per item: 2xx
-acknowledged, 429 and 5xx retried after backoff, other statuses refused for good with ES's
-reason. Messages are released from the head only: a retried item and every later one of the
-request go again (the later ones are counted in resent_messages; with
-elasticsearch_id_field ES answers them 409, taken as acknowledged), so the order is kept.
+acknowledged, 409 (version conflict) on a ``create`` with an ``_id`` acknowledged (the
+document is there: an earlier attempt stored it), 429 and 5xx retried after backoff (those
+items alone: the others are released and never sent again, so a retried item arrives after
+later ones), any other status refused for good with ES's ``type: reason``. A non-2xx answer
+to the whole request follows the generic HTTP rules (a 400 is narrowed to the record).
 """
 import json
 
-from logpool.transports.formats.common import (ACK, NOT_JSON, REJECT, RETRY, Answer, Encoder,
-                                               Option,
-                                               Request, add_query, body_text, joined,
-                                               text_option)
+from logpool.transports.formats.common import (NOT_JSON, Encoder, Fate, Option, Outcome,
+                                               ProtocolError, Request, add_query, body_text,
+                                               joined, text_option)
 
 # Only what is read back: keeps the answer small (about 30 bytes per item).
 FILTER = "filter_path=errors,items.*.status,items.*.error.type,items.*.error.reason"
@@ -101,35 +101,36 @@ class Elasticsearch(Encoder):
     def response_limit(self, count):
         return min(64 * 1024 + 400 * count, 16 << 20)
 
-    def interpret(self, response, count):
+    def interpret(self, response, request, count):
         if not 200 <= response.status < 300:
             return None
         try:
             answer = json.loads(response.body)
             errors = answer["errors"]
         except (ValueError, KeyError, TypeError):
-            return Answer("error", f"a _bulk answer that is not JSON with \"errors\": "
-                          f"{body_text(response)!r}")
+            raise ProtocolError(f"a _bulk answer that is not JSON with \"errors\": "
+                                f"{body_text(response)!r}") from None
         if errors is False:
-            return Answer("ok")
+            return Outcome.acked(count)
         items = answer.get("items")
         if not isinstance(items, list) or len(items) != count:
-            return Answer("error", f"a _bulk answer with errors and {len(items or ())} items "
-                          f"for {count} documents")
+            raise ProtocolError(f"a _bulk answer with errors and {len(items or ())} items "
+                                f"for {count} documents")
         fates = []
         for item in items:
             try:
-                (result,) = item.values()
+                ((action, result),) = item.items()
                 status = int(result["status"])
             except (ValueError, KeyError, TypeError, AttributeError):
-                return Answer("error", f"a _bulk item not understood: {item!r:.200}")
+                raise ProtocolError(f"a _bulk item not understood: {item!r:.200}") from None
             error = result.get("error") or {}
             why = (f"{error.get('type', '?')}: {error.get('reason', '')}"
                    if isinstance(error, dict) else str(error))[:300]
-            if 200 <= status < 300 or (status == 409 and self.id_field is not None):
-                fates.append((ACK, ""))
+            if 200 <= status < 300 or (status == 409 and action == "create"
+                                       and self.id_field is not None):
+                fates.append((Fate.ACK, None))
             elif status == 429 or status >= 500:
-                fates.append((RETRY, f"item status {status} ({why})"))
+                fates.append((Fate.RETRY, f"Elasticsearch item {status}: {why}"))
             else:
-                fates.append((REJECT, f"item status {status} ({why})"))
-        return Answer("items", "per-item answer", fates=fates)
+                fates.append((Fate.REJECT, f"Elasticsearch item {status}: {why}"))
+        return Outcome.per_message(fates)

@@ -5,18 +5,26 @@ each line is the message (invalid UTF-8 bytes as U+FFFD), its timestamp the reco
 the package doc) as a decimal string of nanoseconds; a record whose time field is out of range
 or not a time gets the batch's time, and the line keeps the original value.
 
-Answer: 2xx (204) acknowledges; a 400 naming entries out of order or too old counts them as
-refused for good with Loki's reason: "total ignored: N out of M" counts N (the rest were
-taken), otherwise the whole request.
+Answer: 2xx (204) acknowledges. A 400 is partial: Loki stores the valid entries of a push and
+names the ones it refused; only those are refused for good, with Loki's reason, the rest are
+delivered. Named by what is checked against what was sent: an over-long line ("Max entry
+size 'L' bytes exceeded ... with length 'N' bytes": every line longer than L), a timestamp
+too old ("oldest acceptable timestamp is: T": every entry before T), entries out of order
+("total ignored: N out of M": N entries, the last N of the request as Loki does not say
+which). A 400 that names none of these is narrowed to the record (the generic rule); 429 and
+5xx are retried.
 """
+import datetime
+import json
 import re
 
-from logpool.transports.formats.common import (NOT_JSON, Answer, Encoder, Option, Request,
-                                               batch_time, body_text, table_option,
-                                               valid_utf8)
+from logpool.transports.formats.common import (NOT_JSON, Encoder, Fate, Option, Outcome,
+                                               Refused, Request, batch_time, body_text,
+                                               table_option, valid_utf8)
 
 IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
-REFUSED = ("out of order", "too old", "too far behind", "greater than", "ignored")
+TOO_LONG = re.compile(r"Max entry size '(\d+)' bytes exceeded")
+TOO_OLD = re.compile(r"oldest acceptable timestamp is: (\S+)")
 
 
 class Loki(Encoder):
@@ -59,15 +67,48 @@ class Loki(Encoder):
         body = codec.encode_json({"streams": [{"stream": self.labels, "values": values}]})
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
 
-    def interpret(self, response, count):
+    def interpret(self, response, request, count):
         if response.status != 400:
             return None
         text = response.body.decode("utf-8", "replace")
-        found = IGNORED.findall(text)
-        if found:
-            ignored = min(count, sum(int(n) for n, _ in found))
-            return Answer("partial", f"Loki 400: {ignored} of {count} entries ignored: "
-                          f"{body_text(response, 300)!r}", rejected=ignored)
-        if any(word in text for word in REFUSED):
-            return Answer("reject", f"Loki 400: entries refused: {body_text(response, 300)!r}")
+        why = f"Loki 400: {body_text(response, 300)!r}"
+        entries = _entries(request.body)
+        refused = set()
+        if entries is not None and len(entries) == count:
+            for limit in TOO_LONG.findall(text):
+                refused.update(i for i, (_, line) in enumerate(entries)
+                               if len(line.encode("utf-8", "replace")) > int(limit))
+            for stamp in TOO_OLD.findall(text):
+                oldest = _rfc3339_ns(stamp.rstrip(",;"))
+                if oldest is not None:
+                    refused.update(i for i, (ts, _) in enumerate(entries) if ts < oldest)
+        ignored = min(count, sum(int(n) for n, _ in IGNORED.findall(text)))
+        for i in range(count - 1, -1, -1):  # out of order: Loki does not say which
+            if ignored <= 0:
+                break
+            if i not in refused:
+                refused.add(i)
+                ignored -= 1
+        if not refused:
+            raise Refused(why)  # nothing named: narrowed to the record
+        return Outcome.per_message([(Fate.REJECT, why) if i in refused else (Fate.ACK, None)
+                                    for i in range(count)])
+
+
+def _entries(body):
+    """[(timestamp ns, line)] of a push body, in order; None when it cannot be read."""
+    try:
+        push = json.loads(body)
+        return [(int(ts), line) for stream in push["streams"] for ts, line in stream["values"]]
+    except (ValueError, KeyError, TypeError):
         return None
+
+
+def _rfc3339_ns(text):
+    try:
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return int(when.timestamp()) * 10**9 + when.microsecond * 1000

@@ -10,18 +10,26 @@ of range or not a time gets the batch's time; the body keeps the original value.
 body is written directly (the official schema's field numbers; the tests decode it with
 opentelemetry-proto).
 
-Answer: 2xx acknowledges, except ``partial_success.rejected_log_records`` (N > 0): N refused
-for good, with the collector's error_message; an answer body that does not decode is an error
-(kept, retried).
+Answer, as the OTLP/HTTP specification has it: 2xx acknowledges, except
+``partial_success.rejected_log_records`` (N > 0): N records refused for good with the
+collector's ``error_message`` (OTLP does not say which: the last N of the request are
+counted), the rest delivered; 429, 502, 503 and 504 are retried after backoff honouring
+Retry-After; every other status (400, 401, 403, 404, 500, 501, 505, ...) is not retried as
+is: the request is refused, narrowed down to the record the collector refuses (rejected
+with the collector's answer once it is refused alone while other requests succeed; when
+every part is refused alike nothing is rejected: held on the retry schedule). An answer
+body that does not decode is an error (kept, sent again).
 """
 import json
 import struct
 
-from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, Answer, Encoder, Option,
-                                               Request, batch_time, body_text,
-                                               table_option, valid_utf8)
+from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, Encoder, Fate, Option,
+                                               Outcome, ProtocolError, Refused, Request,
+                                               RetryLater, batch_time, body_text, table_option,
+                                               valid_utf8)
 
 SCOPE_NAME = "logpool"
+RETRYABLE = (429, 502, 503, 504)  # OTLP/HTTP: the only statuses a client may retry
 # Field keys (number << 3 | wire type) of the messages written by hand, from
 # opentelemetry/proto/{collector/logs/v1/logs_service,logs/v1/logs,common/v1/common}.proto.
 RESOURCE_LOGS = b"\x0a"  # ExportLogsServiceRequest.resource_logs = 1, length-delimited
@@ -54,6 +62,16 @@ def _varint(n):
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def _status(response):
+    """The OTLP/HTTP status rules; None for a 2xx (its body says the rest)."""
+    if 200 <= response.status < 300:
+        return None
+    why = f"OTLP HTTP {response.status}: {body_text(response, 300)!r}"
+    if response.status in RETRYABLE:
+        raise RetryLater(why)
+    raise Refused(why)
 
 
 def _check_attributes(where, value):
@@ -148,26 +166,26 @@ class Otlp(Encoder):
                                                1 + len(record_size) + record)
         return framing
 
-    def interpret(self, response, count):
-        if not 200 <= response.status < 300:
-            return None
+    def interpret(self, response, request, count):
+        _status(response)
         if not response.body:
-            return Answer("ok")
+            return Outcome.acked(count)
         try:
             answer = self.pb.ExportLogsServiceResponse.FromString(response.body)
         except Exception as exc:  # noqa: BLE001 — protobuf's DecodeError and friends
-            return Answer("error", f"an OTLP answer that does not decode ({exc}): "
-                          f"{response.body[:80]!r}")
+            raise ProtocolError(f"an OTLP answer that does not decode ({exc}): "
+                                f"{response.body[:80]!r}") from None
         rejected = answer.partial_success.rejected_log_records
         return _partial(rejected, answer.partial_success.error_message, count)
 
 
 def _partial(rejected, message, count):
     if rejected <= 0:
-        return Answer("ok")
+        return Outcome.acked(count)
     rejected = min(int(rejected), count)
-    return Answer("partial", f"OTLP partial success: {rejected} of {count} log records rejected: "
-                  f"{message[:300]!r}", rejected=rejected)
+    why = f"OTLP partial success: {rejected} of {count} log records rejected: {message[:300]!r}"
+    return Outcome.per_message([(Fate.ACK, None)] * (count - rejected)
+                               + [(Fate.REJECT, why)] * rejected)
 
 
 class OtlpJson(Encoder):
@@ -210,17 +228,16 @@ class OtlpJson(Encoder):
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE},
                        codec.encode_json(request))
 
-    def interpret(self, response, count):
-        if not 200 <= response.status < 300:
-            return None
+    def interpret(self, response, request, count):
+        _status(response)
         if not response.body.strip():
-            return Answer("ok")
+            return Outcome.acked(count)
         try:
             answer = json.loads(response.body)
             partial = answer.get("partialSuccess") or {}
             rejected = int(partial.get("rejectedLogRecords") or 0)
             message = str(partial.get("errorMessage") or "")
-        except (ValueError, TypeError, AttributeError):
-            return Answer("error", f"an OTLP/JSON answer not understood: "
-                          f"{body_text(response)!r}")
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            raise ProtocolError(f"an OTLP/JSON answer not understood: "
+                                f"{body_text(response)!r}") from None
         return _partial(rejected, message, count)

@@ -76,9 +76,14 @@ int logpool_shutdown(logpool_t *pool);
 int logpool_close(logpool_t *pool, int timeout_ms);
 void logpool_free(logpool_t *pool);
 int logpool_sink_count(logpool_t *pool);
+int logpool_sink_index(logpool_t *pool, const char *name);
 int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *out);
 const char *logpool_strerror(int code);
 int logpool_metrics(logpool_t *pool, char *buf, size_t len);
+enum {
+    LOGPOOL_METRICS_COUNTERS_ONLY = 1
+};
+int logpool_metrics_merge(const char *texts, size_t len, char *out, size_t cap, int flags);
 const char *logpool_version(void);
 /* LOGPOOL_CDEF_END */
 ]]

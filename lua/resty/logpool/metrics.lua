@@ -1,11 +1,13 @@
 -- resty.logpool.metrics: one /metrics for all workers. Each worker publishes its pool's
 -- Prometheus text into a shared dict; the location serving /metrics sums the series.
+local ffi = require "ffi"
+local base = require "resty.logpool.base"
+
 local concat = table.concat
 local error = error
-local format = string.format
-local floor = math.floor
+local ffi_new = ffi.new
+local ffi_string = ffi.string
 local ipairs = ipairs
-local tonumber = tonumber
 local tostring = tostring
 local type = type
 local ngx = ngx
@@ -54,41 +56,28 @@ function _M.publish_every(dict_name, interval, get_pool)
     end)
 end
 
--- Sum identical series of several Prometheus texts; HELP/TYPE lines once, first order kept.
+-- Sum identical series of several Prometheus texts; HELP/TYPE lines once, first order kept:
+-- the library's logpool_metrics_merge, which the nginx module's logpool_metrics uses too.
+local merge_cap = 65536
+local merge_buf
+
 local function merge_metrics(texts)
-    local order, values, seen_meta, out = {}, {}, {}, {}
-    for _, text in ipairs(texts) do
-        for line in text:gmatch("[^\n]+") do
-            if line:sub(1, 1) == "#" then
-                if not seen_meta[line] then
-                    seen_meta[line] = true
-                    order[#order + 1] = line
-                end
-            else
-                local series, value = line:match("^(.-)%s+(%S+)$")
-                local v = tonumber(value)
-                if series and v then
-                    if values[series] == nil then
-                        order[#order + 1] = series
-                        values[series] = v
-                    else
-                        values[series] = values[series] + v
-                    end
-                end
-            end
-        end
+    local lib, err = base.load()
+    if not lib then
+        return nil, err
     end
-    for i, key in ipairs(order) do
-        local v = values[key]
-        if v == nil then
-            out[i] = key
-        elseif v == floor(v) and v < 2^53 then
-            out[i] = key .. " " .. format("%d", v)
-        else
-            out[i] = key .. " " .. format("%.17g", v)
+    local all = concat(texts, "\n")
+    while true do
+        merge_buf = merge_buf or ffi_new("char[?]", merge_cap)
+        local n = lib.logpool_metrics_merge(all, #all, merge_buf, merge_cap, 0)
+        if n < 0 then
+            return nil, "logpool: cannot merge metrics: " .. base.strerror(lib, n)
         end
+        if n < merge_cap then
+            return ffi_string(merge_buf, n)
+        end
+        merge_cap, merge_buf = n + 1024, nil
     end
-    return concat(out, "\n") .. "\n"
 end
 _M.merge = merge_metrics
 
@@ -114,8 +103,14 @@ function _M.serve(dict_name, pool)
             texts[#texts + 1] = text
         end
     end
+    local text, err = merge_metrics(texts)
+    if not text then
+        ngx.status = 500
+        ngx.say(err)
+        return
+    end
     ngx.header["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-    ngx.print(merge_metrics(texts))
+    ngx.print(text)
 end
 
 return _M

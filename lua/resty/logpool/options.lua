@@ -24,6 +24,7 @@ local NUMBER_OPTIONS = {
     relp_window = true,
     retry_interval_ms = true,
     send_timeout_ms = true,
+    splunk_hec_ack_timeout_ms = true,
 }
 local STRING_OPTIONS = {
     ca_file = true,
@@ -55,6 +56,8 @@ local TABLE_OPTIONS = {
     otlp_resource_attributes = true,
 }
 local BOOLEAN_OPTIONS = {
+    clickhouse_skip_unknown_fields = true,
+    splunk_hec_ack = true,
     verify = true,
 }
 

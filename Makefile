@@ -112,7 +112,9 @@ sanitize: deps
 	  $(PY) -m pytest $(PYTEST_ARGS) tests/test_abi.py tests/test_delivery.py tests/test_faults.py \
 	  tests/test_properties.py tests/test_framing.py tests/test_datagram.py tests/test_tls.py \
 	  tests/test_relp.py tests/test_http.py tests/test_kafka.py tests/test_conformance.py \
-	  tests/test_backends.py tests/test_spool.py tests/test_chunk_cache.py \
+	  tests/test_backends.py tests/test_elasticsearch.py tests/test_loki.py tests/test_otlp.py \
+	  tests/test_splunk_hec.py tests/test_clickhouse.py tests/test_datadog.py \
+	  tests/test_forward.py tests/test_spool.py tests/test_chunk_cache.py \
 	  -k "not nginx and not sigkilled and not rsyslog"
 
 demo: build

@@ -1,7 +1,8 @@
 """Figures from bench/results.json, rendered in one place: the console report,
-bench/RESULTS.md (a table per benchmark, with the date it last ran) and the block of
-README.md between the `bench:readme` markers. tests/test_docs.py checks that README's block
-and RESULTS.md are what this module makes of results.json."""
+bench/RESULTS.md (a table per benchmark, with the date it last ran), the block of README.md
+between the `bench:readme` markers, and every figure docs/performance.md quotes in its prose
+(between `<!-- fig:NAME -->` and `<!-- /fig -->`, NAME a key of FIGURES).
+tests/test_docs.py checks that all three are what this module makes of results.json."""
 import re
 
 from bench import (callgrind, dead_sink, encoders, hotpath, http_ndjson, kafka, nginx, relp,
@@ -179,3 +180,210 @@ def update_readme(path, r):
         with open(path, "w", encoding="utf-8") as f:
             f.write(new)
     return True
+
+
+# -- figures quoted in prose (docs/performance.md) ---------------------------------------------
+
+def _hot(r):
+    return r["hotpath"]
+
+
+def _one(r):
+    return r["nginx"]["workers_1"]
+
+
+def _cpu(r, workers, case):
+    return r["nginx"][f"workers_{workers}"][case]["cpu_ns_per_request"]
+
+
+def _call(r, name):
+    calls = r["nginx"]["calls"]
+    return calls[name] - calls["empty"]
+
+
+def _uss_added_mib(r, case):
+    one = _one(r)
+    return (one[case]["uss_loaded_kib"] - one["b_build_line"]["uss_loaded_kib"]) / 1024
+
+
+def _transport(r, name):
+    return next(x for x in r["transports"] if x["transport"] == name)
+
+
+def _widest_rounds(r):
+    """(case, lowest, highest) req/s of the case whose rounds spread the most."""
+    rounds = {case: v["rps_rounds"] for case, v in _one(r).items() if v.get("rps_rounds")}
+    case = max(rounds, key=lambda c: max(rounds[c]) / min(rounds[c]))
+    return case, min(rounds[case]), max(rounds[case])
+
+
+def _range(values, fmt):
+    low, high = min(values), max(values)
+    return format(low, fmt) if format(low, fmt) == format(high, fmt) else \
+        f"{format(low, fmt)}–{format(high, fmt)}"
+
+
+def _ratio(x, y, fmt=".2f", unit=""):
+    return f"{x / y:{fmt}}{unit}"
+
+
+def _percent(share):
+    return f"{share:.0%}".replace("%", " %")
+
+
+def _perf(r, field):
+    perf = r["nginx"]["perf"]
+    return _range([perf[c][field] for c in ("c_build_and_ship", "f_map_ship")], ".2f") + " %"
+
+
+def _throughput_ratio(r, size):
+    x = next(x for x in r["throughput"] if x["size"] == size)
+    return _ratio(x["logpool_mb_s"], x["raw_mb_s"])
+
+
+def _ship_vs_build(r):
+    pairs = (("c_build_and_ship", "b_build_line"), ("f_map_ship", "e_map_build_line"))
+    return _range([_cpu(r, w, b) / _cpu(r, w, x) for w in (1, 2) for x, b in pairs], ".3f")
+
+
+def _map_form_gain(r):
+    gains = [(_cpu(r, w, "c_build_and_ship") / _cpu(r, w, "f_map_ship") - 1) * 100
+             for w in (1, 2)]
+    return _range(gains, ".0f") + " %"
+
+
+def _rounds_spread(r):
+    case, low, high = _widest_rounds(r)
+    return f"({case.split('_', 1)[0]}) {low / 1000:.0f}k and {high / 1000:.0f}k req/s"
+
+
+ENCODER_NOTES = {"ndjson": "unchanged code: the before run's noise",
+                 "json_array": "now checks every line (was unchecked)"}
+
+
+def _encoders(r, key="encoders"):
+    rows = r[key]["results"] if isinstance(r[key], dict) else r[key]
+    return {x["format"]: x for x in rows if "mean_us" in x}
+
+
+def _encoders_table(r):
+    """before / after per format, mean / median µs; the before run is encoders_before."""
+    after, before = _encoders(r), _encoders(r, "encoders_before")
+    out = ["", "  | format | before | after | |", "  |---|---|---|---|"]
+    for name, b in before.items():
+        a = after[name]
+        note = ENCODER_NOTES.get(name) or _ratio(b["mean_us"], a["mean_us"], ".1f", "×")
+        label = f"{name} (baseline)" if name == "ndjson" else name
+        out.append(f"  | {label} | {b['mean_us']:.2f} / {b['median_us']:.2f} | "
+                   f"{a['mean_us']:.2f} / {a['median_us']:.2f} | {note} |")
+    return "\n".join(out) + "\n\n"
+
+
+def _encoders_range(r, key, names):
+    rows = _encoders(r, key)
+    return _range([rows[n]["mean_us"] for n in names], ".1f") + " µs"
+
+
+def _cg(r, case, field="main_per_request"):
+    return r["callgrind"]["cases"][case][field]
+
+
+def _cg_count(r, case):
+    """Instructions per request of a case, and (but for none) what it adds to none."""
+    x = _cg(r, case)
+    return f"{x:,.0f}" if case == "none" else f"{x:,.0f} (+{x - _cg(r, 'none'):,.0f})"
+
+
+def _cg_counts(r):
+    low, high = r["callgrind"]["counts"]
+    return f"{low:,} and then {high:,}"
+
+
+SLOWER = ("loki", "otlp", "otlp_json", "splunk_hec", "datadog", "forward")
+OLD = ("elasticsearch", "loki", "otlp", "otlp_json", "splunk_hec", "datadog", "forward")
+
+# name -> (the benchmark whose figures it reads, r -> the text quoted).
+FIGURES = {
+    "hot_median_ratio": ("hotpath", lambda r: _ratio(
+        _hot(r)["logpool"]["median"], _hot(r)["floor"]["median"], unit="×")),
+    "hot_p999": ("hotpath", lambda r: f"{_hot(r)['logpool']['p999'] / 1000:.1f} µs"),
+    "naive_median_ratio": ("hotpath", lambda r: _ratio(
+        _hot(r)["naive"]["median"], _hot(r)["logpool"]["median"], ".1f", "×")),
+    "naive_p999": ("hotpath", lambda r: f"{_hot(r)['naive']['p999'] / 1000:.1f} µs"),
+    "dead_vs_fresh": ("hotpath", lambda r: _ratio(
+        _hot(r)["mean"]["dead"]["mean"], _hot(r)["mean"]["fresh"]["mean"])),
+    "dead_vs_floor": ("hotpath", lambda r: _ratio(
+        _hot(r)["mean"]["dead"]["mean"], _hot(r)["mean"]["floor"]["mean"], unit="×")),
+    "burst_vs_floor": ("hotpath", lambda r: _ratio(
+        _hot(r)["burst"]["logpool"]["mean"], _hot(r)["burst"]["floor"]["mean"], unit="×")),
+    "burst_p99": ("hotpath", lambda r: f"{_hot(r)['burst']['logpool']['p99']:.0f} ns"),
+    "burst_floor_p99": ("hotpath", lambda r: f"{_hot(r)['burst']['floor']['p99']:.0f} ns"),
+    "live_mean": ("hotpath", lambda r: f"{_hot(r)['mean']['live']['mean']:.1f} ns"),
+    "perf_log_cdata": ("nginx", lambda r: _perf(r, "liblogpool_pct")),
+    "perf_writer": ("nginx", lambda r: _perf(r, "writer_pct")),
+    "require_log_ns": ("nginx", lambda r: f"{_call(r, 'require_log'):.0f} ns"),
+    "bare_ffi_ns": ("nginx", lambda r: f"{_call(r, 'log_cdata'):.0f} ns"),
+    "ngx_var_ns": ("nginx", lambda r: f"{_call(r, 'ngx_var'):.0f} ns"),
+    "request_cpu_us": ("nginx", lambda r: f"{_cpu(r, 1, 'f_map_ship') / 1000:.1f} µs"),
+    "require_log_share": ("nginx", lambda r: "{:.1f} %".format(
+        _call(r, "require_log") / _cpu(r, 1, "f_map_ship") * 100)),
+    "ship_vs_build": ("nginx", _ship_vs_build),
+    "map_form_gain": ("nginx", _map_form_gain),
+    "rounds_spread": ("nginx", _rounds_spread),
+    "uss_added": ("nginx", lambda r: f"{_uss_added_mib(r, 'c_build_and_ship'):.1f} MiB"),
+    "uss_tls_metrics_more": ("nginx", lambda r: "{:.1f} MiB".format(
+        _uss_added_mib(r, "g_map_ship_tls_metrics") - _uss_added_mib(r, "c_build_and_ship"))),
+    "throughput_64_ratio": ("throughput", lambda r: _throughput_ratio(r, 64)),
+    "throughput_4k_ratio": ("throughput", lambda r: _throughput_ratio(r, 4096)),
+    "tls_vs_tcp": ("transports", lambda r: _ratio(
+        _transport(r, "tls")["sent_mb_s"], _transport(r, "tcp")["sent_mb_s"])),
+    "encoder_line_bytes": ("encoders", lambda r: "{:.0f}".format(
+        _encoders(r)["ndjson"]["line_bytes"])),
+    "encoders_table": ("encoders", _encoders_table),
+    "encoders_after_slower": ("encoders", lambda r: _encoders_range(r, "encoders", SLOWER)),
+    "encoders_before_range": ("encoders", lambda r: _encoders_range(r, "encoders_before",
+                                                                     OLD)),
+    "cg_counts": ("callgrind", _cg_counts),
+    "cg_difference": ("callgrind", lambda r: "{:,}".format(
+        r["callgrind"]["counts"][1] - r["callgrind"]["counts"][0])),
+    "cg_date": ("callgrind", lambda r: r["runs"]["callgrind"]["date"].split()[0]),
+    "cg_none": ("callgrind", lambda r: _cg_count(r, "none")),
+    "cg_access_log": ("callgrind", lambda r: _cg_count(r, "access_log")),
+    "cg_module": ("callgrind", lambda r: _cg_count(r, "module")),
+    "cg_module_vs_access_log": ("callgrind", lambda r: "{:,.0f}".format(
+        _cg(r, "module") - _cg(r, "access_log"))),
+    "cg_lua": ("callgrind", lambda r: f"{_cg(r, 'lua_pool_log'):,.0f}"),
+    "cg_logger_socket": ("callgrind", lambda r: f"{_cg(r, 'logger_socket'):,.0f}"),
+    "cg_writer": ("callgrind", lambda r: f"{_cg(r, 'module', 'writer_per_message'):.0f}"),
+    "cg_publisher": ("callgrind", lambda r: "{:.1f} million".format(
+        _cg(r, "module", "publisher_per_publish") / 1e6)),
+    "udp_unread": ("transports", lambda r: _percent(
+        1 - _transport(r, "udp")["delivered"] / _transport(r, "udp")["accepted"])),
+}
+FIGURE = re.compile(r"<!-- fig:(\w+) -->(.*?)<!-- /fig -->", re.S)
+
+
+def figures_in(text):
+    """[(name, the text quoted)] of every figure marker in a page, in order."""
+    return [(m.group(1), m.group(2)) for m in FIGURE.finditer(text)]
+
+
+def render_figures(text, r):
+    """The page with every figure between its markers rendered from r (a figure whose
+    benchmark has no results keeps its text)."""
+    def one(m):
+        name = m.group(1)
+        bench, figure = FIGURES[name]
+        value = figure(r) if bench in r else m.group(2)
+        return f"<!-- fig:{name} -->{value}<!-- /fig -->"
+    return FIGURE.sub(one, text)
+
+
+def update_figures(path, r):
+    """Rewrite the figures a page quotes from r."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = render_figures(text, r)
+    if new != text:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(new)

@@ -3,7 +3,8 @@
 Figures, not pass/fail. One module per benchmark (bench/<name>.py: run(ctx) -> figures,
 rows(results) -> its table with targets); this driver runs them, merges their figures into
 bench/results.json (a subset keeps the others' latest figures) and renders, through
-bench/render.py, bench/RESULTS.md and README.md's performance block.
+bench/render.py, bench/RESULTS.md, README.md's performance block and the figures
+docs/performance.md quotes.
 
 usage: python bench/run.py [--quick] [--only NAME[,NAME...]]... [--list]
 """
@@ -27,6 +28,7 @@ from bench.common import Context  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results.json")
 README = os.path.join(ROOT, "README.md")
+PERFORMANCE = os.path.join(ROOT, "docs", "performance.md")  # its prose quotes figures
 
 
 def parse_args(argv):
@@ -91,6 +93,7 @@ def main(argv=None):
         f.write(render.markdown(results))
     if not render.update_readme(README, results):
         print("README.md has no bench:readme block: not updated", file=sys.stderr)
+    render.update_figures(PERFORMANCE, results)
     render.report(results, [b.NAME for b in args.selected])
 
 

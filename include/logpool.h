@@ -27,7 +27,7 @@ extern "C" {
 #define LOGPOOL_VERSION_STRING "0.1.0"
 
 /* One table for codes and messages: logpool_strerror() is generated from it and
- * logpool.c asserts at compile time that it agrees with the enum below. */
+ * pool.c asserts at compile time that it agrees with the enum below. */
 #define LOGPOOL_ERRNO_MAP(XX)                                                        \
     XX(OK,         0, "success")                                                     \
     XX(EINVAL,    -1, "invalid argument")                                            \

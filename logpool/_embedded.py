@@ -43,7 +43,7 @@ def install(ffi, lib):
     @ffi.def_extern(name="logpool__py_metrics", error=-1)
     def py_metrics(pool, buf, length):
         from logpool import metrics
-        described = describe(int(ffi.cast("uintptr_t", pool)))
+        described = started_pool(int(ffi.cast("uintptr_t", pool)))
         if described is None:
             return -1
         cfg, writers = described
@@ -117,7 +117,7 @@ def forget(address):
         POOLS.pop(address, None)
 
 
-def describe(address):
+def started_pool(address):
     """(PoolConfig, [SinkWriter]) of a pool started in this interpreter, or None."""
     with _lock:
         return POOLS.get(address)

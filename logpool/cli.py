@@ -110,7 +110,7 @@ def cmd_top(args):
 
 def cmd_config_reference(args):
     from logpool import reference
-    print(reference.markdown(), end="")
+    print(reference.lua_options() if args.lua else reference.markdown(), end="")
     return 0
 
 
@@ -184,6 +184,8 @@ def build_parser():
     p.set_defaults(func=cmd_top)
     p = sub.add_parser("config-reference", help="print the configuration reference "
                        "(every key, its type, default and meaning) as Markdown")
+    p.add_argument("--lua", action="store_true", help="print lua/resty/logpool/options.lua "
+                   "(the Lua module's type checks) instead")
     p.set_defaults(func=cmd_config_reference)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(func=cmd_version)

@@ -4,60 +4,74 @@ Every error is a ConfigError whose message names the offending key, e.g.
 ``sinks[1].flush_limt: unknown key``.
 """
 import json
-import math
 import os
 import urllib.parse
-import re
 import socket
 
 from logpool import transports
 from logpool.errors import ConfigError
 from logpool.record import Record
-from logpool.transports.schema import Option, defaults
+from logpool.transports.schema import (Option, absolute_path, choice, defaults, int_range,
+                                      optional)
 
+INT32_MAX = 2**31 - 1
+# Framing of each message on the wire, applied by log_cdata (values: the C enum).
+FRAMINGS = {"raw": 0, "newline": 1, "octet-counting": 2}
+POSITIVE = int_range(1, INT32_MAX)
 # Options valid at the top level and per sink (a sink's value wins). Units are in the name.
 SINK_SCHEMA = (
-    Option("flush_limit", "integer", 65536, "bytes buffered that wake the writer at once"),
+    Option("flush_limit", "integer", 65536, "bytes buffered that wake the writer at once",
+           POSITIVE),
     Option("periodic_flush_ms", "integer", 100, "longest time an accepted byte waits before "
-           "the writer sends it"),
+           "the writer sends it", POSITIVE),
     Option("max_buffer_length", "integer", 16 * 1024 * 1024, "bytes accepted but not yet "
-           "written, per sink; above it (and a full spool) log returns EFULL"),
+           "written, per sink; above it (and a full spool) log returns EFULL", POSITIVE),
     Option("max_message_size", "integer", 1024 * 1024, "larger messages get ETOOBIG "
-           "(defaults shrink to max_buffer_length and to what the transport carries)"),
+           "(defaults shrink to max_buffer_length and to what the transport carries)",
+           POSITIVE),
     Option("connect_timeout_ms", "integer", 1000, "one connect attempt: name resolution and "
-           "the whole opening exchange (TLS, the protocol's open)"),
+           "the whole opening exchange (TLS, the protocol's open)", POSITIVE),
     Option("send_timeout_ms", "integer", 5000, "a connection that takes no byte (or answers "
-           "nothing) for this long is dropped and retried"),
+           "nothing) for this long is dropped and retried", POSITIVE),
     Option("retry_interval_ms", "integer", 100, "first reconnect delay; doubles per "
-           "consecutive failure (jitter: 50-100 % of it)"),
-    Option("max_retry_interval_ms", "integer", 5000, "cap of the reconnect delay"),
+           "consecutive failure (jitter: 50-100 % of it)", POSITIVE),
+    Option("max_retry_interval_ms", "integer", 5000, "cap of the reconnect delay", POSITIVE),
 )
 SINK_OPTIONS = defaults(SINK_SCHEMA)
 FRAMING_OPTION = Option("framing", "string", "raw", "raw (bytes as given), newline (appends "
-                        "\\n when missing) or octet-counting (RFC 6587, stream sinks only)")
+                        "\\n when missing) or octet-counting (RFC 6587, stream sinks only)",
+                        choice(*FRAMINGS, listed=True))
 # The disk spool (top level or per sink): spool_dir enables it.
 SPOOL_SCHEMA = (
     Option("spool_dir", "string or null", None, "enables the disk spool: each sink spools "
-           "under spool_dir/NAME (its name, escaped); must be writable by the worker user only"),
-    Option("max_spool_bytes", "integer", 1 << 30, "per sink: the most its spool holds"),
+           "under spool_dir/NAME (its name, escaped); must be writable by the worker user only",
+           optional(absolute_path("directory"))),
+    Option("max_spool_bytes", "integer", 1 << 30, "per sink: the most its spool holds",
+           int_range(1, 2**62)),
     Option("dead_letter_path", "string or null", None, "a file where every message the "
            "collector rejects for good is appended (one JSON object per line: time, sink, "
-           "reason, message); written by the writer thread, never by log_cdata"),
+           "reason, message); written by the writer thread, never by log_cdata",
+           optional(absolute_path("file"))),
     Option("dead_letter_max_bytes", "integer", 64 << 20, "the dead-letter file is rotated "
-           "once (to PATH.1, replacing it) when it would grow past this"),
+           "once (to PATH.1, replacing it) when it would grow past this", int_range(1, 2**62)),
 )
 SPOOL_OPTIONS = defaults(SPOOL_SCHEMA)
 POOL_ONLY_SCHEMA = (
     Option("exit_flush_timeout_ms", "integer", 1000, "top level only: how long the "
-           "process-exit fallback (no logpool_close before exit) waits for delivery"),
+           "process-exit fallback (no logpool_close before exit) waits for delivery",
+           int_range(0, INT32_MAX)),
 )
 POOL_ONLY_OPTIONS = defaults(POOL_ONLY_SCHEMA)
-# Framing of each message on the wire, applied by log_cdata (values: the C enum).
-FRAMINGS = {"raw": 0, "newline": 1, "octet-counting": 2}
-INT32_MAX = 2**31 - 1
-# Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL.
-UNIX_PATH_MAX = 107
+# Every key a sink (or the top level, for all sinks) takes besides its transport's.
+SHARED_SCHEMA = SINK_SCHEMA + (FRAMING_OPTION,) + SPOOL_SCHEMA
 URL_FORMS = transports.url_forms()
+# Keys that no longer exist, and what to do instead: a config naming one fails with this
+# text (not a bare "unknown key"), so an old config says how to mend it.
+RETIRED_KEYS = {
+    "http_concurrency": "no longer a key (it only ever took 1: one request in flight per "
+                        "sink is what keeps the order); remove it, and run several sinks for "
+                        "parallel requests",
+}
 
 
 class SinkConfig(Record):
@@ -84,7 +98,7 @@ class SinkConfig(Record):
 
     @property
     def address_kind(self):
-        return self.transport.ADDRESS[self.scheme]
+        return self.transport.ADDRESS[self.scheme].name
 
     @property
     def socket_type(self):
@@ -121,22 +135,10 @@ def sink_index(sinks, sink):
     raise NoSuchSink(f"no such sink: {sink!r} (names: {', '.join(s.name for s in sinks)})")
 
 
-def _positive_int(where, value, upper=None):
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and math.isfinite(value) and value == int(value):
-            value = int(value)
-        else:
-            raise ConfigError(f"{where}: must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ConfigError(f"{where}: must be >= 1, got {value}")
-    if upper is not None and value > upper:
-        raise ConfigError(f"{where}: must be <= {upper}, got {value}")
-    return value
-
-
 def parse_url(where, url, allow_port_zero=False):
-    """(scheme, address): a path for unix and unixgram, (host, port) for tcp, tls and udp.
-    Names are resolved later, by the writer. Port 0 (any free port) is for listeners."""
+    """(scheme, address): the address in its transport's form (logpool/transports/address.py:
+    a path for unix and unixgram, (host, port) for tcp, tls and udp, ...). Names are resolved
+    later, by the writer. Port 0 (any free port) is for listeners."""
     if not isinstance(url, str) or not url:
         raise ConfigError(f"{where}: must be a non-empty string like {URL_FORMS}, got {url!r}")
     scheme, sep, rest = url.partition(":")
@@ -146,104 +148,15 @@ def parse_url(where, url, allow_port_zero=False):
     transport = transports.for_scheme(scheme)
     if transport is None:
         raise ConfigError(f"{where}: unknown scheme {scheme!r} (supported: {URL_FORMS})")
-    if transport.ADDRESS[scheme] == "http":
-        return scheme, _http_address(where, scheme, url, allow_port_zero)
-    if transport.ADDRESS[scheme] == "kafka":
-        return scheme, _kafka_address(where, url)
-    if transport.ADDRESS[scheme] == "path":
-        path = rest[2:] if rest.startswith("//") else rest
-        if not path.startswith("/"):
-            raise ConfigError(f"{where}: {scheme} sink needs an absolute path, got {url!r}")
-        if "\0" in path:
-            raise ConfigError(f"{where}: {scheme} path contains NUL")
-        if len(path.encode()) > UNIX_PATH_MAX:
-            raise ConfigError(f"{where}: {scheme} path is {len(path.encode())} bytes, longer "
-                              f"than the {UNIX_PATH_MAX} the OS allows")
-        return scheme, path
-    if not rest.startswith("//"):
-        raise ConfigError(f"{where}: expected {scheme}://host:port, got {url!r}")
-    hostport = rest[2:]
-    m = re.fullmatch(r"\[([0-9A-Fa-f:.%a-zA-Z]+)\]:(\d+)|([^:/\[\]\s]+):(\d+)", hostport)
-    if m is None:
-        raise ConfigError(f"{where}: expected {scheme}://host:port or "
-                          f"{scheme}://[v6addr]:port, got {url!r}")
-    host = m.group(1) or m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if m.group(3) is not None:
-        _check_host_name(where, host, url)
-    if not (0 if allow_port_zero else 1) <= port <= 65535:
-        raise ConfigError(f"{where}: port {port} out of range 1-65535")
-    return scheme, (host, port)
-
-
-def _http_address(where, scheme, url, allow_port_zero):
-    """(host, port, path with query) of an http(s) URL."""
-    import urllib.parse
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {url!r}: {exc}") from None
-    host = parts.hostname
-    if not host or parts.username or parts.password or parts.fragment:
-        raise ConfigError(f"{where}: expected {scheme}://host[:port]/path (no credentials, "
-                          f"no fragment; put secrets in http_headers), got {url!r}")
-    if ":" not in host:
-        _check_host_name(where, host, url)
-    if port is None:
-        port = 443 if scheme == "https" else 80
-    if not (0 if allow_port_zero else 1) <= port <= 65535:
-        raise ConfigError(f"{where}: port {port} out of range 1-65535")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return host, port, path
-
-
-def _kafka_address(where, url):
-    """(bootstrap servers, topic) of kafka://host:port[,host:port...]/topic."""
-    rest = url.split("://", 1)[1] if "://" in url else ""
-    brokers, _, topic = rest.partition("/")
-    if not brokers or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
-        raise ConfigError(f"{where}: expected kafka://host:port[,host:port...]/topic (a topic "
-                          f"of letters, digits, '.', '_', '-'), got {url!r}")
-    for broker in brokers.split(","):
-        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:/\[\]\s,]+):(\d+)", broker)
-        if m is None or not 1 <= int(m.group(2) or m.group(4)) <= 65535:
-            raise ConfigError(f"{where}: broker {broker!r} in {url!r} is not host:port")
-        if m.group(3) is not None:
-            _check_host_name(where, m.group(3), url)
-    return brokers, topic
-
-
-def _check_host_name(where, host, url):
-    """A name the resolver could never be asked for (empty or over-long labels, characters
-    IDNA refuses) is a config error now, not a writer error later."""
-    for family in (socket.AF_INET, socket.AF_INET6):  # (ipaddress would cost each worker 0.3 MiB)
-        try:
-            socket.inet_pton(family, host)
-            return
-        except OSError:
-            pass
-    try:
-        encoded = host.encode("idna")
-    except UnicodeError as exc:
-        raise ConfigError(f"{where}: {host!r} in {url!r} is not a valid host name "
-                          f"({exc})") from None
-    if len(encoded) > 253:
-        raise ConfigError(f"{where}: host name in {url!r} is {len(encoded)} bytes, longer than "
-                          f"the 253 DNS allows")
-
-
-def _framing(where, value):
-    if value not in FRAMINGS:
-        raise ConfigError(f"{where}: must be one of {', '.join(map(repr, FRAMINGS))}, "
-                          f"got {value!r}")
-    return value
+    return scheme, transport.ADDRESS[scheme].parse(where, scheme, url, allow_port_zero)
 
 
 def _check_keys(where, obj, allowed):
     for key in obj:
         if key not in allowed:
             prefix = f"{where}." if where else ""
+            if key in RETIRED_KEYS:
+                raise ConfigError(f"{prefix}{key}: {RETIRED_KEYS[key]}")
             raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(allowed))})")
 
 
@@ -259,8 +172,7 @@ def parse(config):
     if not isinstance(config, dict):
         raise ConfigError(f"config must be a JSON object, got {type(config).__name__}")
     transport_keys = transports.all_options()
-    _check_keys("", config, {"sinks", "framing"} | set(SINK_OPTIONS) | set(POOL_ONLY_OPTIONS)
-                | set(SPOOL_OPTIONS)
+    _check_keys("", config, {"sinks"} | {o.name for o in SHARED_SCHEMA + POOL_ONLY_SCHEMA}
                 | set(transport_keys))
     sinks = config.get("sinks")
     if not isinstance(sinks, list) or not sinks:
@@ -268,14 +180,10 @@ def parse(config):
     if len(sinks) > 1024:
         raise ConfigError(f"sinks: at most 1024 sinks, got {len(sinks)}")
 
-    defaults = {}
-    for key, default in SINK_OPTIONS.items():
-        defaults[key] = _positive_int(key, config[key], INT32_MAX) if key in config else default
-    default_framing = _framing("framing", config["framing"]) if "framing" in config else None
-    transport_defaults = {key: config[key] for key in transport_keys if key in config}
-    exit_ms = config.get("exit_flush_timeout_ms", POOL_ONLY_OPTIONS["exit_flush_timeout_ms"])
-    if isinstance(exit_ms, bool) or not isinstance(exit_ms, int) or not 0 <= exit_ms <= INT32_MAX:
-        raise ConfigError(f"exit_flush_timeout_ms: must be an integer >= 0, got {exit_ms!r}")
+    # Every key is validated first, by its Option; defaults are applied once, per sink.
+    pool_wide = _validated("", config, SHARED_SCHEMA + POOL_ONLY_SCHEMA)
+    pool_transport = _validated("", config, transport_keys.values())
+    exit_ms = pool_wide.get("exit_flush_timeout_ms", POOL_ONLY_OPTIONS["exit_flush_timeout_ms"])
 
     explicit = {}  # name -> index of the sink that gave it
     for i, sink in enumerate(sinks):
@@ -294,8 +202,7 @@ def parse(config):
             sink = {"url": sink}
         if not isinstance(sink, dict):
             raise ConfigError(f"{where}: must be an object with a url, got {sink!r}")
-        _check_keys(where, sink, {"url", "name", "framing"} | set(SINK_OPTIONS)
-                    | set(SPOOL_OPTIONS)
+        _check_keys(where, sink, {"url", "name"} | {o.name for o in SHARED_SCHEMA}
                     | set(transport_keys))
         if "url" not in sink:
             raise ConfigError(f"{where}.url: missing")
@@ -303,13 +210,16 @@ def parse(config):
         collectors = tuple((url, *parse_url(f"{where}.url" + (f"[{k}]" if len(urls) > 1 else ""),
                                             url)) for k, url in enumerate(urls))
         _, scheme, address = collectors[0]
+        transport = transports.for_scheme(scheme)
         if len(collectors) > 1:
             if any(c[1] != scheme for c in collectors):
                 raise ConfigError(f"{where}.url: the collectors of one sink share a scheme, "
                                   f"got {', '.join(sorted({c[1] for c in collectors}))}")
-            if not transports.for_scheme(scheme).FAILOVER:
+            if not transport.FAILOVER:
+                takers = ", ".join(f"{s}://" for cls in transports.TRANSPORTS if cls.FAILOVER
+                                   for s in cls.SCHEMES)
                 raise ConfigError(f"{where}.url: a list of collectors (failover) is for stream "
-                                  f"and RELP sinks, not {scheme}")
+                                  f"and session sinks ({takers}), not {scheme}")
         if "name" in sink:
             name = sink["name"]
         else:  # unnamed: the URL, made unique when another sink has it (metrics label)
@@ -318,15 +228,16 @@ def parse(config):
                 raise ConfigError(f"{where}.name: this sink would be named {name!r}, which "
                                   f"sinks[{owner[name]}] already is; give one of them a name")
             owner[name] = i
-        opts = dict(defaults)
-        for key in SINK_OPTIONS:
-            if key in sink:
-                opts[key] = _positive_int(f"{where}.{key}", sink[key], INT32_MAX)
-        framing = _framing(f"{where}.framing", sink["framing"]) if "framing" in sink else (
-            default_framing or "raw")
-        transport = transports.for_scheme(scheme)
-        # The transport sees its own pool-wide keys as if the sink had given them.
-        transport.check_sink(where, {**transport_defaults, **sink}, opts, framing)
+        values = {**defaults(SHARED_SCHEMA), **pool_wide,
+                  **_validated(where, sink, SHARED_SCHEMA)}
+        opts = {o.name: values[o.name] for o in SINK_SCHEMA}
+        framing = values["framing"]
+        # The transport's keys: validated, then complete (its defaults, the pool-wide values
+        # of the keys it takes, the sink's), before the transport sees them.
+        own = transport.options_for(scheme)
+        given = _transport_keys(where, sink, scheme, own, pool_transport, transport_keys)
+        transport_values = {**defaults(own), **given}
+        transport.check_sink(where, sink, given, transport_values, opts, framing)
         # Defaults shrink to a small buffer; only values the user gave can contradict it.
         for key in ("max_message_size", "flush_limit"):
             if key not in sink and key not in config:
@@ -342,11 +253,8 @@ def parse(config):
             raise ConfigError(f"{where}.retry_interval_ms: {opts['retry_interval_ms']} is "
                               f"larger than max_retry_interval_ms "
                               f"{opts['max_retry_interval_ms']}")
-        transport_options = _transport_options(where, sink, scheme, address, transport,
-                                               transport_defaults)
-        spool = {key: _spool_option(f"{where}.{key}" if key in sink else key, key,
-                                    sink.get(key, config.get(key, default)))
-                 for key, default in SPOOL_OPTIONS.items()}
+        transport_options = transport.parse_options(where, scheme, address, transport_values)
+        spool = {o.name: values[o.name] for o in SPOOL_SCHEMA}
         if spool["spool_dir"] is not None:  # each sink spools under its own name
             spool["spool_dir"] = os.path.join(spool["spool_dir"], spool_component(name))
         parsed.append(SinkConfig(index=i, url=urls[0], name=name, scheme=scheme, **spool,
@@ -355,22 +263,17 @@ def parse(config):
     return PoolConfig(sinks=tuple(parsed), exit_flush_timeout_ms=exit_ms)
 
 
+def _validated(where, obj, options):
+    """The values obj gives for options, each validated by its Option (no defaults)."""
+    prefix = f"{where}." if where else ""
+    return {o.name: o.validate(prefix + o.name, obj[o.name]) for o in options if o.name in obj}
+
+
 def spool_component(name):
     """A sink name as one safe path component: percent-quoted ("/" and NUL included), and
     "." and ".." (which quoting leaves alone) with their dots quoted too."""
     quoted = urllib.parse.quote(name, safe="")
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
-
-
-def _spool_option(where, key, value):
-    if key in ("max_spool_bytes", "dead_letter_max_bytes"):
-        return _positive_int(where, value, 2**62)
-    if value is None:
-        return None
-    what = "directory" if key == "spool_dir" else "file"
-    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise ConfigError(f"{where}: must be an absolute {what} path, got {value!r}")
-    return value
 
 
 def _urls(where, url):
@@ -383,21 +286,15 @@ def _urls(where, url):
     return (url,)
 
 
-def _transport_options(where, sink, scheme, address, transport, defaults):
-    """The transport's own keys: the pool-wide ones apply to the sinks whose transport takes
-    them; a sink naming a key its transport does not take is an error."""
-    own = {o.name: o for o in transport.options_for(scheme)}
-    for key in transports.all_options():
-        if key in sink and key not in own:
+def _transport_keys(where, sink, scheme, own, pool_wide, every):
+    """The validated values given for a sink's transport keys: the pool-wide ones of the keys
+    its transport takes, then the sink's own. A sink naming a key its transport does not
+    take is an error."""
+    takes = {o.name for o in own}
+    for key in every:
+        if key in sink and key not in takes:
             takers = " and ".join(f"{s}://" for s in transports.takers(key))
             raise ConfigError(f"{where}.{key}: only {takers} sinks take this option (this sink "
                               f"is {scheme})")
-    if not own:
-        return None
-    merged = {}
-    for key, option in own.items():
-        if key in sink:
-            merged[key] = option.validate(f"{where}.{key}", sink[key])
-        elif key in defaults:
-            merged[key] = option.validate(key, defaults[key])
-    return transport.parse_options(where, scheme, address, merged)
+    return {**{k: v for k, v in pool_wide.items() if k in takes},
+            **_validated(where, sink, own)}

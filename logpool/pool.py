@@ -120,7 +120,7 @@ class Pool:
         out["name"] = self.config.sinks[index].name
         out["url"] = self.config.sinks[index].url
         from logpool import _embedded
-        described = _embedded.describe(self._address)
+        described = _embedded.started_pool(self._address)
         out["last_error"] = described[1][index].reporter.last_error if described else ""
         return out
 

@@ -23,8 +23,9 @@ PYTHON = sys.executable
 from logpool.tools.nginx import wait_for as _wait_for  # noqa: E402
 
 
-# The scripted HTTP collector's fixture (`peer`), for test_http.py and test_backends.py; a
-# real nginx with the native module (`nginx`), for the module's tests.
+# The scripted HTTP collector's fixture (`peer`), for test_http.py and the backend formats'
+# tests (test_backends.py, test_<format>.py); a real nginx with the native module (`nginx`),
+# for the module's tests.
 pytest_plugins = ("httppeer", "nativenginx")
 
 def wait_for(predicate, timeout=30.0, interval=0.005, what="condition"):

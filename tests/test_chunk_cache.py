@@ -10,7 +10,7 @@ BURST, SIZE = 50_000, 200
 
 
 def cache(pool, sink=0):
-    writer = _embedded.describe(pool._address)[1][sink]
+    writer = _embedded.started_pool(pool._address)[1][sink]
     out = writer.ffi.new("logpool__cache_t *")
     writer.lib.logpool__sink_cache(writer.c, out)
     return dict(cached=out.cached_bytes, reserve=out.reserve_bytes, limit=out.limit_bytes)

@@ -2,7 +2,11 @@
 Debian 12), started by each test as its own process (its own config and data directory under
 tmp_path, free ports, stopped by pid), as it runs in production: inserts through a SIGKILL
 of the server, a row it cannot parse, a column the table does not have, a setting it does
-not know."""
+not know.
+
+Below them, the format against a strict scripted server built from the HTTP interface's
+documented answers (tokens, exception codes, a row it cannot parse), which runs anywhere."""
+import hashlib
 import json
 import os
 import shutil
@@ -14,8 +18,10 @@ import urllib.request
 
 import pytest
 
+from backends import FAST as SCRIPTED_FAST, log_all, numbered
 from conftest import wait_for
-from httppeer import assert_logged
+from httppeer import assert_logged, response
+from logpool.transports.formats import FORMATS
 
 FAST = {"retry_interval_ms": 10, "max_retry_interval_ms": 500, "periodic_flush_ms": 10}
 
@@ -197,3 +203,153 @@ def test_a_setting_the_server_does_not_know_is_dropped_and_logged_once(clickhous
         assert err.count("does not know the setting async_insert") == 1
     assert clickhouse.query("SELECT count() FROM logs").strip() == "10"
     assert pool.stats(0)["dropped_rejected"] == 0
+
+
+# -- the same format against a scripted server (the HTTP interface's documented answers) ----
+
+class FakeClickHouse:
+    """The HTTP interface: SELECT version() once per session, INSERT ... FORMAT JSONEachRow in
+    the query parameter, rows in the body, insert_deduplication_token honoured (a block with
+    a token seen before is not inserted again), exceptions with X-ClickHouse-Exception-Code."""
+
+    def __init__(self, script=(), version="23.8.2.7"):
+        self.script = list(script)
+        self.version = version
+        self.rows = []
+        self.tokens = []
+        self.inserted = set()
+        self.probes = 0
+
+    def __call__(self, request):
+        path, _, query = request.path.partition("?")
+        params = urllib.parse.parse_qs(query)
+        if request.method == "GET":
+            assert params["query"] == ["SELECT version()"] and not request.body
+            self.probes += 1
+            return [response(200, self.version + "\n")]
+        assert path == "/" and params["query"] == ["INSERT INTO logs FORMAT JSONEachRow"]
+        token = params["insert_deduplication_token"][0]
+        assert token != hashlib.sha256(request.body).hexdigest()  # random, not the body's
+        rows = [json.loads(line) for line in request.body.splitlines()]
+        assert all(isinstance(r, dict) for r in rows)
+        self.tokens.append(token)
+        if self.script:
+            status, code, text = self.script.pop(0)
+            return [response(status, text, {"X-ClickHouse-Exception-Code": str(code)})]
+        if token not in self.inserted:
+            self.inserted.add(token)
+            self.rows += rows
+        return [response(200, "")]
+
+
+def test_clickhouse_insert_with_a_token_per_batch_and_the_exception_code(peer, pools, capfd):
+    ch = FakeClickHouse([(500, 241, "Code: 241. DB::Exception: Memory limit exceeded")])
+    server = peer(ch)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "clickhouse"}],
+                  **SCRIPTED_FAST})
+    log_all(pool, numbered(5) + [b"plain"])
+    assert [r.get("seq") for r in ch.rows] == [0, 1, 2, 3, 4, None]
+    assert ch.rows[-1] == {"message": "plain"}
+    assert ch.tokens[0] == ch.tokens[1]  # the retry is the same request: the same token
+    st = pool.stats(0)
+    assert 1 <= ch.probes <= st["connects"]  # the version asked once per session
+    assert st["sent_messages"] == 6 and st["retried_messages"] == 6
+    assert_logged(capfd, "ClickHouse exception code 241")
+    log_all(pool, numbered(5) + [b"plain"])  # the same bytes again: another token
+    assert len(set(ch.tokens)) == 2 and len(ch.rows) == 12
+
+
+def test_clickhouse_unknown_table_keeps_the_data(peer, pools, capfd):
+    ch = FakeClickHouse([(404, 60, "Code: 60. DB::Exception: Table default.logs does not "
+                                   "exist")])
+    server = peer(ch)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "clickhouse"}],
+                  **SCRIPTED_FAST})
+    log_all(pool, numbered(3))
+    assert [r["seq"] for r in ch.rows] == [0, 1, 2]
+    assert pool.stats(0)["dropped_rejected"] == 0
+    err = assert_logged(capfd, "ClickHouse exception code 60")
+    assert "a configuration error" in err
+
+
+def clickhouse_encoder(**options):
+    opts = {o.name: o.default for c in FORMATS.values() for o in c.OPTIONS}
+    return FORMATS["clickhouse"]({**opts, **options}, "/")
+
+
+@pytest.mark.parametrize("status, code, body, what", [
+    (500, 252, "Code: 252. DB::Exception: Too many parts (300)", "later"),
+    (500, 241, "Code: 241. DB::Exception: Memory limit (total) exceeded", "later"),
+    (404, 60, "Code: 60. DB::Exception: Table default.logs doesn't exist", "configuration"),
+    (403, 516, "Code: 516. DB::Exception: default: Authentication failed", "configuration"),
+    (500, 27, "Code: 27, e.displayText() = DB::Exception: Cannot parse input", "row"),
+    (400, 117, "Code: 117. DB::Exception: Unknown field found while parsing JSONEachRow "
+               "format: x: (at row 3)", "row 2"),
+    (500, 999, "Code: 999. Coordination::Exception: Connection loss", "later"),
+    (500, 1002, "Code: 1002. DB::Exception: something else", "generic")])
+@pytest.mark.parametrize("in_header", [True, False])  # 18.16 names the code in the body only
+def test_clickhouse_answers_by_exception_code(status, code, body, what, in_header):
+    from logpool.transports.formats.common import (Misconfigured, Refused, Response,
+                                                   RetryLater)
+    enc = clickhouse_encoder()
+    request = enc.encode([b'{"a":1}', b'{"a":2}', b'{"a":3}'], 0)
+    headers = {"x-clickhouse-exception-code": str(code)} if in_header else {}
+    answer = Response(status, "X", headers, body.encode())
+    kinds = {RetryLater: "later", Misconfigured: "configuration", Refused: "row"}
+    try:
+        outcome = enc.interpret(answer, request, 3)
+    except (RetryLater, Misconfigured, Refused) as exc:
+        got = kinds[type(exc)]
+        if isinstance(exc, Refused) and exc.item is not None:
+            got = f"row {exc.item}"
+        assert f"ClickHouse exception code {code}" in str(exc)
+    else:
+        assert outcome is None  # the generic HTTP rules, by the status
+        got = "generic"
+    assert got == what
+
+
+def test_clickhouse_token_only_for_servers_that_know_it():
+    from logpool.transports.formats.common import Response, SendAgain
+    enc = clickhouse_encoder()
+    request = enc.encode([b'{"a":1}'], 0)
+    for url, version, sent in (("http://old:8123", "18.16.1", False),
+                               ("http://21:8123", "21.8.15.7", False),
+                               ("http://new:8123", "22.2.2.1", True),
+                               ("http://unknown:8123", None, True)):
+        enc.url = url
+        if version is not None:
+            enc.learn(url, Response(200, "OK", {}, version.encode() + b"\n"))
+        path = enc.finish(request).path
+        assert ("insert_deduplication_token=" in path) is sent, (url, path)
+        assert path.startswith("/?query=INSERT")
+    # A server that answers 115 for a setting: dropped for it, the request sent again once.
+    enc.url = "http://unknown:8123"
+    refusal = Response(404, "X", {}, b"Code: 115, e.displayText() = DB::Exception: Unknown "
+                                     b"setting insert_deduplication_token")
+    with pytest.raises(SendAgain):
+        enc.interpret(refusal, enc.finish(request), 1)
+    assert "insert_deduplication_token" not in enc.finish(request).path
+    enc.url = "http://new:8123"  # another server keeps it
+    assert "insert_deduplication_token" in enc.finish(request).path
+
+
+def test_clickhouse_a_row_it_cannot_parse_is_isolated_and_dropped_alone(peer, pools, capfd):
+    rows = []
+
+    def answer(request):
+        batch = [json.loads(line) for line in request.body.splitlines()]
+        if any("bad" in r for r in batch):  # all or nothing, as an insert is
+            return [response(400, "Code: 27. DB::Exception: Cannot parse input",
+                             {"X-ClickHouse-Exception-Code": "27"})]
+        rows.extend(batch)
+        return [response(200)]
+    server = peer(answer)
+    pool = pools({"sinks": [{"url": server.url + "/", "http_format": "clickhouse"}],
+                  **{**SCRIPTED_FAST, "periodic_flush_ms": 300}})
+    log_all(pool, [json.dumps({"seq": i} if i != 13 else {"bad": 1}).encode()
+                   for i in range(40)])
+    assert [r["seq"] for r in rows] == [i for i in range(40) if i != 13]
+    st = pool.stats(0)
+    assert st["dropped_rejected"] == 1 and st["sent_messages"] == 39
+    assert_logged(capfd, "ClickHouse exception code 27")

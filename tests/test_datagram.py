@@ -158,7 +158,7 @@ def test_a_datagram_the_socket_cannot_take_is_dropped_counted_and_logged(tmp_pat
     pool.log(0, b"first")
     pool.flush(timeout=30)
     assert sock.recv(100) == b"first"
-    writer = _embedded.describe(pool._address)[1][0]
+    writer = _embedded.started_pool(pool._address)[1][0]
     writer.transport.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # kernel: 8 KiB
     pool.log(0, b"x" * 20_000)
     pool.log(0, b"after")

@@ -1,13 +1,17 @@
 """The docs a newcomer reads point at things that exist: every relative link in README.md and
 docs/*.md (and the heading it names), every repository file a doc names in backticks, every
-test a doc cites as `file.py::test_name`, and every `file.lua:LINE` an error-log example
-shows; and README's performance figures are bench/results.json's (figures come from one
-place: `make bench` renders bench/RESULTS.md and README's block through bench/render.py)."""
+test a doc cites as `file.py::test_name`, every `file.lua:LINE` an error-log example
+shows, and every repository file a code comment or docstring names; and the performance
+figures of README and docs/performance.md are bench/results.json's (figures come from one
+place: `make bench` renders bench/RESULTS.md, README's block and the figures
+docs/performance.md quotes through bench/render.py)."""
 import glob
+import io
 import json
 import os
 import re
 import sys
+import tokenize
 
 import pytest
 
@@ -128,6 +132,54 @@ def test_lua_line_numbers_in_log_examples_point_at_a_log_call(doc):
             f"{lines[line - 1].strip() if line <= len(lines) else 'past the end'!r})"
 
 
+# -- code comments name files that exist --------------------------------------------------
+
+# A file name in a comment or docstring: a path or a bare name with a source extension.
+COMMENT_PATH = re.compile(r"(?<![\w/.\-*{$<])((?:[\w-]+/)*[\w-]+\.(?:py|c|h|lua|md|json|toml))"
+                          r"\b(?![\w/(>])")
+# Files of other projects that comments name on purpose (headers, nginx's own sources).
+OUTSIDE_FILES = {"Python.h", "rdkafka.h", "ngx_http_log_module.c", "src/core/ngx_string.c"}
+# Files whose comments name example paths (this one's patterns).
+EXAMPLE_NAMERS = {"tests/test_docs.py"}
+
+
+def comments(path):
+    """The comments and docstrings of a source file, as one text."""
+    text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+    if path.endswith(".py"):
+        out = []
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type == tokenize.COMMENT or (
+                    tok.type == tokenize.STRING
+                    and tok.string.lstrip("rbuRBU").startswith(('"""', "'''"))):
+                out.append(tok.string)
+        return "\n".join(out)
+    if path.endswith((".c", ".h")):
+        return "\n".join(re.findall(r"/\*.*?\*/|//[^\n]*", text, re.S))
+    if path.endswith(".lua"):
+        return "\n".join(re.findall(r"--\[\[.*?\]\]|--[^\n]*", text, re.S))
+    return ""
+
+
+def names_in_comments(path):
+    for m in COMMENT_PATH.finditer(comments(path)):
+        name = m.group(1)
+        if not name.startswith("self.") and name not in OUTSIDE_FILES:
+            yield name
+
+
+SOURCES = sorted(f for f in FILES if f.endswith((".py", ".c", ".h", ".lua"))
+                 and not f.startswith(("bench/vendor/", "build/")) and f not in EXAMPLE_NAMERS)
+
+
+def test_every_file_a_code_comment_names_exists():
+    """A comment that cites a file sends the reader there: it must exist (a renamed or
+    merged file leaves such comments behind, e.g. "logpool.c" after the split)."""
+    missing = [f"{path}: {name}" for path in SOURCES for name in names_in_comments(path)
+               if not find(name)]
+    assert not missing, f"comments name files that do not exist: {missing}"
+
+
 def test_the_checks_see_what_they_check():
     """The patterns above find the links and names they are meant to (a check that matches
     nothing passes vacuously)."""
@@ -143,6 +195,11 @@ def test_the_checks_see_what_they_check():
     assert "bench/vendor" in DIRS
     assert LUA_LINE.search(open(os.path.join(ROOT, "docs", "operating.md"),
                                 encoding="utf-8").read())
+    named = set(names_in_comments("logpool/csrc/core.h"))
+    assert {"chunks.c", "cursor.c", "spool.c"} <= named
+    assert "compat.md" in "".join(names_in_comments("lua/resty/logpool/compat.lua"))
+    assert "logpool/transports/base.py" in set(names_in_comments(
+        "logpool/transports/contract.py"))
 
 
 # -- figures come from one place: a hand edit to README's block or RESULTS.md, or a
@@ -194,3 +251,43 @@ def test_the_block_changes_when_a_figure_does():
     before = bench_render().readme_block(r)
     r["hotpath"]["mean"]["live"]["mean"] += 1.0
     assert bench_render().readme_block(r) != before
+
+
+PERFORMANCE = "docs/performance.md"
+# A measured figure: a number with the unit of a time, a share, a ratio, a rate or a size in
+# MiB (message sizes in B/KiB and counts are the benchmarks' settings, not their results).
+TYPED_FIGURE = re.compile(r"(?<![\w.=])[±~]?\d[\d.,]*(?:[–-]\d[\d.,]*)?\s*"
+                          r"(?:ns|µs|us|ms|%|×(?!\s*\d)|x\b|MiB|MB/s|req/s|k\b)")
+
+
+def prose_section(text):
+    """The part of performance.md that reads the figures (after the table of lines)."""
+    start = text.index("How to read them")
+    return text[start:text.index("The benchmarks live in", start)]
+
+
+def test_performance_page_figures_are_rendered_from_bench_results():
+    text = read(PERFORMANCE)
+    render = bench_render()
+    quoted = render.figures_in(text)
+    assert quoted, "docs/performance.md lost its fig markers"
+    assert text == render.render_figures(text, results()), (
+        "docs/performance.md quotes figures that differ from bench/results.json: run "
+        "`make bench` (or bench/run.py --only NAME) instead of editing them by hand")
+    assert {name for name, _ in quoted} == set(render.FIGURES), \
+        "a figure of bench/render.py's FIGURES is not quoted, or the page names an unknown one"
+
+
+def test_performance_prose_types_no_figure_by_hand():
+    """Outside the fig markers the prose holds no measured figure: each comes from a run."""
+    prose = bench_render().FIGURE.sub("", prose_section(read(PERFORMANCE)))
+    typed = TYPED_FIGURE.findall(prose)
+    assert not typed, f"docs/performance.md types figures by hand: {typed}"
+
+
+def test_the_figure_checks_see_what_they_check():
+    r = results()
+    text = read(PERFORMANCE)
+    r["hotpath"]["mean"]["live"]["mean"] += 1.0
+    assert bench_render().render_figures(text, r) != text
+    assert TYPED_FIGURE.findall("about 7.6 MiB, 0.3 % and about 9× the floor; 20–25 µs")

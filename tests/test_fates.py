@@ -7,8 +7,9 @@ import json
 import os
 
 import logpool
-from test_backends import FAST, FakeElasticsearch, log_all
+from backends import FAST, log_all
 from conftest import wait_for
+from test_elasticsearch import FakeElasticsearch
 
 
 def es_pool(pools, peer, es, **extra):

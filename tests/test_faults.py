@@ -20,7 +20,7 @@ SINKS, PRODUCERS = 4, 4
 
 
 def injected(pool, sink):
-    _, writers = _embedded.describe(pool._address)
+    _, writers = _embedded.started_pool(pool._address)
     return writers[sink].faults.counts
 
 
@@ -134,7 +134,7 @@ def test_fault_seam_is_off_without_the_environment_variable(receiver, monkeypatc
     monkeypatch.delenv("LOGPOOL_TEST_FAULTS", raising=False)
     r = receiver()
     with logpool.Pool({"sinks": [{"url": r.url}]}) as pool:
-        _, writers = _embedded.describe(pool._address)
+        _, writers = _embedded.started_pool(pool._address)
         assert writers[0].faults is None
     with pytest.raises(logpool.ConfigError):
         logpool.Pool({"sinks": [{"url": r.url}], "faults": {"write_error": 1}})

@@ -185,7 +185,7 @@ def test_slow_dns_is_bounded_by_connect_timeout_and_close_does_not_wait_for_it(m
         started = time.monotonic()
         assert pool.close(0.1) == 1
         assert time.monotonic() - started < 10  # 30 s if close waited for the resolver
-        writer = logpool._embedded.describe(pool._address)[1][0]
+        writer = logpool._embedded.started_pool(pool._address)[1][0]
         writer.join(10)
         assert not writer.is_alive()  # stopped, not left behind in the resolver
     finally:
@@ -270,14 +270,14 @@ def test_host_names_idna_cannot_encode_are_config_errors(url):
 
 
 def test_a_resolver_error_is_a_counted_connect_failure_with_a_one_line_reason(monkeypatch):
-    from logpool.transports import base
+    from logpool.transports import connection
     sink = config_mod.parse({"sinks": ["tcp://localhost:1"]}).sinks[0]
 
     def refuse(*args, **kwargs):  # what getaddrinfo raises for a name IDNA cannot encode
         raise UnicodeError("label empty or too long")
-    monkeypatch.setattr(base.socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(connection.socket, "getaddrinfo", refuse)
     with pytest.raises(OSError) as exc:
-        base.resolve(sink, sink.address, time.monotonic() + 5, lambda: False)
+        connection.resolve(sink, sink.address, time.monotonic() + 5, lambda: False)
     assert "bad host name 'localhost'" in str(exc.value)
 
 

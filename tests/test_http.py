@@ -290,7 +290,7 @@ def test_https_verifies_and_presents_a_client_certificate(receiver, pools, test_
     ({"url": "http://h/x", "http_headers": {"X-Token": "a\x01b"}},
      "http_headers: header 'X-Token': its value holds a control character"),
     ({"url": "http://h/x", "http_headers": {"X-Tok\u00e9n": "a"}}, "not a valid header name"),
-    ({"url": "http://h/x", "http_concurrency": 4}, "http_concurrency: must be 1"),
+    ({"url": "http://h/x", "http_concurrency": 1}, "http_concurrency: no longer a key"),
     ({"url": "http://user:pw@h/x"}, "no credentials"),
     ({"url": "http://h/x", "framing": "newline"}, "frames messages by http_format"),
     ({"url": "http://h/x", "max_message_size": 2 << 20}, "larger than http_max_body_bytes"),

@@ -94,7 +94,7 @@ def test_a_sink_down_for_30_s_with_traffic_logs_a_handful_of_lines(tmp_path, cap
     # The reporter's clock runs 20x faster than the wall: 30 s of the scenario in 1.5 s.
     real_start = time.monotonic()
     scenario = lambda: real_start + (time.monotonic() - real_start) * 20  # noqa: E731
-    logpool._embedded.describe(pool._address)[1][0].reporter.clock = scenario
+    logpool._embedded.started_pool(pool._address)[1][0].reporter.clock = scenario
     start = scenario()
     offered = 0
     while scenario() - start < 30:  # the scenario: 30 s of traffic, sink down
@@ -163,7 +163,7 @@ def test_exposition_is_byte_for_byte_what_prometheus_client_writes(tmp_path, rec
     for i in range(100):
         pool.log(0, message(0, i))
     pool.flush(timeout=10)
-    cfg, writers = _embedded.describe(pool._address)
+    cfg, writers = _embedded.started_pool(pool._address)
     ffi, lib = writers[0].chain.ffi, writers[0].chain.lib
     families = list(metrics.PoolCollector(ffi, lib, ffi.cast("logpool_t *", pool._address),
                                           cfg, writers).collect())

@@ -214,9 +214,13 @@ def spooled(spool):
     out = []
     for name in os.listdir(d) if os.path.isdir(d) else ():
         if name.endswith(".seg"):
-            with open(os.path.join(d, name), "rb") as f:
-                head = f.read(12)
-                size = os.fstat(f.fileno()).st_size
+            try:
+                with open(os.path.join(d, name), "rb") as f:
+                    head = f.read(12)
+                    size = os.fstat(f.fileno()).st_size
+            except FileNotFoundError:
+                continue  # delivered and deleted by the writer since the listing
+
             records_from = struct.unpack_from("<I", head, 8)[0] if len(head) == 12 else 0
             if size > records_from:
                 out.append(name)

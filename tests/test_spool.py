@@ -260,8 +260,15 @@ def spooled_by_a_pool_that_exits(url, spool_dir, first, n, length=100, **extra):
 
 
 def seg_bytes(spool_dir, sink="app"):
+    """Bytes of the segments on disk now (one the writer deletes meanwhile counts 0)."""
     d = os.path.join(spool_dir, sink)
-    return sum(os.path.getsize(os.path.join(d, s)) for s in segments(spool_dir, sink))
+    total = 0
+    for s in segments(spool_dir, sink):
+        try:
+            total += os.path.getsize(os.path.join(d, s))
+        except FileNotFoundError:
+            pass
+    return total
 
 
 EXITING = """
@@ -310,9 +317,9 @@ def test_a_live_pool_adopts_what_a_pool_that_exits_later_left_in_order_once_with
 
 def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
     import fcntl
-    from logpool.engine import spool as spool_module
+    from logpool.engine.spool import adoption, segments as segment_files
     sink_dir = tmp_path / "spool" / "app"
-    seen_unlocked, real_flock = [], fcntl.flock
+    seen_unlocked, flocks, real_flock = [], [], fcntl.flock
 
     class CheckingFcntl:
         """fcntl for the spool module: before each flock it takes, look for a segment
@@ -321,6 +328,7 @@ def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
 
         @staticmethod
         def flock(fd, op):
+            flocks.append(op)
             for name in segments(tmp_path / "spool"):
                 probe = os.open(sink_dir / name, os.O_RDONLY)
                 try:
@@ -332,7 +340,8 @@ def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
                     os.close(probe)
             return real_flock(fd, op)
 
-    monkeypatch.setattr(spool_module, "fcntl", CheckingFcntl)
+    for module in (segment_files, adoption):  # every flock the spool takes
+        monkeypatch.setattr(module, "fcntl", CheckingFcntl)
     pool = logpool.Pool(spool_config("unix:" + sock_path(tmp_path, "none.sock"),
                                      tmp_path / "spool"))
     try:
@@ -342,6 +351,7 @@ def test_a_new_segment_is_never_visible_unlocked(tmp_path, monkeypatch):
     finally:
         pool.close(0)  # writes a segment in front, too
     assert segments(tmp_path / "spool") and seen_unlocked == []
+    assert flocks, "the check saw no flock: it looks at the wrong module"
 
 
 def test_bad_spool_entries_are_skipped_counted_logged_once_and_every_sink_starts(
@@ -382,7 +392,7 @@ def test_bad_spool_entries_are_skipped_counted_logged_once_and_every_sink_starts
         assert os.path.exists(foreign) and os.path.exists(str(sink_dir / good[-1]) + ".done.bad")
         # A look at the directory later (every second) counts and logs none of them again.
         from logpool import _embedded
-        writer_thread = _embedded.describe(pool._address)[1][0].native_id
+        writer_thread = _embedded.started_pool(pool._address)[1][0].native_id
         spooled_by_a_pool_that_exits(dead, spool, 1000, 100)
         wait_for(lambda: r_app.snapshot().messages >= len(got) + 100, what="a later orphan")
         assert pool.stats(0)["spool_bad_entries"] == 5

@@ -261,10 +261,10 @@ def test_outcomes_add_up_in_order():
 
 
 def test_outcome_constructors():
-    assert Outcome.wrote(0) is Outcome.NOTHING and Outcome.sent(0) is Outcome.NOTHING
+    assert Outcome.wrote(0) is Outcome.NOTHING and Outcome.progressed(0) is Outcome.NOTHING
     w = Outcome.wrote(100)
     assert (w.wrote_bytes, w.progress, w.fates) == (100, 100, ())
-    s = Outcome.sent(100)
+    s = Outcome.progressed(100)
     assert (s.wrote_bytes, s.progress, s.fates) == (0, 100, ())
     assert Outcome.acked(0).fates == ()
     a = Outcome.acked(5, progress=1)

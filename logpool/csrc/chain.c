@@ -57,11 +57,6 @@ void logpool__sink_cache(logpool__sink_t *s, logpool__cache_t *out)
     pthread_mutex_unlock(&s->lock);
 }
 
-int logpool__sink_is_closing(logpool__sink_t *s)
-{
-    return ATOMIC_LOAD(&s->pool->state) != POOL_OPEN;
-}
-
 /* The producers' share of the buffer (records read back from the spool are not theirs). */
 static uint64_t producers_buffered(logpool__sink_t *s)
 {

@@ -8,9 +8,12 @@
  * was not completely written. The writer takes the whole chain at once and walks it without
  * the lock.
  *
- * Files: hotpath.c (log_cdata and the producer's end of the chain), chain.c (the writer's
- * end), datagram.c (sendmmsg), pool.c (lifecycle and the ABI), process.c (fork, exit, last
- * error), runtime.c (starting the embedded Python).
+ * Files: hotpath.c (log_cdata and the producer's end of the chain), chunks.c (chunk
+ * allocation, recycling and the free-list reserve), chain.c (the writer's end), cursor.c
+ * (whole messages for acknowledging transports), datagram.c (sendmmsg), relp.c (RELP
+ * frames), kafka.c (the librdkafka hand-off), spool.c (the writer's side of the disk spool),
+ * pool.c (lifecycle and the ABI), process.c (fork generation, clock, last error),
+ * runtime.c (starting the embedded Python).
  */
 #ifndef LOGPOOL_CORE_H
 #define LOGPOOL_CORE_H
@@ -187,7 +190,7 @@ static inline int logpool__pool_inherited(const logpool_t *pool)
 void logpool__pool_register(logpool_t *pool);
 void logpool__pool_unregister(logpool_t *pool);
 
-/* ---- hotpath.c: chunks ---- */
+/* ---- chunks.c ---- */
 
 chunk_t *logpool__chunk_new(size_t cap);
 /* Memory one standard chunk of s takes (header included). */

@@ -128,7 +128,6 @@ uint32_t logpool__sink_pending_messages(logpool__sink_t *sink);
 int64_t logpool__sink_spill_write(logpool__sink_t *sink, int fd, int64_t offset,
                                   uint64_t room, uint32_t *nmsgs);
 size_t logpool__sink_pending(logpool__sink_t *sink);
-int logpool__sink_is_closing(logpool__sink_t *sink);
 void logpool__sink_count(logpool__sink_t *sink, int counter, uint64_t n);
 void logpool__sink_stats(logpool__sink_t *sink, logpool_stats_t *out);
 void logpool__sink_cache(logpool__sink_t *sink, logpool__cache_t *out);
@@ -158,7 +157,8 @@ void logpool__kafka_free_statistics(char *statistics);
 int logpool__kafka_inject_fatal(logpool__kafka_t *k);
 /* LOGPOOL_CDEF_END */
 
-/* Implemented in runtime.c (needs Python.h), used by logpool.c. */
+/* Implemented in runtime.c (needs Python.h), used by pool.c; the fork generation is
+ * process.c's, used by runtime.c. */
 int logpool__runtime_start(char *err, size_t errlen);
 void logpool__runtime_forget_pool(logpool_t *pool);
 unsigned logpool__fork_generation(void);

@@ -1,5 +1,5 @@
 /*
- * The writer's side of the disk spool (logpool/engine/spool.py owns the files): take the
+ * The writer's side of the disk spool (logpool/engine/spool/ owns the files): take the
  * producer chain to write it out, release it once written (it then counts as spooled, not
  * buffered), put records read back from the spool in front of the writer's pending list,
  * and count what the spool adopted, skipped or could not take. The producer never touches

@@ -1,7 +1,7 @@
 """The disk spool's side of a sink's writer (a part of SinkWriter, in a file of its own):
 adopting orphaned segments at start and while running, spilling the producer chain when
 the sink cannot deliver, replaying spooled records before what is in memory, and spooling
-what is left at exit. The segment files themselves are logpool/engine/spool.py's.
+what is left at exit. The segment files themselves are logpool/engine/spool/'s.
 
 Spilling never waits for the transport: a Spiller thread per spooled sink sleeps in C until
 the producers' buffered bytes reach the spill mark (half of max_buffer_length), and then

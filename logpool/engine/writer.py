@@ -19,7 +19,7 @@ DROPS_CHECK_S = 0.25  # how often a busy writer looks for new refusals (reported
 from logpool.engine.histograms import WriterHistograms
 from logpool.engine.spooling import SpoolingWriter
 from logpool.transports import for_scheme
-from logpool.transports.base import (SLICE_S, Chain, Fate, HandshakeError, Outcome, Stopped,
+from logpool.transports.base import (SLICE_S, Chain, Fate, HandshakeError, Stopped,
                                     Unsendable)
 
 
@@ -226,7 +226,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                         return
                     if r != lib.LOGPOOL__WAIT_READY:
                         if self.transport.IDLE_TICK_MS > 0:
-                            self._apply(self.transport.idle() or Outcome.NOTHING)
+                            self._apply(self.transport.idle())
                         continue
                     self.histograms.buffer_await_seconds.observe(time.monotonic() - waited)
                     with self.spool_lock:
@@ -263,7 +263,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         now = time.monotonic()
         if now < self.next_attempt:
             # (Not while a transport still holds some of them: librdkafka keeps its queue.)
-            if (self._may_spill() and not getattr(self.transport, "inflight", 0)
+            if (self._may_spill() and not self.transport.inflight
                     and not self._spool_pending()):
                 self.spill_blocked_until = now + self.backoff.compute(max(1, self.failures))
             return not self._wait_for_stop(self.next_attempt - now)
@@ -275,7 +275,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                     raise ConnectionRefusedError(errno.ECONNREFUSED, "injected: refused")
                 if self.faults.hit("connect_timeout"):
                     raise TimeoutError(errno.ETIMEDOUT, "injected: connect timed out")
-            skipped = self.transport.connect(self._should_stop) or ()
+            opened = self.transport.connect(self._should_stop)
         except Stopped:
             self.transport.close()
             return False
@@ -295,13 +295,13 @@ class SinkWriter(SpoolingWriter, threading.Thread):
             return True
         self.histograms.connect_duration_seconds.observe(time.monotonic() - started)
         self.unseen = 0  # the transport counts what it sends again on this connection
-        for url, exc in skipped:  # collectors that failed before one opened a session
+        for url, exc in opened.failed_over:  # collectors that failed before one opened
             self._count(lib.LOGPOOL__CONNECT_FAILURES)
             if isinstance(exc, HandshakeError):
                 self._count(lib.LOGPOOL__TLS_HANDSHAKE_FAILURES)
             self.reporter.report("collector failed", f"{url}: {describe(exc)}; using "
                                  f"{self.transport.url} instead")
-        if getattr(self.transport, "resumed", False):
+        if self.transport.resumed:
             self._count(lib.LOGPOOL__TLS_RESUMED)
         self.connected = True
         self._count(lib.LOGPOOL__CONNECTS)
@@ -314,7 +314,7 @@ class SinkWriter(SpoolingWriter, threading.Thread):
     def _disconnect(self):
         if self.connected:
             # A closing exchange may settle messages (RELP's last acknowledgements).
-            self._apply(self.transport.close() or Outcome.NOTHING)
+            self._apply(self.transport.close())
             self.connected = False
             self.lib.logpool__sink_set_connected(self.c, 0)
 

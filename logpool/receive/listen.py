@@ -47,10 +47,10 @@ def listen_socket(listen, mode):
     transport = transports.for_scheme(scheme)
     kind = transport.SOCKET_TYPE
     path = None
-    if transport.ADDRESS[scheme] == "http":
+    if transport.ADDRESS[scheme].name == "http":
         host, port, path = address
         address = (host, port)
-    if transport.ADDRESS[scheme] == "path":
+    if transport.ADDRESS[scheme].name == "path":
         _claim_unix_path(address, kind)
         sock = socket.socket(socket.AF_UNIX, kind)
         try:

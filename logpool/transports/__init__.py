@@ -1,7 +1,8 @@
 """Transports, chosen by URL scheme. A new transport is one module implementing
-logpool.transports.base.Transport plus one line in TRANSPORTS; its config keys are declared
-on its class (OPTIONS, a tuple of schema.Option; TLS_SCHEMES take the TLS block too), and
-config validation asks this registry for them."""
+logpool.transports.base.Transport plus one line in TRANSPORTS: its schemes' address forms
+(ADDRESS, logpool/transports/address.py), its config keys (OPTIONS, a tuple of
+schema.Option; TLS_SCHEMES take the TLS block too) are declared on its class, and config
+validation, the Lua option list and the configuration reference ask this registry."""
 from logpool.transports.datagram import DatagramTransport
 from logpool.transports.forward import ForwardTransport
 from logpool.transports.http import HttpTransport
@@ -32,11 +33,7 @@ def takers(key):
             if any(o.name == key for o in cls.options_for(scheme))]
 
 
-ADDRESS_FORMS = {"path": "{s}:/path", "host_port": "{s}://host:port",
-                 "http": "{s}://host[:port]/path", "kafka": "{s}://host:port[,host:port...]/topic"}
-
-
 def url_forms():
     """Every URL form a sink takes, from the transports' declarations, for error messages."""
-    forms = [ADDRESS_FORMS[cls.ADDRESS[s]].format(s=s) for cls in TRANSPORTS for s in cls.SCHEMES]
+    forms = [cls.ADDRESS[s].form.format(s=s) for cls in TRANSPORTS for s in cls.SCHEMES]
     return ", ".join(forms[:-1]) + " or " + forms[-1]

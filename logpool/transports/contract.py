@@ -1,16 +1,21 @@
 """The transport contract: what a transport may do, what it must report, and what the
 delivery engine (logpool/engine/writer.py) does with the report. This docstring is the
-reference; logpool/transports/base.py holds the shared pieces that implement it.
+reference; logpool/transports/base.py holds the interface (Transport, every name below
+declared on it) and the shared pieces that implement it.
 
 A transport is one connection to one collector at a time, driven by one writer thread.
+connect, write, close and idle always return an Outcome (Outcome.NOTHING when there is
+nothing to report), or raise one of the errors below: the engine never tests for None.
 
-connect(should_stop)
+connect(should_stop) -> Outcome
     Opens a session within connect_timeout_ms: the whole opening exchange (TCP connect, TLS
     handshake, the protocol's open such as RELP's "open", a forward HELO/PING) happens
     inside it, per collector. A collector that accepts TCP and then hangs or refuses at any
-    step is a failed connect: the next collector of the sink's failover list is tried, and
-    the engine counts it (connect_failures, tls_handshake_failures for HandshakeError).
-    Raises OSError when no collector opened a session, Stopped when the pool closes.
+    step is a failed connect: the next collector of the sink's failover list is tried.
+    Its Outcome.opened(failed_over) lists the (url, error) of the collectors that failed
+    before one opened; the engine counts them (connect_failures, tls_handshake_failures for
+    HandshakeError) and logs them. Raises OSError when no collector opened a session,
+    Stopped when the pool closes.
 
 write() -> Outcome
     Sends from the sink's Chain (the pending messages, oldest first) and returns one Outcome
@@ -19,8 +24,10 @@ write() -> Outcome
                                     them: a message completes when its last byte is written)
       Outcome.acked(n)              the first n pending messages are acknowledged
       Outcome.rejected(n, reason)   the first n pending messages were refused for good
-      Outcome.fates([...])          one fate per message of the batch (ACK, RETRY, REJECT),
-                                    for backends that answer per item
+      Outcome.per_message([...])    one (Fate, reason) per message of the batch (ACK,
+                                    RETRY, REJECT), for backends that answer per item
+      Outcome.progressed(nbytes)    bytes went out, nothing is settled yet (an
+                                    acknowledging protocol: resets the stall clock)
       Outcome.NOTHING               nothing could be done now (the engine waits on wants())
     A transport whose per-message work is C (Kafka: one delivery report per message) has
     its fates applied by that C code through the same chain calls; its Outcome says how
@@ -44,6 +51,21 @@ write() -> Outcome
                                     transport: the engine drops it, counted
       Stopped                       the pool is closing: leave now
 
+close() -> Outcome
+    Ends the session (a polite protocol close where there is one). What a closing exchange
+    settles (RELP's last acknowledgements) comes back in the Outcome; the engine applies it.
+    The next connect() starts a new session; shutdown() ends the transport for good.
+
+idle() -> Outcome
+    Housekeeping every IDLE_TICK_MS while nothing is pending (Kafka: librdkafka's
+    callbacks); its reports are logged like a write's.
+
+What else the engine reads, all declared on base.Transport: inflight (messages sent and not
+settled yet, which the engine must not spill), resumed (the last TLS handshake resumed a
+session), url and collectors (failover), collector_stats (metrics), wants() and
+wait_ready() (waiting for room), peer_closed() (before a batch), failed() (move to the next
+collector), announce(), shutdown(), and the class attributes UNIT, STALLS and IDLE_TICK_MS.
+
 Every wait on a peer has a deadline (connect_timeout_ms for the opening exchange,
 send_timeout_ms for a stalled send or an unanswered request) and looks at should_stop at
 least every SLICE_S, so close() ends it. Every size a peer announces is bounded by what the
@@ -58,6 +80,13 @@ one-line doc, check): config checking, the Lua option list and the docs' key tab
 them. TLS is an option block of any socket transport (the +tls schemes), not a subclass.
 """
 import enum
+import errno
+import select
+import time
+
+# How often a blocked connect/send looks at the stop flag: logpool_close waits for the
+# writer to notice, so this bounds how long a close can take after its own timeout.
+SLICE_S = 0.05
 
 
 class Fate(enum.Enum):
@@ -68,21 +97,23 @@ class Fate(enum.Enum):
 
 class Outcome:
     """What one write() call achieved. Use the constructors below."""
-    __slots__ = ("wrote_bytes", "progress", "fates", "settled", "reports")
+    __slots__ = ("wrote_bytes", "progress", "fates", "settled", "reports", "failed_over")
 
-    def __init__(self, wrote_bytes=0, progress=0, fates=(), settled=0, reports=()):
+    def __init__(self, wrote_bytes=0, progress=0, fates=(), settled=0, reports=(),
+                 failed_over=()):
         self.wrote_bytes = wrote_bytes  # stream bytes to consume
         self.progress = progress  # > 0: the connection moved (resets the stall clock)
         self.fates = tuple(fates)  # ((Fate, count, reason or None), ...), head first
         self.settled = settled  # messages delivered whose fate native code applied
         self.reports = tuple(reports)  # ((kind, text), ...) refusals native code applied
+        self.failed_over = tuple(failed_over)  # connect: ((url, OSError), ...) tried first
 
     @classmethod
     def wrote(cls, nbytes):
         return cls(wrote_bytes=nbytes, progress=nbytes) if nbytes > 0 else cls.NOTHING
 
     @classmethod
-    def sent(cls, nbytes):
+    def progressed(cls, nbytes):
         """Bytes went out but nothing is settled yet (an acknowledging protocol)."""
         return cls(progress=nbytes) if nbytes > 0 else cls.NOTHING
 
@@ -106,14 +137,20 @@ class Outcome:
                 runs.append([fate, 1, reason])
         return cls(progress=len(fates), fates=[tuple(r) for r in runs])
 
+    @classmethod
+    def opened(cls, failed_over):
+        """A session is open; failed_over: ((url, error), ...) of the collectors tried first."""
+        return cls(failed_over=failed_over) if failed_over else cls.NOTHING
+
     def __add__(self, other):
         return Outcome(self.wrote_bytes + other.wrote_bytes, self.progress + other.progress,
                        self.fates + other.fates, self.settled + other.settled,
-                       self.reports + other.reports)
+                       self.reports + other.reports, self.failed_over + other.failed_over)
 
     def __repr__(self):
         return (f"Outcome(wrote={self.wrote_bytes}, progress={self.progress}, "
-                f"fates={self.fates}, settled={self.settled}, reports={self.reports})")
+                f"fates={self.fates}, settled={self.settled}, reports={self.reports}, "
+                f"failed_over={self.failed_over})")
 
 
 Outcome.NOTHING = Outcome()
@@ -150,3 +187,15 @@ class ProtocolError(OSError):
 
     def __init__(self, *args):
         super().__init__(*((71,) + args if len(args) == 1 else args))  # EPROTO
+
+
+def wait_io(sock, events, deadline, should_stop, what):
+    """Poll in slices until sock is ready, stop is requested or the deadline passes: the one
+    wait every transport's waits on a peer are made of."""
+    poller = select.poll()
+    poller.register(sock, events)
+    while not poller.poll(SLICE_S * 1000):
+        if should_stop():
+            raise Stopped()
+        if time.monotonic() >= deadline:
+            raise TimeoutError(errno.ETIMEDOUT, f"{what} timed out")

@@ -3,10 +3,10 @@ sent by sendmmsg from C in batches (no Python per datagram)."""
 import errno
 import os
 import socket
-import time
 
 from logpool.errors import ConfigError
-from logpool.transports.base import Outcome, Transport, Unsendable, connect_socket
+from logpool.transports.address import HOST_PORT, PATH
+from logpool.transports.base import Outcome, Transport, Unsendable
 
 # The largest UDP payload over IPv4 (65535 - 8 UDP - 20 IP header bytes); unix datagram
 # sockets get a send buffer that fits it.
@@ -15,13 +15,13 @@ MAX_DATAGRAM = 65507
 
 class DatagramTransport(Transport):
     SCHEMES = ("udp", "unixgram")
-    ADDRESS = {"udp": "host_port", "unixgram": "path"}
+    ADDRESS = {"udp": HOST_PORT, "unixgram": PATH}
     SOCKET_TYPE = socket.SOCK_DGRAM
     UNIT = "datagram"
     FAILOVER = False  # a datagram never says whether anyone received it
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
+    def check_sink(cls, where, sink, given, values, opts, framing):
         """One message per datagram: octet counting is meaningless and size has a limit."""
         if framing == "octet-counting":
             inherited = "" if "framing" in sink else " (the pool-wide framing)"
@@ -34,10 +34,12 @@ class DatagramTransport(Transport):
             raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is larger "
                               f"than a datagram can carry ({MAX_DATAGRAM} bytes)")
 
+    def __init__(self, sink, chain, faults=None):
+        super().__init__(sink, chain, faults)
+        self.conn = self.connection(prepare=self._prepare)
+
     def connect(self, should_stop):
-        deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
-        self.sock = connect_socket(self.sink, self.address, should_stop, deadline, self.faults,
-                                   prepare=self._prepare)
+        return self.conn.open(should_stop)
 
     def _prepare(self, sock, family):
         if family == socket.AF_UNIX:

@@ -33,12 +33,12 @@ import time
 from collections import deque
 
 from logpool.errors import ConfigError
-from logpool.transports.base import ProtocolError
+from logpool.transports.address import HOST_PORT
+from logpool.transports.base import ProtocolError, Transport
 from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, TIME_FIELDS, batch_time,
-                                               number_ns, text_ns, unicode_text, utf8_line,
-                                               valid_utf8)
-from logpool.transports.schema import Option, defaults, int_range, non_empty
-from logpool.transports.session import AcknowledgedTransport
+                                               number_ns, text_ns, utf8_line, valid_utf8)
+from logpool.transports.schema import Option, defaults, int_range, non_empty, optional, text
+from logpool.transports.session import AckSession
 
 EVENT_TIMES = {}  # a time field's text -> its EventTime (log lines repeat their second)
 DEFAULT_WINDOW = 8
@@ -47,21 +47,14 @@ CHUNK_MESSAGES = 4096
 MAX_REPLY_BYTES = 64 * 1024  # an ack, a HELO or a PONG is small
 FORWARD_OPTIONS = (
     Option("forward_tag", "string", "logpool", "the tag of every record",
-           lambda where, value: _tag(where, value)),
+           text(r"(?s).{1,1024}", "a non-empty string of at most 1024 characters")),
     Option("forward_shared_key", "string or null", None, "the collector's shared key: "
-           "enables the HELO/PING/PONG handshake", lambda w, v: v if v is None else
-           non_empty(w, v), default_doc="none: no handshake"),
+           "enables the HELO/PING/PONG handshake", optional(non_empty),
+           default_doc="none: no handshake"),
     Option("forward_window", "integer", DEFAULT_WINDOW, "chunks sent and not yet "
            "acknowledged, at most", int_range(1, 1024)),
 )
 OPTIONS = defaults(FORWARD_OPTIONS)
-
-
-def _tag(where, value):
-    # (A lone surrogate, from JSON's "\ud800", is no text a chunk can carry.)
-    if not isinstance(value, str) or not value or len(value) > 1024 or not unicode_text(value):
-        raise ConfigError(f"{where}: must be a non-empty string, got {value!r}")
-    return value
 
 
 def encode_entries(messages, now_ns):
@@ -161,15 +154,15 @@ def ping_digest(salt, hostname, nonce, key):
     return h.hexdigest()
 
 
-class ForwardTransport(AcknowledgedTransport):
+class ForwardTransport(Transport):
     PROTOCOL = "forward"
     SCHEMES = ("forward", "forward+tls")
-    ADDRESS = {"forward": "host_port", "forward+tls": "host_port"}
+    ADDRESS = {"forward": HOST_PORT, "forward+tls": HOST_PORT}
     TLS_SCHEMES = frozenset(("forward+tls",))
     OPTIONS = FORWARD_OPTIONS
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
+    def check_sink(cls, where, sink, given, values, opts, framing):
         if framing != "raw":
             raise ConfigError(f"{where}.framing: forward frames each message itself (a msgpack "
                               f"record); leave framing raw")
@@ -179,39 +172,39 @@ class ForwardTransport(AcknowledgedTransport):
             raise ConfigError(f"{where}.url: forward:// needs the msgpack package (pip "
                               f"install msgpack, or logpool[forward])") from None
 
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        parsed = super().parse_options(where, scheme, address, options)  # the TLS block
-        return ForwardOptions(parsed.tls, **parsed.own)
-
     def __init__(self, sink, chain, faults=None):
-        options = sink.transport_options or ForwardOptions(None)
+        super().__init__(sink, chain, faults)
+        options = sink.transport_options
         self.tag = options.forward_tag
         self.shared_key = options.forward_shared_key
         self.window = options.forward_window
         self.hostname = socket.gethostname()
-        super().__init__(sink, chain, faults)
+        self.conn = self.connection()
+        self.session = AckSession(self.conn, chain, self)
+        self._reset()
 
-    def reset_session(self):
-        super().reset_session()
+    def _reset(self):
         self.reader = unpacker()
         self.chunks = deque()  # (chunk id, messages) in flight, oldest first
         self.acked_ahead = set()  # chunk ids acknowledged behind an unanswered one
 
+    @property
+    def inflight(self):
+        return self.session.inflight
+
     # -- session --
 
-    def _established(self, sock, family, should_stop, deadline):
-        sock = super()._established(sock, family, should_stop, deadline)
-        self.sock = sock
-        self.reset_session()
-        try:
-            if self.shared_key is not None:
-                self._handshake(should_stop, deadline)
-        except BaseException:
-            self.sock = None
-            raise
+    def connect(self, should_stop):
+        return self.conn.open(should_stop, self._open)
+
+    def _open(self, should_stop, deadline):
+        """The handshake (when a shared key is set) is part of connecting to each
+        collector."""
+        self.session.reset()
+        self._reset()
+        if self.shared_key is not None:
+            self._handshake(should_stop, deadline)
         self.chain.set_unacked(0)
-        return sock
 
     def _handshake(self, should_stop, deadline):
         helo = self._read_one(should_stop, deadline, "forward HELO")
@@ -225,8 +218,8 @@ class ForwardTransport(AcknowledgedTransport):
         digest = ping_digest(salt, self.hostname, nonce, self.shared_key)
         import msgpack
         # No user authentication: empty username and password digest.
-        self._send_all(msgpack.packb(["PING", self.hostname, salt, digest, "", ""]),
-                       should_stop, deadline, "forward handshake")
+        self.conn.send_all(msgpack.packb(["PING", self.hostname, salt, digest, "", ""]),
+                           should_stop, deadline, "forward handshake")
         pong = self._read_one(should_stop, deadline, "forward PONG")
         if not isinstance(pong, list) or len(pong) != 5 or pong[0] != "PONG":
             raise ProtocolError(f"forward: expected PONG, got {str(pong)[:100]}")
@@ -239,27 +232,43 @@ class ForwardTransport(AcknowledgedTransport):
             raise ProtocolError("forward: the server's PONG digest does not match "
                                 "forward_shared_key")
 
+    def write(self):
+        return self.session.write()
+
+    def wants(self):
+        return self.session.wants()
+
+    def wait_ready(self, timeout_s):
+        return self.session.wait_ready(timeout_s)
+
+    def peer_closed(self):
+        return self.session.peer_closed()
+
     def close(self):
         self.chunks.clear()
         self.acked_ahead.clear()
-        return super().close()
+        outcome = self.session.end()
+        self.conn.close()
+        return outcome
 
     # -- writing and acknowledgements --
 
-    def _window_open(self):
+    def window_open(self):
         return len(self.chunks) < self.window
 
-    def _frame_more(self):
-        views = self.chain.messages(CHUNK_MESSAGES, CHUNK_BYTES, self.inflight + self.acked)
+    def frame_more(self):
+        session = self.session
+        views = self.chain.messages(CHUNK_MESSAGES, CHUNK_BYTES,
+                                    session.inflight + session.acked)
         if not views:
             return
         n = len(views)
         chunk_id = base64.b64encode(os.urandom(16)).decode()
-        self.out = memoryview(encode_chunk(self.tag, views, chunk_id, time.time_ns()))
+        session.out = memoryview(encode_chunk(self.tag, views, chunk_id, time.time_ns()))
         self.chunks.append((chunk_id, n))
-        self._sending(n)
+        session.sending(n)
 
-    def _feed(self, data):
+    def feed(self, data):
         import msgpack
         try:
             self.reader.feed(data)
@@ -275,15 +284,15 @@ class ForwardTransport(AcknowledgedTransport):
             raise ProtocolError(f"forward: an answer that is not msgpack within bounds "
                                 f"({type(exc).__name__}: {exc})") from None
 
-    def _read_acks(self, receive=True):
+    def read_acks(self, receive=True):
         if receive:
-            self._recv_available()
+            self.session.recv_available()
         for answer in self._answers():
             if not isinstance(answer, dict) or not isinstance(answer.get("ack"), str):
                 raise ProtocolError(f"forward: an answer that is not an ack: "
                                     f"{str(answer)[:100]}")
             self._ack(answer["ack"])
-        self._raise_if_gone()
+        self.session.raise_if_gone()
 
     def _ack(self, chunk_id):
         ids = [c for c, _ in self.chunks]
@@ -298,7 +307,7 @@ class ForwardTransport(AcknowledgedTransport):
             self.acked_ahead.discard(cid)
             released += n
         if released:
-            self._release(released)
+            self.session.release(released)
 
     # -- the opening exchange --
 
@@ -306,16 +315,6 @@ class ForwardTransport(AcknowledgedTransport):
         while True:
             for answer in self._answers():
                 return answer
-            self._raise_if_gone()
-            self._wait(select.POLLIN, should_stop, deadline, what)
-            self._recv_available()
-
-
-class ForwardOptions:
-    def __init__(self, tls, **options):
-        self.tls = tls
-        for key, default in OPTIONS.items():
-            setattr(self, key, options.get(key, default))
-
-    def get(self, key, default=None):
-        return getattr(self, key, default)
+            self.session.raise_if_gone()
+            self.conn.wait(select.POLLIN, should_stop, deadline, what)
+            self.session.recv_available()

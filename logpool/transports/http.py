@@ -65,30 +65,18 @@ import zlib
 from collections import deque
 
 from logpool.errors import ConfigError
+from logpool.transports.address import HTTP
 from logpool.transports.base import (SLICE_S, Fate, Outcome, ProtocolError, RetryLater,
-                                    Stopped, Unsendable)
+                                    Stopped, Transport, Unsendable)
 from logpool.transports.formats import FORMATS, all_options as format_options
 from logpool.transports.formats import owner as format_owner
 from logpool.transports.formats.common import (RESPONSE_LIMIT, Misconfigured, Refused,
                                                SendAgain, Unconfirmed, body_text)
 from logpool.transports.http_exchange import Exchange, HttpProtocolError
-from logpool.transports.schema import Option, defaults
-from logpool.transports.stream import StreamTransport
+from logpool.transports.schema import Option, all_of, choice, http_headers, int_range, needs
 
 COMPRESSIONS = ("none", "gzip", "zstd")
 METHODS = ("POST", "PUT")
-OPTION_DOCS = {
-    "http_format": ("string", "ndjson", "the request body: ndjson, json_array, or a backend's "
-                    "API: elasticsearch, loki, otlp, otlp_json, splunk_hec, clickhouse, "
-                    "datadog"),
-    "http_headers": ("object", {}, "extra request headers (tokens, API keys, tenants); "
-                     "values Latin-1 without control characters"),
-    "http_compression": ("string", "none", "none, gzip or zstd"),
-    "http_method": ("string", "POST", "POST or PUT"),
-    "http_max_body_bytes": ("integer", 1024 * 1024, "the largest request body on the wire "
-                            "(framing and compression included)"),
-    "http_concurrency": ("integer", 1, "requests in flight per sink (1 keeps the order)"),
-}
 RETRY_STATUSES = (408, 429)
 ACKED = (Fate.ACK, None)
 KEEP_STATUSES = (401, 403, 404)  # and 3xx: the configuration, not the data
@@ -114,72 +102,23 @@ class HttpKept(OSError):
     backoff schedule."""
 
 
-def _check_header_text(where, name, text):
-    if not name or any(c in name for c in ":\r\n \t\0") or not name.isascii() or not all(
-            33 <= ord(c) <= 126 for c in name):
-        raise ConfigError(f"{where}: header name {name!r} is not a valid header name")
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ConfigError(f"{where}: header {name!r}: its value is not Latin-1 text (HTTP/1.1 "
-                          f"header values are bytes 0x20-0xFF and TAB)") from None
-    if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
-        raise ConfigError(f"{where}: header {name!r}: its value holds a control character "
-                          f"(CR, LF, NUL, ...): not a valid header line")
-
-
-def check_option(where, key, value):
-    """One of OPTION_DOCS' keys, checked (the formats' keys check themselves)."""
-    def fail(what):
-        raise ConfigError(f"{where}: must be {what}, got {value!r}")
-    if key == "http_format" and value not in FORMATS:
-        fail(" or ".join(map(repr, FORMATS)))
-    if key == "http_compression" and value not in COMPRESSIONS:
-        fail(" or ".join(map(repr, COMPRESSIONS)))
-    if key == "http_method" and value not in METHODS:
-        fail(" or ".join(map(repr, METHODS)))
-    if key == "http_max_body_bytes" and (isinstance(value, bool) or not isinstance(value, int)
-                                         or not 1024 <= value <= 2**31 - 1):
-        fail("an integer from 1024 to 2147483647")
-    if key == "http_concurrency" and value != 1:
-        fail("1 (one request in flight per sink keeps the order; run more sinks for more "
-             "parallel requests)")
-    if key == "http_headers":
-        if not isinstance(value, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            fail("an object of header names to string values")
-        for name, text in value.items():
-            _check_header_text(where, name, text)
-            if name.lower() in RESERVED_HEADERS:
-                raise ConfigError(f"{where}: {name} is set by logpool from http_format and "
-                                  f"http_compression")
-    if key == "http_compression" and value == "zstd":
-        try:
-            import zstandard  # noqa: F401
-        except ImportError:
-            raise ConfigError(f"{where}: zstd needs the zstandard package "
-                              f"(pip install zstandard)") from None
-    return value
-
-
-def _option(key, type_, default, doc):
-    return Option(key, type_, default, doc, lambda where, value: check_option(where, key, value))
-
-
 # The HTTP keys, then every format's (<format>_<field>): one tuple, shared by http and https.
-HTTP_OPTIONS = (tuple(_option(k, *v) for k, v in OPTION_DOCS.items())
-                + tuple(format_options().values()))
-OPTIONS = defaults(HTTP_OPTIONS)
-
-
-class HttpOptions:
-    def __init__(self, tls, **options):
-        self.tls = tls
-        for key, default in OPTIONS.items():
-            setattr(self, key, options.get(key, default))
-        self.http_headers = dict(self.http_headers or {})
-        self.format_options = {name: options.get(name, opt.default)
-                               for name, opt in format_options().items()}
+HTTP_OPTIONS = (
+    Option("http_format", "string", "ndjson", "the request body: ndjson, json_array, or a "
+           "backend's API: elasticsearch, loki, otlp, otlp_json, splunk_hec, clickhouse, "
+           "datadog", all_of(choice(*FORMATS), needs({
+               cls.NAME: cls.NEEDS for cls in FORMATS.values() if getattr(cls, "NEEDS", None)}))),
+    Option("http_headers", "object", {}, "extra request headers (tokens, API keys, tenants); "
+           "values Latin-1 without control characters",
+           http_headers(RESERVED_HEADERS, "set by logpool from http_format and "
+                                          "http_compression")),
+    Option("http_compression", "string", "none", "none, gzip or zstd", all_of(
+        choice(*COMPRESSIONS), needs({"zstd": ("zstandard", "the zstandard package (pip "
+                                                "install zstandard)")}))),
+    Option("http_method", "string", "POST", "POST or PUT", choice(*METHODS)),
+    Option("http_max_body_bytes", "integer", 1024 * 1024, "the largest request body on the "
+           "wire (framing and compression included)", int_range(1024, 2**31 - 1)),
+) + tuple(format_options().values())
 
 
 def retry_after_seconds(value, now=None):
@@ -262,9 +201,9 @@ class Batch:
             part.stop = max(0, part.stop - n)
 
 
-class HttpTransport(StreamTransport):
+class HttpTransport(Transport):
     SCHEMES = ("http", "https")
-    ADDRESS = {"http": "http", "https": "http"}
+    ADDRESS = {"http": HTTP, "https": HTTP}
     TLS_SCHEMES = frozenset(("https",))
     OPTIONS = HTTP_OPTIONS
 
@@ -272,37 +211,31 @@ class HttpTransport(StreamTransport):
                         "or a backend's format)")
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
-        super().check_sink(where, sink, opts, framing)
-        fmt = sink.get("http_format")  # (a pool-wide one is not seen here: not checked)
-        for key in sink:
+    def check_sink(cls, where, sink, given, values, opts, framing):
+        super().check_sink(where, sink, given, values, opts, framing)
+        fmt = given.get("http_format")  # (a pool-wide one counts as the sink's)
+        for key in given:
             owner = format_owner(key)
             if owner is not None and fmt is not None and not (
                     owner == fmt or fmt.startswith(owner + "_")):
                 raise ConfigError(f"{where}.{key}: a key of http_format {owner!r}, and this "
                                   f"sink's http_format is {fmt!r}")
-        cls_ = FORMATS.get(fmt or "ndjson")
-        needs = getattr(cls_, "NEEDS", None)
-        if needs is not None:
-            import importlib
-            try:
-                importlib.import_module(needs[0])
-            except ImportError:
-                raise ConfigError(f"{where}.http_format: {fmt} needs {needs[1]}") from None
-        limit = sink.get("http_max_body_bytes", OPTIONS["http_max_body_bytes"])
-        if isinstance(limit, int) and opts["max_message_size"] > limit:
+        limit = values["http_max_body_bytes"]
+        if opts["max_message_size"] > limit:
             if "max_message_size" in sink:
                 raise ConfigError(f"{where}.max_message_size: {opts['max_message_size']} is "
                                   f"larger than http_max_body_bytes {limit}")
             opts["max_message_size"] = limit
 
     @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        parsed = super().parse_options(where, scheme, address, options)  # the TLS block
-        return HttpOptions(parsed.tls, **parsed.own)
+    def parse_options(cls, where, scheme, address, values):
+        parsed = super().parse_options(where, scheme, address, values)  # the TLS block
+        parsed.format_options = {name: values[name] for name in format_options()}
+        return parsed
 
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
+        self.conn = self.connection()
         self.options = sink.transport_options
         self.encoder = FORMATS[self.options.http_format](
             self.options.format_options, self.address[2])
@@ -329,12 +262,12 @@ class HttpTransport(StreamTransport):
 
     def connect(self, should_stop):
         self._should_stop = should_stop
-        skipped = super().connect(should_stop)
+        opened = self.conn.open(should_stop)
         self.reusable = True
         self.encoder.url = self.url
         if self.learned != self.url:
             self._probe()
-        return skipped
+        return opened
 
     def failed(self):
         super().failed()
@@ -355,8 +288,8 @@ class HttpTransport(StreamTransport):
         self.encoder.learn(self.url, response)
         self.learned = self.url
         if not self.reusable:
-            StreamTransport.close(self)
-            super().connect(self._should_stop)
+            self.conn.close()
+            self.conn.open(self._should_stop)
             self.reusable = True
 
     def peer_closed(self):
@@ -365,7 +298,7 @@ class HttpTransport(StreamTransport):
     def _reopen_if_closed(self):
         """Servers close idle keep-alive connections (and some close after every response):
         that is not an error, just open a new one."""
-        if self.sock is None or not self.reusable or StreamTransport.peer_closed(self):
+        if self.sock is None or not self.reusable or self.conn.peer_closed():
             self.close()
             self.connect(self._should_stop)
 
@@ -695,7 +628,7 @@ class HttpTransport(StreamTransport):
     def close(self):
         self.reusable = False
         self.chain.set_unacked(0)  # nothing is in flight without a connection
-        super().close()
+        return super().close()
 
 
 def per_message_fates(outcome):

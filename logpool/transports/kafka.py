@@ -10,11 +10,13 @@ releases finished messages from the head of the chain in order (reports of diffe
 partitions may come back in any order). Python only configures, connects and reports.
 """
 import json
+import re
 import time
 
 from logpool.errors import ConfigError
+from logpool.transports.address import AddressForm, check_host_name
 from logpool.transports.base import SLICE_S, Outcome, Stopped, Transport
-from logpool.transports.schema import Option, defaults
+from logpool.transports.schema import Option, Values, properties
 
 # Safe defaults for logs; every librdkafka property may be overridden by the "kafka" object.
 DEFAULT_PROPERTIES = {
@@ -35,22 +37,23 @@ LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000  # librdkafka's default message.max.byt
 WINDOW = 1 << 16  # messages handed to librdkafka and not reported yet, at most
 
 
-def check_option(where, key, value):
-    if key == "kafka":
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: must be an object of librdkafka properties, got "
-                              f"{value!r}")
-        for name, setting in value.items():
-            if name in RESERVED:
-                raise ConfigError(f"{where}.{name}: set by logpool (the URL names the "
-                                  f"brokers)")
-            if not isinstance(setting, (str, int, float, bool)):
-                raise ConfigError(f"{where}.{name}: must be a string, number or boolean")
-    elif key == "kafka_key":
-        if value is not None and not isinstance(value, str):
-            raise ConfigError(f"{where}: must be a string (every message's key) or null "
-                              f"(no key: librdkafka spreads messages over partitions)")
-    return value
+def _brokers_and_topic(where, scheme, url, allow_port_zero):
+    """(bootstrap servers, topic) of kafka://host:port[,host:port...]/topic."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    brokers, _, topic = rest.partition("/")
+    if not brokers or not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
+        raise ConfigError(f"{where}: expected kafka://host:port[,host:port...]/topic (a topic "
+                          f"of letters, digits, '.', '_', '-'), got {url!r}")
+    for broker in brokers.split(","):
+        m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:/\[\]\s,]+):(\d+)", broker)
+        if m is None or not 1 <= int(m.group(2) or m.group(4)) <= 65535:
+            raise ConfigError(f"{where}: broker {broker!r} in {url!r} is not host:port")
+        if m.group(3) is not None:
+            check_host_name(where, m.group(3), url)
+    return brokers, topic
+
+
+BROKERS = AddressForm("kafka", "{s}://host:port[,host:port...]/topic", _brokers_and_topic)
 
 
 def librdkafka_path():
@@ -73,19 +76,13 @@ def property_text(value):
     return str(value)
 
 
-class KafkaOptions:
-    def __init__(self, bootstrap, topic, properties, key):
-        self.bootstrap, self.topic, self.key = bootstrap, topic, key
-        self.properties = {**DEFAULT_PROPERTIES, **properties,
-                           "bootstrap.servers": bootstrap}
-
-
 class KafkaTransport(Transport):
     SCHEMES = ("kafka",)
-    ADDRESS = {"kafka": "kafka"}
+    ADDRESS = {"kafka": BROKERS}
     OPTIONS = (
         Option("kafka", "object", {}, "librdkafka properties (strings, numbers, booleans) over "
-               "logpool's defaults", lambda w, v: check_option(w, "kafka", v)),
+               "logpool's defaults", properties(RESERVED, "set by logpool (the URL names the "
+                                                "brokers)")),
         Option("kafka_key", "string or null", None, "every message's key; null lets "
                "librdkafka spread messages over partitions"),
     )
@@ -96,17 +93,16 @@ class KafkaTransport(Transport):
     RAW_FRAMING_ONLY = "a Kafka record holds exactly one message"
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
+    def check_sink(cls, where, sink, given, values, opts, framing):
         """librdkafka refuses a message (key included) above message.max.bytes: a bigger
         max_message_size would accept lines only to drop them at send time."""
-        super().check_sink(where, sink, opts, framing)
-        properties = sink.get("kafka") if isinstance(sink.get("kafka"), dict) else {}
+        super().check_sink(where, sink, given, values, opts, framing)
         try:
-            limit = int(properties.get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
+            limit = int(values["kafka"].get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES))
         except (TypeError, ValueError):
             return  # librdkafka names the bad value when the options are parsed
-        key = sink.get("kafka_key")
-        limit -= len(key.encode()) if isinstance(key, str) else 0
+        key = values["kafka_key"]
+        limit -= len(key.encode()) if key is not None else 0
         if opts["max_message_size"] <= limit:
             return
         if "max_message_size" in sink:
@@ -117,10 +113,11 @@ class KafkaTransport(Transport):
         opts["max_message_size"] = max(limit, 1)
 
     @classmethod
-    def parse_options(cls, where, scheme, address, options):
+    def parse_options(cls, where, scheme, address, values):
+        """The keys, and what the producer is made of: bootstrap, topic, key, properties
+        (logpool's defaults under the sink's)."""
         bootstrap, topic = address
-        options = {**defaults(cls.OPTIONS), **options}
-        properties = dict(options["kafka"])
+        properties = values["kafka"]
         try:
             import confluent_kafka
         except ImportError:
@@ -131,7 +128,9 @@ class KafkaTransport(Transport):
                                       "bootstrap.servers": bootstrap}).flush(0)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
             raise ConfigError(f"{where}.kafka: librdkafka refuses it: {exc}") from None
-        return KafkaOptions(bootstrap, topic, properties, options["kafka_key"])
+        return Values(values, bootstrap=bootstrap, topic=topic, key=values["kafka_key"],
+                      properties={**DEFAULT_PROPERTIES, **properties,
+                                  "bootstrap.servers": bootstrap})
 
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
@@ -167,9 +166,11 @@ class KafkaTransport(Transport):
                 raise ConnectionRefusedError(111, f"no Kafka broker answered within "
                                              f"connect_timeout_ms "
                                              f"{self.sink.connect_timeout_ms}: {refused}")
+        return Outcome.NOTHING
 
     def close(self):
         """A broken "connection" is librdkafka's to mend: keep the producer and its queue."""
+        return Outcome.NOTHING
 
     def shutdown(self):
         """The writer stops: give up what librdkafka still holds (it stays in the chain and

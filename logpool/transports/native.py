@@ -9,7 +9,7 @@ class KafkaProducer:
     report per message would cost a Python call each)."""
 
     def __init__(self, ffi, lib, csink):
-        self.ffi, self.lib, self.c = ffi, lib, csink
+        self.ffi, self.lib, self.csink = ffi, lib, csink
         self.handle = None
         self.errbuf = ffi.new("char[]", 512)
         self.delivered = ffi.new("uint64_t *")
@@ -27,7 +27,7 @@ class KafkaProducer:
         values = ffi.new("const char *[]", keep[len(props):])
         ckey = ffi.NULL if key is None else key.encode()
         handle = self.lib.logpool__kafka_new(
-            self.c, librdkafka.encode(), names, values, len(props), topic.encode(), ckey,
+            self.csink, librdkafka.encode(), names, values, len(props), topic.encode(), ckey,
             0 if key is None else len(ckey), window, self.errbuf, len(self.errbuf))
         if handle == ffi.NULL:
             return self._error()
@@ -41,7 +41,7 @@ class KafkaProducer:
     def destroy(self):
         """Free the producer; what it still held stays in the chain (resent or abandoned)."""
         if self.handle is not None:
-            self.lib.logpool__sink_set_unacked(self.c, 0)
+            self.lib.logpool__sink_set_unacked(self.csink, 0)
             self.lib.logpool__kafka_destroy(self.handle)
             self.handle = None
 

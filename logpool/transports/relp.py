@@ -22,9 +22,10 @@ import time
 from logpool.errors import ConfigError
 from logpool.protocols.relp import (ACK_SUFFIX, OFFERS, TXNR_MAX, RelpError, next_txnr,
                                     parse_frame)
-from logpool.transports.base import SLICE_S, ProtocolError
+from logpool.transports.address import HOST_PORT
+from logpool.transports.base import SLICE_S, ProtocolError, Transport
 from logpool.transports.schema import Option, int_range
-from logpool.transports.session import AcknowledgedTransport
+from logpool.transports.session import AckSession
 
 DEFAULT_WINDOW = 128
 CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last replies
@@ -33,28 +34,30 @@ CLOSE_REPLY_S = 0.5  # how long a closing session waits for the collector's last
 MAX_REPLY_BYTES = 64 * 1024
 
 
-class RelpTransport(AcknowledgedTransport):
+class RelpTransport(Transport):
     PROTOCOL = "RELP"
     SCHEMES = ("relp", "relp+tls")
-    ADDRESS = {"relp": "host_port", "relp+tls": "host_port"}
+    ADDRESS = {"relp": HOST_PORT, "relp+tls": HOST_PORT}
     TLS_SCHEMES = frozenset(("relp+tls",))
     OPTIONS = (Option("relp_window", "integer", DEFAULT_WINDOW, "messages sent and not yet "
                       "acknowledged, at most", int_range(1, 65536)),)
 
     @classmethod
-    def check_sink(cls, where, sink, opts, framing):
+    def check_sink(cls, where, sink, given, values, opts, framing):
         if framing == "octet-counting":
             raise ConfigError(f"{where}.framing: RELP frames each message itself; use raw "
                               f"(the default) or newline (one trailing newline is dropped)")
 
     def __init__(self, sink, chain, faults=None):
+        super().__init__(sink, chain, faults)
         self.window = sink.transport_options.relp_window
         self.refusals = {}  # message index (chain.completed based) -> times refused
         self.frames = chain.frame_buffer(max(256 * 1024, sink.max_message_size + 64))
-        super().__init__(sink, chain, faults)
+        self.conn = self.connection()
+        self.session = AckSession(self.conn, chain, self)
+        self._reset()
 
-    def reset_session(self):
-        super().reset_session()
+    def _reset(self):
         self.inbuf = bytearray()
         self.oldest_txnr = 2  # txnr of the first message in flight (1 was "open")
         self.txnr = 2  # txnr of the next command
@@ -62,41 +65,57 @@ class RelpTransport(AcknowledgedTransport):
         self.refused_held = {}  # txnr -> reason: refused again, rejected once others are taken
         self.refused_reasons = {}  # txnr -> reason: answered with a refusal, released as such
 
+    @property
+    def inflight(self):
+        return self.session.inflight
+
     # -- session --
 
-    def _established(self, sock, family, should_stop, deadline):
+    def connect(self, should_stop):
+        return self.conn.open(should_stop, self._open)
+
+    def _open(self, should_stop, deadline):
         """The opening exchange is part of connecting to each collector: one that accepts
         TCP (and TLS) but never answers the open, or refuses it, is a failed connect and
         the next collector is tried."""
-        sock = super()._established(sock, family, should_stop, deadline)
-        self.sock = sock
-        self.reset_session()
-        try:
-            self._send_all(b"1 open %d %s\n" % (len(OFFERS), OFFERS), should_stop, deadline,
+        self.session.reset()
+        self._reset()
+        self.conn.send_all(b"1 open %d %s\n" % (len(OFFERS), OFFERS), should_stop, deadline,
                            "RELP open")
-            txnr, command, data = self._read_frame(should_stop, deadline)
-            if txnr != 1 or command != b"rsp" or not data.startswith(b"200"):
-                raise RelpError(errno.EPROTO, f"RELP open refused: {command.decode()} "
-                                f"{data[:200].decode('utf-8', 'replace')!r}")
-            if b"commands=" in data and b"syslog" not in data.split(b"commands=", 1)[1]:
-                raise RelpError(errno.EPROTO, "the RELP server does not offer the syslog "
-                                "command")
-        except BaseException:
-            self.sock = None
-            raise
+        txnr, command, data = self._read_frame(should_stop, deadline)
+        if txnr != 1 or command != b"rsp" or not data.startswith(b"200"):
+            raise RelpError(errno.EPROTO, f"RELP open refused: {command.decode()} "
+                            f"{data[:200].decode('utf-8', 'replace')!r}")
+        if b"commands=" in data and b"syslog" not in data.split(b"commands=", 1)[1]:
+            raise RelpError(errno.EPROTO, "the RELP server does not offer the syslog "
+                            "command")
         self.chain.set_unacked(0)
-        return sock
+
+    def write(self):
+        return self.session.write()
+
+    def wants(self):
+        return self.session.wants()
+
+    def wait_ready(self, timeout_s):
+        return self.session.wait_ready(timeout_s)
+
+    def peer_closed(self):
+        return self.session.peer_closed()
 
     def close(self):
         """Ends the session politely when it is healthy; returns the acknowledgements that
         came in before the collector's answer to "close" (the engine applies them)."""
-        if self.sock is not None and self.out is None and self.broken is None:
+        session = self.session
+        if self.sock is not None and session.out is None and session.broken is None:
             try:  # a polite end; the collector keeps what it acknowledged either way
                 self._close_session()
             except (OSError, ValueError):
                 pass
         self.acked_ahead.clear()
-        return super().close()
+        outcome = session.end()
+        self.conn.close()
+        return outcome
 
     def _close_session(self):
         """Send "close" and wait a moment for its reply, taking the acknowledgements that
@@ -109,45 +128,46 @@ class RelpTransport(AcknowledgedTransport):
         poller.register(self.sock, select.POLLIN)
         try:
             self.sock.send(b"%d close 0\n" % close_txnr)
-            while time.monotonic() < deadline and not self.peer_gone:
+            while time.monotonic() < deadline and not self.session.peer_gone:
                 if poller.poll(SLICE_S * 1000):
-                    self._recv_available()
+                    self.session.recv_available()
                 at = self.inbuf.find(reply)
                 if at == 0 or (at > 0 and self.inbuf[at - 1] == 0x0A):
                     del self.inbuf[at:]
                     return
         finally:
-            self.peer_gone = False  # (the end of a session being closed anyway)
+            self.session.peer_gone = False  # (the end of a session being closed anyway)
             try:
-                self._read_acks(receive=False)
+                self.read_acks(receive=False)
             except (OSError, ValueError):
                 pass  # what follows the acknowledgements does not matter at close
 
     # -- writing and acknowledgements --
 
-    def _window_open(self):
-        return self.inflight < self.window
+    def window_open(self):
+        return self.session.inflight < self.window
 
-    def _frame_more(self):
+    def frame_more(self):
         # Skip what is in flight and what was acknowledged but is released by the engine
         # only once this call's Outcome is applied.
-        n, frames = self.chain.relp_frames(self.frames, self.inflight + self.acked,
-                                           self.window - self.inflight, self.txnr)
+        session = self.session
+        n, frames = self.chain.relp_frames(self.frames, session.inflight + session.acked,
+                                           self.window - session.inflight, self.txnr)
         if n == 0:
             return
-        self.out = memoryview(frames)
+        session.out = memoryview(frames)
         for _ in range(n):
             self.txnr = next_txnr(self.txnr)
-        self._sending(n)
+        session.sending(n)
 
-    def _read_acks(self, receive=True):
+    def read_acks(self, receive=True):
         """Read what the collector sent and take every acknowledgement in it, in the order
         of the replies, before any error or serverclose that follows them (those raise).
         An acknowledgement releases the message it names once every earlier one is
         acknowledged too; one for a txnr not in flight, or twice for one, breaks the
         protocol."""
         if receive:
-            self._recv_available()
+            self.session.recv_available()
         buf = self.inbuf
         last = buf.rfind(b"\n") + 1
         pos = self._in_order_prefix(buf, last)
@@ -183,7 +203,7 @@ class RelpTransport(AcknowledgedTransport):
         del buf[:pos]
         if len(buf) > MAX_REPLY_BYTES:
             raise ProtocolError(f"RELP: a reply longer than {MAX_REPLY_BYTES} bytes")
-        self._raise_if_gone()
+        self.session.raise_if_gone()
 
     def _offset(self, txnr):
         return (txnr - self.oldest_txnr) % TXNR_MAX
@@ -193,9 +213,10 @@ class RelpTransport(AcknowledgedTransport):
         session breaks, the message goes again); after that, True: it is held until the
         collector takes another message, then rejected."""
         offset = self._offset(txnr)
-        if not 1 <= txnr <= TXNR_MAX or offset >= self.inflight or txnr in self.acked_ahead:
+        if not 1 <= txnr <= TXNR_MAX or offset >= self.session.inflight or \
+                txnr in self.acked_ahead:
             return False  # not in flight: the protocol error is raised
-        index = self.chain.completed + self.acked + offset
+        index = self.chain.completed + self.session.acked + offset
         if len(self.refusals) > 4096:  # settled ones are forgotten
             self.refusals = {i: n for i, n in self.refusals.items()
                              if i >= self.chain.completed}
@@ -206,11 +227,12 @@ class RelpTransport(AcknowledgedTransport):
         return True
 
     def _ack(self, txnr, rejected=None):
+        inflight = self.session.inflight
         offset = (txnr - self.oldest_txnr) % TXNR_MAX
-        if not 1 <= txnr <= TXNR_MAX or offset >= self.inflight or txnr in self.acked_ahead:
+        if not 1 <= txnr <= TXNR_MAX or offset >= inflight or txnr in self.acked_ahead:
             raise ProtocolError(f"RELP: an acknowledgement for command {txnr}, which is "
                                 f"{'acknowledged already' if txnr in self.acked_ahead else 'not in flight'}"
-                                f" (in flight: {self.inflight} from {self.oldest_txnr})")
+                                f" (in flight: {inflight} from {self.oldest_txnr})")
         if rejected is not None:
             self.refused_reasons[txnr] = rejected
         if offset:
@@ -221,20 +243,20 @@ class RelpTransport(AcknowledgedTransport):
             why = self.refused_reasons.pop(self.oldest_txnr, None) \
                 if self.refused_reasons else None
             if why is not None:
-                self.rejections.append((self.acked + released, why))
+                self.session.rejections.append((self.session.acked + released, why))
             released += 1
             self.oldest_txnr = next_txnr(self.oldest_txnr)
             if self.oldest_txnr not in self.acked_ahead:
                 break
             self.acked_ahead.discard(self.oldest_txnr)
-        self._release(released)
+        self.session.release(released)
 
     def _in_order_prefix(self, buf, last):
         """The common case in one comparison: every complete line up to `last` is
         "TXNR rsp 6 200 OK" for the next commands in flight, in order. Takes them and
         returns `last`, or 0 when the replies need the careful path."""
         lines = buf.count(b"\n", 0, last)
-        if (not lines or lines > self.inflight or self.acked_ahead
+        if (not lines or lines > self.session.inflight or self.acked_ahead
                 or self.oldest_txnr + lines - 1 > TXNR_MAX):
             return 0
         first = self.oldest_txnr
@@ -242,12 +264,12 @@ class RelpTransport(AcknowledgedTransport):
                                   for t in range(first, first + lines)):
             return 0
         self.oldest_txnr = next_txnr(first + lines - 1)
-        self._release(lines)
+        self.session.release(lines)
         return last
 
     # -- frames --
 
-    def _feed(self, data):
+    def feed(self, data):
         self.inbuf += data
 
     @staticmethod
@@ -263,6 +285,6 @@ class RelpTransport(AcknowledgedTransport):
                 txnr, command, data, pos = frame
                 del self.inbuf[:pos]
                 return txnr, command, data
-            self._raise_if_gone()
-            self._wait(select.POLLIN, should_stop, deadline, "RELP open")
-            self._recv_available()
+            self.session.raise_if_gone()
+            self.conn.wait(select.POLLIN, should_stop, deadline, "RELP open")
+            self.session.recv_available()

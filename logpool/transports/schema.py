@@ -21,9 +21,12 @@ class Option:
 
     def validate(self, where, value):
         """The value to use, or ConfigError naming `where`."""
+        if self.type == "integer" and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON writers (and Lua) may say 1000.0 for 1000
         if not self._type_ok(value):
-            raise ConfigError(f"{where}: must be {'an' if self.type[0] in 'aeiou' else 'a'} "
-                              f"{self.type}, got {value!r}")
+            what = getattr(self.check, "what", None) or (
+                f"{'an' if self.type[0] in 'aeiou' else 'a'} {self.type}")
+            raise ConfigError(f"{where}: must be {what}, got {value!r}")
         return self.check(where, value) if self.check is not None else value
 
     def _type_ok(self, value):
@@ -45,6 +48,12 @@ class Option:
         return f"Option({self.name!r}, {self.type!r}, {self.default!r})"
 
 
+# -- the checkers: every key's check(where, value) comes from here ----------------------------
+
+def _fail(where, what, value):
+    raise ConfigError(f"{where}: must be {what}, got {value!r}")
+
+
 def int_range(low, high, why=""):
     def check(where, value):
         if not low <= value <= high:
@@ -54,11 +63,101 @@ def int_range(low, high, why=""):
     return check
 
 
-def one_of(*choices):
+def choice(*choices, listed=False):
+    """One of the choices; the message lists them ("one of a, b, c" when listed)."""
+    what = ("one of " + ", ".join(map(repr, choices))) if listed else \
+        " or ".join(map(repr, choices))
+
     def check(where, value):
         if value not in choices:
-            raise ConfigError(f"{where}: must be {' or '.join(map(repr, choices))}, got "
-                              f"{value!r}")
+            _fail(where, what, value)
+        return value
+    check.what = what  # also the message for a value of the wrong type
+    return check
+
+
+def unicode_text(text):
+    """Text a body can carry (JSON's "\ud800" escape makes a lone surrogate, which no
+    encoder can write)."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def text(pattern=None, what="a string", allow_none=False):
+    """A non-empty string a body can carry (fullmatching pattern, if given); None too when
+    allow_none."""
+    import re
+
+    def check(where, value):
+        if value is None and allow_none:
+            return None
+        if not isinstance(value, str) or not value or not unicode_text(value) or (
+                pattern is not None and re.fullmatch(pattern, value) is None):
+            _fail(where, what, value)
+        return value
+    return check
+
+
+def table(key_pattern, what):
+    """An object of strings to strings a body can carry (names fullmatching key_pattern);
+    a copy."""
+    import re
+
+    def check(where, value):
+        if not isinstance(value, dict) or not all(
+                isinstance(k, str) and re.fullmatch(key_pattern, k) and isinstance(v, str)
+                and unicode_text(k) and unicode_text(v) for k, v in value.items()):
+            _fail(where, what, value)
+        return dict(value)
+    return check
+
+
+def properties(reserved, why):
+    """An object of names to strings, numbers or booleans (a library's settings), none of
+    them reserved (why: who sets those instead); a copy."""
+    def check(where, value):
+        for name, setting in value.items():
+            if name in reserved:
+                raise ConfigError(f"{where}.{name}: {why}")
+            if not isinstance(setting, (str, int, float)):  # (a bool is an int)
+                raise ConfigError(f"{where}.{name}: must be a string, number or boolean")
+        return dict(value)
+    return check
+
+
+def http_headers(reserved, why):
+    """An object of HTTP header names to values that can go on the wire as they are (token
+    names; Latin-1 values without control characters but TAB), none of them reserved."""
+    def check(where, value):
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            _fail(where, "an object of header names to string values", value)
+        for name, line in value.items():
+            if not name or not name.isascii() or not all(33 <= ord(c) <= 126 and c != ":"
+                                                         for c in name):
+                raise ConfigError(f"{where}: header name {name!r} is not a valid header name")
+            try:
+                line.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ConfigError(f"{where}: header {name!r}: its value is not Latin-1 text "
+                                  f"(HTTP/1.1 header values are bytes 0x20-0xFF and TAB)") \
+                    from None
+            if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in line):
+                raise ConfigError(f"{where}: header {name!r}: its value holds a control "
+                                  f"character (CR, LF, NUL, ...): not a valid header line")
+            if name.lower() in reserved:
+                raise ConfigError(f"{where}: {name} is {why}")
+        return dict(value)
+    return check
+
+
+def absolute_path(what):
+    """An absolute path (of a directory or a file: what)."""
+    def check(where, value):
+        if not value.startswith("/") or "\0" in value:
+            _fail(where, f"an absolute {what} path", value)
         return value
     return check
 
@@ -69,22 +168,72 @@ def non_empty(where, value):
     return value
 
 
+def optional(check):
+    """check, or None (for "string or null" keys)."""
+    return lambda where, value: None if value is None else check(where, value)
+
+
+def needs(requirements):
+    """Values whose feature needs a package: {value: (module, what to install)}; the check
+    imports it, so that a missing one is a config error, not a writer's."""
+    def check(where, value):
+        if value in requirements:
+            import importlib
+            module, hint = requirements[value]
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise ConfigError(f"{where}: {value} needs {hint}") from None
+        return value
+    return check
+
+
+def all_of(*checks):
+    """Every check, in order (each gets the value the one before returned)."""
+    def check(where, value):
+        for one in checks:
+            value = one(where, value)
+        return value
+    return check
+
+
 def defaults(options):
     return {o.name: o.default for o in options}
+
+
+def validate(options, given, where_of):
+    """Every Option of `options`: the value given (validated; where_of(name) names it in an
+    error) or its default. Defaults are applied here, once: what a transport gets is
+    complete."""
+    return {o.name: o.validate(where_of(o.name), given[o.name]) if o.name in given
+            else o.default for o in options}
+
+
+class Values:
+    """Validated option values (every key of a schema, defaults applied), as attributes;
+    a transport parses them into what it keeps (e.g. tls: the TLS block's config)."""
+
+    def __init__(self, values, **parsed):
+        self.__dict__.update(values)
+        self.__dict__.update(parsed)
+
+    def get(self, name, default=None):
+        return self.__dict__.get(name, default)
+
+    def __repr__(self):
+        return f"Values({self.__dict__!r})"
 
 
 # TLS is a block any socket transport takes on its TLS schemes (tls://, relp+tls://, https://).
 TLS_OPTIONS = (
     Option("ca_file", "string or null", None, "PEM file of the CAs trusted to sign the "
-           "collector's certificate", lambda w, v: v if v is None else non_empty(w, v),
-           default_doc="the system CA bundle"),
+           "collector's certificate", optional(non_empty), default_doc="the system CA bundle"),
     Option("server_name", "string or null", None, "name sent as SNI and checked against the "
-           "collector's certificate", lambda w, v: v if v is None else non_empty(w, v),
-           default_doc="the URL's host"),
+           "collector's certificate", optional(non_empty), default_doc="the URL's host"),
     Option("cert_file", "string or null", None, "client certificate (PEM) for collectors that "
-           "require one", lambda w, v: v if v is None else non_empty(w, v)),
+           "require one", optional(non_empty)),
     Option("key_file", "string or null", None, "the client certificate's key, unless in "
-           "cert_file", lambda w, v: v if v is None else non_empty(w, v)),
+           "cert_file", optional(non_empty)),
     Option("verify", "boolean", True, "false accepts any certificate (said in the error log "
            "when the writer starts)"),
 )

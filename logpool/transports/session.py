@@ -1,39 +1,39 @@
-"""Acknowledged sessions over a stream (RELP, Fluent forward): the bookkeeping both share.
+"""Acknowledged sessions over a stream (RELP, Fluent forward): the bookkeeping both share,
+composed into each (self.session), over the transport's Connection.
 
 Up to a window of messages is in flight; the collector's answers release them from the head
 of the chain, in order, as the engine applies the Outcome (acked) a write returns. The
-protocol module frames what goes out (_frame_more) and parses what comes back (_read_acks,
-calling _release for each contiguous run acknowledged). What both need and must get right
-the same way lives here:
+protocol (the transport) frames what goes out (frame_more) and parses what comes back
+(read_acks, calling release for each contiguous run acknowledged). What both need and must
+get right the same way lives here:
 - acknowledgements that arrive together with the end of the connection or an error are
   taken first; the end is reported by the next write (self.broken, self.peer_gone);
 - a session that ends with messages in flight owes their resend to the next one, counted in
-  resent_messages when they go again;
-- every wait of the opening exchange has the connect deadline and watches the stop flag.
+  resent_messages when they go again.
+The waits of the opening exchange (connect deadline, stop flag) are the Connection's.
+
+The protocol provides: PROTOCOL (its name, in error messages), window_open() (may another
+batch go out now?), frame_more() (frame the next messages after the first inflight + acked
+into session.out, a memoryview, or leave it None when nothing is pending), read_acks(receive)
+(read what the collector sent and release what it acknowledged; raise for an answer that
+ends the session, after the acknowledgements before it) and feed(data) (bytes the collector
+sent, to its parser).
 """
 import errno
 import select
 
-from logpool.transports.base import Fate, Outcome, wait_io
-from logpool.transports.stream import StreamTransport
+from logpool.transports.connection import would_block
+from logpool.transports.contract import Fate, Outcome
 
 
-def would_block():
-    """The exceptions of a non-blocking socket with nothing to do now (ssl's only once a TLS
-    sink exists: plain workers never import ssl)."""
-    import ssl
-    return (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-class AcknowledgedTransport(StreamTransport):
-    PROTOCOL = "session"  # the protocol's name, in error messages
-
-    def __init__(self, sink, chain, faults=None):
-        super().__init__(sink, chain, faults)
+class AckSession:
+    def __init__(self, conn, chain, protocol):
+        self.conn, self.chain, self.protocol = conn, chain, protocol
         self.owed_resend = 0  # messages in flight when a session broke: sent again next
-        self.reset_session()
+        self.reset()
 
-    def reset_session(self):
+    def reset(self):
+        """A new session starts (in the opening exchange)."""
         self.out = None  # memoryview of frames not completely written yet
         self.inflight = 0  # sent, not acknowledged: the first `inflight` pending messages
         self.acked = 0  # acknowledged messages not reported in an Outcome yet
@@ -41,44 +41,22 @@ class AcknowledgedTransport(StreamTransport):
         self.broken = None  # the error that ended the session, raised once acks are out
         self.peer_gone = False  # the collector closed the connection (EOF read)
 
-    # -- what a protocol module provides --
-
-    def _window_open(self):
-        """May another batch of messages go out now?"""
-        raise NotImplementedError
-
-    def _frame_more(self):
-        """Frame the next messages after the first inflight + acked into self.out (a
-        memoryview), or leave self.out None when nothing is pending."""
-        raise NotImplementedError
-
-    def _read_acks(self, receive=True):
-        """Read what the collector sent and _release what it acknowledged; raise for an
-        answer that ends the session (after the acknowledgements before it)."""
-        raise NotImplementedError
-
-    def _feed(self, data):
-        """Bytes the collector sent, to the protocol's parser."""
-        raise NotImplementedError
-
-    # -- the shared bookkeeping --
-
     def write(self):
         if self.broken is not None and not self.acked:
             raise self.broken  # after the acknowledgements that came with it were reported
         sent = 0
         if self.broken is None:
             try:
-                self._read_acks()
+                self.protocol.read_acks()
             except OSError as exc:
                 self.broken = exc  # raised at the next call, once these acks are applied
-            if self.broken is None and self.out is None and self._window_open():
-                self._frame_more()
+            if self.broken is None and self.out is None and self.protocol.window_open():
+                self.protocol.frame_more()
             if self.broken is None and self.out is not None:
                 sent = self._send_out()
-        return Outcome.sent(sent) + self._settled()
+        return Outcome.progressed(sent) + self.settled()
 
-    def _settled(self):
+    def settled(self):
         acked, self.acked = self.acked, 0
         if self.rejections:
             fates = [(Fate.ACK, None)] * acked
@@ -88,13 +66,13 @@ class AcknowledgedTransport(StreamTransport):
             return Outcome.per_message(fates)
         return Outcome.acked(acked) if acked else Outcome.NOTHING
 
-    def _release(self, n):
+    def release(self, n):
         """n more messages at the head of those in flight are acknowledged."""
         self.inflight -= n
         self.acked += n
         self.chain.set_unacked(self.inflight)  # the gauge first: releasing lets flush return
 
-    def _sending(self, n):
+    def sending(self, n):
         """n more messages were framed to go out."""
         if self.owed_resend:
             again = min(n, self.owed_resend)
@@ -103,18 +81,13 @@ class AcknowledgedTransport(StreamTransport):
         self.inflight += n
         self.chain.set_unacked(self.inflight)
 
-    def _end_session(self):
+    def end(self):
         """The bookkeeping of a session that ends: what it settled, to report."""
-        outcome = self._settled()
+        outcome = self.settled()
         self.owed_resend += self.inflight  # sent again on the next session
         self.inflight = 0
         self.broken = None
         self.chain.set_unacked(0)
-        return outcome
-
-    def close(self):
-        outcome = self._end_session()
-        super().close()
         return outcome
 
     def wants(self):
@@ -123,14 +96,12 @@ class AcknowledgedTransport(StreamTransport):
     def wait_ready(self, timeout_s):
         """A hang-up is reported by the next write(), after the acknowledgements that came
         before it are read and taken."""
-        poller = select.poll()
-        poller.register(self.sock, self.wants())
-        poller.poll(timeout_s * 1000)
+        self.conn.wait_ready(self.wants(), timeout_s)
         return False
 
     def peer_closed(self):
         try:
-            self._read_acks()
+            self.protocol.read_acks()
         except OSError as exc:
             self.broken = exc
             return not self.acked
@@ -138,42 +109,28 @@ class AcknowledgedTransport(StreamTransport):
 
     def _send_out(self):
         try:
-            written = self.sock.send(self.out)
+            written = self.conn.sock.send(self.out)
         except would_block():
             return 0
         self.out = self.out[written:] if written < len(self.out) else None
         return written
 
-    def _recv_available(self):
+    def recv_available(self):
         """Read what is there; the end of the stream is remembered (peer_gone) and raised
-        by _raise_if_gone once what came before it is parsed."""
+        by raise_if_gone once what came before it is parsed."""
         while True:
             try:
-                data = self.sock.recv(65536)
+                data = self.conn.sock.recv(65536)
             except would_block():
                 return
             if not data:
                 self.peer_gone = True
                 return
-            self._feed(data)
+            self.protocol.feed(data)
             if len(data) < 65536:
                 return
 
-    def _raise_if_gone(self):
+    def raise_if_gone(self):
         if self.peer_gone:
-            raise ConnectionResetError(errno.ECONNRESET, f"the {self.PROTOCOL} server closed "
-                                       f"the connection")
-
-    # -- the opening exchange: within the connect deadline, ended by stop --
-
-    def _send_all(self, data, should_stop, deadline, what):
-        view = memoryview(data)
-        while view:
-            try:
-                view = view[self.sock.send(view):]
-            except would_block():
-                self._wait(select.POLLOUT, should_stop, deadline, what)
-
-    def _wait(self, events, should_stop, deadline, what):
-        wait_io(self.sock, events, deadline, should_stop,
-                f"{what} (connect_timeout_ms {self.sink.connect_timeout_ms})")
+            raise ConnectionResetError(errno.ECONNRESET, f"the {self.protocol.PROTOCOL} "
+                                       f"server closed the connection")

@@ -1,135 +1,38 @@
 """unix:/path, tcp://host:port and tls://host:port: a byte stream, written with sendmsg
-straight from the C chunks (several chunks per call, no copy). TLS is an option of every
-socket transport built on this one (its TLS_SCHEMES: tls://, relp+tls://, https://), not a
-transport of its own."""
+straight from the C chunks (several chunks per call, no copy). TLS is an option of the
+connection (logpool/transports/connection.py) every socket transport composes: tls:// is
+this transport with it on."""
 import errno
-import socket
 import time
 
-from logpool.record import Record
-from logpool.transports.tls import handshake, read_nonblocking, tls_config
-from logpool.transports.base import Outcome, Transport, connect_socket
-from logpool.transports.schema import TLS_OPTIONS, defaults
-
-TLS_KEYS = frozenset(o.name for o in TLS_OPTIONS)
-
-
-class SocketOptions(Record):
-    """What a socket transport parsed of its keys: the TLS block (None: plain) and its own."""
-    __slots__ = ("tls", "own")
-
-    def __getattr__(self, name):  # own options as attributes (relp_window, http_format...)
-        try:
-            return self.own[name]
-        except KeyError:
-            raise AttributeError(name) from None
+from logpool.transports.address import HOST_PORT, PATH
+from logpool.transports.base import Outcome, Transport
 
 
 class StreamTransport(Transport):
     SCHEMES = ("unix", "tcp", "tls")
-    ADDRESS = {"unix": "path", "tcp": "host_port", "tls": "host_port"}
+    ADDRESS = {"unix": PATH, "tcp": HOST_PORT, "tls": HOST_PORT}
     TLS_SCHEMES = frozenset(("tls",))
-
-    @classmethod
-    def parse_options(cls, where, scheme, address, options):
-        tls = None
-        if scheme in cls.TLS_SCHEMES:
-            tls = tls_config(where, address,
-                                      {k: v for k, v in options.items() if k in TLS_KEYS})
-        own = {**defaults(cls.OPTIONS), **{k: v for k, v in options.items()
-                                            if k not in TLS_KEYS}}
-        return SocketOptions(tls=tls, own=own)
 
     def __init__(self, sink, chain, faults=None):
         super().__init__(sink, chain, faults)
-        options = sink.transport_options
-        self.tls = options.tls if options is not None else None  # TlsConfig, or plain
-        self.session = None  # reused on reconnect (TLS session resumption)
-        self.resumed = False  # the last handshake resumed a session
-
-    def announce(self):
-        if self.tls is not None and not self.tls.verify:
-            return (f"{self.sink.url}: TLS certificate verification is off (verify = false): "
-                    f"the collector's identity is not checked")
-        return None
+        self.conn = self.connection()
 
     def connect(self, should_stop):
-        skipped = self.connect_any(should_stop, lambda: self._connect_one(should_stop))
-        if self.tls is not None:
-            self.resumed = self.sock.session_reused
-            self.session = self.sock.session
-        return skipped
-
-    def _connect_one(self, should_stop):
-        deadline = time.monotonic() + self.sink.connect_timeout_ms / 1000
-        self.sock = connect_socket(
-            self.sink, self.address, should_stop, deadline, self.faults,
-            established=lambda sock, family: self._established(sock, family, should_stop,
-                                                                deadline))
-
-    def _established(self, sock, family, should_stop, deadline):
-        """The connection is up: set it up (and for subclasses, start a session on it)."""
-        if family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            return handshake(sock, self.sink, self.tls,
-                                      self.tls.server_name or self.address[0], self.session,
-                                      deadline, should_stop)
-        return sock
+        return self.conn.open(should_stop)
 
     def write(self):
         views = self.chain.views()
         try:
-            return Outcome.wrote(self._send(views))
+            if self.faults is not None and self.conn.tls is None:
+                return Outcome.wrote(self._faulty_send(views))
+            return Outcome.wrote(self.conn.send(views))
         except (BlockingIOError, InterruptedError):
             return Outcome.NOTHING
 
-    def _send(self, views):
-        if self.tls is not None:
-            return self._tls_send(views)
-        if self.faults is not None:
-            return self._faulty_send(views)
-        return self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)
-
-    def _tls_send(self, views):
-        """No sendmsg over TLS: one chunk per call; a retry after "want write" passes the
-        same bytes again, as OpenSSL requires (pending chunks never change)."""
-        import ssl
-        try:
-            return self.sock.send(views[0])
-        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
-            raise BlockingIOError(errno.EAGAIN, "TLS: would block") from None
-
-    def close(self):
-        if self.tls is not None and self.sock is not None:
-            if self.sock.session is not None:
-                self.session = self.sock.session  # with the tickets that came since
-            try:  # close_notify, so the collector sees a clean end, not a truncation
-                self.sock.unwrap()
-            except (OSError, ValueError):
-                pass  # sent, or the connection is already gone: nothing to wait for
-        return super().close()
-
     def peer_closed(self):
         """A collector never talks back: readable means EOF or reset."""
-        if self.tls is not None:  # reading also takes in TLS session tickets and alerts
-            try:
-                while (data := read_nonblocking(self.sock)) is not None:
-                    if not data:
-                        return True
-            except OSError:
-                return True
-            return False
-        try:
-            data = self.sock.recv(4096, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True
-        if data:
-            self.sock.recv(len(data), socket.MSG_DONTWAIT)  # ignore chatter
-            return False
-        return True
+        return self.conn.peer_closed()
 
     def _faulty_send(self, views):
         """The fault seam (LOGPOOL_TEST_FAULTS): errors a real peer and kernel produce."""
@@ -146,7 +49,7 @@ class StreamTransport(Transport):
                 "short_write" if f.hit("short_write", record=False) else None)
         if fault is not None:
             views = _truncate(views, f.rng.randint(1, total - 1))
-        written = self.sock.sendmsg(views, (), socket.MSG_NOSIGNAL)  # may raise EAGAIN
+        written = self.conn.send(views)  # may raise EAGAIN
         if fault is not None:
             f.record(fault)
         if fault == "write_error":

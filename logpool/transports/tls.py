@@ -1,21 +1,19 @@
 """The TLS block of every socket transport (tls://, relp+tls://, https://): TLS >= 1.2 with
 the standard library's ssl, verification on by default, SNI, client certificates, session
-resumption across reconnects, close_notify. The stream transport (stream.py) runs it on
-its TLS schemes; this module holds the configuration and the handshake."""
+resumption across reconnects, close_notify. The Connection (connection.py) runs it on its
+sink's TLS schemes; this module holds the configuration and the handshake."""
 import errno
 import select
 import time
 
 from logpool.errors import ConfigError
 from logpool.record import Record
-from logpool.transports.base import HandshakeError, wait_io
-from logpool.transports.schema import TLS_OPTIONS, defaults
+from logpool.transports.contract import HandshakeError, wait_io
 
 # In TLS 1.3 the server checks a client certificate after the client's handshake is done,
 # and sends session tickets then: wait this long for that first record, so that a refusal is
 # a handshake failure (not a batch written into a dead connection) and the ticket is kept.
 TLS13_FIRST_RECORD_S = 0.25
-OPTIONS = defaults(TLS_OPTIONS)
 
 
 class TlsConfig(Record):
@@ -49,13 +47,13 @@ def client_context(where, ca_file=None, cert_file=None, key_file=None, verify=Tr
     return ctx
 
 
-def tls_config(where, address, options):
-    opts = {**OPTIONS, **options}
-    ctx = client_context(where, opts["ca_file"], opts["cert_file"], opts["key_file"],
-                         opts["verify"])
-    return TlsConfig(ca_file=opts["ca_file"], server_name=opts["server_name"],
-                     cert_file=opts["cert_file"], key_file=opts["key_file"],
-                     verify=opts["verify"], context=ctx)
+def tls_config(where, values):
+    """The TLS block of a sink, from its validated keys (schema.TLS_OPTIONS)."""
+    ctx = client_context(where, values["ca_file"], values["cert_file"], values["key_file"],
+                         values["verify"])
+    return TlsConfig(ca_file=values["ca_file"], server_name=values["server_name"],
+                     cert_file=values["cert_file"], key_file=values["key_file"],
+                     verify=values["verify"], context=ctx)
 
 
 def handshake(sock, sink, tls, server_name, session, deadline, should_stop):

@@ -62,54 +62,10 @@ class SendAgain(Exception):
     setting the server does not know was dropped)."""
 
 
-def _fail(where, what, value):
-    from logpool.errors import ConfigError
-    raise ConfigError(f"{where}: must be {what}, got {value!r}")
-
-
-def text_option(pattern=None, what="a string", allow_none=False):
-    """A checker for a string key (fullmatching pattern, if given)."""
-    import re
-
-    def check(where, value):
-        if value is None and allow_none:
-            return None
-        if not isinstance(value, str) or not value or not unicode_text(value) or (
-                pattern is not None and re.fullmatch(pattern, value) is None):
-            _fail(where, what, value)
-        return value
-    return check
-
-
-def unicode_text(text):
-    """Text a body can carry (JSON's "\ud800" escape makes a lone surrogate, which no
-    encoder can write)."""
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def choice_option(*choices):
-    def check(where, value):
-        if value not in choices:
-            _fail(where, " or ".join(map(repr, choices)), value)
-        return value
-    return check
-
-
-def table_option(key_pattern, what):
-    """A checker for an object of strings to strings (names fullmatching key_pattern)."""
-    import re
-
-    def check(where, value):
-        if not isinstance(value, dict) or not all(
-                isinstance(k, str) and re.fullmatch(key_pattern, k) and isinstance(v, str)
-                and unicode_text(k) and unicode_text(v) for k, v in value.items()):
-            _fail(where, what, value)
-        return dict(value)
-    return check
+# The formats' option checkers are the schema's (one vocabulary for every key), under the
+# names the formats import them by.
+from logpool.transports.schema import (  # noqa: E402,F401
+    choice as choice_option, table as table_option, text as text_option, unicode_text)
 
 
 def body_text(response, limit=200):

@@ -2,7 +2,7 @@
 --
 -- Migrating is one require:  local logger = require "resty.logpool.compat"
 -- (instead of "resty.logger.socket"). Same option names, meanings, validation errors and
--- return conventions; the differences are documented in README ("Compatibility").
+-- return conventions; the differences are documented in docs/compat.md.
 local logpool = require "resty.logpool"
 
 local type = type

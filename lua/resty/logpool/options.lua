@@ -1,5 +1,6 @@
 -- resty.logpool.options: type checks of config keys, so that a caller bug raises at the
--- caller's line (tests/test_sources.py holds these lists equal to logpool/config.py's).
+-- caller's line. Generated from the option schemas by `python -m logpool config-reference
+-- --lua` (logpool/reference.py); tests/test_sources.py keeps this file equal to them.
 local error = error
 local format = string.format
 local pairs = pairs
@@ -7,29 +8,57 @@ local type = type
 
 local _M = { _VERSION = "0.1.0" }
 
--- Keys of the JSON config; their types are checked here so that a caller bug raises.
+-- Keys of the JSON config, by the Lua type each must have.
 local NUMBER_OPTIONS = {
-    flush_limit = true, periodic_flush_ms = true, max_buffer_length = true,
-    max_message_size = true, connect_timeout_ms = true, send_timeout_ms = true,
-    retry_interval_ms = true, max_retry_interval_ms = true, exit_flush_timeout_ms = true,
-    relp_window = true, http_max_body_bytes = true, http_concurrency = true,
-    max_spool_bytes = true, forward_window = true, dead_letter_max_bytes = true,
+    connect_timeout_ms = true,
+    dead_letter_max_bytes = true,
+    exit_flush_timeout_ms = true,
+    flush_limit = true,
+    forward_window = true,
+    http_max_body_bytes = true,
+    max_buffer_length = true,
+    max_message_size = true,
+    max_retry_interval_ms = true,
+    max_spool_bytes = true,
+    periodic_flush_ms = true,
+    relp_window = true,
+    retry_interval_ms = true,
+    send_timeout_ms = true,
     splunk_hec_ack_timeout_ms = true,
 }
 local STRING_OPTIONS = {
-    framing = true, ca_file = true, server_name = true, cert_file = true, key_file = true,
-    http_format = true, http_compression = true, http_method = true, kafka_key = true,
-    spool_dir = true, dead_letter_path = true,
-    elasticsearch_index = true, elasticsearch_pipeline = true, elasticsearch_id_field = true,
-    splunk_hec_endpoint = true, clickhouse_table = true, datadog_service = true,
-    datadog_source = true, datadog_hostname = true, forward_tag = true,
+    ca_file = true,
+    cert_file = true,
+    clickhouse_table = true,
+    datadog_hostname = true,
+    datadog_service = true,
+    datadog_source = true,
+    dead_letter_path = true,
+    elasticsearch_id_field = true,
+    elasticsearch_index = true,
+    elasticsearch_pipeline = true,
     forward_shared_key = true,
+    forward_tag = true,
+    framing = true,
+    http_compression = true,
+    http_format = true,
+    http_method = true,
+    kafka_key = true,
+    key_file = true,
+    server_name = true,
+    splunk_hec_endpoint = true,
+    spool_dir = true,
 }
 local TABLE_OPTIONS = {
-    http_headers = true, kafka = true, loki_labels = true, otlp_resource_attributes = true,
+    http_headers = true,
+    kafka = true,
+    loki_labels = true,
+    otlp_resource_attributes = true,
 }
 local BOOLEAN_OPTIONS = {
-    verify = true, splunk_hec_ack = true, clickhouse_skip_unknown_fields = true,
+    clickhouse_skip_unknown_fields = true,
+    splunk_hec_ack = true,
+    verify = true,
 }
 
 --- options.check(where, t, level): raise for a key of the wrong type.

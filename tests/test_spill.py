@@ -199,3 +199,34 @@ def test_a_backlog_adopted_for_a_re_pointed_sink_is_said_once_with_both_urls(
         assert err.count(f"spooled for {old_url}, into this sink's {collector.url}") == 1, err
     finally:
         again.close(5)
+
+
+def test_a_replayed_batch_left_unanswered_at_exit_counts_as_possible_duplicates_next_time(
+        tmp_path, peer):
+    # A backlog spooled while the collector was down; the next generation replays it to a
+    # collector that hangs (it may store what it never answers) and exits; a third sends
+    # the batch again: those duplicates must be within resent_messages over the generations.
+    spool = tmp_path / "spool"
+    down = logpool.Pool(spill_config("unix:" + sock_path(tmp_path, "down.sock"), spool))
+    n = 50
+    for i in range(n):
+        down.log(0, message(0, i, length=100))
+    assert down.close(0.5) == 0
+    collector = HungCollector(peer)
+    collector.hung.set()
+    hung = logpool.Pool(spill_config(collector.url, spool, send_timeout_ms=60000))
+    wait_for(lambda: len(collector.unanswered) == n, what="the replayed batch, unanswered")
+    assert hung.close(0.5) == 0
+    resent = down.stats(0)["resent_messages"] + hung.stats(0)["resent_messages"]
+    collector.release()
+    again = logpool.Pool(spill_config(collector.url, spool))
+    try:
+        again.flush(timeout=60)
+        resent += again.stats(0)["resent_messages"]
+        with collector.lock:
+            assert sorted(collector.acked) == list(range(n))
+            duplicates = len(set(collector.unanswered) & set(collector.acked))
+        assert duplicates == n
+        assert resent >= duplicates
+    finally:
+        again.close(5)

@@ -188,17 +188,24 @@ class SpoolingWriter:
             self.spiller.join()  # it left at stop; the spool is the writer's alone now
         try:
             pending = lib.logpool__sink_pending_messages(c)
-            if pending and self.replaying and self.replay_reordered:
-                # A per-item retry reordered the batch: what is left is saved as it is now,
-                # in front, and the batch read back counts as done.
+            saved = False
+            if pending and self.replaying and (self.replay_reordered or self.unseen):
+                # A per-item retry reordered the batch, or some of it went out without an
+                # answer (the segment must say so: possible duplicates when sent again):
+                # what is left is saved as it is now, in front, and the batch read back
+                # counts as done.
                 with self.spool_lock:
-                    self.replaying = False
-                    if self._spool_pending_locked():
+                    saved = self._spool_pending_locked()
+                    if saved:
                         self.spool.batch_done()
+            if saved:
+                self.replaying = False
             elif pending and self.replaying:
                 # Records read back and not delivered: still in their segment file, behind
-                # what of the batch was delivered (saved, so nobody sends that again).
-                self.spool.batch_partial(self.replay_count - pending)
+                # what of the batch was delivered (saved, so nobody sends that again; after
+                # a reordering nothing is: the whole batch goes again, at least once).
+                if not self.replay_reordered:
+                    self.spool.batch_partial(self.replay_count - pending)
                 lib.logpool__sink_consume_messages(c, pending, lib.LOGPOOL__DONE_SPOOLED)
             elif pending and not self._spool_pending():
                 lib.logpool__sink_spool_count(c, SPOOL_FULL, pending)

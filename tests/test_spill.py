@@ -230,3 +230,45 @@ def test_a_replayed_batch_left_unanswered_at_exit_counts_as_possible_duplicates_
         assert resent >= duplicates
     finally:
         again.close(5)
+
+
+def test_items_retried_from_a_replayed_batch_never_make_producers_efull(tmp_path, peer):
+    # A backlog of 2,000 documents (three times max_buffer_length) is replayed in one batch
+    # read back from the spool; the first request (16 KiB) gets a 429 for one item, so the
+    # item and the rest of the batch read back are requeued. They are still the spool's
+    # records, not the producers' share: lines logged meanwhile are not refused.
+    import json
+    from test_backends import FakeElasticsearch
+    spool = tmp_path / "spool"
+    down = logpool.Pool(spill_config("unix:" + sock_path(tmp_path, "down.sock"), spool))
+    n, extra = 2000, 100
+    docs = [json.dumps({"seq": i, "pad": "x" * 80}).encode() for i in range(n + extra)]
+    for first in range(0, n, 50):
+        for doc in docs[first:first + 50]:
+            down.log(0, doc)
+        wait_for(lambda: down.stats(0)["buffered_bytes"] <= BUFFER // 2 + 50 * 120,
+                 what="the spill while the collector is down")
+    assert down.close(0.5) == 0 and down.stats(0)["dropped_full"] == 0
+    es = FakeElasticsearch(lambda doc, attempt: 429 if doc["seq"] == 0 and attempt == 1
+                           else None)
+    release, requests = threading.Event(), []
+
+    def answer(request):
+        requests.append(request)
+        if len(requests) > 1:
+            release.wait(30)  # the requeued items' request hangs while producers log
+        return es(request)
+    server = peer(answer)
+    again = logpool.Pool(spill_config(server.url + "/", spool, http_format="elasticsearch",
+                                      http_max_body_bytes=16384, send_timeout_ms=60000))
+    try:
+        wait_for(lambda: len(requests) >= 2, what="the requeued items in flight")
+        for doc in docs[n:]:
+            again.log(0, doc)  # BufferFull fails the test
+        assert again.stats(0)["dropped_full"] == 0
+        release.set()
+        again.flush(timeout=60)
+        assert sorted(doc["seq"] for doc in es.order) == list(range(n + extra))
+    finally:
+        release.set()
+        again.close(5)

@@ -147,3 +147,24 @@ def test_a_relp_collector_refusing_everything_rejects_nothing(pools):
     finally:
         peer.close()
     assert st["dropped_rejected"] == 0 and st["sent_messages"] == 0  # an outage: all held
+
+
+def test_relp_refusals_of_different_messages_are_one_kind_of_reason(pools, capfd):
+    # The kind (Prometheus' reason label, the log line said once per kind) must not carry
+    # the command's txnr: two refused messages with the same answer are one kind.
+    import peers
+    from conftest import message
+    peer = peers.Peer(relp_refusing(lambda data: data.startswith((b"0 7 ", b"0 30 "))))
+    try:
+        pool = pools({"sinks": [{"url": peer.url("relp"), "name": "edge"}], **FAST})
+        for i in range(50):
+            pool.log(0, message(0, i))
+        pool.flush(timeout=60)
+        st = pool.stats(0)
+    finally:
+        peer.close()
+    assert st["dropped_rejected"] == 2 and st["sent_messages"] == 48
+    kinds = [line for line in pool.metrics().splitlines()
+             if line.startswith("logpool_rejected_messages_total{")]
+    assert len(kinds) == 1 and kinds[0].endswith(" 2.0"), kinds
+    assert 'reason="RELP rsp 500"' in kinds[0], kinds

@@ -168,3 +168,26 @@ def test_relp_refusals_of_different_messages_are_one_kind_of_reason(pools, capfd
              if line.startswith("logpool_rejected_messages_total{")]
     assert len(kinds) == 1 and kinds[0].endswith(" 2.0"), kinds
     assert 'reason="RELP rsp 500"' in kinds[0], kinds
+
+
+def test_a_dead_letter_path_that_is_a_fifo_never_blocks_the_writer(peer, pools, tmp_path,
+                                                                   capfd):
+    # open(O_WRONLY) of a FIFO without a reader blocks until one comes: the writer would
+    # hang there (flush and close with it). A path that is not a regular file is refused.
+    es = FakeElasticsearch(lambda doc, attempt: 400 if doc["seq"] == 3 else None)
+    dead = tmp_path / "dead.jsonl"
+    os.mkfifo(dead)
+    pool = es_pool(pools, peer, es, dead_letter_path=str(dead))
+    try:
+        for i in range(10):
+            pool.log(0, json.dumps({"seq": i}).encode())
+        pool.flush(timeout=10)
+        st = pool.stats(0)
+        assert st["dropped_rejected"] == 1 and st["dead_letters"] == 0
+        assert st["sent_messages"] == 9
+        err = wait_for(lambda: capfd.readouterr().err, what="the error line")
+        assert "dead letters not written" in err and "not a regular file" in err, err
+    finally:
+        fd = os.open(dead, os.O_RDONLY | os.O_NONBLOCK)  # frees a writer stuck in open()
+        pool.close(5)
+        os.close(fd)

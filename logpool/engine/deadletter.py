@@ -16,8 +16,10 @@ Replay them (the lines of one sink, to any collector that takes the format) with
 """
 import base64
 import datetime
+import errno
 import json
 import os
+import stat
 
 
 class DeadLetters:
@@ -27,9 +29,19 @@ class DeadLetters:
         self.size = 0
 
     def _open(self):
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
-                          os.O_NOFOLLOW, 0o600)
-        self.size = os.fstat(self.fd).st_size
+        # O_NONBLOCK: opening a FIFO for writing would wait for a reader, the writer with it.
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                         os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a FIFO nobody reads
+                raise OSError(errno.ENXIO, "not a regular file (a FIFO)") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file")
+        self.fd, self.size = fd, st.st_size
 
     def _rotate(self):
         os.close(self.fd)

@@ -191,3 +191,14 @@ def test_a_dead_letter_path_that_is_a_fifo_never_blocks_the_writer(peer, pools, 
         fd = os.open(dead, os.O_RDONLY | os.O_NONBLOCK)  # frees a writer stuck in open()
         pool.close(5)
         os.close(fd)
+
+
+def test_items_retried_for_different_reasons_at_the_end_of_a_batch_are_all_counted(
+        peer, pools):
+    es = FakeElasticsearch(lambda doc, attempt: {8: 429, 9: 503}.get(doc["seq"])
+                           if attempt == 1 else None)
+    pool = es_pool(pools, peer, es, flush_limit=1 << 20, periodic_flush_ms=200)
+    log_all(pool, [json.dumps({"seq": i}).encode() for i in range(10)])
+    assert sorted(doc["seq"] for doc in es.order) == list(range(10))
+    st = pool.stats(0)
+    assert st["retried_messages"] == 2 and st["resent_messages"] == 0

@@ -202,3 +202,31 @@ def test_items_retried_for_different_reasons_at_the_end_of_a_batch_are_all_count
     assert sorted(doc["seq"] for doc in es.order) == list(range(10))
     st = pool.stats(0)
     assert st["retried_messages"] == 2 and st["resent_messages"] == 0
+
+
+def test_workers_sharing_a_dead_letter_file_follow_each_others_rotation(peer, pools, tmp_path):
+    # nginx's workers share the sink's dead_letter_path. One that rotated the file must not
+    # leave another appending to PATH.1 (past the bound, and unlinked at the next rotation:
+    # its dead letters lost).
+    dead = tmp_path / "dead.jsonl"
+    a = es_pool(pools, peer, FakeElasticsearch(lambda doc, attempt: 400),
+                dead_letter_path=str(dead), dead_letter_max_bytes=4096)
+    b = es_pool(pools, peer, FakeElasticsearch(lambda doc, attempt: 400),
+                dead_letter_path=str(dead), dead_letter_max_bytes=4096)
+
+    def reject(pool, tag, n):
+        log_all(pool, [json.dumps({"seq": i, "tag": tag, "pad": "x" * 60}).encode()
+                       for i in range(n)])
+
+    def files():
+        return [p for p in (dead, tmp_path / "dead.jsonl.1") if p.exists()]
+    reject(b, "b-first", 1)  # b's file is open
+    reject(a, "a", 30)  # a rotates it
+    assert (tmp_path / "dead.jsonl.1").exists()
+    reject(b, "b-late", 1)
+    assert os.path.getsize(tmp_path / "dead.jsonl.1") <= 4096
+    reject(a, "a-again", 10)  # fills the file b-late is in and rotates it once more
+    assert all(os.path.getsize(p) <= 4096 for p in files())
+    tags = [json.loads(json.loads(line)["message"])["tag"]
+            for p in files() for line in p.read_text().splitlines()]
+    assert "b-late" in tags, tags

@@ -38,6 +38,7 @@ what was not fsynced yet. A torn or corrupt record ends the readable part of its
 it is skipped, counted (spool_corrupt), never delivered as garbage; when that is found only at
 replay, the records behind it leave the spooled gauges for dropped_spool_replay.
 """
+import contextlib
 import errno
 import fcntl
 import os
@@ -110,6 +111,7 @@ class Spool:
         self.framing, self.max_message_size = framing, max_message_size
         self.segment_bytes = min(SEGMENT_BYTES, max(MIN_SEGMENT_BYTES, max_bytes // 4))
         self.segments = []  # oldest first
+        self.reserved = 0  # bytes of segments being adopted (read), counted as on disk
         self.current = None  # the segment appended to
         self.batch = None  # (segment, offset after the batch, records, their bytes on disk)
         self.batch_records = ((), ())  # the batch's record lengths, the records kept
@@ -180,11 +182,15 @@ class Spool:
 
     # -- adoption --
 
-    def adopt(self, should_stop=None):
+    def adopt(self, should_stop=None, lock=None):
         """Take over segments no live process owns (at start, then every RESCAN_S). Returns
         (messages, frame bytes) adopted; torn records and bad entries found are added to
         corrupt_found and bad_found. should_stop() is asked between segments (a big spool
-        takes a while to read; close must not wait for all of it)."""
+        takes a while to read; close must not wait for all of it). lock, when given, is
+        held only to change the list of segments: reading them (about 2 s per GiB) leaves
+        the spool to appends meanwhile (the spiller's: its own segments are locked, never
+        adopted, and newer than anything adopted)."""
+        lock = lock or contextlib.nullcontext()
         msgs = size = 0
         if not self.enabled:
             return 0, 0
@@ -194,25 +200,41 @@ class Spool:
             self.report("spool unreadable", f"{self.dir}: {exc.strerror or exc} (uid "
                         f"{os.geteuid()})")
             return 0, 0
-        owned = {s.name for s in self.segments}
-        for name in sorted(names):
-            if name.startswith(".") and name.endswith(".seg.new"):
-                self._remove_stale_tmp(name)
-                continue
-            if not name.endswith(".seg") or name in owned or name in self.skipped:
-                continue
-            if should_stop is not None and should_stop():
-                break
-            try:
-                segment = self._adopt_one(name)
-            except OSError as exc:
-                self._skip(name, f"{exc.strerror or exc} (uid {os.geteuid()})", move=True)
-                continue
-            if segment is not None:
-                msgs, size = msgs + segment.msgs, size + segment.bytes
-                self.segments.append(segment)
-        self.segments.sort(key=lambda s: s.seq)
+        with lock:
+            owned = {s.name for s in self.segments}
+        for name in [n for n in sorted(names) if n.startswith(".") and n.endswith(".seg.new")]:
+            self._remove_stale_tmp(name)
+        candidates = [n for n in sorted(names) if n.endswith(".seg") and n not in owned
+                      and n not in self.skipped]
+        # Appends meanwhile keep the disk bound: what is still to be read counts as on disk.
+        sizes = {name: self._size_of(name) for name in candidates}
+        with lock:
+            self.reserved = sum(sizes.values())
+        try:
+            for name in candidates:
+                if should_stop is not None and should_stop():
+                    break
+                try:
+                    segment = self._adopt_one(name)
+                except OSError as exc:
+                    self._skip(name, f"{exc.strerror or exc} (uid {os.geteuid()})", move=True)
+                    segment = None
+                with lock:
+                    self.reserved -= sizes[name]
+                    if segment is not None:
+                        msgs, size = msgs + segment.msgs, size + segment.bytes
+                        self.segments.append(segment)
+                        self.segments.sort(key=lambda s: s.seq)
+        finally:
+            with lock:
+                self.reserved = 0
         return msgs, size
+
+    def _size_of(self, name):
+        try:
+            return os.stat(name, dir_fd=self.dfd, follow_symlinks=False).st_size
+        except OSError:
+            return 0
 
     def _adopt_one(self, name):
         """The orphaned segment `name`, locked and scanned; None when a live process owns it,
@@ -270,7 +292,7 @@ class Spool:
                     dups, url_len = HEADER_EXT.unpack_from(head, HEADER.size)
                     at = HEADER.size + HEADER_EXT.size
                     if at + url_len <= size:
-                        url = head[at:at + url_len].decode("utf-8", "replace")
+                        url = head[at:at + url_len].decode("utf-8", "replace") or None
                 return Segment(name, path, fd, size, size, size, framing, max_size, dups, url)
         return Segment(name, path, fd, 0, 0, 0)  # the first format: records from offset 0
 
@@ -359,7 +381,7 @@ class Spool:
     # -- writing --
 
     def on_disk(self):
-        return sum(s.end - s.done for s in self.segments)
+        return sum(s.end - s.done for s in self.segments) + self.reserved
 
     def _new_segment(self, seq, possible_dups=0):
         """A new segment, locked and with its header before anyone can see it."""

@@ -68,10 +68,10 @@ class SpoolingWriter:
                                self.reporter.report, self.sink.framing_code,
                                self.sink.max_message_size, self.reporter.emit, self._scan,
                                url=" ".join(c[0] for c in self.sink.collectors))
-            self._adopt()
-            if self.spool.enabled:
+            if self.spool.enabled:  # before adopting: a big backlog takes seconds to read
                 self.spiller = Spiller(self)
                 self.spiller.start()
+            self._adopt()
         except Exception as exc:  # noqa: BLE001 — the sink carries on in memory, said once
             self.reporter.report("spool unavailable", f"{self.sink.spool_dir}: {describe(exc)}")
         finally:
@@ -91,8 +91,8 @@ class SpoolingWriter:
         self.next_rescan = time.monotonic() + RESCAN_S
         if self.spool is None or not self.spool.enabled:
             return
-        with self.spool_lock:
-            msgs, nbytes = self.spool.adopt(self._should_stop)
+        # The lock only while the list of segments changes: the spiller appends meanwhile.
+        msgs, nbytes = self.spool.adopt(self._should_stop, self.spool_lock)
         if msgs:
             self.lib.logpool__sink_adopted(self.c, msgs, nbytes)
         self._count_spool_findings()

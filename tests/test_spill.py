@@ -303,3 +303,71 @@ def test_producers_are_spilled_while_the_writer_adopts_a_large_backlog(tmp_path)
         assert st["spooled_messages"] == n + 1024 and st["dropped_full"] == 0
     finally:
         pool.close(0.5)
+
+
+class GatedCollector:
+    """An HTTP collector that answers 200 to each request only once the test allows it
+    (allow(n)): the test sets the pace of delivery, request by request."""
+
+    def __init__(self, peer):
+        self.gate = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.acked = []
+        self.peer = peer(self.answer)
+        self.url = self.peer.url + "/"
+
+    def answer(self, request):
+        if not self.gate.acquire(timeout=60):
+            return [CLOSE]
+        with self.lock:
+            self.acked += [parse_line(line + b"\n")[1] for line in request.body.splitlines()]
+        return [response(200)]
+
+    def allow(self, n=1):
+        for _ in range(n):
+            self.gate.release()
+
+
+def test_room_made_by_a_replayed_batch_is_used_at_once_by_the_spiller(tmp_path, peer):
+    # The spool filled up while the collector hung; the spiller then idles for the retry
+    # schedule's step (here 10-20 s). Once the collector takes a replayed batch the spool has
+    # room again: the producers' chain must go there now, not after that step (meanwhile
+    # the writer takes no memory, the spool being not empty: producers refused).
+    collector = GatedCollector(peer)
+    limit = 2 << 20  # two replay batches (1 MiB each)
+    pool = logpool.Pool(spill_config(collector.url, tmp_path / "spool", max_spool_bytes=limit,
+                                     retry_interval_ms=20000, max_retry_interval_ms=20000,
+                                     send_timeout_ms=60000))
+    try:
+        pool.log(0, message(0, 0, length=100))
+        wait_for(lambda: len(collector.peer.requests) == 1, what="a request in flight")
+        seq, full = 1, False
+        while not full:  # fill the spool, then memory
+            for _ in range(BUFFER // 8 // 100):
+                try:
+                    pool.log(0, message(0, seq, length=100))
+                except logpool.BufferFull:
+                    full = True
+                    break
+                seq += 1
+            wait_for(lambda: full or pool.stats(0)["buffered_bytes"] <= BUFFER // 2 + BUFFER // 8
+                     or limit - (lambda s: s["spooled_bytes"] + 8 * s["spooled_messages"])(
+                         pool.stats(0)) < BUFFER, what="a spill, or a full spool")
+        spooled = pool.stats(0)["spool_writes"]
+        # Answer request by request until a second batch is read back: the first one was
+        # delivered, and the spool has room.
+        requests, first = 1, None
+        while True:
+            collector.allow(1)
+            wait_for(lambda: len(collector.peer.requests) > requests, what="the next request")
+            requests = len(collector.peer.requests)
+            replayed = pool.stats(0)["spool_replayed"]
+            if first is None:
+                first = replayed
+            elif replayed > first:
+                break
+        wait_for(lambda: pool.stats(0)["spool_writes"] > spooled, timeout=5,
+                 what="the chain spilled into the room made")
+    finally:
+        collector.allow(10000)
+        pool.close(1)

@@ -16,6 +16,7 @@ import time
 
 from logpool.engine.report import describe
 from logpool.engine.spool import RESCAN_S, Spool
+from logpool.transports.base import SLICE_S
 
 SPOOL_CORRUPT, SPOOL_FULL, SPOOL_WRITTEN, SPOOL_BAD_ENTRY = 0, 1, 2, 3  # ..._spool_count
 
@@ -34,8 +35,10 @@ class Spiller(threading.Thread):
         failures = 0
         while True:
             now = time.monotonic()
-            if now < w.spill_blocked_until:  # the spool is full: idle until the next try
-                mode, wait_s = lib.LOGPOOL__WAIT_SPILLER_IDLE, w.spill_blocked_until - now
+            if now < w.spill_blocked_until:  # the spool is full: idle until the next try,
+                # looking again every slice: a delivered replay batch makes room and resets it
+                mode = lib.LOGPOOL__WAIT_SPILLER_IDLE
+                wait_s = min(w.spill_blocked_until - now, SLICE_S)
             else:
                 mode, wait_s = lib.LOGPOOL__WAIT_FOR_SPILL, 1.0
             r = lib.logpool__sink_wait(w.c, mode, max(1, int(wait_s * 1000)))

@@ -230,3 +230,26 @@ def test_workers_sharing_a_dead_letter_file_follow_each_others_rotation(peer, po
     tags = [json.loads(json.loads(line)["message"])["tag"]
             for p in files() for line in p.read_text().splitlines()]
     assert "b-late" in tags, tags
+
+
+def test_a_refusal_reason_that_is_not_valid_unicode_is_written_and_exposed(peer, pools,
+                                                                          tmp_path):
+    # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 encoder takes: a reason
+    # carrying one must not stop the dead-letter file, the metrics page or the sink.
+    from httppeer import response
+
+    def answer(request):
+        lines = request.body.split(b"\n")[:-1]
+        docs = [json.loads(doc) for doc in lines[1::2]]
+        items = [{"create": {"status": 400, "error": {"type": "bad\\ud800", "reason": "x"}}}
+                 if doc["seq"] == 2 else {"create": {"status": 201}} for doc in docs]
+        body = json.dumps({"errors": True, "items": items}).replace("\\\\ud800", "\\ud800")
+        return [response(200, body, {"Content-Type": "application/json"})]
+    dead = tmp_path / "dead.jsonl"
+    pool = es_pool(pools, peer, answer, dead_letter_path=str(dead))
+    log_all(pool, [json.dumps({"seq": i}).encode() for i in range(5)])
+    st = pool.stats(0)
+    assert st["sent_messages"] == 4 and st["dropped_rejected"] == 1
+    assert st["dead_letters"] == 1 and st["writer_errors"] == 0
+    assert json.loads(dead.read_text())["message"] == '{"seq": 2}'
+    assert "logpool_rejected_messages_total{" in pool.metrics()

@@ -399,6 +399,8 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         were refused for good: counted per kind of reason, logged once per kind, appended
         to the dead-letter file when there is one."""
         release = messages is None
+        if reason:  # a collector's words; JSON can carry a lone surrogate, no UTF-8 can
+            reason = reason.encode("utf-8", "replace").decode("utf-8")
         if release and self.dead_letters is not None:
             messages = [bytes(m) for m in self.chain.messages(n, 1 << 62)]
         kind = rejection_kind(reason)

@@ -199,3 +199,175 @@ def test_a_backlog_adopted_for_a_re_pointed_sink_is_said_once_with_both_urls(
         assert err.count(f"spooled for {old_url}, into this sink's {collector.url}") == 1, err
     finally:
         again.close(5)
+
+
+def test_a_replayed_batch_left_unanswered_at_exit_counts_as_possible_duplicates_next_time(
+        tmp_path, peer):
+    # A backlog spooled while the collector was down; the next generation replays it to a
+    # collector that hangs (it may store what it never answers) and exits; a third sends
+    # the batch again: those duplicates must be within resent_messages over the generations.
+    spool = tmp_path / "spool"
+    down = logpool.Pool(spill_config("unix:" + sock_path(tmp_path, "down.sock"), spool))
+    n = 50
+    for i in range(n):
+        down.log(0, message(0, i, length=100))
+    assert down.close(0.5) == 0
+    collector = HungCollector(peer)
+    collector.hung.set()
+    hung = logpool.Pool(spill_config(collector.url, spool, send_timeout_ms=60000))
+    wait_for(lambda: len(collector.unanswered) == n, what="the replayed batch, unanswered")
+    assert hung.close(0.5) == 0
+    resent = down.stats(0)["resent_messages"] + hung.stats(0)["resent_messages"]
+    collector.release()
+    again = logpool.Pool(spill_config(collector.url, spool))
+    try:
+        again.flush(timeout=60)
+        resent += again.stats(0)["resent_messages"]
+        with collector.lock:
+            assert sorted(collector.acked) == list(range(n))
+            duplicates = len(set(collector.unanswered) & set(collector.acked))
+        assert duplicates == n
+        assert resent >= duplicates
+    finally:
+        again.close(5)
+
+
+def test_items_retried_from_a_replayed_batch_never_make_producers_efull(tmp_path, peer):
+    # A backlog of 2,000 documents (three times max_buffer_length) is replayed in one batch
+    # read back from the spool; the first request (16 KiB) gets a 429 for one item, so the
+    # item and the rest of the batch read back are requeued. They are still the spool's
+    # records, not the producers' share: lines logged meanwhile are not refused.
+    import json
+    from test_backends import FakeElasticsearch
+    spool = tmp_path / "spool"
+    down = logpool.Pool(spill_config("unix:" + sock_path(tmp_path, "down.sock"), spool))
+    n, extra = 2000, 100
+    docs = [json.dumps({"seq": i, "pad": "x" * 80}).encode() for i in range(n + extra)]
+    for first in range(0, n, 50):
+        for doc in docs[first:first + 50]:
+            down.log(0, doc)
+        wait_for(lambda: down.stats(0)["buffered_bytes"] <= BUFFER // 2 + 50 * 120,
+                 what="the spill while the collector is down")
+    assert down.close(0.5) == 0 and down.stats(0)["dropped_full"] == 0
+    es = FakeElasticsearch(lambda doc, attempt: 429 if doc["seq"] == 0 and attempt == 1
+                           else None)
+    release, requests = threading.Event(), []
+
+    def answer(request):
+        requests.append(request)
+        if len(requests) > 1:
+            release.wait(30)  # the requeued items' request hangs while producers log
+        return es(request)
+    server = peer(answer)
+    again = logpool.Pool(spill_config(server.url + "/", spool, http_format="elasticsearch",
+                                      http_max_body_bytes=16384, send_timeout_ms=60000))
+    try:
+        wait_for(lambda: len(requests) >= 2, what="the requeued items in flight")
+        for doc in docs[n:]:
+            again.log(0, doc)  # BufferFull fails the test
+        assert again.stats(0)["dropped_full"] == 0
+        release.set()
+        again.flush(timeout=60)
+        assert sorted(doc["seq"] for doc in es.order) == list(range(n + extra))
+    finally:
+        release.set()
+        again.close(5)
+
+
+def test_producers_are_spilled_while_the_writer_adopts_a_large_backlog(tmp_path):
+    # Reading what an earlier generation left takes about 2 s per GiB (every record's CRC);
+    # a reload during an outage leaves up to max_spool_bytes. Lines logged meanwhile pass
+    # the spill mark long before that read ends: they must go to the spool, not wait for
+    # it (before: no spill until adoption ended, 29,515 of 40,000 lines refused behind a
+    # 300 MB backlog at 20 MB/s). The spill of 40 KB is observed while the 64 MB backlog is
+    # still being read (a thousand times more bytes: adoption counts it only at its end).
+    from logpool.engine.spool import Spool
+    spool = tmp_path / "spool"
+    backlog = Spool(str(spool / "app"), 1 << 30, lambda *a: None, framing=1,
+                    max_message_size=1 << 20, url="unix:/old")
+    frame = b"x" * ((64 << 10) - 1) + b"\n"
+    for _ in range(16):
+        assert backlog.append([frame] * 64)  # 64 MiB in 1,024 records
+    backlog.close()
+    pool = logpool.Pool(spill_config("unix:" + sock_path(tmp_path, "down.sock"), spool,
+                                     max_spool_bytes=1 << 30))
+    try:
+        n = (BUFFER // 2 + BUFFER // 8) // 100
+        for i in range(n):
+            pool.log(0, message(0, i, length=100))
+        st = wait_for(lambda: (s := pool.stats(0))["spool_writes"] > 0 and s,
+                      what="the spill")
+        assert st["accepted_messages"] == n  # the backlog is not adopted yet
+        wait_for(lambda: pool.stats(0)["accepted_messages"] == n + 1024, what="adoption")
+        st = pool.stats(0)
+        assert st["spooled_messages"] == n + 1024 and st["dropped_full"] == 0
+    finally:
+        pool.close(0.5)
+
+
+class GatedCollector:
+    """An HTTP collector that answers 200 to each request only once the test allows it
+    (allow(n)): the test sets the pace of delivery, request by request."""
+
+    def __init__(self, peer):
+        self.gate = threading.Semaphore(0)
+        self.lock = threading.Lock()
+        self.acked = []
+        self.peer = peer(self.answer)
+        self.url = self.peer.url + "/"
+
+    def answer(self, request):
+        if not self.gate.acquire(timeout=60):
+            return [CLOSE]
+        with self.lock:
+            self.acked += [parse_line(line + b"\n")[1] for line in request.body.splitlines()]
+        return [response(200)]
+
+    def allow(self, n=1):
+        for _ in range(n):
+            self.gate.release()
+
+
+def test_room_made_by_a_replayed_batch_is_used_at_once_by_the_spiller(tmp_path, peer):
+    # The spool filled up while the collector hung; the spiller then idles for the retry
+    # schedule's step (here 10-20 s). Once the collector takes a replayed batch the spool has
+    # room again: the producers' chain must go there now, not after that step (meanwhile
+    # the writer takes no memory, the spool being not empty: producers refused).
+    collector = GatedCollector(peer)
+    limit = 2 << 20  # two replay batches (1 MiB each)
+    pool = logpool.Pool(spill_config(collector.url, tmp_path / "spool", max_spool_bytes=limit,
+                                     retry_interval_ms=20000, max_retry_interval_ms=20000,
+                                     send_timeout_ms=60000))
+    try:
+        pool.log(0, message(0, 0, length=100))
+        wait_for(lambda: len(collector.peer.requests) == 1, what="a request in flight")
+        seq, full = 1, False
+        while not full:  # fill the spool, then memory
+            for _ in range(BUFFER // 8 // 100):
+                try:
+                    pool.log(0, message(0, seq, length=100))
+                except logpool.BufferFull:
+                    full = True
+                    break
+                seq += 1
+            wait_for(lambda: full or pool.stats(0)["buffered_bytes"] <= BUFFER // 2 + BUFFER // 8
+                     or limit - (lambda s: s["spooled_bytes"] + 8 * s["spooled_messages"])(
+                         pool.stats(0)) < BUFFER, what="a spill, or a full spool")
+        spooled = pool.stats(0)["spool_writes"]
+        # Answer request by request until a second batch is read back: the first one was
+        # delivered, and the spool has room.
+        requests, first = 1, None
+        while True:
+            collector.allow(1)
+            wait_for(lambda: len(collector.peer.requests) > requests, what="the next request")
+            requests = len(collector.peer.requests)
+            replayed = pool.stats(0)["spool_replayed"]
+            if first is None:
+                first = replayed
+            elif replayed > first:
+                break
+        wait_for(lambda: pool.stats(0)["spool_writes"] > spooled, timeout=5,
+                 what="the chain spilled into the room made")
+    finally:
+        collector.allow(10000)
+        pool.close(1)

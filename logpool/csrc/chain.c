@@ -222,11 +222,8 @@ size_t logpool__sink_consume_as(logpool__sink_t *s, size_t nbytes, int sent)
             pthread_mutex_unlock(&s->lock);
         }
     }
-    if (sent == LOGPOOL__DONE_REQUEUED) { /* still buffered: now the producers' share */
-        if (replay_done > 0)
-            ATOMIC_SUB(&s->replay_inflight, replay_done);
+    if (sent == LOGPOOL__DONE_REQUEUED) /* still buffered, in a copy of the same origin */
         return (size_t)done_msgs;
-    }
     if (done_msgs > 0) {
         if (replay_done > 0) /* producers read both under the lock: never a spurious EFULL */
             pthread_mutex_lock(&s->lock);

@@ -59,8 +59,9 @@ typedef struct chunk_s {
     size_t room_charged; /* unfilled room charged to the sink's memory when it was retired */
     uint32_t nmsgs;
     uint32_t replay; /* not charged to the sink's memory: CHUNK_REPLAY (records read back from
-                      * the spool, not the producers' share) or CHUNK_REQUEUED (per-item
-                      * retries: still the producers' share, counted in buffered) */
+                      * the spool, not the producers' share, nor per-item retries copied
+                      * from them) or CHUNK_REQUEUED (per-item retries of the producers'
+                      * messages: still their share, counted in buffered) */
     uint32_t out; /* a standard chunk in the chain or with the writer: counted in chunks_out */
     char data[];
 } chunk_t;

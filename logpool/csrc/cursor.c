@@ -83,7 +83,11 @@ int logpool__sink_settle_each(logpool__sink_t *s, const uint8_t *fates, uint32_t
     chunk_t *copy = logpool__chunk_new((bytes + END_SLOT * (msgs + rest) + 7) & ~(size_t)7);
     if (copy == NULL)
         return -1;
-    copy->replay = CHUNK_REQUEUED;
+    /* The pending list is all records read back from the spool, or all the producers'
+     * (a replay is injected, and the chain taken, only onto an empty list): the copy keeps
+     * its origin, so records read back stay out of the producers' share (replay_inflight)
+     * and never make log_cdata refuse while the spool has room. */
+    copy->replay = s->pend_head->replay == CHUNK_REPLAY ? CHUNK_REPLAY : CHUNK_REQUEUED;
     walk_t r = {s->pend_head, s->pend_off, s->pend_msg};
     for (uint32_t i = 0; i < n + rest; i++) {
         walk_next(&r, &start, &end);

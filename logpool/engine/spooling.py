@@ -16,6 +16,7 @@ import time
 
 from logpool.engine.report import describe
 from logpool.engine.spool import RESCAN_S, Spool
+from logpool.transports.base import SLICE_S
 
 SPOOL_CORRUPT, SPOOL_FULL, SPOOL_WRITTEN, SPOOL_BAD_ENTRY = 0, 1, 2, 3  # ..._spool_count
 
@@ -34,8 +35,10 @@ class Spiller(threading.Thread):
         failures = 0
         while True:
             now = time.monotonic()
-            if now < w.spill_blocked_until:  # the spool is full: idle until the next try
-                mode, wait_s = lib.LOGPOOL__WAIT_SPILLER_IDLE, w.spill_blocked_until - now
+            if now < w.spill_blocked_until:  # the spool is full: idle until the next try,
+                # looking again every slice: a delivered replay batch makes room and resets it
+                mode = lib.LOGPOOL__WAIT_SPILLER_IDLE
+                wait_s = min(w.spill_blocked_until - now, SLICE_S)
             else:
                 mode, wait_s = lib.LOGPOOL__WAIT_FOR_SPILL, 1.0
             r = lib.logpool__sink_wait(w.c, mode, max(1, int(wait_s * 1000)))
@@ -68,10 +71,10 @@ class SpoolingWriter:
                                self.reporter.report, self.sink.framing_code,
                                self.sink.max_message_size, self.reporter.emit, self._scan,
                                url=" ".join(c[0] for c in self.sink.collectors))
-            self._adopt()
-            if self.spool.enabled:
+            if self.spool.enabled:  # before adopting: a big backlog takes seconds to read
                 self.spiller = Spiller(self)
                 self.spiller.start()
+            self._adopt()
         except Exception as exc:  # noqa: BLE001 — the sink carries on in memory, said once
             self.reporter.report("spool unavailable", f"{self.sink.spool_dir}: {describe(exc)}")
         finally:
@@ -91,8 +94,8 @@ class SpoolingWriter:
         self.next_rescan = time.monotonic() + RESCAN_S
         if self.spool is None or not self.spool.enabled:
             return
-        with self.spool_lock:
-            msgs, nbytes = self.spool.adopt(self._should_stop)
+        # The lock only while the list of segments changes: the spiller appends meanwhile.
+        msgs, nbytes = self.spool.adopt(self._should_stop, self.spool_lock)
         if msgs:
             self.lib.logpool__sink_adopted(self.c, msgs, nbytes)
         self._count_spool_findings()
@@ -188,17 +191,24 @@ class SpoolingWriter:
             self.spiller.join()  # it left at stop; the spool is the writer's alone now
         try:
             pending = lib.logpool__sink_pending_messages(c)
-            if pending and self.replaying and self.replay_reordered:
-                # A per-item retry reordered the batch: what is left is saved as it is now,
-                # in front, and the batch read back counts as done.
+            saved = False
+            if pending and self.replaying and (self.replay_reordered or self.unseen):
+                # A per-item retry reordered the batch, or some of it went out without an
+                # answer (the segment must say so: possible duplicates when sent again):
+                # what is left is saved as it is now, in front, and the batch read back
+                # counts as done.
                 with self.spool_lock:
-                    self.replaying = False
-                    if self._spool_pending_locked():
+                    saved = self._spool_pending_locked()
+                    if saved:
                         self.spool.batch_done()
+            if saved:
+                self.replaying = False
             elif pending and self.replaying:
                 # Records read back and not delivered: still in their segment file, behind
-                # what of the batch was delivered (saved, so nobody sends that again).
-                self.spool.batch_partial(self.replay_count - pending)
+                # what of the batch was delivered (saved, so nobody sends that again; after
+                # a reordering nothing is: the whole batch goes again, at least once).
+                if not self.replay_reordered:
+                    self.spool.batch_partial(self.replay_count - pending)
                 lib.logpool__sink_consume_messages(c, pending, lib.LOGPOOL__DONE_SPOOLED)
             elif pending and not self._spool_pending():
                 lib.logpool__sink_spool_count(c, SPOOL_FULL, pending)

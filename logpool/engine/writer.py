@@ -377,15 +377,15 @@ class SinkWriter(SpoolingWriter, threading.Thread):
                                            for f in fates[first_retry + 1:]):
             settled += self._settle_each(fates)  # retry only the items that failed
             fates = ()
-        for fate, n, reason in fates:
+        for i, (fate, n, reason) in enumerate(fates):
             if fate is Fate.ACK:
                 chain.ack(n)
                 settled += n
             elif fate is Fate.REJECT:
                 self._reject(n, reason)
                 settled += n
-            else:  # the rest of the batch stays at the head of the pending list
-                chain.count_retried(n)
+            else:  # the rest of the batch (all retries) stays at the head of the list
+                chain.count_retried(sum(f[1] for f in fates[i:]))
                 break
         for kind, text in outcome.reports:
             self.reporter.report(kind, f"{self.transport.url}: {text}, counted in "
@@ -399,6 +399,8 @@ class SinkWriter(SpoolingWriter, threading.Thread):
         were refused for good: counted per kind of reason, logged once per kind, appended
         to the dead-letter file when there is one."""
         release = messages is None
+        if reason:  # a collector's words; JSON can carry a lone surrogate, no UTF-8 can
+            reason = reason.encode("utf-8", "replace").decode("utf-8")
         if release and self.dead_letters is not None:
             messages = [bytes(m) for m in self.chain.messages(n, 1 << 62)]
         kind = rejection_kind(reason)

@@ -189,8 +189,12 @@ class RelpTransport(Transport):
                     raise ConnectionResetError(errno.ECONNRESET, "the RELP server closed "
                                                "the session (serverclose)")
                 if command != b"rsp" or not data.startswith(b"200"):
-                    why = (f"RELP reply to command {txnr}: {command.decode()} "
-                           f"{data[:200].decode('utf-8', 'replace')!r}")
+                    # The status first: the text up to the colon is the rejection's kind
+                    # (a metrics label, a log line once per kind), never the txnr.
+                    code = bytes(data[:12]).split(b" ", 1)[0].decode("utf-8", "replace")
+                    why = (f"RELP {command.decode()} {code}: "
+                           f"{data[:200].decode('utf-8', 'replace')!r} (the reply to command "
+                           f"{txnr})")
                     if command != b"rsp" or not self._refused(txnr, why):
                         del buf[:pos]
                         raise RelpError(errno.EPROTO, why)

@@ -67,6 +67,7 @@ class Spool:
         self.framing, self.max_message_size = framing, max_message_size
         self.segment_bytes = min(SEGMENT_BYTES, max(MIN_SEGMENT_BYTES, max_bytes // 4))
         self.segments = []  # oldest first
+        self.reserved = 0  # bytes of segments being adopted (read), counted as on disk
         self.current = None  # the segment appended to
         self.batch = None  # (segment, offset after the batch, records, their bytes on disk)
         self.batch_records = ((), ())  # the batch's record lengths, the records kept
@@ -93,19 +94,20 @@ class Spool:
 
     # -- adoption (adoption.py) --
 
-    def adopt(self, should_stop=None):
+    def adopt(self, should_stop=None, lock=None):
         """Take over segments no live process owns (at start, then every RESCAN_S). Returns
         (messages, frame bytes) adopted; torn records and bad entries found are added to
         corrupt_found and bad_found. should_stop() is asked between segments (a big spool
-        takes a while to read; close must not wait for all of it)."""
+        takes a while to read; close must not wait for all of it); lock, when given, is
+        held only to change the list of segments (adoption.adopt)."""
         if not self.enabled:
             return 0, 0
-        return adoption.adopt(self, should_stop)
+        return adoption.adopt(self, should_stop, lock)
 
     # -- writing --
 
     def on_disk(self):
-        return sum(s.end - s.done for s in self.segments)
+        return sum(s.end - s.done for s in self.segments) + self.reserved
 
     def append(self, frames, front=False, possible_dups=0):
         """Write frames (buffers) as records, after everything spooled (or, front=True, in a

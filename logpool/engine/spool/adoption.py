@@ -2,6 +2,7 @@
 a process that is gone, and exactly one pool on the same directory adopts it (at start,
 then every RESCAN_S). Entries that cannot be trusted are skipped, counted, moved aside when
 possible, and said once."""
+import contextlib
 import fcntl
 import os
 import stat
@@ -14,8 +15,12 @@ RESCAN_S = 1.0  # a running writer looks for orphaned segments this often
 STALE_TMP_S = 60.0  # an unlocked temporary segment this old was left by a dead process
 
 
-def adopt(spool, should_stop=None):
-    """Take over the orphaned segments of spool's directory (see Spool.adopt)."""
+def adopt(spool, should_stop=None, lock=None):
+    """Take over the orphaned segments of spool's directory (see Spool.adopt). lock, when
+    given, is held only to change the list of segments: reading them (about 2 s per GiB)
+    leaves the spool to appends meanwhile (the spiller's: its own segments are locked, never
+    adopted, and newer than anything adopted)."""
+    lock = lock or contextlib.nullcontext()
     msgs = size = 0
     try:
         names = os.listdir(spool.dfd)
@@ -23,25 +28,42 @@ def adopt(spool, should_stop=None):
         spool.report("spool unreadable", f"{spool.dir}: {exc.strerror or exc} (uid "
                      f"{os.geteuid()})")
         return 0, 0
-    owned = {s.name for s in spool.segments}
-    for name in sorted(names):
-        if name.startswith(".") and name.endswith(".seg.new"):
-            _remove_stale_tmp(spool, name)
-            continue
-        if not name.endswith(".seg") or name in owned or name in spool.skipped:
-            continue
-        if should_stop is not None and should_stop():
-            break
-        try:
-            segment = _adopt_one(spool, name)
-        except OSError as exc:
-            skip(spool, name, f"{exc.strerror or exc} (uid {os.geteuid()})", move=True)
-            continue
-        if segment is not None:
-            msgs, size = msgs + segment.msgs, size + segment.bytes
-            spool.segments.append(segment)
-    spool.segments.sort(key=lambda s: s.seq)
+    with lock:
+        owned = {s.name for s in spool.segments}
+    for name in [n for n in sorted(names) if n.startswith(".") and n.endswith(".seg.new")]:
+        _remove_stale_tmp(spool, name)
+    candidates = [n for n in sorted(names) if n.endswith(".seg") and n not in owned
+                  and n not in spool.skipped]
+    # Appends meanwhile keep the disk bound: what is still to be read counts as on disk.
+    sizes = {name: _size_of(spool, name) for name in candidates}
+    with lock:
+        spool.reserved = sum(sizes.values())
+    try:
+        for name in candidates:
+            if should_stop is not None and should_stop():
+                break
+            try:
+                segment = _adopt_one(spool, name)
+            except OSError as exc:
+                skip(spool, name, f"{exc.strerror or exc} (uid {os.geteuid()})", move=True)
+                segment = None
+            with lock:
+                spool.reserved -= sizes[name]
+                if segment is not None:
+                    msgs, size = msgs + segment.msgs, size + segment.bytes
+                    spool.segments.append(segment)
+                    spool.segments.sort(key=lambda s: s.seq)
+    finally:
+        with lock:
+            spool.reserved = 0
     return msgs, size
+
+
+def _size_of(spool, name):
+    try:
+        return os.stat(name, dir_fd=spool.dfd, follow_symlinks=False).st_size
+    except OSError:
+        return 0
 
 
 def _adopt_one(spool, name):

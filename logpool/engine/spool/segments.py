@@ -151,7 +151,7 @@ def read_header(directory, name, fd):
                 dups, url_len = HEADER_EXT.unpack_from(head, HEADER.size)
                 at = HEADER.size + HEADER_EXT.size
                 if at + url_len <= size:
-                    url = head[at:at + url_len].decode("utf-8", "replace")
+                    url = head[at:at + url_len].decode("utf-8", "replace") or None
             return Segment(name, path, fd, size, size, size, framing, max_size, dups, url)
     return Segment(name, path, fd, 0, 0, 0)
 

@@ -50,6 +50,18 @@ static int walk_next(walk_t *w, size_t *start, size_t *end)
     return 1;
 }
 
+/* Release the first n pending messages in runs of one fate, oldest first. */
+static void settle_runs(logpool__sink_t *s, const uint8_t *fates, uint32_t n)
+{
+    for (uint32_t i = 0; i < n;) {
+        uint32_t run = 1;
+        while (i + run < n && fates[i + run] == fates[i])
+            run++;
+        logpool__sink_consume_messages(s, run, fates[i]);
+        i += run;
+    }
+}
+
 int logpool__sink_settle_each(logpool__sink_t *s, const uint8_t *fates, uint32_t n)
 {
     /* The copy holds the requeued messages, then the rest of the chunk the n-th message is
@@ -67,13 +79,7 @@ int logpool__sink_settle_each(logpool__sink_t *s, const uint8_t *fates, uint32_t
         }
     }
     if (msgs == 0) {
-        for (uint32_t i = 0; i < n;) {
-            uint32_t run = 1;
-            while (i + run < n && fates[i + run] == fates[i])
-                run++;
-            logpool__sink_consume_messages(s, run, fates[i]);
-            i += run;
-        }
+        settle_runs(s, fates, n);
         return 0;
     }
     chunk_t *last = w.c;
@@ -97,14 +103,7 @@ int logpool__sink_settle_each(logpool__sink_t *s, const uint8_t *fates, uint32_t
             chunk_ends(copy)[-1 - (long)copy->nmsgs++] = (uint32_t)copy->used;
         }
     }
-    /* Settle in runs of one fate, oldest first; the rest of the last chunk moves too. */
-    for (uint32_t i = 0; i < n;) {
-        uint32_t run = 1;
-        while (i + run < n && fates[i + run] == fates[i])
-            run++;
-        logpool__sink_consume_messages(s, run, fates[i]);
-        i += run;
-    }
+    settle_runs(s, fates, n); /* the rest of the last chunk moves too: */
     if (rest > 0)
         logpool__sink_consume_messages(s, rest, LOGPOOL__DONE_REQUEUED);
     copy->next = s->pend_head;

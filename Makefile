@@ -8,6 +8,7 @@ LIB := logpool/liblogpool.so
 DEB_PACKAGES := nginx-core nginx-dev libnginx-mod-http-lua luajit2 wrk libpython3.11 rsyslog rsyslog-relp \
 	rsyslog-openssl
 C_SOURCES := include/logpool.h $(wildcard logpool/csrc/*.c logpool/csrc/*.h) build_ffi.py logpool/__init__.py
+PRODUCER_LIB := logpool/liblogpool_producer.so
 PYTEST_ARGS ?=
 # The native nginx module, built against the installed nginx's own sources (Debian's
 # nginx-dev ships them with conf_flags), in a copy of that tree under build/.
@@ -43,6 +44,10 @@ deps: system-deps $(VENV)/.deps
 
 $(LIB): $(C_SOURCES) | $(VENV)/.deps
 	$(PY) build_ffi.py
+
+# Built with liblogpool.so by the same command (agent mode's Python-free producer library).
+$(PRODUCER_LIB): $(LIB)
+	test -f $@ || $(PY) build_ffi.py
 
 # Where the module dlopen()s the library: logpool/paths.py's lib path, baked in (the
 # logpool_library directive overrides it).
@@ -99,7 +104,7 @@ install: build
 	$(PY) -m logpool.tools.install --prefix "$(PREFIX)" --source "$(CURDIR)" \
 	  --module "$(CURDIR)/$(NGX_MODULE)" $(if $(INSTALL_PYTHON),--python "$(INSTALL_PYTHON)")
 
-build: deps $(LIB) $(NGX_MODULE)
+build: deps $(LIB) $(PRODUCER_LIB) $(NGX_MODULE)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -126,4 +131,4 @@ bench: build $(VENV)/.bench-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build $(LIB) $(NGX_MODULE)
+	rm -rf build $(LIB) $(PRODUCER_LIB) $(NGX_MODULE)

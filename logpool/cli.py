@@ -11,6 +11,7 @@ def cmd_paths(args):
     print(f"lua {paths.lua_dir()}")
     print(f"include {paths.include_dir()}")
     print(f"nginx_module {paths.nginx_module_path()}")
+    print(f"producer_lib {paths.producer_lib_path()}")
     return 0
 
 
@@ -100,6 +101,11 @@ def cmd_demo(args):
                     keep_running=args.keep_running)
 
 
+def cmd_agent(args):
+    from logpool.agent import service
+    return service.main(args.config, log_file=args.log_file)
+
+
 def cmd_top(args):
     from logpool import top
     try:
@@ -177,6 +183,13 @@ def build_parser():
     p.add_argument("--keep-running", action="store_true",
                    help="leave nginx up after the load until Ctrl-C")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("agent", help="agent mode: one per host, drains every producer's "
+                       "ring in agent_dir into the pool the config describes (docs/agent.md)")
+    p.add_argument("--config", required=True, help="a pool's JSON plus agent_dir and "
+                   "metrics_listen")
+    p.add_argument("--log-file", help="append the agent's messages here instead of stderr "
+                   "(reopened on SIGHUP)")
+    p.set_defaults(func=cmd_agent)
     p = sub.add_parser("top", help="live per-sink view of a /metrics endpoint")
     p.add_argument("--metrics-url", required=True, help="e.g. http://127.0.0.1/metrics")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")

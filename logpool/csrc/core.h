@@ -146,6 +146,8 @@ struct logpool__sink_s {
 
 struct logpool_s {
     int nsinks;
+    /* Agent mode (agentmode.c): the pool writes this process's ring; no sinks, no Python. */
+    struct logpool__producer_s *producer;
     int state;
     unsigned generation;
     int exit_flush_timeout_ms;
@@ -177,6 +179,13 @@ static inline int logpool__pool_inherited(const logpool_t *pool)
 /* The exit fallback closes what is registered; close unregisters. */
 void logpool__pool_register(logpool_t *pool);
 void logpool__pool_unregister(logpool_t *pool);
+
+/* ---- agentmode.c: a pool in agent mode hands every call to producer.c ---- */
+
+/* 0: config_json is not an agent-mode config; 1: it is, *out is the pool or NULL (the last
+ * error says why). */
+int logpool__agent_pool_new(const char *config_json, logpool_t **out);
+void logpool__agent_pool_free(logpool_t *pool);
 
 /* ---- hotpath.c: chunks ---- */
 

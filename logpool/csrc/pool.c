@@ -6,6 +6,7 @@
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
 #include "embedding.h"
+#include "producer.h"
 
 #include <limits.h>
 #include <signal.h>
@@ -13,29 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
-/* The enum in logpool.h and the X-macro table cannot drift. */
-#define LOGPOOL__CHECK_CODE(name, value, text) \
-    _Static_assert(LOGPOOL_##name == (value), "code table and enum disagree: " #name);
-LOGPOOL_ERRNO_MAP(LOGPOOL__CHECK_CODE)
-
-LOGPOOL_API const char *logpool_strerror(int code)
-{
-#define LOGPOOL__STRERROR(name, value, text) \
-    case (value):                           \
-        return text;
-    switch (code) {
-        LOGPOOL_ERRNO_MAP(LOGPOOL__STRERROR)
-    default:
-        return "unknown error code";
-    }
-#undef LOGPOOL__STRERROR
-}
-
-LOGPOOL_API const char *logpool_version(void)
-{
-    return LOGPOOL_VERSION_STRING;
-}
 
 logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms)
 {
@@ -136,6 +114,9 @@ LOGPOOL_API logpool_t *logpool_new(const char *config_json)
         logpool__set_error(LOGPOOL_EINVAL, "invalid argument: config_json is NULL");
         return NULL;
     }
+    logpool_t *agent_pool;
+    if (logpool__agent_pool_new(config_json, &agent_pool)) /* before Python: never starts it */
+        return agent_pool;
     if (logpool__runtime_start(err, sizeof err) != 0) {
         logpool__set_error(LOGPOOL_ERUNTIME, err);
         return NULL;
@@ -169,6 +150,8 @@ LOGPOOL_API int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *o
         return LOGPOOL_EINVAL;
     if (socket_id < 0 || socket_id >= pool->nsinks)
         return LOGPOOL_ENOSINK;
+    if (pool->producer != NULL)
+        return logpool__producer_stats(pool->producer, socket_id, out);
     logpool__sink_stats(&pool->sinks[socket_id], out);
     return LOGPOOL_OK;
 }
@@ -177,6 +160,8 @@ LOGPOOL_API int logpool_metrics(logpool_t *pool, char *buf, size_t len)
 {
     if (pool == NULL || (buf == NULL && len > 0))
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_metrics(pool->producer, buf, len);
     if (logpool__pool_inherited(pool))
         return LOGPOOL_ECLOSED;
     int n = logpool__py_metrics(pool, buf, len);
@@ -235,6 +220,8 @@ LOGPOOL_API int logpool_flush(logpool_t *pool, int timeout_ms)
 {
     if (pool == NULL)
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_flush(pool->producer, timeout_ms);
     if (logpool__pool_inherited(pool))
         return LOGPOOL_ECLOSED;
     uint64_t deadline = logpool__deadline_after(timeout_ms);
@@ -253,6 +240,8 @@ LOGPOOL_API int logpool_shutdown(logpool_t *pool)
 {
     if (pool == NULL)
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_shutdown(pool->producer);
     if (logpool__pool_inherited(pool))
         return LOGPOOL_ECLOSED;
     pthread_mutex_lock(&pool->close_lock);
@@ -274,6 +263,8 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
 {
     if (pool == NULL)
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_close(pool->producer);
     if (logpool__pool_inherited(pool)) {
         /* Forked child: the writers and the buffered messages are the parent's, which
          * delivers them; locks may be held by threads that do not exist here. This process
@@ -343,6 +334,10 @@ LOGPOOL_API void logpool_free(logpool_t *pool)
 {
     if (pool == NULL)
         return;
+    if (pool->producer != NULL) {
+        logpool__agent_pool_free(pool);
+        return;
+    }
     if (ATOMIC_LOAD(&pool->state) != POOL_CLOSED)
         logpool_close(pool, 0);
     if (logpool__pool_inherited(pool))

@@ -16,7 +16,8 @@ NGX_SRC ?= /usr/share/nginx/src
 NGX_BUILD := build/nginx-src
 NGX_GEN := build/nginx-gen
 NGX_MODULE := logpool/ngx_http_logpool_module.so
-NGX_MODULE_SOURCES := nginx/ngx_http_logpool_module.c include/logpool.h $(NGX_GEN)/ngx_http_logpool_build.h
+NGX_MODULE_SOURCES := nginx/ngx_http_logpool_module.c nginx/ngx_http_logpool_agent.c include/logpool.h \
+	$(NGX_GEN)/ngx_http_logpool_build.h
 
 .PHONY: all build nginx-module install sanitize-nginx deps system-deps test sanitize demo bench clean
 
@@ -54,7 +55,8 @@ $(PRODUCER_LIB): $(LIB)
 $(NGX_GEN)/ngx_http_logpool_build.h: logpool/paths.py | $(VENV)/.deps
 	@mkdir -p $(NGX_GEN)
 	$(PY) -c 'import json; from logpool import paths; \
-	  print("#define NGX_HTTP_LOGPOOL_LIB " + json.dumps(paths.lib_path()))' > $@.tmp
+	  print("#define NGX_HTTP_LOGPOOL_LIB " + json.dumps(paths.lib_path())); \
+	  print("#define NGX_HTTP_LOGPOOL_PRODUCER_LIB " + json.dumps(paths.producer_lib_path()))' > $@.tmp
 	mv $@.tmp $@
 
 $(NGX_BUILD)/objs/Makefile: nginx/config
@@ -66,7 +68,7 @@ $(NGX_BUILD)/objs/Makefile: nginx/config
 	  || { tail -30 configure.log; exit 1; }
 
 $(NGX_MODULE): $(NGX_MODULE_SOURCES) $(NGX_BUILD)/objs/Makefile
-	rm -f $(NGX_BUILD)/objs/addon/nginx/ngx_http_logpool_module.o
+	rm -f $(NGX_BUILD)/objs/addon/nginx/*.o
 	$(MAKE) -s -C $(NGX_BUILD) -f objs/Makefile modules
 	cp $(NGX_BUILD)/objs/ngx_http_logpool_module.so $@.tmp
 	mv $@.tmp $@
@@ -89,7 +91,7 @@ $(NGX_ASAN_BUILD)/objs/Makefile: nginx/config
 	  || { tail -30 configure.log; exit 1; }
 
 $(NGX_ASAN_MODULE): $(NGX_MODULE_SOURCES) $(NGX_ASAN_BUILD)/objs/Makefile
-	rm -f $(NGX_ASAN_BUILD)/objs/addon/nginx/ngx_http_logpool_module.o
+	rm -f $(NGX_ASAN_BUILD)/objs/addon/nginx/*.o
 	$(MAKE) -s -C $(NGX_ASAN_BUILD) -f objs/Makefile modules
 
 sanitize-nginx: build $(NGX_ASAN_MODULE)

@@ -37,6 +37,13 @@
 #ifndef NGX_HTTP_LOGPOOL_LIB
 #define NGX_HTTP_LOGPOOL_LIB "liblogpool.so"
 #endif
+#ifndef NGX_HTTP_LOGPOOL_PRODUCER_LIB
+#define NGX_HTTP_LOGPOOL_PRODUCER_LIB "liblogpool_producer.so"
+#endif
+
+/* ngx_http_logpool_agent.c */
+const char *ngx_http_logpool_agent_sink_names(ngx_conf_t *cf, ngx_str_t *agent_dir,
+    ngx_array_t *names);
 
 #define NGX_HTTP_LOGPOOL_ESCAPE_DEFAULT  0
 #define NGX_HTTP_LOGPOOL_ESCAPE_JSON     1
@@ -82,6 +89,7 @@ typedef struct {
     ngx_array_t                 all_logs;     /* ngx_http_logpool_log_t * */
     ngx_msec_t                  exit_timeout;
     ngx_str_t                   library;
+    ngx_str_t                   agent_dir;    /* agent mode ({"agent": ...}): len > 0 */
     size_t                      slot_size;
     ngx_uint_t                  nslots;
     ngx_shm_zone_t             *zone;
@@ -657,6 +665,13 @@ ngx_http_logpool_sink_names(ngx_conf_t *cf, ngx_http_logpool_main_conf_t *mcf,
         j.p++; /* ':' */
         ngx_http_logpool_json_ws(&j);
 
+        if (key.len == 5 && ngx_strncmp(key.data, "agent", 5) == 0 && *j.p == '"') {
+            if (ngx_http_logpool_json_string(&j, &mcf->agent_dir) != NGX_OK) {
+                return "out of memory";
+            }
+            continue;
+        }
+
         if (!(key.len == 5 && ngx_strncmp(key.data, "sinks", 5) == 0)) {
             (void) ngx_http_logpool_json_value(&j, 0);
             continue;
@@ -757,6 +772,11 @@ ngx_http_logpool_sink_names(ngx_conf_t *cf, ngx_http_logpool_main_conf_t *mcf,
         ngx_http_logpool_json_ws(&j);
         j.p++; /* ']' */
         found = 1;
+    }
+
+    if (!found && mcf->agent_dir.len > 0) {
+        /* Agent mode: the sinks are the agent's, named in the table it publishes. */
+        return ngx_http_logpool_agent_sink_names(cf, &mcf->agent_dir, &mcf->sink_names);
     }
 
     if (!found) {
@@ -1528,7 +1548,10 @@ ngx_http_logpool_postconfiguration(ngx_conf_t *cf)
 
     ngx_conf_init_msec_value(mcf->exit_timeout, 1000);
     ngx_conf_init_size_value(mcf->slot_size, NGX_HTTP_LOGPOOL_SLOT_SIZE);
-    if (mcf->library.len == 0) {
+    if (mcf->library.len == 0 && mcf->agent_dir.len > 0) {
+        /* agent mode: the library without Python (a worker never maps libpython) */
+        ngx_str_set(&mcf->library, NGX_HTTP_LOGPOOL_PRODUCER_LIB);
+    } else if (mcf->library.len == 0) {
         ngx_str_set(&mcf->library, NGX_HTTP_LOGPOOL_LIB);
     }
 

@@ -27,6 +27,7 @@ local base = require "resty.logpool.base"
 local json = require "resty.logpool.json"
 local options = require "resty.logpool.options"
 local metrics = require "resty.logpool.metrics"
+local agent = require "resty.logpool.agent"
 
 local STATS_FIELDS = base.STATS_FIELDS
 local load_lib = base.load
@@ -48,68 +49,19 @@ local function release(p)
     lib.logpool_free(p)
 end
 
-local io_open = io.open
-
--- Agent mode: { agent = "<agent_dir>", ring_bytes = n, lib_path = ... }. The sinks are the
--- agent's, named in the table it publishes in agent_dir; the library is
--- liblogpool_producer.so (no Python in the worker).
-local function new_agent_mode(config)
-    for k in pairs(config) do
-        if k ~= "agent" and k ~= "ring_bytes" and k ~= "lib_path" then
-            error(format("bad config: %s: unknown key in agent mode (known: agent, "
-                         .. "ring_bytes, lib_path; sinks are the agent's)", tostring(k)), 3)
-        end
-    end
-    if type(config.agent) ~= "string" or config.agent == "" then
-        error("bad config: agent must be the agent's agent_dir (a string)", 3)
-    end
-    if config.ring_bytes ~= nil and type(config.ring_bytes) ~= "number" then
-        error("bad config: ring_bytes must be a number", 3)
-    end
-    if config.lib_path ~= nil and type(config.lib_path) ~= "string" then
-        error("bad config: lib_path must be a string, got " .. type(config.lib_path), 3)
-    end
-    if ngx and ngx.get_phase and ngx.get_phase() == "init" then
-        return nil, "logpool: a pool cannot start in init_by_lua (the nginx master, which "
-                    .. "forks the workers afterwards); start it in init_worker_by_lua"
-    end
-    local l, err = load_lib(config.lib_path, "liblogpool_producer.so")
-    if not l then
-        return nil, err
-    end
-    lib = l
-    local p = l.logpool_new(json_encode({ agent = config.agent,
-                                          ring_bytes = config.ring_bytes }))
-    if p == nil then
-        return nil, "logpool: " .. ffi_string(l.logpool_last_error())
-    end
-    -- The names, in id order, from the table the C side has just read.
-    local names, n = {}, tonumber(l.logpool_sink_count(p))
-    local f = io_open(config.agent .. "/sinks", "rb")
-    if f then
-        local i = -2
-        for line in f:lines() do
-            if i >= 0 and i < n then
-                names[line:match("^%d+ (.*)$") or ""] = i
-            end
-            i = i + 1
-        end
-        f:close()
-    end
-    for i = 1, n do
-        names[i] = i - 1
-    end
-    return setmetatable({ _p = ffi_gc(p, release), _names = names, _n = n }, pool_mt)
-end
-
 --- syntax: pool, err = logpool.new(config)
 -- context: init_worker_by_lua*, timer, content/log phases (not init_by_lua: the master forks)
 function _M.new(config)
     if type(config) ~= "table" then
         error("bad argument #1 to 'new' (table expected, got " .. type(config) .. ")", 2)
     end
-    if config.agent ~= nil then
-        return new_agent_mode(config)
+    if config.agent ~= nil then -- agent mode: resty/logpool/agent.lua
+        local p, l, names, n = agent.new(config, load_lib, 3)
+        if not p then
+            return nil, l
+        end
+        lib = l
+        return setmetatable({ _p = ffi_gc(p, release), _names = names, _n = n }, pool_mt)
     end
     local sinks = config.sinks
     if type(sinks) ~= "table" or #sinks == 0 then

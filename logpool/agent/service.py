@@ -72,6 +72,19 @@ def check_agent_dir(path):
                           f"{stat.S_IMODE(st.st_mode):o}); use a group the workers are in")
 
 
+TMPFS_MAGIC = 0x01021994
+
+
+def on_tmpfs(path):
+    import ctypes
+    import ctypes.util
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first field
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return True  # cannot tell: say nothing
+    return int.from_bytes(buf.raw[:8], sys.byteorder) == TMPFS_MAGIC
+
+
 def process_start_time(pid):
     """Field 22 of /proc/<pid>/stat, or None when the process is gone."""
     try:
@@ -131,6 +144,9 @@ class Agent:
         from logpool.pool import Pool
         self.open_log()
         check_agent_dir(self.agent_dir)
+        if not on_tmpfs(self.agent_dir):
+            self.log(f"agent_dir {self.agent_dir} is not on a tmpfs (/dev/shm, /run): the "
+                     "kernel writes the rings back to disk and producers take page faults")
         self.lock_fd = os.open(os.path.join(self.agent_dir, LOCK_NAME),
                                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:

@@ -416,7 +416,7 @@ static int ring_attach(logpool__producer_t *p, char *err, size_t errlen)
     if (rc == 0)
         rc = ftruncate(fd, (off_t)map_bytes);
     if (rc == 0)
-        map = mmap(NULL, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+        map = mmap(NULL, map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (map == MAP_FAILED) {
         snprintf(err, errlen, "agent mode: cannot size or map a ring of %llu bytes in %s: %s",
                  (unsigned long long)p->ring_bytes, p->dir, strerror(errno));
@@ -426,6 +426,9 @@ static int ring_attach(logpool__producer_t *p, char *err, size_t errlen)
         return -1;
     }
     close(fd);
+    /* Every page written once now (tmpfs allocates it), so that log_cdata never takes the
+     * page fault: the ring is the producer's shared memory from the start. */
+    memset(map, 0, map_bytes);
     ring_header_t *h = map;
     h->version = RING_VERSION;
     h->header_bytes = RING_HEADER_BYTES;

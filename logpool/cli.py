@@ -98,6 +98,7 @@ def cmd_nginx_snippet(args):
 def cmd_demo(args):
     from logpool.tools import demo
     return demo.run(requests=args.requests, sink=args.sink, workers=args.workers,
+                    agent=args.agent,
                     keep_running=args.keep_running)
 
 
@@ -180,6 +181,9 @@ def build_parser():
     p.add_argument("--requests", type=int, default=200_000, help="requests to drive")
     p.add_argument("--sink", help="ship to this collector instead of a built-in one")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--agent", action="store_true",
+                   help="agent mode: workers write shared-memory rings, one `python -m "
+                   "logpool agent` ships them (docs/agent.md)")
     p.add_argument("--keep-running", action="store_true",
                    help="leave nginx up after the load until Ctrl-C")
     p.set_defaults(func=cmd_demo)

@@ -20,6 +20,7 @@ from logpool import Pool, errors, paths
 from logpool.tools.nginx import Nginx, native_modules
 from test_nginx import assert_exactly_once, reload_under_load
 from test_nginx_module import mapped_files, module_conf
+from test_relp import rsyslogs  # noqa: F401 (a fixture)
 
 PYTHON = sys.executable
 FAST = {"periodic_flush_ms": 20, "retry_interval_ms": 20, "max_retry_interval_ms": 200}
@@ -90,11 +91,12 @@ PRODUCER = textwrap.dedent("""
     from logpool import Pool, errors
     agent_dir, tag, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
     sinks = sys.argv[4].split(",")
-    ring_bytes = int(sys.argv[5]) if len(sys.argv) > 5 else 1 << 20
+    ring_bytes = int(sys.argv[5])
+    prefix = sys.argv[6]
     pool = Pool({"agent": agent_dir, "ring_bytes": ring_bytes})
     i = full = 0
     while count < 0 or i < count:
-        line = f"{tag} {i}"
+        line = f"{prefix}{tag} {i}"
         try:
             for s in sinks:
                 pool.log(s, line)
@@ -110,10 +112,9 @@ PRODUCER = textwrap.dedent("""
 """)
 
 
-def producer(agent_dir, tag, count, sinks=("main",), ring_bytes=None):
-    args = [PYTHON, "-c", PRODUCER, str(agent_dir), tag, str(count), ",".join(sinks)]
-    if ring_bytes:
-        args.append(str(ring_bytes))
+def producer(agent_dir, tag, count, sinks=("main",), ring_bytes=1 << 20, prefix=""):
+    args = [PYTHON, "-c", PRODUCER, str(agent_dir), tag, str(count), ",".join(sinks),
+            str(ring_bytes), prefix]
     return subprocess.Popen(args, stdout=subprocess.PIPE, text=True, cwd=ROOT)
 
 
@@ -134,7 +135,7 @@ pool:close()
 def ids_by_tag(lines):
     out = collections.defaultdict(list)
     for line in lines:
-        tag, seq = line.decode().split(" ")
+        tag, seq = line.decode().split()[-2:]  # (after a syslog header, if any)
         out[tag].append(int(seq))
     return out
 
@@ -182,13 +183,15 @@ def test_a_producer_sigkilled_mid_write_loses_nothing_it_published(tmp_path, age
 
 
 def test_the_agent_sigkilled_under_load_restarts_with_nothing_lost(tmp_path, agent,
-                                                                   receive_process):
+                                                                   receive_process, rsyslogs):
     stream = receive_process("unix:" + sock_path(tmp_path, "s.sock"), str(tmp_path / "s.log"))
-    relp = receive_process("relp://127.0.0.1:0", str(tmp_path / "r.log"))
+    relp = rsyslogs().start()  # rsyslog's imrelp: acknowledged once its omfile has it
+    relp.lines = relp.messages
     sinks = [sink(stream.url, "stream"), sink(relp.url, "relp")]
     ag = agent(sinks)
     n = 30000
-    procs = [producer(ag.agent_dir, f"p{k}", n, sinks=("stream", "relp")) for k in range(2)]
+    procs = [producer(ag.agent_dir, f"p{k}", n, sinks=("stream", "relp"),
+                      prefix="<13>1 - host app - - - ") for k in range(2)]
     wait_for(lambda: len(stream.lines()) > 8000, timeout=60, what="load under way")
     ag.stop(signal.SIGKILL)
     ag2 = agent(sinks)  # the rings outlived the agent: resume from their read positions
@@ -197,7 +200,7 @@ def test_the_agent_sigkilled_under_load_restarts_with_nothing_lost(tmp_path, age
     for rp in (stream, relp):
         wait_for(lambda: {(t, s) for t, seqs in ids_by_tag(rp.lines()).items()
                           for s in seqs} >= {(f"p{k}", i) for k in range(2) for i in range(n)},
-                 timeout=120, what=f"every line at {rp.listen}")
+                 timeout=120, what=f"every line at {rp.url}")
     wait_for(lambda: not rings(ag.agent_dir), timeout=30, what="rings removed")
     duplicates = 0
     for rp in (stream, relp):
@@ -351,3 +354,24 @@ def test_a_worker_user_that_cannot_write_agent_dir_serves_without_shipping(
     assert "Permission denied" in errors_seen[0] and "serves without shipping" in errors_seen[0]
     assert not rings(ag.agent_dir)
     assert ag.stop() == 0
+
+
+def test_the_agents_spool_carries_an_outage_across_an_agent_restart(tmp_path, agent,
+                                                                   receive_process):
+    path = sock_path(tmp_path, "late.sock")  # nobody listens yet: the collector is down
+    sinks = [sink("unix:" + path)]
+    spool = {"spool_dir": str(tmp_path / "spool"), "max_buffer_length": 65536}
+    ag = agent(sinks, **spool)
+    pool = Pool({"agent": ag.agent_dir})
+    n = 3000
+    for i in range(n):
+        pool.log("main", f"o {i:020d}")
+    pool.flush(timeout=60)  # released by the agent: in its spool, the collector is down
+    assert ag.metric("logpool_spooled_messages") > 0
+    assert ag.stop() == 0
+    rp = receive_process("unix:" + path)
+    ag2 = agent(sinks, **spool)  # adopts the spool; the ring has nothing left to give
+    wait_for(lambda: len(rp.lines()) >= n, timeout=60, what="the spool delivered")
+    assert sorted(ids_by_tag(rp.lines())["o"]) == list(range(n))
+    pool.close()
+    assert ag2.stop() == 0

@@ -212,8 +212,9 @@ class Agent:
                 pass
             self.release()
         self.release()
+        abandoned = self.pool.close(0)  # with a spool, what is left is spooled now
+        self.release()  # ... and released: the next agent adopts it from the spool
         left = len(self.checkpoints)
-        abandoned = self.pool.close(0)
         for ring in self.rings.values():
             self.lib.logpool__ring_close(ring.ptr)
         self.rings.clear()

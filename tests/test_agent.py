@@ -233,7 +233,11 @@ def test_an_agent_down_longer_than_the_ring_holds_gives_efull_and_never_blocks(
     ag2 = agent([sink(rp.url)])
     pool.flush(timeout=30)  # released: delivered
     assert ids_by_tag(rp.lines())["d"] == list(range(accepted))
+    # Drained, but its producer is alive and the pool open: the ring stays until closed.
+    wait_for(lambda: ag2.metric("logpool_agent_rings") == 1, timeout=30, what="the ring seen")
+    assert len(rings(ag2.agent_dir)) == 1
     pool.close()
+    wait_for(lambda: not rings(ag2.agent_dir), timeout=30, what="the closed ring removed")
     assert ag2.stop() == 0
 
 
@@ -246,11 +250,12 @@ def own_start_time():
     return int(data[data.rindex(b")") + 2:].split()[19])
 
 
-def hostile_ring(agent_dir, name, write_pos, records=b"", size=65536, magic=RING_MAGIC):
+def hostile_ring(agent_dir, name, write_pos, records=b"", size=65536, magic=RING_MAGIC,
+                 start_time=None):
     """A ring file as a hostile producer (this live process) would leave it."""
     header = bytearray(4096)
-    RING_HEADER.pack_into(header, 0, magic, 1, 4096, size, os.getpid(), own_start_time(),
-                          0, 1, 0)
+    RING_HEADER.pack_into(header, 0, magic, 1, 4096, size, os.getpid(),
+                          own_start_time() if start_time is None else start_time, 0, 1, 0)
     struct.pack_into("<Q", header, 64, write_pos)
     data = bytearray(size)
     data[:len(records)] = records
@@ -273,15 +278,26 @@ def test_hostile_rings_are_reset_refused_or_dropped_and_the_others_go_on(tmp_pat
     hostile_ring(d, "ring.1.1.4", write_pos=0, magic=0xBAD)                # not a ring
     truncated = hostile_ring(d, "ring.1.1.5", write_pos=16,
                              records=struct.pack("<II", 4, 0) + b"ok 0")
+    # This pid with another start time: a process that is gone, its pid reused by this one.
+    reused = hostile_ring(d, "ring.1.1.6", write_pos=16, start_time=own_start_time() + 1,
+                          records=struct.pack("<II", 4, 0) + b"ok 1")
     wait_for(lambda: ag.metric("logpool_agent_rings_refused_total") == 1
              and ag.metric("logpool_agent_ring_resets_total") >= 3, timeout=30,
              what="garbage reset and refused")
+    wait_for(lambda: not os.path.exists(reused), timeout=30,
+             what="the ring of a gone producer (pid reused) drained and removed")
+    assert os.path.exists(os.path.join(d, "ring.1.1.1"))  # this live producer's: kept
+    wait_for(lambda: 0 in ids_by_tag(rp.lines()).get("ok", ()), timeout=30,
+             what="the good record of the ring about to be truncated")
     os.truncate(truncated, 4096)  # under the agent's mapping: SIGBUS territory
     pool = Pool({"agent": d})
     for i in range(1000):
         pool.log("main", f"good {i}")
     pool.flush(timeout=30)
-    assert ids_by_tag(rp.lines())["good"] == list(range(1000))
+    got = ids_by_tag(rp.lines())
+    assert got["good"] == list(range(1000))
+    assert sorted(got["ok"]) == [0, 1]  # the truncated ring's record, taken before it was
+    # truncated, and the gone producer's, delivered before its ring went
     wait_for(lambda: not os.path.exists(truncated), timeout=30, what="the truncated ring dropped")
     pool.close()
     assert ag.proc.poll() is None
@@ -366,9 +382,14 @@ def test_the_agents_spool_carries_an_outage_across_an_agent_restart(tmp_path, ag
     n = 3000
     for i in range(n):
         pool.log("main", f"o {i:020d}")
-    pool.flush(timeout=60)  # released by the agent: in its spool, the collector is down
+    # Spooled is settled: the ring is released up to the newest lines (those may wait in the
+    # agent's memory below its spill mark while the collector is down).
+    wait_for(lambda: ag.metric("logpool_agent_ring_taken_messages_total") == n
+             and ag.metric("logpool_agent_ring_fill_bytes") < n * 32 // 2, timeout=60,
+             what="the spooled part of the ring released")
     assert ag.metric("logpool_spooled_messages") > 0
-    assert ag.stop() == 0
+    assert ag.stop() == 0  # its close spools the rest, then releases it
+    pool.flush(timeout=0)  # the whole ring is released: everything is in the spool
     rp = receive_process("unix:" + path)
     ag2 = agent(sinks, **spool)  # adopts the spool; the ring has nothing left to give
     wait_for(lambda: len(rp.lines()) >= n, timeout=60, what="the spool delivered")

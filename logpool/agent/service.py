@@ -3,10 +3,11 @@ spool and metrics as a worker's) and feeds it from every producer's ring in agen
 
 Delivery before release: after each pass over the rings the agent notes a checkpoint (each
 ring's scan position, each sink's accepted count). A checkpoint is released - each ring's
-read_pos moved to its position - once every sink has delivered (sent by its own standard, or
-a final fate) as many messages as it had accepted then (per sink the engine keeps order), or
-once everything accepted so far is delivered or in the spool. An agent killed at any point
-leaves read positions behind everything not delivered: the next one takes it again.
+read_pos moved to its position - once every sink has settled as many messages as it had
+accepted then: its first messages all delivered (sent by its own standard, or a final fate)
+or in the spool (per sink the engine keeps order; ring_agent.c counts the settled prefix).
+An agent killed at any point leaves read positions behind everything not settled: the next
+one takes it again.
 """
 import collections
 import errno
@@ -30,6 +31,8 @@ SCAN_INTERVAL_S = 0.2       # new rings appear this often at most
 LIVENESS_INTERVAL_S = 1.0   # producers checked for death, rings for removal
 DRAIN_BUDGET = 65536        # records per ring per pass: one ring cannot starve the others
 IDLE_SLEEP_MAX_S = 0.005    # an idle agent polls this often (producers never wake it)
+FULL_PASS = 4096            # a pass that took fewer records waits a little for more: the
+TRICKLE_SLEEP_S = 0.0005    # per-pass work (checkpoint, release) is spread over a batch
 MAX_CHECKPOINTS = 256       # beyond, new ones merge into the newest (a later release)
 ADOPT_TIMEOUT_S = 60.0
 
@@ -158,7 +161,7 @@ class Agent:
         self.ffi, self.lib = embedded.ffi, embedded.lib
         self.cpool = self.ffi.cast("logpool_t *", self.pool._address)
         self.nsinks = len(self.pool.config.sinks)
-        self.progress = [self.ffi.new("uint64_t[3]") for _ in range(self.nsinks)]
+        self.progress = [self.ffi.new("uint64_t[2]") for _ in range(self.nsinks)]
         deadline = time.monotonic() + ADOPT_TIMEOUT_S
         # What an earlier agent spooled is adopted (and counted accepted) first: checkpoints
         # taken before that would count it as ours.
@@ -194,8 +197,11 @@ class Agent:
                 self.reopen_logs = False
                 self.open_log()
                 self.log("logs reopened (SIGHUP)")
-            if taken:
+            if taken >= FULL_PASS:
                 idle = 0.0
+            elif taken:
+                idle = 0.0
+                time.sleep(TRICKLE_SLEEP_S)
             else:
                 idle = min(IDLE_SLEEP_MAX_S, idle * 2 or 0.0002)
                 time.sleep(idle)
@@ -256,11 +262,11 @@ class Agent:
         return taken
 
     def sink_progress(self):
-        """[(accepted, delivered, settled)] per sink, now."""
+        """[(accepted, settled)] per sink, now (ring_agent.h)."""
         out = []
         for i, p in enumerate(self.progress):
-            self.lib.logpool__agent_progress(self.cpool, i, p, p + 1, p + 2)
-            out.append((p[0], p[1], p[2]))
+            self.lib.logpool__agent_progress(self.cpool, i, p, p + 1)
+            out.append((p[0], p[1]))
         return out
 
     def checkpoint(self):
@@ -277,11 +283,9 @@ class Agent:
         if not self.checkpoints:
             return
         progress = self.sink_progress()
-        all_settled = all(settled >= accepted for accepted, _, settled in progress)
         while self.checkpoints:
             targets, positions = self.checkpoints[0]
-            if not all_settled and any(delivered < target for (_, delivered, _), target
-                                       in zip(progress, targets)):
+            if any(settled < target for (_, settled), target in zip(progress, targets)):
                 return
             self.checkpoints.popleft()
             for name, pos in positions.items():

@@ -373,8 +373,8 @@ static uint64_t self_start_time(void)
     char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
     if (p == NULL)
         return 0;
-    /* after ") " come fields 3..: skip 19 to reach 22 */
-    for (int field = 3; field < 22 && p != NULL; field++)
+    /* fields 3.. follow ") ", one space before each: the 20th space is field 22's */
+    for (int field = 3; field <= 22 && p != NULL; field++)
         p = strchr(p + 1, ' ');
     return p ? strtoull(p + 1, NULL, 10) : 0;
 }

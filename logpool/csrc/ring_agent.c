@@ -1,18 +1,18 @@
 /*
  * Agent mode, the agent's side (ring_agent.h, ring.h). Every byte of a ring is untrusted:
  * the geometry is read once at open and kept privately; each record's length and sink are
- * read once, bounded, and copied out under a SIGBUS guard (a producer may truncate its file
- * under the agent's mapping) into a private staging buffer; only then do the records go to
- * the agent's pool through log_cdata, outside the guard (a fault must never unwind through
- * a held mutex). Garbage resets that ring to its write position, counted; a walk is bounded
- * by the ring's size and a per-call budget, so it can neither hang nor allocate.
+ * read once and bounded before the record goes to the agent's pool through log_cdata,
+ * straight from the ring. A producer may truncate its file under the agent's mapping: the
+ * SIGBUS that follows maps a page of zeros over the missing one and returns (nothing
+ * unwinds through log_cdata's mutex), and the ring is dropped as broken. Garbage resets that
+ * ring to its write position, counted; a walk is bounded by the ring's size and a per-call
+ * budget, so it can neither hang nor allocate.
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
 #include "ring.h"
 #include "ring_agent.h"
 
 #include <fcntl.h>
-#include <setjmp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +20,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define STAGE_BYTES (256u << 10)
-#define STAGE_RECORDS 4096u
 
 struct logpool__ring_s {
     int fd;
@@ -38,22 +35,27 @@ struct logpool__ring_s {
     uint64_t dup_until;  /* records before this were taken by an earlier agent */
     uint64_t taken, resets, dups, too_big;
     int broken;          /* the file changed size under us: never read again */
-    char *stage;         /* records copied out of the ring, then logged */
-    uint32_t stage_len[STAGE_RECORDS];
-    uint32_t stage_sink[STAGE_RECORDS];
-    uint64_t stage_end[STAGE_RECORDS]; /* scan position after record i */
 };
 
-/* -- the SIGBUS guard -- */
+/* -- the SIGBUS guard: a page of zeros for a page the file no longer has -- */
 
-static __thread sigjmp_buf *guard_jmp;
+static __thread const char *guard_lo, *guard_hi;
+static __thread volatile int guard_faulted;
 static struct sigaction previous_bus;
+static uintptr_t page_size;
 static pthread_once_t guard_once = PTHREAD_ONCE_INIT;
 
 static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 {
-    if (guard_jmp != NULL)
-        siglongjmp(*guard_jmp, 1);
+    const char *addr = info->si_addr;
+    if (guard_lo != NULL && addr >= guard_lo && addr < guard_hi) {
+        void *page = (void *)((uintptr_t)addr & ~(page_size - 1));
+        if (mmap(page, page_size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
+            guard_faulted = 1;
+            return; /* the access is retried and reads zeros */
+        }
+    }
     /* Not ours: what would have happened without us. */
     sigaction(SIGBUS, &previous_bus, NULL);
     if (previous_bus.sa_flags & SA_SIGINFO) {
@@ -66,12 +68,27 @@ static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 
 static void guard_install(void)
 {
+    page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_sigaction = on_sigbus;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGBUS, &sa, &previous_bus);
+}
+
+static void guard_begin(const void *base, size_t len)
+{
+    guard_faulted = 0;
+    guard_hi = (const char *)base + len;
+    __atomic_store_n(&guard_lo, (const char *)base, __ATOMIC_SEQ_CST);
+}
+
+/* 1 when a page went missing since guard_begin. */
+static int guard_end(void)
+{
+    __atomic_store_n(&guard_lo, NULL, __ATOMIC_SEQ_CST);
+    return guard_faulted;
 }
 
 /* -- open -- */
@@ -109,13 +126,11 @@ logpool__ring_t *logpool__ring_open(const char *dir, const char *name, uint32_t 
         return NULL;
     }
     logpool__ring_t *r = calloc(1, sizeof *r);
-    char *stage = malloc(STAGE_BYTES);
     void *map = mmap(NULL, RING_HEADER_BYTES + size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (r == NULL || stage == NULL || map == MAP_FAILED) {
+    if (r == NULL || map == MAP_FAILED) {
         snprintf(err, errlen, "cannot map: %s", strerror(errno));
         if (map != MAP_FAILED)
             munmap(map, RING_HEADER_BYTES + size);
-        free(stage);
         free(r);
         close(fd);
         return NULL;
@@ -130,7 +145,6 @@ logpool__ring_t *logpool__ring_open(const char *dir, const char *name, uint32_t 
     r->pid = h.pid;
     r->start_time = h.start_time;
     r->created_unix_ns = h.created_unix_ns;
-    r->stage = stage;
     /* Resume where an earlier agent released; what it had taken beyond may come twice. */
     uint64_t w = h.write_pos, rd = h.read_pos, sc = h.scan_pos;
     if ((rd & 7) != 0 || rd > w || w - rd > size) {
@@ -139,7 +153,9 @@ logpool__ring_t *logpool__ring_open(const char *dir, const char *name, uint32_t 
     }
     r->released = r->scan = rd;
     r->dup_until = (sc >= rd && sc <= w) ? sc : rd;
+    guard_begin(map, r->map_bytes);
     __atomic_store_n(&r->hdr->read_pos, rd, __ATOMIC_RELEASE);
+    r->broken = guard_end();
     return r;
 }
 
@@ -149,7 +165,6 @@ void logpool__ring_close(logpool__ring_t *r)
         return;
     munmap(r->hdr, r->map_bytes);
     close(r->fd);
-    free(r->stage);
     free(r);
 }
 
@@ -165,106 +180,71 @@ static void ring_reset(logpool__ring_t *r, uint64_t w)
     __atomic_store_n(&r->hdr->scan_pos, to, __ATOMIC_RELAXED);
 }
 
-/* Copies up to max records from the ring into the stage. Returns how many, or -1 for
- * garbage (bounds) and -2 for a fault (the file shrank). */
-static int stage_records(logpool__ring_t *r, uint32_t max, uint64_t *wp)
+int64_t logpool__ring_drain(logpool__ring_t *r, logpool_t *pool, uint32_t max_records)
 {
-    sigjmp_buf jmp;
-    volatile int n = 0;
-    if (sigsetjmp(jmp, 1) != 0) {
-        guard_jmp = NULL;
-        return -2;
+    struct stat st;
+    if (r->broken)
+        return 0;
+    if (fstat(r->fd, &st) != 0 || (uint64_t)st.st_size != r->map_bytes) {
+        r->broken = 1; /* truncated or grown under us: take nothing more from it */
+        r->resets++;
+        return 0;
     }
-    guard_jmp = &jmp;
+    int64_t taken = 0;
+    guard_begin(r->hdr, r->map_bytes);
     uint64_t w = __atomic_load_n(&r->hdr->write_pos, __ATOMIC_ACQUIRE);
-    *wp = w;
     if (w < r->scan || w - r->released > r->data_bytes || (w & 7) != 0) {
-        guard_jmp = NULL;
-        return w == r->scan ? 0 : -1;
+        if (w != r->scan)
+            ring_reset(r, w);
+        goto out;
     }
     uint64_t pos = r->scan;
-    size_t used = 0;
-    while (pos < w && (uint32_t)n < max && n < (int)STAGE_RECORDS) {
+    while (pos < w && taken < max_records) {
         uint64_t off = pos & r->mask;
         uint64_t to_end = r->data_bytes - off;
         uint32_t head[2];
         memcpy(head, r->data + off, sizeof head); /* read once: it may change under us */
         uint32_t len = head[0], sink = head[1];
         if (sink == RING_PAD) {
-            if ((uint64_t)len + RING_RECORD_HEADER != to_end || pos + to_end > w)
-                goto garbage;
+            if ((uint64_t)len + RING_RECORD_HEADER != to_end || pos + to_end > w) {
+                ring_reset(r, w);
+                goto out;
+            }
             pos += to_end;
+            r->scan = pos;
             continue;
         }
         uint64_t need = RING_RECORD_HEADER + ring_align8(len);
-        if (sink >= r->nsinks || len == 0 || need > to_end || pos + need > w)
-            goto garbage;
-        if (used + len > STAGE_BYTES) {
-            if (n == 0 && len > STAGE_BYTES) /* (a producer's records are < half its ring) */
-                goto garbage;
-            break;
-        }
-        memcpy(r->stage + used, r->data + off + RING_RECORD_HEADER, len);
-        used += len;
-        pos += need;
-        r->stage_len[n] = len;
-        r->stage_sink[n] = sink;
-        r->stage_end[n] = pos;
-        n++;
-    }
-    guard_jmp = NULL;
-    if (n == 0 && pos != r->scan) { /* only pads: move past them */
-        r->scan = pos;
-    }
-    return n;
-garbage:
-    guard_jmp = NULL;
-    return n > 0 ? n : -1; /* take the good ones first; the garbage is found again next */
-}
-
-int64_t logpool__ring_drain(logpool__ring_t *r, logpool_t *pool, uint32_t max_records)
-{
-    int64_t taken = 0;
-    if (r->broken)
-        return 0;
-    while (taken < max_records) {
-        uint64_t w = 0;
-        struct stat st;
-        if (fstat(r->fd, &st) != 0 || (uint64_t)st.st_size != r->map_bytes) {
-            r->broken = 1; /* truncated or grown under us: take nothing more from it */
-            r->resets++;
-            return taken;
-        }
-        int n = stage_records(r, max_records - (uint32_t)taken, &w);
-        if (n == -2) {
-            r->broken = 1;
-            r->resets++;
-            return taken;
-        }
-        if (n < 0) {
+        if (sink >= r->nsinks || len == 0 || need > to_end || pos + need > w) {
             ring_reset(r, w);
-            return taken;
+            goto out;
         }
-        if (n == 0)
+        logpool__sink_t *s = &pool->sinks[sink];
+        if (logpool__sink_buffered_bytes(s) + len + 24 > s->max_buffer_length)
+            break; /* the agent's pool is full: this record again on a later pass */
+        int rc = log_cdata(pool, (int)sink, r->data + off + RING_RECORD_HEADER, len);
+        if (rc == LOGPOOL_EFULL) {
+            /* (log_cdata's own bound on memory) Nothing is lost: the record stays in its
+             * ring; the refusal is not the agent's pool dropping a message. */
+            ATOMIC_SUB(&s->st.dropped_full, 1);
             break;
-        const char *p = r->stage;
-        for (int i = 0; i < n; i++) {
-            uint64_t start = i == 0 ? r->scan : r->stage_end[i - 1];
-            int rc = log_cdata(pool, (int)r->stage_sink[i], p, r->stage_len[i]);
-            if (rc == LOGPOOL_EFULL || rc == LOGPOOL_ECLOSED) {
-                __atomic_store_n(&r->hdr->scan_pos, r->scan, __ATOMIC_RELAXED);
-                return taken; /* the agent's pool is full: this record again next time */
-            }
-            if (rc == LOGPOOL_ETOOBIG)
-                r->too_big++;
-            else if (start < r->dup_until)
-                r->dups++;
-            r->scan = r->stage_end[i];
-            p += r->stage_len[i];
-            taken++;
-            r->taken++;
         }
-        __atomic_store_n(&r->hdr->scan_pos, r->scan, __ATOMIC_RELAXED);
+        if (rc == LOGPOOL_ECLOSED)
+            break;
+        if (rc == LOGPOOL_ETOOBIG)
+            r->too_big++;
+        else if (pos < r->dup_until)
+            r->dups++;
+        pos += need;
+        r->scan = pos;
+        taken++;
+        r->taken++;
+    }
+    __atomic_store_n(&r->hdr->scan_pos, r->scan, __ATOMIC_RELAXED);
+out:
+    if (guard_end()) {
+        r->broken = 1;
+        r->resets++;
     }
     return taken;
 }
@@ -276,10 +256,13 @@ uint64_t logpool__ring_scan_pos(logpool__ring_t *r)
 
 void logpool__ring_release(logpool__ring_t *r, uint64_t pos)
 {
-    if (pos > r->scan || pos <= r->released)
+    if (pos > r->scan || pos <= r->released || r->broken)
         return;
     r->released = pos;
+    guard_begin(r->hdr, r->map_bytes);
     __atomic_store_n(&r->hdr->read_pos, pos, __ATOMIC_RELEASE);
+    if (guard_end())
+        r->broken = 1;
 }
 
 void logpool__ring_info(logpool__ring_t *r, logpool__ring_info_t *out)
@@ -295,15 +278,11 @@ void logpool__ring_info(logpool__ring_t *r, logpool__ring_info_t *out)
     out->resets = r->resets;
     out->possible_duplicates = r->dups;
     out->too_big = r->too_big;
-    out->broken = (uint64_t)r->broken;
-    if (r->broken)
-        return;
-    sigjmp_buf jmp;
-    if (sigsetjmp(jmp, 1) != 0) {
-        guard_jmp = NULL;
+    if (r->broken) {
+        out->broken = 1;
         return;
     }
-    guard_jmp = &jmp;
+    guard_begin(r->hdr, r->map_bytes);
     const ring_header_t *h = r->hdr;
     out->write_pos = __atomic_load_n(&h->write_pos, __ATOMIC_ACQUIRE);
     out->accepted_messages = __atomic_load_n(&h->accepted_messages, __ATOMIC_RELAXED);
@@ -311,27 +290,41 @@ void logpool__ring_info(logpool__ring_t *r, logpool__ring_info_t *out)
     out->dropped_full = __atomic_load_n(&h->dropped_full, __ATOMIC_RELAXED);
     out->dropped_too_big = __atomic_load_n(&h->dropped_too_big, __ATOMIC_RELAXED);
     out->closed = __atomic_load_n(&h->closed, __ATOMIC_ACQUIRE);
-    guard_jmp = NULL;
+    if (guard_end())
+        r->broken = 1;
+    out->broken = (uint64_t)r->broken;
 }
 
 /* -- the agent's pool -- */
 
 int logpool__agent_progress(logpool_t *pool, int socket_id, uint64_t *accepted,
-                            uint64_t *delivered, uint64_t *settled)
+                            uint64_t *settled)
 {
     logpool__sink_t *s = logpool__pool_sink(pool, socket_id);
     if (s == NULL)
         return LOGPOOL_ENOSINK;
-    /* Done counters first: every message they count was accepted before (a snapshot where
-     * accepted runs ahead only delays a release). */
-    uint64_t done = __atomic_load_n(&s->st.sent_messages, __ATOMIC_SEQ_CST) +
-                    __atomic_load_n(&s->st.dropped_unsendable, __ATOMIC_SEQ_CST) +
-                    __atomic_load_n(&s->st.dropped_rejected, __ATOMIC_SEQ_CST) +
-                    __atomic_load_n(&s->st.dropped_spool_replay, __ATOMIC_SEQ_CST);
-    uint64_t spooled = __atomic_load_n(&s->st.spooled_messages, __ATOMIC_SEQ_CST);
-    *delivered = done;
-    *settled = done + spooled;
-    *accepted = __atomic_load_n(&s->st.accepted_messages, __ATOMIC_SEQ_CST);
+    /* Before the lock: it only grows, so what the writer holds is never undercounted. */
+    uint64_t out = __atomic_load_n(&s->buffered_out_msgs, __ATOMIC_ACQUIRE);
+    pthread_mutex_lock(&s->lock);
+    uint64_t acc = s->st.accepted_messages;
+    uint64_t chain = 0; /* the producers' chain: the newest messages */
+    for (chunk_t *c = s->head; c != NULL; c = c->next)
+        chain += c->nmsgs;
+    uint64_t in_memory = s->buffered_in_msgs - out;
+    pthread_mutex_unlock(&s->lock);
+    uint64_t delivered = __atomic_load_n(&s->st.sent_messages, __ATOMIC_SEQ_CST) +
+                         __atomic_load_n(&s->st.dropped_unsendable, __ATOMIC_SEQ_CST) +
+                         __atomic_load_n(&s->st.dropped_rejected, __ATOMIC_SEQ_CST) +
+                         __atomic_load_n(&s->st.dropped_spool_replay, __ATOMIC_SEQ_CST);
+    int abandoned = __atomic_load_n(&s->st.abandoned_messages, __ATOMIC_SEQ_CST) > 0;
+    *accepted = acc;
+    /* The writer holds nothing (no batch in flight, none being spilled or replayed) and
+     * abandoned nothing: every message older than the producers' chain is delivered, has
+     * its final fate, or is in the spool. Otherwise only what was delivered, in order. */
+    if (in_memory == chain && !abandoned)
+        *settled = acc - chain;
+    else
+        *settled = delivered < acc ? delivered : acc;
     return LOGPOOL_OK;
 }
 

@@ -48,10 +48,12 @@ void logpool__ring_release(logpool__ring_t *ring, uint64_t pos);
 void logpool__ring_info(logpool__ring_t *ring, logpool__ring_info_t *out);
 void logpool__ring_close(logpool__ring_t *ring);
 
-/* Per sink of the agent's pool: accepted; delivered (sent, acknowledged, or a final fate:
- * rejected, unsendable, abandoned); settled (delivered or in the spool now). */
+/* Per sink of the agent's pool: accepted, and settled: how many of the first messages it
+ * accepted are all delivered (sent or acknowledged by the sink's standard, or a final fate:
+ * rejected, unsendable) or in the spool. Never counts one the writer still holds or one
+ * abandoned at close. */
 int logpool__agent_progress(logpool_t *pool, int socket_id, uint64_t *accepted,
-                            uint64_t *delivered, uint64_t *settled);
+                            uint64_t *settled);
 /* 1 while a sink's writer is still adopting what an earlier agent spooled. */
 int logpool__agent_adopting(logpool_t *pool);
 /* LOGPOOL_CDEF_END */

@@ -11,15 +11,18 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 
 import pytest
 
-from conftest import ROOT, luajit_binary, sock_path, wait_for
+import test_conformance
+from conftest import ROOT, luajit_binary, message, sock_path, wait_for
 from logpool import Pool, errors, paths
 from logpool.tools.nginx import Nginx, native_modules
 from test_nginx import assert_exactly_once, reload_under_load
 from test_nginx_module import mapped_files, module_conf
+from test_conformance import tls_server  # noqa: F401 (a fixture)
 from test_relp import rsyslogs  # noqa: F401 (a fixture)
 
 PYTHON = sys.executable
@@ -396,3 +399,51 @@ def test_the_agents_spool_carries_an_outage_across_an_agent_restart(tmp_path, ag
     assert sorted(ids_by_tag(rp.lines())["o"]) == list(range(n))
     pool.close()
     assert ag2.stop() == 0
+
+
+# -- the conformance matrix in agent mode: the producer logs into its ring, an agent (in a
+#    thread of this process) ships through the hostile collector and then the correct one --
+
+class AgentThread:
+    def __init__(self, config):
+        from logpool.agent.service import Agent
+        self.agent = Agent(config)
+        self.agent.start()
+        self.thread = threading.Thread(target=self.agent.run, name="test-agent")
+        self.thread.start()
+
+    def stop(self):
+        self.agent.stopping = True
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+@pytest.mark.parametrize("scheme,step", [(s, st) for s, st in test_conformance.cells()
+                                         if not test_conformance.TRANSPORTS[s][1]])
+def test_conformance_in_agent_mode(tmp_path, scheme, step, tls_server, test_ca, capfd):
+    """Every plain transport's cells (the TLS variants run the same engine path) with a ring
+    and the agent in front: the same contract, and the producer's flush returns only once
+    the agent has released everything (delivered)."""
+    hostile, good, hostile_delivers = test_conformance.start_peers(scheme, step, tls_server)
+    ag = AgentThread({"agent_dir": str(tmp_path / "agent"), "sinks": [
+        {"url": [test_conformance.sink_url(hostile, scheme),
+                 test_conformance.sink_url(good, scheme)], "name": "cell"}],
+        **test_conformance.sink_options(scheme, test_ca)})
+    pool = None
+    try:
+        pool = Pool({"agent": str(tmp_path / "agent")})
+        for seq in range(test_conformance.N):
+            assert pool.log(0, message(0, seq)) > 0
+            if seq == test_conformance.N // 2:
+                pool.flush(timeout=30)
+                if getattr(hostile.script, "ends_before_second_batch", False):
+                    wait_for(lambda: hostile.finished >= 1, what="the hang-up")
+        pool.flush(timeout=30)  # released by the agent: every message settled
+        st = ag.agent.pool.stats(0)
+    finally:
+        if pool is not None:
+            pool.close()
+        ag.stop()
+        hostile.close()
+        good.close()
+    test_conformance.check_cell(scheme, step, st, hostile, good, hostile_delivers, capfd)

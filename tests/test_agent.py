@@ -447,3 +447,59 @@ def test_conformance_in_agent_mode(tmp_path, scheme, step, tls_server, test_ca, 
         hostile.close()
         good.close()
     test_conformance.check_cell(scheme, step, st, hostile, good, hostile_delivers, capfd)
+
+
+def test_a_pool_made_before_fork_writes_one_ring_per_process(tmp_path, agent, receive_process):
+    """Embedding trap 4 in agent mode: nginx's master may make the pool and fork workers."""
+    rp = receive_process()
+    ag = agent([sink(rp.url)])
+    pool = Pool({"agent": ag.agent_dir})
+    pid = os.fork()
+    if pid == 0:  # the child: its own ring on its first log
+        try:
+            for i in range(500):
+                pool.log("main", f"child {i}")
+            code = 0 if pool.flush(timeout=30) is None else 1
+        except BaseException:
+            code = 1
+        os._exit(code)
+    for i in range(500):
+        pool.log("main", f"parent {i}")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    pool.flush(timeout=30)
+    got = ids_by_tag(rp.lines())
+    assert got["child"] == list(range(500)) and got["parent"] == list(range(500))
+    # Two rings: the child's, removed once it exited and was drained, and the parent's.
+    wait_for(lambda: ag.metric("logpool_agent_rings_removed_total") == 1
+             and len(rings(ag.agent_dir)) == 1, timeout=30, what="the child's ring removed")
+    pool.close()
+    assert ag.stop() == 0
+
+
+def test_agent_mode_config_errors_are_clear_and_start_nothing(tmp_path, agent,
+                                                              receive_process):
+    missing = tmp_path / "no-agent-here"
+    missing.mkdir()
+    with pytest.raises(errors.ConfigError, match="cannot read .*sinks.*agent"):
+        Pool({"agent": str(missing)})
+    rp = receive_process()
+    ag = agent([sink(rp.url)])
+    with pytest.raises(errors.ConfigError, match="sinks: unknown key in agent mode"):
+        Pool({"agent": ag.agent_dir, "sinks": [{"url": rp.url}]})
+    with pytest.raises(errors.ConfigError, match="ring_bytes"):
+        Pool({"agent": ag.agent_dir, "ring_bytes": 1000})
+    link = tmp_path / "link"
+    link.symlink_to(ag.agent_dir)
+    with pytest.raises(errors.LogpoolError, match="symlink"):
+        Pool({"agent": str(link)})
+    # The Python-free library refuses an in-process config, saying which library to use.
+    import cffi
+    ffi = cffi.FFI()
+    ffi.cdef("void *logpool_new(const char *); const char *logpool_last_error(void);")
+    producer_lib = ffi.dlopen(paths.producer_lib_path())
+    assert producer_lib.logpool_new(json.dumps({"sinks": [{"url": rp.url}]}).encode()) == \
+        ffi.NULL
+    assert b"needs liblogpool.so" in ffi.string(producer_lib.logpool_last_error())
+    assert not rings(ag.agent_dir)
+    assert ag.stop() == 0

@@ -35,6 +35,8 @@ FULL_PASS = 4096            # a pass that took fewer records waits a little for 
 TRICKLE_SLEEP_S = 0.0005    # per-pass work (checkpoint, release) is spread over a batch
 MAX_CHECKPOINTS = 256       # beyond, new ones merge into the newest (a later release)
 ADOPT_TIMEOUT_S = 60.0
+MAX_RINGS = 4096            # mapped at once: files beyond wait (a directory of garbage cannot
+                            # take every descriptor and mapping)
 
 
 def split_config(config):
@@ -241,6 +243,12 @@ class Agent:
         for name in names:
             if not name.startswith(RING_PREFIX) or name in self.rings or name in self.refused:
                 continue
+            if len(self.rings) >= MAX_RINGS:
+                if not self.totals["rings_waiting_logged"]:
+                    self.totals["rings_waiting_logged"] = 1
+                    self.log(f"more than {MAX_RINGS} rings in {self.agent_dir}: the others "
+                             "wait until some are drained and removed")
+                break
             err = self.ffi.new("char[256]")
             ptr = self.lib.logpool__ring_open(self.agent_dir.encode(), name.encode(),
                                               self.nsinks, err, 256)
@@ -351,7 +359,7 @@ class Agent:
             lines.append(f"# HELP {metric} {help_text}")
             lines.append(f"# TYPE {metric} {kind}")
             for row in rows:
-                lines.append(f'{metric}{{ring="{row[0]}",pid="{row[1]}"}} {row[col]}')
+                lines.append(f'{metric}{{ring="{label(row[0])}",pid="{row[1]}"}} {row[col]}')
         dups = totals["possible_duplicates"] + sum(row[8] for row in rows)
         for metric, value, help_text in (
                 ("logpool_agent_rings", len(rows), "rings being drained"),
@@ -366,6 +374,11 @@ class Agent:
             lines.append(f"# TYPE {metric} {'gauge' if metric == 'logpool_agent_rings' else 'counter'}")
             lines.append(f"{metric} {value}")
         return "\n".join(lines) + "\n"
+
+
+def label(value):
+    """A Prometheus label value (a file name may hold anything)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def main(config_path, log_file=None):

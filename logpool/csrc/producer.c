@@ -499,9 +499,12 @@ logpool__producer_t *logpool__producer_new(const char *dir, uint64_t ring_bytes,
     p->max_record = ring_bytes / 2 - RING_RECORD_HEADER;
     int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dirfd < 0) {
+        int e = errno;
+        struct stat st;
         snprintf(err, errlen, "agent mode: cannot open agent_dir %s (uid %d): %s%s", dir,
-                 (int)geteuid(), strerror(errno),
-                 errno == ELOOP ? " (a symlink: agent_dir must be the directory itself)" : "");
+                 (int)geteuid(), strerror(e),
+                 lstat(dir, &st) == 0 && S_ISLNK(st.st_mode)
+                     ? " (a symlink: agent_dir must be the directory itself)" : "");
         free(p);
         return NULL;
     }

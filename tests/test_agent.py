@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 import urllib.request
 
 import pytest
@@ -32,16 +33,23 @@ FAST = {"periodic_flush_ms": 20, "retry_interval_ms": 20, "max_retry_interval_ms
 class AgentProcess:
     """`python -m logpool agent` as a separate process, its /metrics on an ephemeral port."""
 
-    def __init__(self, tmp_path, agent_dir, sinks, **extra):
+    def __init__(self, tmp_path, agent_dir, sinks, log_file=None, **extra):
         config = {"agent_dir": str(agent_dir), "metrics_listen": "127.0.0.1:0",
                   "sinks": sinks, **FAST, **extra}
         self.config_path = tmp_path / f"agent-{len(os.listdir(tmp_path))}.json"
         self.config_path.write_text(json.dumps(config))
         self.agent_dir = str(agent_dir)
+        args = ["--log-file", log_file] if log_file else []
         self.proc = subprocess.Popen([PYTHON, "-m", "logpool", "agent", "--config",
-                                      str(self.config_path)], stderr=subprocess.PIPE,
+                                      str(self.config_path), *args], stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT)
         lines = []
+        if log_file:
+            def started():
+                assert self.proc.poll() is None, f"agent exited: {self.proc.stderr.read()}"
+                text = open(log_file).read() if os.path.exists(log_file) else ""
+                return "draining rings" in text and text
+            lines = [wait_for(started, timeout=60, what="the agent started")]
         while not lines or "draining rings" not in lines[-1]:
             line = self.proc.stderr.readline()
             assert line, f"agent did not start: {''.join(lines)}{self.proc.stderr.read()}"
@@ -502,4 +510,59 @@ def test_agent_mode_config_errors_are_clear_and_start_nothing(tmp_path, agent,
         ffi.NULL
     assert b"needs liblogpool.so" in ffi.string(producer_lib.logpool_last_error())
     assert not rings(ag.agent_dir)
+    assert ag.stop() == 0
+
+
+def test_sigterm_with_the_collector_down_exits_in_time_and_the_next_agent_delivers(
+        tmp_path, agent, receive_process):
+    path = sock_path(tmp_path, "down.sock")
+    log_file = tmp_path / "agent.log"
+    ag = agent([sink("unix:" + path)], exit_flush_timeout_ms=500)
+    pool = Pool({"agent": ag.agent_dir})
+    n = 1000
+    for i in range(n):
+        pool.log("main", f"t {i}")
+    wait_for(lambda: ag.metric("logpool_agent_ring_taken_messages_total") == n, timeout=30,
+             what="the agent took every record")
+    started = time.monotonic()
+    assert ag.stop() == 0  # SIGTERM: takes nothing more, tries for 500 ms, exits
+    assert time.monotonic() - started < 0.5 + 5
+    assert "stay in their rings" in ag.log
+    with pytest.raises(errors.Timeout):
+        pool.flush(timeout=0)  # nothing was released: nothing was delivered
+    rp = receive_process("unix:" + path)
+    ag2 = agent([sink(rp.url)], log_file=str(log_file))
+    pool.flush(timeout=30)
+    assert ids_by_tag(rp.lines())["t"] == list(range(n))
+    # SIGHUP reopens the log file (after logrotate moved it away).
+    os.rename(log_file, str(log_file) + ".1")
+    ag2.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: log_file.exists() and "reopened" in log_file.read_text(), timeout=30,
+             what="the log reopened")
+    pool.close()
+    assert ag2.stop() == 0
+
+
+def test_the_modules_metrics_location_sums_the_workers_producer_counters(
+        tmp_path, agent, receive_process):
+    rp = receive_process()
+    ag = agent([sink(rp.url)])
+    ng = Nginx(tmp_path / "nginx", module_conf(agent_pool_json(ag.agent_dir)),
+               "location = /metrics { logpool_log off; logpool_metrics; }", workers=2,
+               modules=native_modules())
+    try:
+        ng.start()
+        assert ng.requests(200, connections=4) == [200] * 200
+        logged = 1 + 200  # the harness's readiness probe, the load
+        wait_for(lambda: len(ng.access_ids()) == logged, what="the access log")
+
+        def accepted():
+            text = ng.get("/metrics")[1].decode()
+            m = re.search(r'^logpool_producer_accepted_messages\{sink="main"\} (\S+)$', text,
+                          re.M)
+            return m is not None and float(m.group(1)) == logged and text
+        text = wait_for(accepted, timeout=30, what="every worker's producer counters")
+        assert "metrics_listen" in text  # where the sinks' counters are
+    finally:
+        ng.kill()
     assert ag.stop() == 0

@@ -76,7 +76,9 @@ class Pool:
         writers. Returns the number of accepted messages abandoned. Idempotent. Ctrl-C
         interrupts the wait (the pool then no longer accepts; close it again)."""
         lib, ptr = self._lib, self._ptr
-        if lib.logpool_shutdown(ptr) == 0:
+        # (agent mode: the ring is the agent's to deliver; closing never waits for it)
+        agent_mode = isinstance(self.config, agent_table.ProducerConfig)
+        if lib.logpool_shutdown(ptr) == 0 and not agent_mode:
             self._wait_delivered(_ms(timeout))
         return _binding.check(lib.logpool_close(ptr, 0), "close")
 

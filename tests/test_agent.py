@@ -241,9 +241,13 @@ def test_an_agent_down_longer_than_the_ring_holds_gives_efull_and_never_blocks(
     assert pool.stats("main")["dropped_full"] == full
     with pytest.raises(errors.Timeout):
         pool.flush(timeout=0.05)  # nothing is delivered while the agent is down
+    with Pool({"agent": ag.agent_dir}) as other:  # closing never waits for the agent
+        other.log("main", "c 0")
     ag2 = agent([sink(rp.url)])
     pool.flush(timeout=30)  # released: delivered
     assert ids_by_tag(rp.lines())["d"] == list(range(accepted))
+    wait_for(lambda: ids_by_tag(rp.lines())["c"] == [0], timeout=30,
+             what="the closed pool's line")
     # Drained, but its producer is alive and the pool open: the ring stays until closed.
     wait_for(lambda: ag2.metric("logpool_agent_rings") == 1, timeout=30, what="the ring seen")
     assert len(rings(ag2.agent_dir)) == 1

@@ -25,7 +25,8 @@ CSRC = os.path.join(ROOT, "logpool", "csrc")
 TARGET = os.path.join(ROOT, "logpool", "liblogpool.so")
 MODULE = "_logpool_embedded"
 PRODUCER_TARGET = os.path.join(ROOT, "logpool", "liblogpool_producer.so")
-PRODUCER_SOURCES = ["producer_abi.c", "producer.c", "agentmode.c", "codes.c", "process.c"]
+PRODUCER_SOURCES = ["producer_abi.c", "producer.c", "agent_config.c", "agentmode.c", "codes.c",
+                    "process.c"]
 
 
 def cdef_block(path):

@@ -1,6 +1,7 @@
 /*
  * The public ABI of liblogpool_producer.so: agent mode only, no Python linked or loaded.
- * Built from producer.c, agentmode.c, codes.c and process.c beside this file (build_ffi.py);
+ * Built from producer.c, agent_config.c, agentmode.c, codes.c and process.c beside this file
+ * (build_ffi.py);
  * an in-process config is refused with a message naming liblogpool.so. Every pool here is
  * an agent-mode pool (pool->producer is set).
  */

@@ -35,13 +35,14 @@ local function new_pool(json)
     return p
 end
 
--- kB of private and shared memory (smaps_rollup), and whether libpython is mapped.
+-- kB of the process's own memory (Anonymous: heap, stacks, Python's objects; smaps' Private_*
+-- would also count a page of the shared ring that no other process has touched yet), of
+-- shared memory (the ring: Pss_Shmem), and whether libpython is mapped.
 local function memory()
     local t = io.open("/proc/self/smaps_rollup"):read("*a")
-    local function kb(field) return tonumber(t:match(field .. ":%s+(%d+)")) end
+    local function kb(field) return tonumber(t:match(field .. ":%s+(%d+)") or 0) end
     local maps = io.open("/proc/self/maps"):read("*a")
-    return kb("Private_Clean") + kb("Private_Dirty"), kb("Shared_Clean") + kb("Shared_Dirty"),
-           maps:find("libpython") and 1 or 0
+    return kb("Anonymous"), kb("Pss_Shmem"), maps:find("libpython") and 1 or 0
 end
 
 if mode == "hot" then

@@ -157,7 +157,7 @@ def rows(res):
          ""),
         (f"connections at the collector, {PRODUCERS} producers, 1 sink",
          f"{a['connections']:.0f}", f"in-process {i['connections']:.0f}", "", "1 per sink"),
-        ("producer private memory added by a pool, KiB (shared: the ring)",
+        ("producer memory added by a pool: anonymous KiB (the ring: its shared-memory Pss)",
          f"{ma['private_kb']} (shared {ma['shared_kb']})",
          f"in-process {mi['private_kb']}", f"{ma['private_kb'] / max(1, mi['private_kb']):.2f}x",
          "<= 1024 KiB"),

@@ -9,8 +9,10 @@
  * the lock.
  *
  * Files: hotpath.c (log_cdata and the producer's end of the chain), chain.c (the writer's
- * end), datagram.c (sendmmsg), pool.c (lifecycle and the ABI), process.c (fork, exit, last
- * error), runtime.c (starting the embedded Python).
+ * end), datagram.c (sendmmsg), pool.c (lifecycle and the ABI), codes.c (messages, version),
+ * process.c (fork, exit, last error), runtime.c (starting the embedded Python). Agent mode:
+ * ring.h (the shared layout), producer.c, agent_config.c and agentmode.c (the producer's
+ * side), producer_abi.c (liblogpool_producer.so's ABI), ring_agent.c (the agent's side).
  */
 #ifndef LOGPOOL_CORE_H
 #define LOGPOOL_CORE_H

@@ -1,8 +1,9 @@
 /*
  * A pool's lifecycle and the public ABI around it: new, flush, shutdown, close, free, stats,
- * metrics, codes and version, and the registry of open pools the exit fallback closes (a
- * little over 400 lines: the registry belongs with close, which it calls). log_cdata lives
- * in hotpath.c.
+ * metrics, and the registry of open pools the exit fallback closes (a little over 400
+ * lines: the registry belongs with close, which it calls). log_cdata lives in hotpath.c,
+ * the codes' messages and the version in codes.c; an agent-mode pool (agentmode.c) hands
+ * each call to producer.c.
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
 #include "embedding.h"

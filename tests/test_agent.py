@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 import test_conformance
-from conftest import ROOT, luajit_binary, message, sock_path, wait_for
+from conftest import ROOT, Load, luajit_binary, message, sock_path, wait_for
 from logpool import Pool, errors, paths
 from logpool.tools.nginx import Nginx, native_modules
 from test_nginx import assert_exactly_once, reload_under_load
@@ -569,4 +569,34 @@ def test_the_modules_metrics_location_sums_the_workers_producer_counters(
         assert "metrics_listen" in text  # where the sinks' counters are
     finally:
         ng.kill()
+    assert ag.stop() == 0
+
+
+def test_an_nginx_worker_sigkilled_under_load_loses_at_most_the_line_it_was_writing(
+        tmp_path, agent, receive_process):
+    rp = receive_process()
+    ag = agent([sink(rp.url)])
+    ng = Nginx(tmp_path / "nginx", module_conf(agent_pool_json(ag.agent_dir)), workers=2,
+               modules=native_modules())
+    try:
+        ng.start()
+        with Load(ng, connections=8) as load:
+            load.wait_requests(1500, "requests before the kill")
+            victim = min(ng.worker_pids())
+            os.kill(victim, signal.SIGKILL)
+            wait_for(lambda: victim not in ng.worker_pids() and len(ng.worker_pids()) == 2,
+                     timeout=60, what="the master to replace the killed worker")
+            load.wait_requests(load.requests() + 1500, "requests after the kill")
+        assert ng.quit() == 0
+        ids = ng.access_ids()
+        # The killed worker's ring is drained (it is gone), then removed.
+        wait_for(lambda: not rings(ag.agent_dir), timeout=60, what="every ring drained")
+    finally:
+        ng.kill()
+    got = [line.decode() for line in rp.lines()]
+    counts = collections.Counter(got)
+    assert max(counts.values()) == 1, "a line arrived twice"
+    assert set(counts) <= set(ids)
+    # The access log and the module write in the same log phase: the kill can fall between.
+    assert len(set(ids) - set(counts)) <= 1, "more than the line being written was lost"
     assert ag.stop() == 0

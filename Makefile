@@ -8,6 +8,7 @@ LIB := logpool/liblogpool.so
 DEB_PACKAGES := nginx-core nginx-dev libnginx-mod-http-lua luajit2 wrk libpython3.11 rsyslog rsyslog-relp \
 	rsyslog-openssl clickhouse-server clickhouse-client curl valgrind
 C_SOURCES := include/logpool.h $(wildcard logpool/csrc/*.c logpool/csrc/*.h) build_ffi.py logpool/__init__.py
+PRODUCER_LIB := logpool/liblogpool_producer.so
 PYTEST_ARGS ?=
 # The native nginx module, built against the installed nginx's own sources (Debian's
 # nginx-dev ships them with conf_flags), in a copy of that tree under build/.
@@ -44,12 +45,17 @@ deps: system-deps $(VENV)/.deps
 $(LIB): $(C_SOURCES) | $(VENV)/.deps
 	$(PY) build_ffi.py
 
+# Built with liblogpool.so by the same command (agent mode's Python-free producer library).
+$(PRODUCER_LIB): $(LIB)
+	test -f $@ || $(PY) build_ffi.py
+
 # Where the module dlopen()s the library: logpool/paths.py's lib path, baked in (the
 # logpool_library directive overrides it).
 $(NGX_GEN)/ngx_http_logpool_build.h: logpool/paths.py | $(VENV)/.deps
 	@mkdir -p $(NGX_GEN)
 	$(PY) -c 'import json; from logpool import paths; \
-	  print("#define NGX_HTTP_LOGPOOL_LIB " + json.dumps(paths.lib_path()))' > $@.tmp
+	  print("#define NGX_HTTP_LOGPOOL_LIB " + json.dumps(paths.lib_path())); \
+	  print("#define NGX_HTTP_LOGPOOL_PRODUCER_LIB " + json.dumps(paths.producer_lib_path()))' > $@.tmp
 	mv $@.tmp $@
 
 $(NGX_BUILD)/objs/Makefile: nginx/config
@@ -99,7 +105,7 @@ install: build
 	$(PY) -m logpool.tools.install --prefix "$(PREFIX)" --source "$(CURDIR)" \
 	  --module "$(CURDIR)/$(NGX_MODULE)" $(if $(INSTALL_PYTHON),--python "$(INSTALL_PYTHON)")
 
-build: deps $(LIB) $(NGX_MODULE)
+build: deps $(LIB) $(PRODUCER_LIB) $(NGX_MODULE)
 
 test: build
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -114,8 +120,8 @@ sanitize: deps
 	  tests/test_relp.py tests/test_http.py tests/test_kafka.py tests/test_conformance.py \
 	  tests/test_backends.py tests/test_elasticsearch.py tests/test_loki.py tests/test_otlp.py \
 	  tests/test_splunk_hec.py tests/test_clickhouse.py tests/test_datadog.py \
-	  tests/test_forward.py tests/test_spool.py tests/test_chunk_cache.py \
-	  -k "not nginx and not sigkilled and not rsyslog"
+	  tests/test_forward.py tests/test_spool.py tests/test_chunk_cache.py tests/test_agent.py \
+	  -k "not nginx and not sigkilled and not rsyslog and not worker_user and not metrics_location"
 
 demo: build
 	$(PY) -m logpool demo $(DEMO_ARGS)
@@ -128,4 +134,4 @@ bench: build $(VENV)/.bench-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf build $(LIB) $(NGX_MODULE)
+	rm -rf build $(LIB) $(PRODUCER_LIB) $(NGX_MODULE)

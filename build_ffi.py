@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -23,6 +24,9 @@ INCLUDE = os.path.join(ROOT, "include")
 CSRC = os.path.join(ROOT, "logpool", "csrc")
 TARGET = os.path.join(ROOT, "logpool", "liblogpool.so")
 MODULE = "_logpool_embedded"
+PRODUCER_TARGET = os.path.join(ROOT, "logpool", "liblogpool_producer.so")
+PRODUCER_SOURCES = ["producer_abi.c", "producer.c", "agent_config.c", "agentmode.c", "codes.c",
+                    "process.c", "metrics_merge.c"]
 
 
 def cdef_block(path):
@@ -103,6 +107,7 @@ def build(sanitize=False, target=TARGET):
     ffibuilder.embedding_api(cdef_block(os.path.join(CSRC, "embedding.h")))
     ffibuilder.cdef(cdef_block(os.path.join(INCLUDE, "logpool.h")))
     ffibuilder.cdef(cdef_block(os.path.join(CSRC, "logpool_internal.h")))
+    ffibuilder.cdef(cdef_block(os.path.join(CSRC, "ring_agent.h")))
 
     cflags = ["-O2", "-g", "-fvisibility=hidden", "-pthread", "-Wall", "-Wextra",
               "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
@@ -112,8 +117,9 @@ def build(sanitize=False, target=TARGET):
         ldflags += ["-fsanitize=address,undefined"]
     ffibuilder.set_source(
         MODULE,
-        '#include "logpool_internal.h"\n',
-        sources=sorted(glob.glob(os.path.join(CSRC, "*.c"))),
+        '#include "logpool_internal.h"\n#include "ring_agent.h"\n',
+        sources=sorted(set(glob.glob(os.path.join(CSRC, "*.c"))) -
+                       {os.path.join(CSRC, "producer_abi.c")}),
         include_dirs=[INCLUDE, CSRC],
         define_macros=[
             ("LOGPOOL_BUILD_EXECUTABLE", c_string(sys.executable)),
@@ -135,6 +141,24 @@ def build(sanitize=False, target=TARGET):
     return target
 
 
+def build_producer(sanitize=False, target=PRODUCER_TARGET):
+    """liblogpool_producer.so: agent mode only, no Python linked (the Lua module and the nginx
+    module load it for {"agent": ...}, so a worker never maps libpython)."""
+    cc = sysconfig.get_config_var("CC") or "cc"
+    cflags = ["-O2", "-g", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-Wall",
+              "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers",
+              f"-I{INCLUDE}", f"-I{CSRC}"]
+    if sanitize:
+        cflags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1"]
+    sources = [os.path.join(CSRC, name) for name in PRODUCER_SOURCES]
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp_target = target + ".tmp"
+    subprocess.run(cc.split()[:1] + cflags + ["-o", tmp_target] + sources + ["-pthread"],
+                   check=True)
+    os.replace(tmp_target, target)
+    return target
+
+
 if __name__ == "__main__":
     sanitize = "--sanitize" in sys.argv
     out = TARGET
@@ -142,3 +166,5 @@ if __name__ == "__main__":
         if arg.startswith("--out="):
             out = os.path.abspath(arg.split("=", 1)[1])
     print(build(sanitize=sanitize, target=out))
+    print(build_producer(sanitize=sanitize,
+                         target=os.path.join(os.path.dirname(out), "liblogpool_producer.so")))

@@ -11,6 +11,7 @@ def cmd_paths(args):
     print(f"lua {paths.lua_dir()}")
     print(f"include {paths.include_dir()}")
     print(f"nginx_module {paths.nginx_module_path()}")
+    print(f"producer_lib {paths.producer_lib_path()}")
     return 0
 
 
@@ -97,7 +98,13 @@ def cmd_nginx_snippet(args):
 def cmd_demo(args):
     from logpool.tools import demo
     return demo.run(requests=args.requests, sink=args.sink, workers=args.workers,
+                    agent=args.agent,
                     keep_running=args.keep_running)
+
+
+def cmd_agent(args):
+    from logpool.agent import service
+    return service.main(args.config, log_file=args.log_file)
 
 
 def cmd_top(args):
@@ -174,9 +181,19 @@ def build_parser():
     p.add_argument("--requests", type=int, default=200_000, help="requests to drive")
     p.add_argument("--sink", help="ship to this collector instead of a built-in one")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--agent", action="store_true",
+                   help="agent mode: workers write shared-memory rings, one `python -m "
+                   "logpool agent` ships them (docs/agent.md)")
     p.add_argument("--keep-running", action="store_true",
                    help="leave nginx up after the load until Ctrl-C")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("agent", help="agent mode: one per host, drains every producer's "
+                       "ring in agent_dir into the pool the config describes (docs/agent.md)")
+    p.add_argument("--config", required=True, help="a pool's JSON plus agent_dir and "
+                   "metrics_listen")
+    p.add_argument("--log-file", help="append the agent's messages here instead of stderr "
+                   "(reopened on SIGHUP)")
+    p.set_defaults(func=cmd_agent)
     p = sub.add_parser("top", help="live per-sink view of a /metrics endpoint")
     p.add_argument("--metrics-url", required=True, help="e.g. http://127.0.0.1/metrics")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")

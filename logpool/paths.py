@@ -17,6 +17,12 @@ def lib_path():
     return os.path.join(PACKAGE_DIR, "liblogpool.so")
 
 
+def producer_lib_path():
+    """Absolute path of liblogpool_producer.so: agent mode only, no Python (the Lua module
+    and the nginx module load it for {"agent": ...})."""
+    return os.path.join(PACKAGE_DIR, "liblogpool_producer.so")
+
+
 def nginx_module_path():
     """Absolute path of the native nginx module ngx_http_logpool_module.so (built by
     `make build` against the installed nginx; load it with nginx's load_module)."""

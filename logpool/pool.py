@@ -4,6 +4,7 @@ import math
 import time
 
 from logpool import _binding, config as config_mod, errors, stats as stats_mod
+from logpool.agent import table as agent_table
 # A pool dropped without close() still gets this long to deliver what it accepted.
 GC_CLOSE_TIMEOUT_MS = 1000
 # What a `with` block gives close() by default (Pool(..., close_timeout=...) overrides it):
@@ -32,7 +33,8 @@ class Pool:
         text = config if isinstance(config, (str, bytes)) else json.dumps(config)
         if isinstance(text, str):
             text = text.encode()
-        self.config = config_mod.parse(text)  # clear errors before crossing into C
+        # clear errors before crossing into C; agent mode: the agent's sinks
+        self.config = agent_table.producer_config(text) or config_mod.parse(text)
         lib = _binding.lib()
         ptr = lib.logpool_new(text)
         if ptr == _binding.ffi.NULL:
@@ -74,7 +76,9 @@ class Pool:
         writers. Returns the number of accepted messages abandoned. Idempotent. Ctrl-C
         interrupts the wait (the pool then no longer accepts; close it again)."""
         lib, ptr = self._lib, self._ptr
-        if lib.logpool_shutdown(ptr) == 0:
+        # (agent mode: the ring is the agent's to deliver; closing never waits for it)
+        agent_mode = isinstance(self.config, agent_table.ProducerConfig)
+        if lib.logpool_shutdown(ptr) == 0 and not agent_mode:
             self._wait_delivered(_ms(timeout))
         return _binding.check(lib.logpool_close(ptr, 0), "close")
 

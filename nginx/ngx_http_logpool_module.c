@@ -20,6 +20,9 @@
 #ifndef NGX_HTTP_LOGPOOL_LIB
 #define NGX_HTTP_LOGPOOL_LIB "liblogpool.so"
 #endif
+#ifndef NGX_HTTP_LOGPOOL_PRODUCER_LIB
+#define NGX_HTTP_LOGPOOL_PRODUCER_LIB "liblogpool_producer.so"
+#endif
 
 #define NGX_HTTP_LOGPOOL_SLOT_SIZE       (64 * 1024)
 
@@ -201,7 +204,10 @@ ngx_http_logpool_postconfiguration(ngx_conf_t *cf)
 
     ngx_conf_init_msec_value(mcf->exit_timeout, 1000);
     ngx_conf_init_size_value(mcf->slot_size, NGX_HTTP_LOGPOOL_SLOT_SIZE);
-    if (mcf->library.len == 0) {
+    if (mcf->library.len == 0 && mcf->agent_dir.len > 0) {
+        /* agent mode: the library without Python (a worker never maps libpython) */
+        ngx_str_set(&mcf->library, NGX_HTTP_LOGPOOL_PRODUCER_LIB);
+    } else if (mcf->library.len == 0) {
         ngx_str_set(&mcf->library, NGX_HTTP_LOGPOOL_LIB);
     }
 

@@ -87,6 +87,7 @@ typedef struct {
     ngx_array_t                 all_logs;     /* ngx_http_logpool_log_t * */
     ngx_msec_t                  exit_timeout;
     ngx_str_t                   library;
+    ngx_str_t                   agent_dir;    /* agent mode ({"agent": ...}): len > 0 */
     size_t                      slot_size;
     ngx_uint_t                  nslots;
     ngx_shm_zone_t             *zone;
@@ -147,5 +148,9 @@ void ngx_http_logpool_metrics_start(ngx_http_logpool_worker_t *w, ngx_cycle_t *c
 void ngx_http_logpool_metrics_stop(ngx_http_logpool_worker_t *w);
 void ngx_http_logpool_metrics_retire(ngx_http_logpool_worker_t *w, logpool_t *pool);
 
+
+/* ngx_http_logpool_agent.c: agent mode's sink names, from the table the agent publishes */
+const char *ngx_http_logpool_agent_sink_names(ngx_conf_t *cf, ngx_str_t *agent_dir,
+    ngx_array_t *names);
 
 #endif /* NGX_HTTP_LOGPOOL_MODULE_H */

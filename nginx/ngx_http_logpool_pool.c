@@ -372,6 +372,13 @@ ngx_http_logpool_sink_names(ngx_conf_t *cf, ngx_http_logpool_main_conf_t *mcf,
         j.p++; /* ':' */
         ngx_http_logpool_json_ws(&j);
 
+        if (key.len == 5 && ngx_strncmp(key.data, "agent", 5) == 0 && *j.p == '"') {
+            if (ngx_http_logpool_json_string(&j, &mcf->agent_dir) != NGX_OK) {
+                return "out of memory";
+            }
+            continue;
+        }
+
         if (!(key.len == 5 && ngx_strncmp(key.data, "sinks", 5) == 0)) {
             (void) ngx_http_logpool_json_value(&j, 0);
             continue;
@@ -472,6 +479,24 @@ ngx_http_logpool_sink_names(ngx_conf_t *cf, ngx_http_logpool_main_conf_t *mcf,
         ngx_http_logpool_json_ws(&j);
         j.p++; /* ']' */
         found = 1;
+    }
+
+    if (!found && mcf->agent_dir.len > 0) {
+        /* Agent mode: the sinks are the agent's, named in the table it publishes. */
+        const char *err = ngx_http_logpool_agent_sink_names(cf, &mcf->agent_dir,
+                                                            &mcf->sink_names);
+        if (err != NULL) {
+            return err;
+        }
+        mcf->sink_urls.nelts = 0;
+        for (i = 0; i < mcf->sink_names.nelts; i++) {
+            url = ngx_array_push(&mcf->sink_urls);
+            if (url == NULL) {
+                return "out of memory";
+            }
+            ngx_str_null(url);
+        }
+        return NULL;
     }
 
     if (!found) {

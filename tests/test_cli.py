@@ -15,8 +15,10 @@ def run_cli(*args, check=True):
 
 def test_paths_prints_lib_lua_include_and_the_nginx_module():
     lines = run_cli("paths").stdout.splitlines()
-    assert [line.split(" ", 1)[0] for line in lines] == ["lib", "lua", "include", "nginx_module"]
-    lib, lua, include, module = (line.split(" ", 1)[1] for line in lines)
+    assert [line.split(" ", 1)[0] for line in lines] == ["lib", "lua", "include", "nginx_module",
+                                                         "producer_lib"]
+    lib, lua, include, module, producer = (line.split(" ", 1)[1] for line in lines)
+    assert os.path.isfile(producer) and producer.endswith("/liblogpool_producer.so")
     assert os.path.isabs(module) and os.path.isfile(module)
     assert module.endswith("/ngx_http_logpool_module.so")
     assert os.path.isabs(lib) and os.path.isfile(lib) and lib.endswith(".so")

@@ -106,6 +106,12 @@ def test_conformance(scheme, step, tls_server, test_ca, capfd):
             pool.close(timeout=1)
         hostile.close()
         good.close()
+    check_cell(scheme, step, st, hostile, good, hostile_delivers, capfd)
+
+
+def check_cell(scheme, step, st, hostile, good, hostile_delivers, capfd):
+    """The transport contract for one cell, once N messages were logged and flushed; st: the
+    sink's stats (in agent mode: the agent's pool's)."""
     got = lines_of(hostile.taken) + lines_of(good.taken)
     if scheme == "tcp":  # a plain stream delivers what reached the collector's kernel
         got += lines_of(hostile.drained) + lines_of(good.drained)

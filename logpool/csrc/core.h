@@ -12,8 +12,10 @@
  * allocation, recycling and the free-list reserve), chain.c (the writer's end), cursor.c
  * (whole messages for acknowledging transports), datagram.c (sendmmsg), relp.c (RELP
  * frames), kafka.c (the librdkafka hand-off), spool.c (the writer's side of the disk spool),
- * pool.c (lifecycle and the ABI), process.c (fork generation, clock, last error),
- * runtime.c (starting the embedded Python).
+ * pool.c (lifecycle and the ABI), codes.c (messages, version), process.c (fork generation,
+ * clock, last error), runtime.c (starting the embedded Python). Agent mode: ring.h (the
+ * shared layout), producer.c, agent_config.c and agentmode.c (the producer's side),
+ * producer_abi.c (liblogpool_producer.so's ABI), ring_agent.c (the agent's side).
  */
 #ifndef LOGPOOL_CORE_H
 #define LOGPOOL_CORE_H
@@ -159,6 +161,8 @@ struct logpool__sink_s {
 
 struct logpool_s {
     int nsinks;
+    /* Agent mode (agentmode.c): the pool writes this process's ring; no sinks, no Python. */
+    struct logpool__producer_s *producer;
     int state;
     unsigned generation;
     int exit_flush_timeout_ms;
@@ -190,6 +194,13 @@ static inline int logpool__pool_inherited(const logpool_t *pool)
 /* The exit fallback closes what is registered; close unregisters. */
 void logpool__pool_register(logpool_t *pool);
 void logpool__pool_unregister(logpool_t *pool);
+
+/* ---- agentmode.c: a pool in agent mode hands every call to producer.c ---- */
+
+/* 0: config_json is not an agent-mode config; 1: it is, *out is the pool or NULL (the last
+ * error says why). */
+int logpool__agent_pool_new(const char *config_json, logpool_t **out);
+void logpool__agent_pool_free(logpool_t *pool);
 
 /* ---- chunks.c ---- */
 

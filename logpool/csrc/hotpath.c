@@ -3,6 +3,7 @@
  * Python; one mutex and one memcpy per message, no syscall unless the writer must be woken.
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
+#include "producer.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,8 @@ LOGPOOL_API int log_cdata(logpool_t *pool, int socket_id, const char *msg, size_
 {
     if (pool == NULL)
         return LOGPOOL_EINVAL;
+    if (__builtin_expect(pool->producer != NULL, 0)) /* agent mode: this process's ring */
+        return logpool__producer_log(pool->producer, socket_id, msg, len);
     if (socket_id < 0 || socket_id >= pool->nsinks)
         return LOGPOOL_ENOSINK;
     logpool__sink_t *s = &pool->sinks[socket_id];

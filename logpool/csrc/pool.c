@@ -1,11 +1,13 @@
 /*
  * A pool's lifecycle and the public ABI around it: new, flush, shutdown, close, free, stats,
- * metrics, codes and version, and the registry of open pools the exit fallback closes (a
- * little over 400 lines: the registry belongs with close, which it calls). log_cdata lives
- * in hotpath.c.
+ * metrics, and the registry of open pools the exit fallback closes (a little over 400
+ * lines: the registry belongs with close, which it calls). log_cdata lives in hotpath.c,
+ * the codes' messages and the version in codes.c; an agent-mode pool (agentmode.c) hands
+ * each call to producer.c.
  */
 #include "core.h" /* first: it defines _GNU_SOURCE */
 #include "embedding.h"
+#include "producer.h"
 
 #include <limits.h>
 #include <signal.h>
@@ -13,29 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-
-/* The enum in logpool.h and the X-macro table cannot drift. */
-#define LOGPOOL__CHECK_CODE(name, value, text) \
-    _Static_assert(LOGPOOL_##name == (value), "code table and enum disagree: " #name);
-LOGPOOL_ERRNO_MAP(LOGPOOL__CHECK_CODE)
-
-LOGPOOL_API const char *logpool_strerror(int code)
-{
-#define LOGPOOL__STRERROR(name, value, text) \
-    case (value):                           \
-        return text;
-    switch (code) {
-        LOGPOOL_ERRNO_MAP(LOGPOOL__STRERROR)
-    default:
-        return "unknown error code";
-    }
-#undef LOGPOOL__STRERROR
-}
-
-LOGPOOL_API const char *logpool_version(void)
-{
-    return LOGPOOL_VERSION_STRING;
-}
 
 logpool_t *logpool__pool_alloc(int nsinks, int exit_flush_timeout_ms)
 {
@@ -153,6 +132,9 @@ LOGPOOL_API logpool_t *logpool_new(const char *config_json)
         logpool__set_error(LOGPOOL_EINVAL, "invalid argument: config_json is NULL");
         return NULL;
     }
+    logpool_t *agent_pool;
+    if (logpool__agent_pool_new(config_json, &agent_pool)) /* before Python: never starts it */
+        return agent_pool;
     if (logpool__runtime_start(err, sizeof err) != 0) {
         logpool__set_error(LOGPOOL_ERUNTIME, err);
         return NULL;
@@ -184,6 +166,8 @@ LOGPOOL_API int logpool_sink_index(logpool_t *pool, const char *name)
 {
     if (pool == NULL || name == NULL)
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL) /* agent mode: the agent's sinks */
+        return logpool__producer_sink_index(pool->producer, name);
     for (int i = 0; i < pool->nsinks; i++) {
         if (pool->sinks[i].name != NULL && strcmp(pool->sinks[i].name, name) == 0)
             return i;
@@ -197,6 +181,8 @@ LOGPOOL_API int logpool_stats(logpool_t *pool, int socket_id, logpool_stats_t *o
         return LOGPOOL_EINVAL;
     if (socket_id < 0 || socket_id >= pool->nsinks)
         return LOGPOOL_ENOSINK;
+    if (pool->producer != NULL)
+        return logpool__producer_stats(pool->producer, socket_id, out);
     logpool__sink_stats(&pool->sinks[socket_id], out);
     return LOGPOOL_OK;
 }
@@ -205,6 +191,8 @@ LOGPOOL_API int logpool_metrics(logpool_t *pool, char *buf, size_t len)
 {
     if (pool == NULL || (buf == NULL && len > 0))
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_metrics(pool->producer, buf, len);
     if (logpool__pool_inherited(pool))
         return LOGPOOL_ECLOSED;
     int n = logpool__py_metrics(pool, buf, len);
@@ -263,6 +251,8 @@ LOGPOOL_API int logpool_flush(logpool_t *pool, int timeout_ms)
 {
     if (pool == NULL)
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_flush(pool->producer, timeout_ms);
     if (logpool__pool_inherited(pool))
         return LOGPOOL_ECLOSED;
     uint64_t deadline = logpool__deadline_after(timeout_ms);
@@ -281,6 +271,8 @@ LOGPOOL_API int logpool_shutdown(logpool_t *pool)
 {
     if (pool == NULL)
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_shutdown(pool->producer);
     if (logpool__pool_inherited(pool))
         return LOGPOOL_ECLOSED;
     pthread_mutex_lock(&pool->close_lock);
@@ -302,6 +294,8 @@ LOGPOOL_API int logpool_close(logpool_t *pool, int timeout_ms)
 {
     if (pool == NULL)
         return LOGPOOL_EINVAL;
+    if (pool->producer != NULL)
+        return logpool__producer_close(pool->producer);
     if (logpool__pool_inherited(pool)) {
         /* Forked child: the writers and the buffered messages are the parent's, which
          * delivers them; locks may be held by threads that do not exist here. This process
@@ -372,6 +366,10 @@ LOGPOOL_API void logpool_free(logpool_t *pool)
 {
     if (pool == NULL)
         return;
+    if (pool->producer != NULL) {
+        logpool__agent_pool_free(pool);
+        return;
+    }
     if (ATOMIC_LOAD(&pool->state) != POOL_CLOSED)
         logpool_close(pool, 0);
     if (logpool__pool_inherited(pool))

@@ -3,9 +3,11 @@
 Starts a collector (`logpool receive`, in this process) unless --sink points elsewhere,
 starts nginx with 2 workers and logpool in log_by_lua, drives requests with wrk, reloads
 nginx halfway, quits it, checks that every request's line arrived exactly once, and prints
-a report. Exits 1 when a check fails.
+a report. Exits 1 when a check fails. With --agent the workers write into shared-memory
+rings and one `python -m logpool agent` ships everything (docs/agent.md).
 """
 import collections
+import json
 import os
 import re
 import shutil
@@ -31,7 +33,7 @@ HTTP_EXTRA = r"""
             ]]
         end
         require("resty.logpool").start({
-            sinks = { { url = "%(sink)s", name = "main" } },
+            %(pool)s
         })
     }
     exit_worker_by_lua_block {
@@ -95,7 +97,27 @@ def rss_kib(pid):
     return 0
 
 
-def run(requests=200_000, sink=None, workers=2, keep_running=False, connections=32):
+def start_agent(tmp, sink):
+    """`python -m logpool agent` shipping to sink; agent_dir on /dev/shm (a tmpfs) when there
+    is one. Returns (process, agent_dir)."""
+    agent_dir = os.path.join(tempfile.mkdtemp(prefix="logpool-demo-",
+                                              dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                              else tmp), "agent")
+    config = os.path.join(tmp, "agent.json")
+    with open(config, "w") as f:
+        json.dump({"agent_dir": agent_dir, "sinks": [{"url": sink, "name": "main"}]}, f)
+    proc = subprocess.Popen([sys.executable, "-m", "logpool", "agent", "--config", config],
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    while line and "draining rings" not in line:
+        line = proc.stderr.readline()
+    if not line:
+        raise RuntimeError("the agent did not start: " + proc.stderr.read())
+    return proc, agent_dir
+
+
+def run(requests=200_000, sink=None, workers=2, keep_running=False, connections=32,
+        agent=False):
     if not shutil.which("wrk"):
         print("logpool demo: wrk is required (Debian package wrk; `make deps`)", file=sys.stderr)
         return 2
@@ -109,8 +131,15 @@ def run(requests=200_000, sink=None, workers=2, keep_running=False, connections=
         print(f"collector: logpool receive on {sink} -> {out_path}")
     else:
         print(f"collector: {sink} (external: delivery is checked by logpool's counters only)")
+    agent_proc = None
+    if agent:
+        agent_proc, agent_dir = start_agent(tmp, sink)
+        print(f"agent: python -m logpool agent, rings in {agent_dir}")
+        pool = f'agent = "{agent_dir}",'
+    else:
+        pool = f'sinks = {{ {{ url = "{sink}", name = "main" }} }},'
     try:
-        ng = Nginx(os.path.join(tmp, "nginx"), HTTP_EXTRA % {"sink": sink}, SERVER_EXTRA,
+        ng = Nginx(os.path.join(tmp, "nginx"), HTTP_EXTRA % {"pool": pool}, SERVER_EXTRA,
                    workers=workers).start()
     except NginxMissing as exc:
         print(f"logpool demo: {exc}", file=sys.stderr)
@@ -158,7 +187,7 @@ def run(requests=200_000, sink=None, workers=2, keep_running=False, connections=
 
     ok = True
     print()
-    print("logpool demo report")
+    print("logpool demo report" + (" (agent mode)" if agent else ""))
     print(f"  requests served (nginx access log)  {len(access):>10}")
     print(f"  requests/s (wrk, 2 cores shared)    {len(access) / elapsed:>10.0f}")
     print(f"  lines accepted by logpool           {accepted:>10}")
@@ -177,6 +206,11 @@ def run(requests=200_000, sink=None, workers=2, keep_running=False, connections=
         ok = ok and missing == 0 and dupes == 0 and len(received) == len(access)
     else:
         ok = ok and accepted == len(access)
+    if agent_proc is not None:
+        agent_proc.terminate()
+        agent_proc.wait(timeout=30)
+        agent_proc.stderr.close()
+        shutil.rmtree(os.path.dirname(agent_dir), ignore_errors=True)
     print(f"  dropped / abandoned                 {dropped:>5} / {abandoned}")
     print(f"  reconnects                          {reconnects:>10}")
     if rss:

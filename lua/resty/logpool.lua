@@ -27,6 +27,7 @@ local base = require "resty.logpool.base"
 local json = require "resty.logpool.json"
 local options = require "resty.logpool.options"
 local metrics = require "resty.logpool.metrics"
+local agent = require "resty.logpool.agent"
 
 local STATS_FIELDS = base.STATS_FIELDS
 local load_lib = base.load
@@ -53,6 +54,14 @@ end
 function _M.new(config)
     if type(config) ~= "table" then
         error("bad argument #1 to 'new' (table expected, got " .. type(config) .. ")", 2)
+    end
+    if config.agent ~= nil then -- agent mode: resty/logpool/agent.lua
+        local p, l, names, n = agent.new(config, load_lib, 3)
+        if not p then
+            return nil, l
+        end
+        lib = l
+        return setmetatable({ _p = ffi_gc(p, release), _names = names, _n = n }, pool_mt)
     end
     local sinks = config.sinks
     if type(sinks) ~= "table" or #sinks == 0 then

@@ -111,10 +111,11 @@ local lib, lib_loaded_from
 
 -- The library relative to this file (resty/logpool/base.lua): an installed package has
 -- logpool/lua/ beside logpool/liblogpool.so; a source tree has lua/ beside logpool/.
-local function default_lib_paths()
+-- Agent mode loads liblogpool_producer.so from the same places (no Python in it).
+local function default_lib_paths(name)
     local source = debug.getinfo(1, "S").source
     local dir = source:sub(1, 1) == "@" and source:sub(2):match("^(.*)/[^/]*$") or "."
-    return { dir .. "/../../../liblogpool.so", dir .. "/../../../logpool/liblogpool.so" }
+    return { dir .. "/../../../" .. name, dir .. "/../../../logpool/" .. name }
 end
 
 local function readable(path)
@@ -126,9 +127,15 @@ local function readable(path)
     return false
 end
 
---- lib, err = base.load(lib_path): the library, loaded once per process.
-function _M.load(lib_path)
+--- lib, err = base.load(lib_path, name): the library, loaded once per process. name:
+-- "liblogpool.so" (default) or, for agent mode, "liblogpool_producer.so"; a process uses one.
+function _M.load(lib_path, name)
+    name = name or "liblogpool.so"
     if lib then
+        if lib_path == nil and lib_loaded_from:sub(-#name - 1) ~= "/" .. name then
+            return nil, "logpool: " .. lib_loaded_from .. " is loaded in this process: a "
+                        .. "process uses either agent mode or in-process pools, not both"
+        end
         if lib_path and lib_path ~= lib_loaded_from then
             return nil, "logpool: library already loaded from " .. lib_loaded_from
                         .. ", cannot also load " .. lib_path
@@ -141,7 +148,7 @@ function _M.load(lib_path)
         tried[#tried + 1] = "lib_path option: " .. path
     else
         tried[#tried + 1] = "lib_path option: not set"
-        for _, candidate in ipairs(default_lib_paths()) do
+        for _, candidate in ipairs(default_lib_paths(name)) do
             if readable(candidate) then
                 path = candidate
                 break
@@ -150,7 +157,7 @@ function _M.load(lib_path)
         end
     end
     if not path then
-        return nil, "logpool: cannot find liblogpool.so; looked at " .. concat(tried, "; ")
+        return nil, "logpool: cannot find " .. name .. "; looked at " .. concat(tried, "; ")
     end
     local ok, loaded = pcall(ffi_load, path)
     if not ok then

@@ -8,6 +8,10 @@ import re
 from bench import (agent, callgrind, dead_sink, encoders, hotpath, http_ndjson, kafka, nginx,
                    relp, sigkill, spool, throughput, transports)
 
+# Figures of code that no longer exists, kept across whole runs (bench/run.py): the encoders
+# before this round's rewrite, measured on the old code in the same session as the new.
+HISTORICAL = ("encoders_before",)
+
 # In the order they run and are reported.
 BENCHMARKS = (hotpath, throughput, transports, relp, http_ndjson, encoders, kafka, spool, sigkill,
               nginx, callgrind, dead_sink, agent)

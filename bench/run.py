@@ -66,8 +66,11 @@ def main(argv=None):
         for bench in render.BENCHMARKS:
             print(f"{bench.NAME:12} {bench.__doc__.splitlines()[0]}")
         return
-    # A subset updates its own figures and keeps the others'.
-    results = load_previous() if len(args.selected) < len(render.BENCHMARKS) else {}
+    # A subset updates its own figures and keeps the others'; a whole run keeps only the
+    # records of code that no longer exists (a "before" of a change: it cannot run again).
+    previous = load_previous()
+    results = previous if len(args.selected) < len(render.BENCHMARKS) else {
+        key: previous[key] for key in render.HISTORICAL if key in previous}
     results.setdefault("runs", {})
     tmp = tempfile.mkdtemp(prefix="logpool-bench-")
     ctx = Context(tmp, quick=args.quick)

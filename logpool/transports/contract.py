@@ -34,11 +34,12 @@ write() -> Outcome
     many it settled (settled=) and what to report (reports=), so the engine still logs and
     resets its backoff.
     The engine releases acknowledged messages as sent, rejected ones into dropped_rejected
-    (logging the reason once per kind), and counts writes, resends and failures itself. A
-    message is released only from the head of the chain, so the order never changes: when
-    a per-item answer retries a message, it and every later message of that batch are sent
-    again (later acknowledged ones are counted in resent_messages; backends that deduplicate,
-    such as Elasticsearch with an _id, drop the repeats).
+    (logging the reason once per kind, appending it to dead_letter_path when set), and counts
+    writes, resends and failures itself. A per-item answer settles each message by its own
+    fate: acknowledged and rejected ones are released, and only the RETRY ones go again,
+    copied to the head of the pending list (still counted in max_buffer_length) and counted
+    in retried_messages (nothing was stored). The one reordering: a retried item arrives
+    after the later items of its batch that were taken at the first try.
     Errors are exceptions, and every one keeps the data:
       OSError (incl. TimeoutError)  the connection broke, timed out, or the collector said
                                     something the transport does not understand: logged,
@@ -91,7 +92,7 @@ SLICE_S = 0.05
 
 class Fate(enum.Enum):
     ACK = "ack"        # the collector has it
-    RETRY = "retry"    # send it again (and everything after it)
+    RETRY = "retry"    # send it again, alone (the engine requeues it at the head)
     REJECT = "reject"  # refused for good: dropped, counted in dropped_rejected
 
 

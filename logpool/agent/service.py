@@ -30,6 +30,11 @@ RING_PREFIX = "ring."
 SCAN_INTERVAL_S = 0.2       # new rings appear this often at most
 LIVENESS_INTERVAL_S = 1.0   # producers checked for death, rings for removal
 DRAIN_BUDGET = 65536        # records per ring per pass: one ring cannot starve the others
+# A pass (one checkpoint) takes at most a quarter of the smallest sink's spill mark, counted
+# in records of this nominal size: what a sink spooled is released up to the last quarter
+# of its in-memory part, however fast producers wrote (a pass that took a whole ring at once
+# could be released only once its newest lines, held in memory during an outage, were sent).
+NOMINAL_RECORD_BYTES = 64
 IDLE_SLEEP_MAX_S = 0.005    # an idle agent polls this often (producers never wake it)
 FULL_PASS = 4096            # a pass that took fewer records waits a little for more: the
 TRICKLE_SLEEP_S = 0.0005    # per-pass work (checkpoint, release) is spread over a batch
@@ -163,6 +168,8 @@ class Agent:
         self.ffi, self.lib = embedded.ffi, embedded.lib
         self.cpool = self.ffi.cast("logpool_t *", self.pool._address)
         self.nsinks = len(self.pool.config.sinks)
+        smallest = min(s.max_buffer_length for s in self.pool.config.sinks)
+        self.drain_budget = max(64, min(DRAIN_BUDGET, smallest // 2 // 4 // NOMINAL_RECORD_BYTES))
         self.progress = [self.ffi.new("uint64_t[2]") for _ in range(self.nsinks)]
         deadline = time.monotonic() + ADOPT_TIMEOUT_S
         # What an earlier agent spooled is adopted (and counted accepted) first: checkpoints
@@ -199,7 +206,7 @@ class Agent:
                 self.reopen_logs = False
                 self.open_log()
                 self.log("logs reopened (SIGHUP)")
-            if taken >= FULL_PASS:
+            if taken >= min(FULL_PASS, self.drain_budget):
                 idle = 0.0
             elif taken:
                 idle = 0.0
@@ -264,7 +271,7 @@ class Agent:
     def drain_all(self):
         taken = 0
         for ring in self.rings.values():
-            taken += self.lib.logpool__ring_drain(ring.ptr, self.cpool, DRAIN_BUDGET)
+            taken += self.lib.logpool__ring_drain(ring.ptr, self.cpool, self.drain_budget)
         if taken:
             self.checkpoint()
         return taken

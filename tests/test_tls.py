@@ -184,7 +184,11 @@ def test_a_dropped_connection_resends_from_the_first_incomplete_message(
     st = pool.stats(0)
     assert st["reconnects"] == 1 and st["sent_messages"] == st["accepted_messages"] == n + 1
     if moment == "mid-write":
-        assert st["write_errors"] == 1 and missing, "a reset inside a send loses the kernel's"
+        assert st["write_errors"] == 1  # the reset came inside a send
+        # Over TCP the reset drops what the kernel held. Over TLS a run was seen to lose
+        # nothing (once in several CI runs): the promise is no tear, no duplicate, at most
+        # one contiguous run lost, which the checks above hold in both cases.
+        assert missing or scheme == "tls", "a reset inside a send loses the kernel's"
     assert r.snapshot().connections == 2
 
 

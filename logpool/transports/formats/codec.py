@@ -8,7 +8,7 @@ import struct
 import msgspec
 
 from logpool.transports.formats.common import (CACHED_KEY, CACHED_TIMES, NOT_JSON, _time_cache,
-                                               joined, utf8_line, value_ns)
+                                               joined, utf8_line, valid_utf8, value_ns)
 
 # Every format reads a message as parse_line does (its steps inlined in the formats' loops),
 # at most once: the bytes without the trailing newline, made valid UTF-8 (an invalid byte
@@ -216,3 +216,24 @@ class TimeText:
             return text
         ns = fields_time_ns(fields, None)  # the first field is no time: the others
         return fallback if ns is None else self.render(ns)
+
+    def lines(self, messages, fallback):
+        """Every format's read of a message, in one place (a generator: cheaper per line
+        than a call): (the line without its newline, valid UTF-8; its record time rendered,
+        or fallback; its time fields, or None when it is not one strict JSON object)."""
+        decode, cache = TIMES.decode, self.cache
+        for m in messages:
+            line = bytes(m).rstrip(b"\n")
+            if not line.isascii():
+                line = valid_utf8(line)
+            when, fields = fallback, None
+            if line[:1] == b"{":
+                try:
+                    fields = decode(line)
+                except NOT_JSON:
+                    pass
+                else:
+                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
+                    if raw is not None:
+                        when = cache.get(bytes(raw)) or self(fields, fallback)
+            yield line, when, fields

@@ -18,9 +18,8 @@ import datetime
 import json
 import re
 
-from logpool.transports.formats.common import (NOT_JSON, Encoder, Fate, Option, Outcome,
-                                               Refused, Request, batch_time, body_text,
-                                               table_option, valid_utf8)
+from logpool.transports.formats.common import (Encoder, Fate, Option, Outcome, Refused, Request,
+                                               batch_time, body_text, table_option)
 
 IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
 TOO_LONG = re.compile(r"Max entry size '(\d+)' bytes exceeded")
@@ -39,31 +38,15 @@ class Loki(Encoder):
     def __init__(self, options, url_path):
         super().__init__(options, url_path)
         self.labels = options["loki_labels"] or {"job": "logpool"}
-        self.times = None  # codec.TimeText, made by the first encode (codec loads msgspec)  # ns as a decimal string
+        self.times = None  # codec.TimeText (ns as a decimal string), made by the first encode
 
     def encode(self, messages, now_ns):
         import logpool.transports.formats.codec as codec
         if self.times is None:
             self.times = codec.TimeText(str)
         fallback = str(batch_time(now_ns))
-        decode, cache, times, entry = codec.TIMES.decode, self.times.cache, self.times, (
-            codec.LokiEntry)
-        values = []
-        for m in messages:  # parse_line and the time, inline (the per-line cost is the point)
-            line = bytes(m).rstrip(b"\n")
-            if not line.isascii():
-                line = valid_utf8(line)
-            ts = fallback
-            if line[:1] == b"{":
-                try:
-                    fields = decode(line)
-                except NOT_JSON:
-                    pass
-                else:
-                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
-                    if raw is not None:
-                        ts = cache.get(bytes(raw)) or times(fields, fallback)
-            values.append(entry(ts, line.decode()))
+        entry = codec.LokiEntry
+        values = [entry(ts, line.decode()) for line, ts, _ in self.times.lines(messages, fallback)]
         body = codec.encode_json({"streams": [{"stream": self.labels, "values": values}]})
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE}, body)
 

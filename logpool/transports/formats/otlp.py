@@ -23,10 +23,9 @@ body that does not decode is an error (kept, sent again).
 import json
 import struct
 
-from logpool.transports.formats.common import (CACHED_TIMES, NOT_JSON, Encoder, Fate, Option,
-                                               Outcome, ProtocolError, Refused, Request,
-                                               RetryLater, batch_time, body_text, table_option,
-                                               valid_utf8)
+from logpool.transports.formats.common import (CACHED_TIMES, Encoder, Fate, Option, Outcome,
+                                               ProtocolError, Refused, Request, RetryLater,
+                                               batch_time, body_text, table_option)
 
 SCOPE_NAME = "logpool"
 RETRYABLE = (429, 502, 503, 504)  # OTLP/HTTP: the only statuses a client may retry
@@ -124,24 +123,10 @@ class Otlp(Encoder):
         import logpool.transports.formats.codec as codec
         if self.times is None:
             self.times = codec.TimeText(_time_field)
-        decode, cache, times, frames = codec.TIMES.decode, self.times.cache, self.times, (
-            self.frames)
+        frames = self.frames
         parts = [RESOURCE_LOGS, None, self.resource, SCOPE_LOGS, None, self.scope]
         size = len(self.scope)  # of the ScopeLogs
-        for m in messages:
-            line = bytes(m).rstrip(b"\n")
-            if not line.isascii():
-                line = valid_utf8(line)
-            when = fallback
-            if line[:1] == b"{":
-                try:
-                    fields = decode(line)
-                except NOT_JSON:
-                    pass
-                else:
-                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
-                    if raw is not None:
-                        when = cache.get(bytes(raw)) or times(fields, fallback)
+        for line, when, _ in self.times.lines(messages, fallback):
             key = len(line), len(when), len(observed)
             framing = frames.get(key) or self._framing(*key)
             parts += (framing[0], when, framing[1], line, observed)
@@ -205,24 +190,9 @@ class OtlpJson(Encoder):
         if self.times is None:
             self.times = codec.TimeText(str)
         observed = str(batch_time(now_ns))
-        decode, cache, times = codec.TIMES.decode, self.times.cache, self.times
         record, body = codec.OtlpJsonRecord, codec.OtlpJsonBody
-        records = []
-        for m in messages:
-            line = bytes(m).rstrip(b"\n")
-            if not line.isascii():
-                line = valid_utf8(line)
-            ts = observed
-            if line[:1] == b"{":
-                try:
-                    fields = decode(line)
-                except NOT_JSON:
-                    pass
-                else:
-                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
-                    if raw is not None:
-                        ts = cache.get(bytes(raw)) or times(fields, observed)
-            records.append(record(ts, observed, body(line.decode())))
+        records = [record(ts, observed, body(line.decode()))
+                   for line, ts, _ in self.times.lines(messages, observed)]
         request = {"resourceLogs": [{"resource": self.resource, "scopeLogs": [
             {"scope": {"name": SCOPE_NAME}, "logRecords": records}]}]}
         return Request(self.path, {"Content-Type": self.CONTENT_TYPE},

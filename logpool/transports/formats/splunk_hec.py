@@ -31,11 +31,10 @@ Answer, by Splunk's published HEC status codes:
 import json
 import uuid
 
-from logpool.transports.formats.common import (NOT_JSON, Encoder, Fate, Misconfigured, Option,
-                                               Outcome, ProtocolError, Refused, Rejections,
-                                               Request, RetryLater, Unconfirmed, add_query,
-                                               batch_time, body_text, choice_option, joined,
-                                               valid_utf8)
+from logpool.transports.formats.common import (Encoder, Fate, Misconfigured, Option, Outcome,
+                                               ProtocolError, Refused, Rejections, Request,
+                                               RetryLater, Unconfirmed, add_query, batch_time,
+                                               body_text, choice_option, joined)
 from logpool.transports.schema import int_range
 
 PATHS = {"event": "/services/collector/event", "raw": "/services/collector/raw"}
@@ -87,23 +86,9 @@ class SplunkHec(Encoder):
             self.times = codec.TimeText(_seconds)
         out, rejected = [], Rejections()
         fallback = _seconds(batch_time(now_ns))
-        decode, cache, times = codec.TIMES.decode, self.times.cache, self.times
-        for i, m in enumerate(messages):
-            line = bytes(m).rstrip(b"\n")
-            if not line.isascii():
-                line = valid_utf8(line)
-            head, fields = fallback, None
-            if line[:1] == b"{":
-                try:
-                    fields = decode(line)
-                except NOT_JSON:
-                    pass
-                else:
-                    raw = fields.at_timestamp or fields.timestamp or fields.time or fields.ts
-                    if raw is not None:
-                        head = cache.get(bytes(raw)) or times(fields, fallback)
-                    if line.find(b"\n") >= 0:  # one envelope a line
-                        line = codec.one_line(line)
+        for i, (line, head, fields) in enumerate(self.times.lines(messages, fallback)):
+            if fields is not None and line.find(b"\n") >= 0:  # one envelope a line
+                line = codec.one_line(line)
             if fields is None:
                 if not line.strip():
                     rejected.add(i, BLANK)
